@@ -1,0 +1,39 @@
+# Two commands: `make test` and `make demo`. Each sets up .venv on first use.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+# A machine with an NVIDIA GPU gets the default torch build; any other machine
+# gets the CPU wheel, so pip never pulls a multi-GB CUDA build onto it.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_GPU),1)
+TORCH_SPEC := torch
+else
+TORCH_SPEC := torch==2.13.0
+endif
+
+.PHONY: test demo setup lint compile-check bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,plot]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+
+test: $(STAMP)
+	.venv/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m rl.demo
+
+compile-check: $(STAMP)
+	$(PY) -m precision_kernels.compile_check --all
+
+clean:
+	rm -rf .venv .pytest_cache .hypothesis .ruff_cache runs

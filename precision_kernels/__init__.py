@@ -1,0 +1,16 @@
+"""precision-kernels: batch-invariant, bit-exact Triton kernels in FP32, FP16 and BF16.
+
+The backend (compiled CUDA or the Triton interpreter) is decided on import,
+before any kernel is defined.
+"""
+
+from . import backend  # noqa: I001  (must run before any kernel module is imported)
+from . import numerics, reference
+from .backend import active_backend
+from .ops import round_to
+from .precision import Precision
+from .profiles import active_profile, use_profile
+
+__all__ = [
+    "Precision", "active_backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
+]

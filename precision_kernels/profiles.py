@@ -1,0 +1,136 @@
+"""Tile configs, chosen only by backend, dtype and profile (never by shape or data).
+
+Two profiles:
+
+* ``matched`` (the default) keeps invariants I1-I6: every row of every launch
+  goes through the same tile shapes and the same reduction order.
+* ``engine`` mimics an inference engine's decode kernels: a matmul with
+  ``M <= engine_split_m`` rows splits K into ``engine_splits`` partial sums, rounds
+  each partial to the output dtype, and adds them in a fixed order. It is
+  deterministic but deliberately breaks I2/I3 for small M.
+
+The interpreter and CUDA tile tables differ (few large programs under the
+interpreter; tensor-core shapes on GPU). Tests run the CUDA table under the
+interpreter at small shapes through ``config_backend("cuda")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import backend
+
+PROFILES = ("matched", "engine")
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    block_batch: int = 1          # batch items per program in the batched (3-D tile) form
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    """Row reductions (softmax, log-softmax, RMSNorm, token log-probs)."""
+
+    block_rows: int               # rows per program
+    block_cols: int               # fixed reduction block along the row
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    split_m: int = 64             # calls with at most this many rows split K
+    splits: int = 4               # number of partial sums, each rounded to the output dtype
+
+
+# (backend table, dtype) -> config.  Only these keys decide a tile.
+_MATMUL_2D = {
+    "interpreter": MatmulConfig(block_m=128, block_n=128, block_k=128),
+    "cuda": MatmulConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+}
+_MATMUL_BATCHED = {
+    "interpreter": MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64),
+    "cuda": MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2),
+}
+_MATMUL_2D_FP32_CUDA = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
+_ROWS = {
+    "interpreter": RowConfig(block_rows=64, block_cols=1024),
+    "cuda": RowConfig(block_rows=4, block_cols=1024, num_warps=4),
+}
+_ENGINE = EngineConfig()
+
+_profile: contextvars.ContextVar[str] = contextvars.ContextVar("pk_profile", default="matched")
+_config_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("pk_config_backend", default=None)
+
+
+def active_profile() -> str:
+    """Name of the profile in effect in this context."""
+    return _profile.get()
+
+
+@contextlib.contextmanager
+def use_profile(name: str) -> Iterator[None]:
+    """Run the enclosed ops in profile ``name`` ("matched" or "engine")."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {PROFILES}")
+    token = _profile.set(name)
+    try:
+        yield
+    finally:
+        _profile.reset(token)
+
+
+@contextlib.contextmanager
+def config_backend(name: str) -> Iterator[None]:
+    """Use the tile table of backend ``name`` ("interpreter" or "cuda") whatever runs the kernels.
+
+    Tests use this to exercise the CUDA configs under the interpreter.
+    """
+    if name not in ("interpreter", "cuda"):
+        raise ValueError(f"unknown config backend {name!r}; expected 'interpreter' or 'cuda'")
+    token = _config_backend.set(name)
+    try:
+        yield
+    finally:
+        _config_backend.reset(token)
+
+
+def table_backend() -> str:
+    forced = _config_backend.get()
+    if forced is not None:
+        return forced
+    return "interpreter" if backend.INTERPRETED else "cuda"
+
+
+def matmul_config(dtype: torch.dtype, batched: bool = False) -> MatmulConfig:
+    table = table_backend()
+    if batched:
+        return _MATMUL_BATCHED[table]
+    if table == "cuda" and dtype == torch.float32:
+        return _MATMUL_2D_FP32_CUDA
+    return _MATMUL_2D[table]
+
+
+def row_config(dtype: torch.dtype) -> RowConfig:
+    return _ROWS[table_backend()]
+
+
+def engine_config() -> EngineConfig:
+    return _ENGINE
+
+
+def engine_splits_for(m: int) -> int:
+    """Number of rounded K partials the active profile uses for a call with ``m`` rows (1 = none)."""
+    if active_profile() == "engine" and m <= _ENGINE.split_m:
+        return _ENGINE.splits
+    return 1
