@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m rl.demo
+	$(PY) -m precision_kernels.report
 
 compile-check: $(STAMP)
 	$(PY) -m precision_kernels.compile_check --all

@@ -12,5 +12,5 @@ from .precision import Precision
 from .profiles import active_profile, use_profile
 
 __all__ = [
-    "Precision", "active_backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
+    "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
 ]

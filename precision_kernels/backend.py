@@ -40,6 +40,8 @@ def _decide() -> str:
 
 
 BACKEND: str = _decide()
+# Triton's process-wide default, kept equal to ours so it does not warn; launches pass it explicitly anyway.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1" if FP_FUSION else "0")
 INTERPRETED: bool = BACKEND == "interpreter"
 
 

@@ -1,0 +1,11 @@
+import os
+
+from hypothesis import HealthCheck, settings
+
+# CI profile (DESIGN.md section 7): reproducible, no deadline (an interpreter launch
+# takes 10-1000 ms), about 20 examples per property. HYPOTHESIS_PROFILE=thorough digs deeper.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=20,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", deadline=None, max_examples=2000,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
