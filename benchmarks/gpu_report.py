@@ -1,0 +1,120 @@
+"""Every GPU figure in one command (needs a CUDA device).
+
+    python -m benchmarks.gpu_report [--json PATH] [--skip-tests]
+
+1. runs the test suite on the GPU backend (invariants and the matched
+   sampler/learner equality included);
+2. matmul TFLOP/s of pk.matmul against cuBLAS (torch.matmul) at decode and
+   prefill shapes, fp16/bf16, in the matched and engine profiles;
+3. fused linear->log-prob (pk.linear_logprobs) time and peak memory against the
+   unfused torch path (F.linear + log_softmax + gather), and against Liger's fused
+   linear cross-entropy where it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def _bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100)  # ms
+
+
+def matmul_figures() -> list[dict]:
+    import precision_kernels as pk
+
+    rows = []
+    n = k = 4096
+    for dtype in (torch.float16, torch.bfloat16):
+        for m in (1, 16, 256, 4096):
+            a = torch.randn(m, k, device="cuda", dtype=dtype)
+            b = torch.randn(k, n, device="cuda", dtype=dtype)
+            flops = 2 * m * n * k
+            t_cublas = _bench(lambda: torch.matmul(a, b))
+            for profile in ("matched", "engine"):
+                with pk.use_profile(profile):
+                    t_pk = _bench(lambda: pk.matmul(a, b))
+                rows.append({"dtype": str(dtype).removeprefix("torch."), "M": m, "N": n, "K": k, "profile": profile,
+                             "pk_ms": t_pk, "cublas_ms": t_cublas, "pk_tflops": flops / t_pk / 1e9,
+                             "cublas_tflops": flops / t_cublas / 1e9, "ratio": t_cublas / t_pk})
+    return rows
+
+
+def logprob_figures(rows_n: int = 4096, d: int = 1024, vocab: int = 32768) -> list[dict]:
+    import precision_kernels as pk
+
+    out = []
+    for dtype in (torch.float16, torch.bfloat16):
+        h = torch.randn(rows_n, d, device="cuda", dtype=dtype)
+        w = (torch.randn(vocab, d, device="cuda") / d**0.5).to(dtype)
+        t = torch.randint(0, vocab, (rows_n,), device="cuda")
+        variants = {
+            "pk.linear_logprobs (fused)": lambda: pk.linear_logprobs(h, w, t),
+            "torch unfused": lambda: torch.log_softmax(F.linear(h, w).float(), -1).gather(-1, t[:, None]),
+        }
+        try:
+            from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+            variants["liger fused linear CE"] = lambda: LigerFusedLinearCrossEntropyFunction.apply(h, w, t)
+        except Exception:
+            pass
+        for name, fn in variants.items():
+            fn()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            out.append({"dtype": str(dtype).removeprefix("torch."), "variant": name, "rows": rows_n, "d": d,
+                        "V": vocab, "ms": _bench(fn), "peak_extra_MiB": peak / 2**20,
+                        "logits_MiB": rows_n * vocab * h.element_size() / 2**20})
+    return out
+
+
+def run_tests() -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests"], capture_output=True, text=True)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+    print(proc.stdout[-4000:])
+    return {"returncode": proc.returncode, "summary": tail}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="PATH", default="gpu_report.json")
+    parser.add_argument("--skip-tests", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_report needs a CUDA device; none found.")
+        return 2
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if not args.skip_tests:
+        report["tests"] = run_tests()
+    report["matmul"] = matmul_figures()
+    print(f"\nmatmul on {report['device']} (N = K = 4096)")
+    print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9}")
+    for r in report["matmul"]:
+        print(f"{r['dtype']:<9} {r['M']:>5} {r['profile']:<8} {r['pk_tflops']:>10.2f} {r['cublas_tflops']:>8.2f} "
+              f"{r['ratio']:>9.2f}")
+    report["logprob"] = logprob_figures()
+    print("\nfused log-prob (rows 4096, d 1024, V 32768)")
+    print(f"{'dtype':<9} {'variant':<28} {'ms':>8} {'peak extra MiB':>15} {'logits MiB':>11}")
+    for r in report["logprob"]:
+        print(f"{r['dtype']:<9} {r['variant']:<28} {r['ms']:>8.3f} {r['peak_extra_MiB']:>15.1f} "
+              f"{r['logits_MiB']:>11.1f}")
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"\nwrote {args.json}")
+    return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Kernel precision against the FP64 oracle, side by side with PyTorch's own op in the same dtype.
+
+    python -m benchmarks.precision_error [--quick] [--json PATH] [--png PATH]
+
+Every kernel x {fp32, fp16, bf16} x {normal, heavy-tailed, large-magnitude} inputs.
+Both implementations see the *same rounded inputs*, and the FP64 oracle is computed
+from them, so the table measures each op's own error:
+
+* fp16/bf16 outputs: fraction correctly rounded, max and mean ulp from the correctly
+  rounded FP64 result;
+* fp32 outputs (log-probs): max absolute and max relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+
+import precision_kernels as pk
+from precision_kernels import numerics, reference
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _sample(shape, dist: str, scale: float, g: torch.Generator) -> torch.Tensor:
+    """fp32 samples; heavy tails from a Student-t with 2 degrees of freedom (clipped to stay finite in fp16)."""
+    if dist == "normal":
+        x = torch.randn(shape, generator=g)
+    elif dist == "heavy":
+        z = torch.randn(shape, generator=g)
+        chi2 = torch.randn(shape, generator=g) ** 2 + torch.randn(shape, generator=g) ** 2
+        x = (z / torch.sqrt(chi2 / 2)).clamp(-50, 50)
+    else:
+        raise ValueError(dist)
+    return x * scale
+
+
+def _cases(quick: bool):
+    """(kernel, distribution label, input builder, pk op, torch op, oracle)."""
+    rows = 64 if quick else 256
+    vocab = 2048 if quick else 8192
+    d = 256
+
+    def mm(dist, scale):
+        def build(g):
+            return _sample((rows, d), dist, scale, g), _sample((d, rows), dist, 1.0, g)
+        return build
+
+    def rows_of(dist, scale, width):
+        def build(g):
+            return (_sample((rows, width), dist, scale, g),)
+        return build
+
+    def norm(dist, scale):
+        def build(g):
+            return _sample((rows, d), dist, scale, g), 1 + 0.1 * torch.randn(d, generator=g)
+        return build
+
+    def lp(dist, scale):
+        def build(g):
+            logits = _sample((rows, vocab), dist, scale, g)
+            tokens = torch.randint(0, vocab, (rows,), generator=g)
+            return logits, tokens
+        return build
+
+    def flp(dist, scale):
+        def build(g):
+            h = _sample((rows, d), dist, scale, g)
+            w = _sample((vocab, d), dist, 1.0 / math.sqrt(d), g)
+            tokens = torch.randint(0, vocab, (rows,), generator=g)
+            return h, w, tokens
+        return build
+
+    def torch_token_logprobs(logits, tokens):
+        return torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+
+    def torch_linear_logprobs(h, w, tokens):
+        return torch_token_logprobs(F.linear(h, w), tokens)
+
+    cases = []
+    for dist, scale, label in (("normal", 1.0, "N(0,1)"), ("heavy", 1.0, "t2"), ("normal", 10.0, "N(0,10^2)")):
+        cases += [
+            ("matmul", label, mm(dist, scale), pk.matmul, torch.matmul, reference.matmul),
+            ("softmax", label, rows_of(dist, scale, 4096 if not quick else 1024), pk.softmax,
+             lambda x: torch.softmax(x, -1), reference.softmax),
+            ("log_softmax", label, rows_of(dist, scale, 4096 if not quick else 1024), pk.log_softmax,
+             lambda x: torch.log_softmax(x, -1), reference.log_softmax),
+            ("rms_norm", label, norm(dist, scale), pk.rms_norm,
+             lambda x, w: F.rms_norm(x, (x.shape[-1],), w, eps=1e-6), reference.rms_norm),
+            ("token_logprobs", label, lp(dist, scale), pk.token_logprobs, torch_token_logprobs,
+             reference.token_logprobs),
+            ("linear_logprobs", label, flp(dist, scale), pk.linear_logprobs, torch_linear_logprobs,
+             reference.linear_logprobs),
+        ]
+    return cases
+
+
+def _summary(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    s = numerics.error_summary(out, ref)
+    if out.dtype == torch.float32:
+        return {"max_abs_err": s["max_abs_err"], "max_rel_err": s["max_rel_err"]}
+    return {k: s[k] for k in ("frac_correctly_rounded", "max_ulp", "mean_ulp")}
+
+
+def run(quick: bool = False, seed: int = 0) -> list[dict]:
+    records = []
+    for kernel, dist, build, pk_op, torch_op, oracle in _cases(quick):
+        for pname, dtype in DTYPES.items():
+            g = torch.Generator().manual_seed(seed)
+            args = build(g)
+            # Round the float inputs once; every implementation and the oracle see these values.
+            args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+            ref = oracle(*args)
+            for impl, op in (("pk", pk_op), ("torch", torch_op)):
+                out = op(*args)
+                records.append({"kernel": kernel, "dist": dist, "precision": pname, "impl": impl,
+                                "out_dtype": str(out.dtype).removeprefix("torch."), **_summary(out, ref)})
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    lines = [f"{'kernel':<16} {'inputs':<10} {'prec':<5} {'impl':<6} "
+             f"{'correctly rounded':>17} {'max ulp':>8} {'mean ulp':>9} {'max abs err':>12} {'max rel err':>12}"]
+    for r in records:
+        if "frac_correctly_rounded" in r:
+            cols = f"{r['frac_correctly_rounded']:>16.2%} {r['max_ulp']:>8.0f} {r['mean_ulp']:>9.4f} {'':>12} {'':>12}"
+        else:
+            cols = f"{'':>17} {'':>8} {'':>9} {r['max_abs_err']:>12.3g} {r['max_rel_err']:>12.3g}"
+        lines.append(f"{r['kernel']:<16} {r['dist']:<10} {r['precision']:<5} {r['impl']:<6} {cols}")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    rounded = [r for r in records if "frac_correctly_rounded" in r and r["dist"] == "N(0,1)"]
+    labels = sorted({(r["kernel"], r["precision"]) for r in rounded})
+    x = range(len(labels))
+    for offset, impl in ((-0.2, "pk"), (0.2, "torch")):
+        vals = [next(r["mean_ulp"] for r in rounded if (r["kernel"], r["precision"]) == lab and r["impl"] == impl)
+                for lab in labels]
+        axes[0].bar([i + offset for i in x], vals, width=0.4, label=impl)
+    axes[0].set_xticks(list(x), [f"{k}\n{p}" for k, p in labels], fontsize=7)
+    axes[0].set_ylabel("mean ulp from correctly rounded FP64")
+    axes[0].set_title("16-bit outputs, N(0,1) inputs")
+    axes[0].legend()
+    fp32 = [r for r in records if "max_abs_err" in r and r["kernel"] in ("token_logprobs", "linear_logprobs")]
+    labels = sorted({(r["kernel"], r["precision"], r["dist"]) for r in fp32})
+    x = range(len(labels))
+    for offset, impl in ((-0.2, "pk"), (0.2, "torch")):
+        vals = [max(1e-12, next(r["max_abs_err"] for r in fp32
+                                if (r["kernel"], r["precision"], r["dist"]) == lab and r["impl"] == impl))
+                for lab in labels]
+        axes[1].bar([i + offset for i in x], vals, width=0.4, label=impl)
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(list(x), [f"{k[:5]}\n{p}\n{d}" for k, p, d in labels], fontsize=6)
+    axes[1].set_ylabel("max |error| of fp32 log-prob")
+    axes[1].set_title("log-prob outputs (fp32)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--png", metavar="PATH", default="runs/precision_error.png")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    records = run(args.quick, args.seed)
+    print(format_table(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    if args.png:
+        import os
+
+        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
+        plot(records, args.png)
+        print(f"plot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()
