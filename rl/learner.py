@@ -1,0 +1,113 @@
+"""The learner: a full teacher-forced pass scored by the fused LM-head kernel, and one optimisation step.
+
+Notation: mu is the sampler's log-prob of each sampled token, pi the learner's current
+one, pi_old the learner's at the start of the step (DESIGN.md section 5, issue 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import precision_kernels as pk
+
+from .losses import compute_advantages, policy_loss
+from .model import TinyGPT
+from .sampler import Rollout
+
+
+def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
+                      return_entropy: bool = False):
+    """Learner log-probs (B, N) fp32 of tokens[:, prompt_len:], each given everything before it.
+
+    One full causal pass over the padded sequences, then ``pk.linear_logprobs``; causality
+    keeps pads after EOS from touching earlier positions.
+    """
+    B, L = tokens.shape
+    if not 0 < prompt_len < L:
+        raise ValueError(f"prompt_len must be in [1, {L - 1}] for sequences of length {L}, got {prompt_len}")
+    weights = model.compute_weights()
+    h = model.hidden_states(tokens[:, :-1], weights)[:, prompt_len - 1:]
+    targets = tokens[:, prompt_len:]
+    n = targets.shape[1]
+    out = pk.linear_logprobs(h.reshape(B * n, -1), weights["lm_head.weight"], targets.reshape(-1),
+                             temperature, return_entropy=return_entropy)
+    if return_entropy:
+        return out[0].view(B, n), out[1].view(B, n)
+    return out.view(B, n)
+
+
+@dataclass
+class StepConfig:
+    algo: str = "pg"
+    agg: str = "token-mean"
+    epochs: int = 1
+    minibatches: int = 1
+    clip_grad: float = 1.0
+    temperature: float = 1.0
+    cap: float = 2.0              # C of tis and mis
+    ppo_eps: float = 0.2
+
+
+@dataclass
+class StepResult:
+    pi_old: torch.Tensor          # (B, N) learner log-probs at the start of the step
+    entropy: float
+    loss: float
+    grad_norm: float
+    skipped: int                  # optimizer steps skipped by the loss scaler (inf/NaN gradients)
+    loss_scale: float
+    stats: dict                   # the loss's own figures (tis weights, ppo clip fraction, ...), averaged
+
+
+def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollout: Rollout, rewards: torch.Tensor,
+                 group_size: int, prompt_len: int, cfg: StepConfig) -> StepResult:
+    """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches."""
+    advantages = compute_advantages(rewards, group_size, cfg.algo)
+    B = rollout.tokens.shape[0]
+    pi_old, entropy = None, float("nan")
+    losses, norms, skipped = [], [], 0
+    stats: dict[str, list[float]] = {}
+    for epoch in range(cfg.epochs):
+        order = torch.arange(B, device=rollout.tokens.device)
+        for idx in order.chunk(cfg.minibatches):
+            logp, ent = sequence_logprobs(model, rollout.tokens[idx], prompt_len, cfg.temperature,
+                                          return_entropy=True)
+            if epoch == 0:
+                # pi_old: the learner at the start of the step (first pass over each minibatch).
+                part_old = logp.detach()
+                pi_old = part_old if pi_old is None else torch.cat([pi_old, part_old])
+                m = rollout.mask[idx]
+                e = ent.detach()[m]
+                entropy = float(e.mean()) if e.numel() else float("nan")
+            old = pi_old[idx]
+            loss, loss_stats = policy_loss(cfg.algo, logp, advantages=advantages[idx], mask=rollout.mask[idx],
+                                           mu=rollout.logprobs[idx], old_logp=old, agg=cfg.agg, cap=cfg.cap,
+                                           clip_eps=cfg.ppo_eps)
+            for key, value in loss_stats.items():
+                stats.setdefault(key, []).append(value)
+            optimizer.zero_grad(set_to_none=True)
+            scale_before = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if scaler is not None and scaler.is_enabled():
+                scaler.step(optimizer)
+                scaler.update()
+                if scaler.get_scale() < scale_before:
+                    skipped += 1
+            elif math.isfinite(float(norm)):
+                optimizer.step()
+            else:
+                skipped += 1
+            losses.append(float(loss.detach()))
+            norms.append(float(norm))
+    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    return StepResult(pi_old=pi_old, entropy=entropy, loss=sum(losses) / len(losses),
+                      grad_norm=norms[-1], skipped=skipped, loss_scale=scale,
+                      stats={k: sum(v) / len(v) for k, v in stats.items()})
