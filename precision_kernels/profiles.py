@@ -64,7 +64,10 @@ _MATMUL_BATCHED = {
 }
 _MATMUL_2D_FP32_CUDA = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
 _ROWS = {
-    "interpreter": RowConfig(block_rows=64, block_cols=1024),
+    # 512 x 128: an interpreter program costs ~1 ms per nested jit call plus ~4 ms per 64K
+    # elements of tile work per block, so short rows (attention, small vocabularies) want many
+    # rows per program and long rows want few blocks; this balances the two.
+    "interpreter": RowConfig(block_rows=512, block_cols=128),
     "cuda": RowConfig(block_rows=4, block_cols=1024, num_warps=4),
 }
 _ENGINE = EngineConfig()

@@ -1,0 +1,96 @@
+"""pk.rms_norm: RMSNorm over the last dimension, fp32 statistics, output in x's dtype."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from torch.autograd.function import once_differentiable
+
+from .. import backend, profiles
+from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
+from ._common import check_device, check_float, kernel_view, kind
+from .softmax import as_rows
+
+
+def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float):
+    rows, n = x2.shape
+    y = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        rms_norm_fwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
+            kernel_view(x2), kernel_view(weight), kernel_view(y), rstd, rows, n, x2.stride(0), eps,
+            KIND=kind(x2.dtype), W_KIND=kind(weight.dtype),
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+    return y, rstd
+
+
+def _launch_bwd(x2, weight, dy2, rstd):
+    rows, n = x2.shape
+    dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    dw = torch.zeros(n, dtype=weight.dtype, device=x2.device)
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        n_parts = triton.cdiv(rows, cfg.block_rows)
+        # One partial weight gradient per program, summed in index order by col_sum_kernel.
+        partials = torch.empty((n_parts, n), dtype=torch.float32, device=x2.device)
+        rms_norm_bwd_kernel[(n_parts,)](
+            kernel_view(x2), kernel_view(weight), kernel_view(dy2), rstd, kernel_view(dx), partials,
+            rows, n, x2.stride(0), dy2.stride(0),
+            KIND=kind(x2.dtype), W_KIND=kind(weight.dtype), DY_KIND=kind(dy2.dtype),
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+        col_sum_kernel[(triton.cdiv(n, cfg.block_cols),)](
+            partials, kernel_view(dw), n_parts, n, OUT_KIND=kind(weight.dtype),
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+    return dx, dw
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = _launch_fwd(x2, weight, eps)
+        ctx.save_for_backward(x2, weight, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x2, weight, rstd = ctx.saved_tensors
+        if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            dy = dy.to(torch.float32)
+        dx, dw = _launch_bwd(x2, weight, as_rows(dy), rstd)
+        return dx, dw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension: ``x * rsqrt(mean(x^2) + eps) * weight``.
+
+    x is fp32, fp16 or bf16 with last dimension n; weight is a float tensor of shape
+    (n,) (any of the three dtypes). The mean of squares is fp32 over fixed blocks in
+    index order, rsqrt runs in the kernel, and the output is x's dtype, rounded once.
+    Differentiable in x and weight; the weight gradient (in weight's dtype) is summed
+    over rows in a fixed order (per-program partials, then an index-order sum).
+    """
+    check_float("x", x)
+    check_float("weight", weight)
+    check_device("weight", weight)
+    if x.dim() == 0:
+        raise ValueError("rms_norm: x must have at least one dimension")
+    n = x.shape[-1]
+    if weight.shape != (n,):
+        raise ValueError(f"rms_norm: weight has shape {tuple(weight.shape)}, expected ({n},) "
+                         f"to match the last dimension of x {tuple(x.shape)}")
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not (math.isfinite(e) and e >= 0.0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    y2 = _RMSNorm.apply(as_rows(x), w, float(torch.tensor(e, dtype=torch.float32)))
+    return y2.reshape(x.shape)

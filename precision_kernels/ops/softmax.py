@@ -1,0 +1,132 @@
+"""pk.softmax and pk.log_softmax: fixed-block online reductions, output in the input's dtype.
+
+``scale`` multiplies each loaded value in fp32 before anything else (attention passes
+``1/sqrt(head_dim)`` here). Rows are reduced in blocks of ``row_config(dtype).block_cols``
+columns, in index order, with max and sum in fp32 (kernels/softmax.py).
+
+Semantics worth knowing:
+
+* A row whose entries are all -inf (fully masked) gives zeros (softmax) or -inf
+  (log_softmax); torch gives NaN. Its gradient is 0 (softmax) or ``scale * dy``
+  (log_softmax, the formula with p = 0).
+* -inf marks a masked entry only when ``scale > 0`` (``-inf * scale`` is +inf for a
+  negative scale and NaN for 0). +inf or NaN in a row makes that row NaN.
+* ``dim`` other than the last is moved to the end; when that leaves the reduced
+  dimension strided, the input is copied once into a contiguous buffer. The output is
+  returned as a view in the caller's dimension order (not necessarily contiguous).
+* The backward recomputes the probabilities in fp32 from x and the saved per-row
+  max and sum (it does not use the rounded output), and rounds the gradient to x's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from torch.autograd.function import once_differentiable
+
+from .. import backend, profiles
+from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
+from ._common import check_float, kernel_view, kind
+
+
+def _check_scale(scale) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__}") from None
+    if not math.isfinite(s):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    # The kernel multiplies by the fp32 value of scale.
+    return float(torch.tensor(s, dtype=torch.float32))
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., n) -> (rows, n) with unit column stride, copying only when needed."""
+    n = t.shape[-1]
+    t2 = t.reshape(-1, n)
+    if n > 1 and t2.stride(1) != 1:
+        t2 = t2.contiguous()
+    return t2
+
+
+def _launch_fwd(x2: torch.Tensor, scale: float, log: bool):
+    rows, n = x2.shape
+    y = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    row_max = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    row_sum = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        grid = (triton.cdiv(rows, cfg.block_rows),)
+        softmax_fwd_kernel[grid](
+            kernel_view(x2), kernel_view(y), row_max, row_sum, rows, n, x2.stride(0), scale,
+            KIND=kind(x2.dtype), LOG=log, BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+    return y, row_max, row_sum
+
+
+def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
+    rows, n = x2.shape
+    dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        grid = (triton.cdiv(rows, cfg.block_rows),)
+        softmax_bwd_kernel[grid](
+            kernel_view(x2), kernel_view(dy2), kernel_view(dx), row_max, row_sum, rows, n,
+            x2.stride(0), dy2.stride(0), scale,
+            KIND=kind(x2.dtype), DY_KIND=kind(dy2.dtype), LOG=log,
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+    return dx
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
+        y, row_max, row_sum = _launch_fwd(x2, scale, log)
+        ctx.save_for_backward(x2, row_max, row_sum)
+        ctx.scale, ctx.log = scale, log
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x2, row_max, row_sum = ctx.saved_tensors
+        if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            dy = dy.to(torch.float32)
+        dx = _launch_bwd(x2, as_rows(dy), row_max, row_sum, ctx.scale, ctx.log)
+        return dx, None, None
+
+
+def _apply(x: torch.Tensor, dim: int, scale, log: bool) -> torch.Tensor:
+    name = "log_softmax" if log else "softmax"
+    check_float("x", x)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"{name}: dim must be an int, got {type(dim).__name__}")
+    ndim = max(x.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"{name}: dim {dim} is out of range for a tensor with {x.dim()} dimensions")
+    s = _check_scale(scale)
+    if x.dim() == 0:
+        return _Softmax.apply(x.reshape(1, 1), s, log).reshape(())
+    dim = dim % x.dim()
+    moved = x.movedim(dim, -1) if dim != x.dim() - 1 else x
+    y2 = _Softmax.apply(as_rows(moved), s, log)
+    y = y2.reshape(moved.shape)
+    return y.movedim(-1, dim) if dim != x.dim() - 1 else y
+
+
+def softmax(x: torch.Tensor, dim: int = -1, scale: float = 1.0) -> torch.Tensor:
+    """softmax(x * scale) along ``dim``, in x's dtype (fp32, fp16 or bf16).
+
+    ``scale`` is applied in fp32 to each input; max and sum are fp32, over fixed
+    blocks in index order; the result is rounded to nearest even. A fully masked
+    (all -inf) row gives zeros. Differentiable.
+    """
+    return _apply(x, dim, scale, log=False)
+
+
+def log_softmax(x: torch.Tensor, dim: int = -1, scale: float = 1.0) -> torch.Tensor:
+    """log_softmax(x * scale) along ``dim``, in x's dtype; a fully masked row gives -inf. Differentiable."""
+    return _apply(x, dim, scale, log=True)
