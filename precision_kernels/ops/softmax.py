@@ -45,7 +45,7 @@ def _check_scale(scale) -> float:
 def as_rows(t: torch.Tensor) -> torch.Tensor:
     """(..., n) -> (rows, n) with unit column stride, copying only when needed."""
     n = t.shape[-1]
-    t2 = t.reshape(-1, n)
+    t2 = t.reshape(math.prod(t.shape[:-1]), n)
     if n > 1 and t2.stride(1) != 1:
         t2 = t2.contiguous()
     return t2
