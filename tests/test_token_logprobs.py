@@ -164,6 +164,22 @@ def test_vocab_padded_with_minus_inf(vocab, pad, fmt, temperature, seed):
     _check_vocab_padding(randn((7, vocab), DTYPES[fmt], 5.0, seed), _tokens((7,), vocab, seed), pad, temperature)
 
 
+@pytest.mark.parametrize("vocab,pad", [(3, 13), (16, 7), (100, 12), (1000, 24)])
+def test_vocab_padded_to_aligned_lengths(vocab, pad):
+    """Row strides divisible by 16 would be specialized on GPU (another reduction layout); not here."""
+    _check_vocab_padding(randn((6, vocab), torch.float32, 5.0, seed=vocab), _tokens((6,), vocab, vocab), pad, 0.8)
+
+
+def test_misaligned_views_equal_aligned_copies():
+    logits = randn((8, 131), torch.bfloat16, 5.0, seed=19)
+    tokens = _tokens((8,), 128, seed=20)
+    for view in (logits[:, 1:129], logits[:, 3:131]):
+        a = pk.token_logprobs(view, tokens, 0.9, return_entropy=True)
+        b = pk.token_logprobs(view.contiguous(), tokens, 0.9, return_entropy=True)
+        assert_bitwise(a[0], b[0])
+        assert_bitwise(a[1], b[1])
+
+
 @pytest.mark.cuda_configs
 def test_vocab_padded_with_minus_inf_cuda_table():
     logits = randn((5, 1500), torch.bfloat16, 5.0, seed=8)

@@ -46,6 +46,23 @@ import triton.language as tl
 from ..registry import register
 from .rounding import round_fp32, to_fp32
 
+
+def row_kernel(fn):
+    """``@triton.jit`` for the row-reduction kernels, with alignment specialization off for every
+    runtime argument.
+
+    Triton specializes pointers on 16-byte alignment and integers on divisibility by 16. On GPU
+    that sets the vector width of the loads, hence the blocked layout the reductions run in,
+    hence the fp32 summation tree: a row's bits would depend on whether its length (the row
+    stride) is a multiple of 16 and on where its buffer starts. (Seen on an H100: padding a
+    3-token vocabulary with 13 -inf columns changed a log-prob.) With no alignment facts every
+    launch gets the same layout, so I2 and I3 hold on GPU too; the cost is scalar loads.
+    """
+    import inspect
+
+    runtime = [name for name, p in inspect.signature(fn).parameters.items() if p.annotation is inspect.Parameter.empty]
+    return triton.jit(do_not_specialize_on_alignment=runtime)(fn)
+
 # ----------------------------------------------------------------------------------------
 # Shared online log-sum-exp helpers (the contract above).
 # ----------------------------------------------------------------------------------------
@@ -161,7 +178,7 @@ def _probs(z, mask, run_max, run_sum):
 # ----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@row_kernel
 def softmax_fwd_kernel(x_ptr, y_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x, scale,
                        KIND: tl.constexpr, LOG: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -200,7 +217,7 @@ def softmax_fwd_kernel(x_ptr, y_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x,
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
 
 
-@triton.jit
+@row_kernel
 def softmax_bwd_kernel(x_ptr, dy_ptr, dx_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x, stride_dy, scale,
                        KIND: tl.constexpr, DY_KIND: tl.constexpr, LOG: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -247,7 +264,7 @@ def softmax_bwd_kernel(x_ptr, dy_ptr, dx_ptr, max_ptr, sum_ptr, n_rows, n_cols, 
 # ----------------------------------------------------------------------------------------
 
 
-@triton.jit
+@row_kernel
 def token_logprobs_fwd_kernel(logits_ptr, tokens_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
                               n_rows, n_cols, stride_l, temperature,
                               KIND: tl.constexpr, WITH_ENTROPY: tl.constexpr,
@@ -276,7 +293,7 @@ def token_logprobs_fwd_kernel(logits_ptr, tokens_ptr, logprob_ptr, entropy_ptr, 
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
 
 
-@triton.jit
+@row_kernel
 def token_logprobs_bwd_kernel(logits_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr,
                               max_ptr, sum_ptr, dlogits_ptr, n_rows, n_cols, stride_l, temperature,
                               KIND: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
