@@ -1,0 +1,446 @@
+"""Plain-PyTorch eager fp32 TinyGPT: the speed baseline for an RL step, and the sanity-recipe check.
+
+The model has the architecture of DESIGN.md §6 and the parameter names and shapes that
+the kernel-based ``rl.model.TinyGPT`` uses (``param_shapes``), so state dicts move
+between the two unchanged:
+
+    tok_emb.weight                (V, D)     token embedding
+    pos_emb.weight                (T, D)     learned positions 0..T-1 from the first prompt token
+    blocks.{i}.attn_norm.weight   (D,)       pre-RMSNorm of the attention sub-block
+    blocks.{i}.attn.qkv.weight    (3D, D)    fused QKV: rows [q; k; v] of D each; head h = rows h*hd:(h+1)*hd of each
+    blocks.{i}.attn.proj.weight   (D, D)
+    blocks.{i}.mlp_norm.weight    (D,)       pre-RMSNorm of the MLP sub-block
+    blocks.{i}.mlp.fc.weight      (F, D)     F = mlp_ratio * D, activation ReLU(x)^2
+    blocks.{i}.mlp.proj.weight    (D, F)
+    norm_f.weight                 (D,)       final RMSNorm
+    lm_head.weight                (V, D)     untied from tok_emb
+
+No biases. RMSNorm is ``x * rsqrt(mean(x^2) + eps) * weight`` with eps 1e-6 (``pk.rms_norm``'s
+default). Attention: ``softmax(scale * masked_fill(q kᵀ, future, -inf)) @ v`` with
+``scale = 1/sqrt(head_dim)``.
+
+Initialisation (``init_parameters``, scheme "torch", the default) is PyTorch's own module
+default: embeddings N(0, 1), every matrix (``lm_head`` included) U(±1/sqrt(fan_in)), RMSNorm
+weights 1. It is drawn from a seeded generator in ``param_shapes`` order, so the kernel model
+can start from the very same numbers. Alternatives, both worse here (measured with this script, see below):
+"gpt2" is N(0, 0.02) everywhere (residual projections 0.02/sqrt(2·n_layers)); "scaled" is
+N(0, 1/fan_in) matrices with residual projections scaled by 1/sqrt(2·n_layers) and a zero
+``lm_head``. After a warm-up to the same greedy accuracy both leave a much flatter sampling
+policy (about 2.0 nats/token vs 1.6), whose samples are almost never entirely right, so a
+binary reward gives no signal: with them binary-reward RL never reached 95% (0 of 4 seeds at
+every lr in 1e-3..3e-3), and partial-credit RL was slower or less reliable.
+
+Run ``python -m benchmarks.torch_baseline`` for the sanity recipe (reverse, 512 fixed
+prompts, warm-up to 35% greedy accuracy, then REINFORCE with a group-mean baseline,
+8 prompts x 8 samples, partial credit) over a few seeds; it prints warm-up steps, RL steps
+to 95% and the time per RL step split into sampling and learning. ``--json PATH`` writes
+the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rl.losses import ALGOS, compute_advantages, policy_loss
+from rl.metrics import mismatch_metrics
+from rl.tasks import TASKS, Task, get_task
+from rl.warmup import supervised_warmup
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the model. Same fields as ``rl.model.ModelConfig``; this one always computes in fp32."""
+
+    vocab_size: int = 13
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_seq_len: int = 16
+    precision: str = "fp32"
+    mlp_ratio: int = 4
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in registration order (the contract with rl.model)."""
+    V, D, T, Fd = cfg.vocab_size, cfg.d_model, cfg.max_seq_len, cfg.mlp_ratio * cfg.d_model
+    shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, D), "pos_emb.weight": (T, D)}
+    for i in range(cfg.n_layers):
+        b = f"blocks.{i}."
+        shapes.update({
+            b + "attn_norm.weight": (D,), b + "attn.qkv.weight": (3 * D, D), b + "attn.proj.weight": (D, D),
+            b + "mlp_norm.weight": (D,), b + "mlp.fc.weight": (Fd, D), b + "mlp.proj.weight": (D, Fd),
+        })
+    shapes.update({"norm_f.weight": (D,), "lm_head.weight": (V, D)})
+    return shapes
+
+
+INIT_SCHEMES = ("torch", "gpt2", "scaled")
+
+
+def init_parameters(cfg, seed: int = 0, scheme: str = "torch") -> dict[str, torch.Tensor]:
+    """Fresh fp32 parameters for ``cfg``, drawn in ``param_shapes`` order from a generator seeded ``seed``.
+
+    Schemes (see the module docstring): "torch" (default: nn.Embedding's N(0, 1) and
+    nn.Linear's kaiming-uniform U(±1/sqrt(fan_in))), "gpt2" (N(0, 0.02)) and "scaled".
+    Independent of the global RNG, so the kernel model and this one can start identical.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose from {INIT_SCHEMES}")
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    resid_scale = 1.0 / math.sqrt(2 * cfg.n_layers)
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith("norm.weight") or name == "norm_f.weight":
+            out[name] = torch.ones(shape)
+            continue
+        is_emb = name in ("tok_emb.weight", "pos_emb.weight")
+        is_resid = name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight")
+        fan_in = shape[1]
+        if scheme == "scaled":
+            if name == "lm_head.weight":
+                out[name] = torch.zeros(shape)
+                continue
+            std = 1.0 if is_emb else 1.0 / math.sqrt(fan_in)
+            out[name] = torch.randn(shape, generator=g) * (std * (resid_scale if is_resid else 1.0))
+        elif scheme == "gpt2":
+            std = 0.02 * (resid_scale if is_resid else 1.0)
+            out[name] = torch.randn(shape, generator=g) * std
+        else:
+            if is_emb:
+                out[name] = torch.randn(shape, generator=g)
+            else:
+                bound = 1.0 / math.sqrt(fan_in)
+                out[name] = (torch.rand(shape, generator=g) * 2 - 1) * bound
+    return out
+
+
+# ---- the model -------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x, cache: dict | None = None, pos: int = 0):
+        """``x`` (B, T, D) at positions pos..pos+T-1. With a ``cache`` dict the new K/V are
+        appended to it and the queries attend over cache plus new keys, in index order."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        S = k.shape[2]  # keys: positions 0..S-1; queries: S-T..S-1
+        scores = q @ k.transpose(-1, -2)
+        future = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)
+        probs = torch.softmax(scores.masked_fill(future, float("-inf")) * (1.0 / math.sqrt(self.head_dim)), -1)
+        return self.proj((probs @ v).transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None, pos=0):
+        x = x + self.attn(self.attn_norm(x), cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TinyGPT(nn.Module):
+    """Decoder-only transformer in plain fp32 PyTorch; see the module docstring for the layout."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0, init: str = "torch") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.load_state_dict(init_parameters(cfg, seed, init))
+
+    def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, pos: int = 0) -> torch.Tensor:
+        """Final-normed hidden states (B, T, D) of ``tokens`` at positions pos..pos+T-1."""
+        T = tokens.shape[1]
+        if pos + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        x = self.tok_emb(tokens) + self.pos_emb.weight[pos:pos + T]
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i], pos)
+        return self.norm_f(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full causal pass: logits (B, T, V) fp32."""
+        return self.lm_head(self.hidden(tokens))
+
+    forward_reference = forward  # the plain-torch path rl.warmup looks for
+
+
+# ---- sampler and learner ----------------------------------------------------------------------
+
+class Rollout(NamedTuple):
+    """As in DESIGN.md §5: tokens (B, P+N), logprobs (B, N) fp32 (0.0 after EOS), mask (B, N)."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+
+
+@torch.no_grad()
+def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             generator: torch.Generator | None = None, eos_id: int | None = None,
+             pad_id: int | None = None) -> Rollout:
+    """Batched KV-cache decoding: prefill the prompts, then one token per step for all rows.
+
+    Sampling is Gumbel-max on ``logits / temperature`` in fp32 (noise from ``generator``);
+    ``temperature=0`` is greedy. The reported log-prob is ``log_softmax(logits / T)`` of the
+    drawn token (T = 1 when greedy). A row stops after its EOS: pad (``pad_id``, default
+    ``eos_id``) after it, log-prob 0.0, mask False. Stops early when every row is done.
+    """
+    B, P = prompts.shape
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    caches: list[dict] = [{} for _ in model.blocks]
+    h = model.hidden(prompts, caches, 0)[:, -1]
+    done = torch.zeros(B, dtype=torch.bool)
+    toks = torch.full((B, max_new_tokens), pad, dtype=torch.long)
+    logps = torch.zeros(B, max_new_tokens)
+    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool)
+    for t in range(max_new_tokens):
+        logits = model.lm_head(h).float()
+        if temperature > 0:
+            z = logits / temperature
+            u = torch.rand(z.shape, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
+            nxt = (z - torch.log(-torch.log(u))).argmax(-1)
+        else:
+            z = logits
+            nxt = z.argmax(-1)
+        lp = torch.log_softmax(z, -1).gather(-1, nxt[:, None])[:, 0]
+        live = ~done
+        toks[:, t] = torch.where(live, nxt, toks[:, t])
+        logps[:, t] = torch.where(live, lp, logps[:, t])
+        mask[:, t] = live
+        if eos_id is not None:
+            done = done | (live & (nxt == eos_id))
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        h = model.hidden(toks[:, t:t + 1], caches, P + t)[:, -1]
+    return Rollout(torch.cat([prompts, toks], dim=1), logps, mask)
+
+
+def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
+                      return_entropy: bool = False):
+    """Full-sequence forward, then the log-prob of each response token: (B, N) fp32 (N = T - P).
+
+    Positions after EOS hold the log-probs of the pad tokens; mask them out.
+    With ``return_entropy`` also returns the per-position entropy (B, N).
+    """
+    logits = model(tokens[:, :-1])[:, prompt_len - 1:].float() / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    lp = logp_all.gather(-1, tokens[:, prompt_len:, None])[..., 0]
+    if return_entropy:
+        return lp, -(logp_all.exp() * logp_all).sum(-1)
+    return lp
+
+
+@torch.no_grad()
+def greedy_accuracy(model: TinyGPT, task: Task, prompts: torch.Tensor) -> float:
+    """Greedy (KV-cache) decoding over ``prompts``; fraction whose whole answer is right."""
+    ro = generate(model, prompts, task.max_new_tokens, temperature=0.0, eos_id=task.eos_id, pad_id=task.pad_id)
+    return task.accuracy(prompts, ro.tokens[:, task.prompt_len:], ro.mask)
+
+
+# ---- the sanity recipe ---------------------------------------------------------------------------
+
+@dataclass
+class RecipeConfig:
+    task: str = "reverse"
+    n_prompts: int = 512
+    data_seed: int = 0
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_seq_len: int = 16
+    init: str = "torch"
+    warmup_lr: float = 3e-3
+    warmup_batch: int = 64
+    warmup_stop_at: float = 0.35
+    warmup_max_acc: float = 0.8
+    warmup_max_steps: int = 300
+    algo: str = "pg"
+    agg: str = "token-mean"
+    partial: bool = True
+    batch: int = 8
+    group: int = 8
+    temperature: float = 1.0
+    lr: float = 2e-3
+    clip: float = 1.0
+    rl_max_steps: int = 300
+    target_acc: float = 0.95
+    eval_every: int = 1
+
+
+def run_recipe(rc: RecipeConfig, seed: int, verbose: bool = False) -> dict:
+    """Warm-up, then RL until greedy accuracy >= ``target_acc`` (or ``rl_max_steps``); returns figures."""
+    task = get_task(rc.task)
+    prompts, _ = task.make_dataset(rc.n_prompts, seed=rc.data_seed)
+    cfg = ModelConfig(vocab_size=task.vocab_size, d_model=rc.d_model, n_layers=rc.n_layers,
+                      n_heads=rc.n_heads, max_seq_len=max(rc.max_seq_len, task.seq_len))
+    torch.manual_seed(seed)
+    model = TinyGPT(cfg, seed=seed, init=rc.init)
+    acc_fn = lambda: greedy_accuracy(model, task, prompts)  # noqa: E731
+    wu = supervised_warmup(model, task, prompts, lr=rc.warmup_lr, batch_size=rc.warmup_batch,
+                           max_steps=rc.warmup_max_steps, stop_at=rc.warmup_stop_at,
+                           max_acc=rc.warmup_max_acc, seed=seed + 1000, accuracy_fn=acc_fn)
+    if verbose:
+        print(f"  seed {seed}: warm-up {wu.steps} steps -> {wu.accuracy:.1%} (lr {wu.lr:g}, {wu.seconds:.1f}s)")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr)
+    gen = torch.Generator().manual_seed(seed + 2000)
+    P, G = task.prompt_len, rc.group
+    t_sample, t_learn, history = [], [], []
+    acc, solved_at = wu.accuracy, None
+    mm_mean, mm_frac = [], []
+    for step in range(1, rc.rl_max_steps + 1):
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(prompts), (rc.batch,), generator=gen)
+        batch = prompts[idx].repeat_interleave(G, dim=0)
+        ro = generate(model, batch, task.max_new_tokens, temperature=rc.temperature, generator=gen,
+                      eos_id=task.eos_id, pad_id=task.pad_id)
+        t1 = time.perf_counter()
+        reward = task.reward(batch, ro.tokens[:, P:], ro.mask, partial=rc.partial)
+        adv = compute_advantages(reward, G, rc.algo)
+        logp = sequence_logprobs(model, ro.tokens, P, rc.temperature)
+        old = logp.detach()
+        loss, _ = policy_loss(rc.algo, logp, advantages=adv, mask=ro.mask, mu=ro.logprobs, old_logp=old,
+                              agg=rc.agg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rc.clip)
+        opt.step()
+        t2 = time.perf_counter()
+        t_sample.append(t1 - t0)
+        t_learn.append(t2 - t1)
+        mm = mismatch_metrics(ro.logprobs, old, ro.mask)
+        mm_mean.append(mm["mean_abs_dlogp"])
+        mm_frac.append(mm["frac_tokens_differ"])
+        if step % rc.eval_every == 0:
+            acc = greedy_accuracy(model, task, prompts)
+        history.append({"step": step, "reward": float(reward.mean()), "accuracy": acc,
+                        "grad_norm": float(gnorm), "mm_mean_abs_dlogp": mm["mean_abs_dlogp"]})
+        if acc >= rc.target_acc:
+            solved_at = step
+            break
+    if verbose:
+        print(f"  seed {seed}: RL {'reached' if solved_at else 'did NOT reach'} {rc.target_acc:.0%} "
+              f"{'at step ' + str(solved_at) if solved_at else f'in {rc.rl_max_steps} steps'} "
+              f"(final {acc:.1%}); sample {1e3 * statistics.median(t_sample):.1f} ms, "
+              f"learn {1e3 * statistics.median(t_learn):.1f} ms per step (median)")
+    return {
+        "seed": seed, "warmup_steps": wu.steps, "warmup_acc": wu.accuracy, "warmup_lr_final": wu.lr,
+        "warmup_reached": wu.reached, "warmup_seconds": wu.seconds,
+        "rl_steps_to_target": solved_at, "rl_steps_run": len(history), "final_acc": acc,
+        "sample_ms_median": 1e3 * statistics.median(t_sample), "learn_ms_median": 1e3 * statistics.median(t_learn),
+        "step_ms_median": 1e3 * statistics.median([a + b for a, b in zip(t_sample, t_learn)]),
+        "step_ms_min": 1e3 * min(a + b for a, b in zip(t_sample, t_learn)),
+        "mismatch_mean_abs_dlogp": statistics.fmean(mm_mean), "mismatch_frac_tokens_differ": statistics.fmean(mm_frac),
+        "history": history,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", default="reverse", choices=sorted(TASKS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--init", default="torch", choices=INIT_SCHEMES)
+    ap.add_argument("--algo", default="pg", choices=ALGOS)
+    ap.add_argument("--agg", default="token-mean", choices=("token-mean", "seq-mean"))
+    ap.add_argument("--binary", action="store_true", help="binary reward instead of partial credit")
+    ap.add_argument("--lr", type=float, default=RecipeConfig.lr)
+    ap.add_argument("--warmup-stop-at", type=float, default=RecipeConfig.warmup_stop_at)
+    ap.add_argument("--rl-max-steps", type=int, default=RecipeConfig.rl_max_steps)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads; 1 (default) is as fast for this tiny model and far less "
+                         "sensitive to other processes on a shared 2-core machine")
+    ap.add_argument("--json", metavar="PATH", help="write the figures (with per-step history) here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rc = RecipeConfig(task=args.task, init=args.init, algo=args.algo, agg=args.agg, partial=not args.binary,
+                      lr=args.lr, warmup_stop_at=args.warmup_stop_at, rl_max_steps=args.rl_max_steps)
+    print(f"plain PyTorch {torch.__version__} eager fp32, {torch.get_num_threads()} threads; task {rc.task}, "
+          f"{rc.n_prompts} prompts, d_model {rc.d_model}, {rc.n_layers} layers, {rc.n_heads} heads, init {rc.init}; "
+          f"RL {rc.algo} {rc.batch}x{rc.group}, T={rc.temperature}, "
+          f"{'partial' if rc.partial else 'binary'} reward, AdamW lr {rc.lr:g}, clip {rc.clip}")
+    t0 = time.perf_counter()
+    runs = [run_recipe(rc, s, verbose=True) for s in args.seeds]
+    wall = time.perf_counter() - t0
+    print()
+    print(f"{'seed':>4} {'warm-up':>8} {'wu acc':>7} {'RL steps':>9} {'final':>6} "
+          f"{'sample ms':>10} {'learn ms':>9} {'step ms':>8} {'min ms':>7} {'|dlogp|':>9} {'differ':>7}")
+    for r in runs:
+        steps = str(r["rl_steps_to_target"]) if r["rl_steps_to_target"] else f">{r['rl_steps_run']}"
+        print(f"{r['seed']:>4} {r['warmup_steps']:>8} {r['warmup_acc']:>7.1%} {steps:>9} {r['final_acc']:>6.1%} "
+              f"{r['sample_ms_median']:>10.1f} {r['learn_ms_median']:>9.1f} {r['step_ms_median']:>8.1f} "
+              f"{r['step_ms_min']:>7.1f} {r['mismatch_mean_abs_dlogp']:>9.2e} "
+              f"{r['mismatch_frac_tokens_differ']:>7.1%}")
+    solved = [r["rl_steps_to_target"] for r in runs if r["rl_steps_to_target"]]
+    print(f"reached {rc.target_acc:.0%} in {len(solved)}/{len(runs)} seeds"
+          + (f", RL steps median {statistics.median(solved):g} (range {min(solved)}-{max(solved)})" if solved else "")
+          + f"; step time median {statistics.median(r['step_ms_median'] for r in runs):.1f} ms; "
+          f"total wall {wall:.1f} s")
+    print("ms columns: sample and learn medians, step median and min (RL steps only, greedy eval excluded); "
+          "|dlogp| and differ: mean |log p| difference and fraction of tokens not bitwise equal between the "
+          "KV-cache sampler and the full-sequence learner, both plain fp32 torch")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": asdict(rc), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "wall_s": wall, "runs": runs}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

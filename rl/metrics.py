@@ -1,0 +1,118 @@
+"""Training-inference mismatch between the sampler (μ) and the learner (π_old), per step.
+
+All statistics are over the sampled tokens (``mask`` True) and computed in float64 from
+the fp32 log-probs. With δ_t = π_old − μ (learner minus sampler log-prob of token y_t):
+
+token level (means over the N_tok sampled tokens)
+    mean_abs_dlogp, max_abs_dlogp   mean and max |δ_t|
+    frac_tokens_differ              fraction of tokens whose fp32 log-probs differ bitwise
+    k1 = mean(μ − π_old) = mean(−δ)                      (KL(μ‖π_old) estimators, samples from μ)
+    k2 = mean(½ δ²)
+    k3 = mean(exp(δ) − 1 − δ)
+sequence level (means over sequences with at least one sampled token; Δ_i = Σ_t δ_t)
+    seq_k1 = mean(−Δ_i), seq_k2 = mean(½ Δ_i²), seq_k3 = mean(exp(Δ_i) − 1 − Δ_i),
+    seq_max_abs_dlogp = max |Δ_i|
+probabilities of the chosen token (p = exp(log p))
+    rel_rms_prob   sqrt(Σ (p_π_old − p_μ)² / Σ p_π_old²)       relative RMS error of p
+    rel_rms_logp   sqrt(Σ δ² / Σ π_old²)                         the same on log-probs
+                   (0 when both are all zero, inf when only the reference is)
+    dp_p50, dp_p90, dp_p99, dp_max   quantiles of |p_π_old − p_μ|
+counts
+    n_tokens, n_seqs
+
+A matched sampler/learner pair gives 0 for every mismatch statistic.
+The step's other figures (reward, accuracy, entropy, grad norm, loss scale, skipped
+steps) belong to the trainer; ``step_record`` merges them into one flat dict of floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_QUANTILES = {"dp_p50": 0.5, "dp_p90": 0.9, "dp_p99": 0.99}
+MISMATCH_KEYS = (
+    "mean_abs_dlogp", "max_abs_dlogp", "frac_tokens_differ", "k1", "k2", "k3",
+    "seq_k1", "seq_k2", "seq_k3", "seq_max_abs_dlogp", "rel_rms_prob", "rel_rms_logp",
+    "dp_p50", "dp_p90", "dp_p99", "dp_max", "n_tokens", "n_seqs",
+)
+
+
+def bitwise_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise "not bitwise equal" for float tensors of the same dtype (−0 ≠ +0, NaN == same NaN)."""
+    if a.dtype != b.dtype:
+        raise ValueError(f"bitwise comparison needs equal dtypes, got {a.dtype} and {b.dtype}")
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
+    return a.contiguous().view(int_dtype) != b.contiguous().view(int_dtype)
+
+
+def _rel_rms(err_sq_sum: float, ref_sq_sum: float) -> float:
+    if ref_sq_sum > 0:
+        return math.sqrt(err_sq_sum / ref_sq_sum)
+    return 0.0 if err_sq_sum == 0 else math.inf
+
+
+def mismatch_metrics(mu: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mismatch statistics between sampler log-probs ``mu`` and learner ``old_logp`` (see module doc).
+
+    ``mu``, ``old_logp``: (B, N) float (normally fp32); ``mask``: (B, N) bool.
+    Returns a dict of Python floats with the keys ``MISMATCH_KEYS``; all zeros when
+    nothing is sampled.
+    """
+    if mu.shape != old_logp.shape or mu.shape != mask.shape:
+        raise ValueError(f"shapes differ: mu {tuple(mu.shape)}, old_logp {tuple(old_logp.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    m = mask.bool()
+    n_tok = int(m.sum())
+    out = dict.fromkeys(MISMATCH_KEYS, 0.0)
+    if n_tok == 0:
+        return out
+    mu_d, pi_d = mu.detach(), old_logp.detach()
+    differ = bitwise_differ(mu_d[m], pi_d[m])
+    a, b = mu_d.double(), pi_d.double()
+    delta_full = torch.where(m, b - a, torch.zeros((), dtype=torch.float64))
+    delta = delta_full[m]
+    abs_d = delta.abs()
+
+    out["n_tokens"] = float(n_tok)
+    out["mean_abs_dlogp"] = float(abs_d.mean())
+    out["max_abs_dlogp"] = float(abs_d.max())
+    out["frac_tokens_differ"] = float(differ.double().mean())
+    out["k1"] = float((-delta).mean())
+    out["k2"] = float((0.5 * delta**2).mean())
+    out["k3"] = float(torch.expm1(delta).sub(delta).mean())
+
+    has_tok = m.any(dim=1)
+    seq = delta_full.sum(dim=1)[has_tok]
+    out["n_seqs"] = float(seq.numel())
+    out["seq_k1"] = float((-seq).mean())
+    out["seq_k2"] = float((0.5 * seq**2).mean())
+    out["seq_k3"] = float(torch.expm1(seq).sub(seq).mean())
+    out["seq_max_abs_dlogp"] = float(seq.abs().max())
+
+    p_mu, p_pi = a[m].exp(), b[m].exp()
+    dp = (p_pi - p_mu).abs()
+    out["rel_rms_prob"] = _rel_rms(float((dp**2).sum()), float((p_pi**2).sum()))
+    out["rel_rms_logp"] = _rel_rms(float((delta**2).sum()), float((b[m] ** 2).sum()))
+    qs = torch.quantile(dp, torch.tensor(list(_QUANTILES.values()), dtype=torch.float64))
+    for key, q in zip(_QUANTILES, qs.tolist()):
+        out[key] = float(q)
+    out["dp_max"] = float(dp.max())
+    return out
+
+
+def step_record(step: int, mismatch: dict[str, float] | None = None, **figures) -> dict[str, float]:
+    """One flat JSONL-ready record: ``step``, the trainer's figures, then mismatch keys prefixed ``mm_``.
+
+    ``figures`` are e.g. reward, accuracy, entropy, grad_norm, loss_scale, skipped_steps;
+    tensors are converted to floats, ``None`` values dropped.
+    """
+    rec: dict[str, float] = {"step": float(step)}
+    for k, v in figures.items():
+        if v is None:
+            continue
+        rec[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
+    for k, v in (mismatch or {}).items():
+        rec[f"mm_{k}"] = float(v)
+    return rec

@@ -1,0 +1,278 @@
+"""Verifiable tasks with exact rewards: reverse, sort and add digit strings.
+
+Every task shares one token layout, so ``eos_id`` and ``pad_id`` are the same everywhere:
+
+    id   0..9   10   11    12    13
+    sym  0..9   =    EOS   PAD   +      ('+' only in the add task's vocabulary)
+
+A prompt is fixed-width and ends with ``=``; the answer is ``answer_len`` digits
+followed by EOS, so a rollout needs ``max_new_tokens = answer_len + 1`` steps::
+
+    reverse  "402917="  -> "719204" EOS     P = 7, A = 6   (the sanity task)
+    sort     "402917="  -> "012479" EOS     P = 7, A = 6
+    add      "123+908=" -> "1031"   EOS     P = 8, A = 4   (sum zero-padded to 4 digits)
+
+Rewards are computed from the prompt alone (the task is its own verifier) over the
+``A + 1`` target positions, the EOS included:
+
+* binary: 1.0 when every digit and the EOS are in place, else 0.0;
+* partial: the fraction of the ``A + 1`` positions that are right.
+
+A response position only counts where ``mask`` is True (sampled, up to and including
+the first EOS); anything after the first EOS is ignored, and a response that stops
+early loses the positions it never produced.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+DIGITS = "0123456789"
+SEP_ID = 10
+EOS_ID = 11
+PAD_ID = 12
+PLUS_ID = 13
+_SYMBOLS = {**{d: i for i, d in enumerate(DIGITS)}, "=": SEP_ID, "+": PLUS_ID}
+_EOS_CHAR, _PAD_CHAR = "$", "_"
+
+
+class Tokenizer:
+    """Character tokenizer: digits, ``=``, EOS (``$``), PAD (``_``) and optionally ``+``."""
+
+    def __init__(self, with_plus: bool = False) -> None:
+        self.vocab_size = 14 if with_plus else 13
+        self.eos_id, self.pad_id, self.sep_id = EOS_ID, PAD_ID, SEP_ID
+        self._to_char = {i: c for c, i in _SYMBOLS.items() if i < self.vocab_size}
+        self._to_char[EOS_ID], self._to_char[PAD_ID] = _EOS_CHAR, _PAD_CHAR
+
+    def encode(self, text: str) -> list[int]:
+        """Map characters to ids; ``$`` is EOS and ``_`` is PAD."""
+        inv = {c: i for i, c in self._to_char.items()}
+        try:
+            return [inv[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in this vocabulary "
+                             f"({''.join(sorted(inv))!r})") from None
+
+    def decode(self, ids, stop_at_eos: bool = False) -> str:
+        """Map ids back to characters (``$`` EOS, ``_`` PAD); optionally cut at the first EOS."""
+        out = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if stop_at_eos and i == EOS_ID:
+                break
+            out.append(self._to_char.get(int(i), "?"))
+        return "".join(out)
+
+
+class Task(ABC):
+    """A verifiable task: fixed-width prompts, a unique correct answer, exact rewards.
+
+    Subclasses set ``name``, ``prompt_len``, ``answer_len`` and the tokenizer, and
+    implement ``_sample_problems`` (random prompts) and ``solve`` (the answer digits).
+    """
+
+    name: str
+    prompt_len: int
+    answer_len: int
+    tokenizer: Tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Response length a rollout needs: the answer digits plus EOS."""
+        return self.answer_len + 1
+
+    @property
+    def seq_len(self) -> int:
+        """Length of a teacher-forced sequence (prompt, answer, EOS)."""
+        return self.prompt_len + self.answer_len + 1
+
+    @abstractmethod
+    def _sample_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random prompts, int64 (n, prompt_len)."""
+
+    @abstractmethod
+    def solve(self, prompts: torch.Tensor) -> torch.Tensor:
+        """The correct answer digits for each prompt, int64 (n, answer_len)."""
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` fresh random problems (repeats possible): ``(prompts, answers)``."""
+        prompts = self._sample_problems(n, generator)
+        return prompts, self.solve(prompts)
+
+    def make_dataset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed set of ``n`` distinct prompts, the same for the same seed on every machine.
+
+        Returns ``(prompts (n, prompt_len), answers (n, answer_len))``, int64 on CPU.
+        """
+        g = torch.Generator().manual_seed(seed)
+        seen: set[tuple[int, ...]] = set()
+        rows: list[torch.Tensor] = []
+        while len(rows) < n:
+            for row in self._sample_problems(n, g):
+                key = tuple(row.tolist())
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+                    if len(rows) == n:
+                        break
+        prompts = torch.stack(rows) if rows else torch.empty(0, self.prompt_len, dtype=torch.long)
+        return prompts, self.solve(prompts)
+
+    def targets(self, answers: torch.Tensor) -> torch.Tensor:
+        """Answer digits followed by EOS: the ``max_new_tokens`` tokens a perfect response holds."""
+        eos = torch.full((answers.shape[0], 1), self.eos_id, dtype=torch.long, device=answers.device)
+        return torch.cat([answers, eos], dim=1)
+
+    def teacher_forcing(self, prompts: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole sequences prompt + answer + EOS, int64 (n, seq_len), for supervised warm-up.
+
+        The model predicts token ``t+1`` from positions ``..t``; the supervised
+        positions are the last ``max_new_tokens`` targets (see ``warmup``).
+        """
+        if answers is None:
+            answers = self.solve(prompts)
+        return torch.cat([prompts, self.targets(answers)], dim=1)
+
+    def reward(self, prompts: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor | None = None,
+               partial: bool = True) -> torch.Tensor:
+        """Exact reward per row, fp32 (B,).
+
+        ``responses`` are the generated tokens after the prompt, (B, N) with any N;
+        ``mask`` (B, N) bool marks the sampled tokens (True up to and including the
+        first EOS). Without a mask, tokens after the first EOS are ignored.
+        The target is the ``answer_len`` digits plus EOS; see the module docstring.
+        """
+        responses = responses.long()
+        if mask is None:
+            mask = response_mask(responses, self.eos_id)
+        if responses.shape != mask.shape:
+            raise ValueError(f"responses {tuple(responses.shape)} and mask {tuple(mask.shape)} differ")
+        target = self.targets(self.solve(prompts.to(responses.device)))
+        L, N = target.shape[1], responses.shape[1]
+        if N < L:  # too short to hold the target: missing positions count as wrong
+            pad = (0, L - N)
+            responses = torch.nn.functional.pad(responses, pad, value=self.pad_id)
+            mask = torch.nn.functional.pad(mask, pad, value=False)
+        correct = (responses[:, :L] == target) & mask[:, :L].bool()
+        if partial:
+            return correct.float().mean(dim=1)
+        return correct.all(dim=1).float()
+
+    def accuracy(self, prompts: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+        """Fraction of rows whose whole answer (digits and EOS) is right."""
+        return float(self.reward(prompts, responses, mask, partial=False).mean()) if len(prompts) else 0.0
+
+    # ---- formatting helpers -------------------------------------------------------------
+
+    def format_prompt(self, text: str) -> torch.Tensor:
+        """Encode one prompt string such as ``"402917="`` (the ``=`` may be omitted)."""
+        if not text.endswith("="):
+            text += "="
+        ids = self.tokenizer.encode(text)
+        if len(ids) != self.prompt_len:
+            raise ValueError(f"{self.name} prompts are {self.prompt_len} tokens wide, got {text!r}")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, ids, stop_at_eos: bool = True) -> str:
+        """Decode one row of ids to text, by default up to the first EOS."""
+        return self.tokenizer.decode(ids, stop_at_eos=stop_at_eos)
+
+    def describe(self, prompt: torch.Tensor, response: torch.Tensor | None = None) -> str:
+        """``"402917= -> 719204"`` for logs; the correct answer when no response is given."""
+        if response is None:
+            response = self.solve(prompt[None])[0]
+        return f"{self.decode(prompt)} -> {self.decode(response)}"
+
+
+def response_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """True up to and including the first EOS of each row (everything when there is none)."""
+    is_eos = responses == eos_id
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS seen strictly before t
+    return before == 0
+
+
+def _digits(n: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 10, (n, width), generator=generator, dtype=torch.long)
+
+
+def _with_sep(body: torch.Tensor) -> torch.Tensor:
+    return torch.cat([body, torch.full((body.shape[0], 1), SEP_ID, dtype=torch.long, device=body.device)], 1)
+
+
+class ReverseTask(Task):
+    """Reverse a string of ``n_digits`` digits: the sanity task."""
+
+    def __init__(self, n_digits: int = 6) -> None:
+        self.name = "reverse"
+        self.n_digits = n_digits
+        self.prompt_len, self.answer_len = n_digits + 1, n_digits
+        self.tokenizer = Tokenizer()
+
+    def _sample_problems(self, n, generator):
+        return _with_sep(_digits(n, self.n_digits, generator))
+
+    def solve(self, prompts):
+        return prompts[:, : self.n_digits].flip(1)
+
+
+class SortTask(Task):
+    """Sort a string of ``n_digits`` digits ascending."""
+
+    def __init__(self, n_digits: int = 6) -> None:
+        self.name = "sort"
+        self.n_digits = n_digits
+        self.prompt_len, self.answer_len = n_digits + 1, n_digits
+        self.tokenizer = Tokenizer()
+
+    def _sample_problems(self, n, generator):
+        return _with_sep(_digits(n, self.n_digits, generator))
+
+    def solve(self, prompts):
+        return prompts[:, : self.n_digits].sort(dim=1).values
+
+
+class AddTask(Task):
+    """Add two zero-padded ``n_digits``-digit numbers; the sum is zero-padded to ``n_digits + 1``."""
+
+    def __init__(self, n_digits: int = 3) -> None:
+        self.name = "add"
+        self.n_digits = n_digits
+        self.prompt_len, self.answer_len = 2 * n_digits + 2, n_digits + 1
+        self.tokenizer = Tokenizer(with_plus=True)
+
+    def _sample_problems(self, n, generator):
+        a, b = _digits(n, self.n_digits, generator), _digits(n, self.n_digits, generator)
+        plus = torch.full((n, 1), PLUS_ID, dtype=torch.long)
+        return _with_sep(torch.cat([a, plus, b], dim=1))
+
+    def solve(self, prompts):
+        k = self.n_digits
+        place = 10 ** torch.arange(k - 1, -1, -1, device=prompts.device)
+        total = (prompts[:, :k] * place).sum(1) + (prompts[:, k + 1: 2 * k + 1] * place).sum(1)
+        out_place = 10 ** torch.arange(k, -1, -1, device=prompts.device)
+        return (total[:, None] // out_place) % 10
+
+
+TASKS: dict[str, type[Task]] = {"reverse": ReverseTask, "sort": SortTask, "add": AddTask}
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build a task by name: ``reverse`` (default sanity task), ``sort`` or ``add``."""
+    try:
+        return TASKS[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None

@@ -1,0 +1,118 @@
+"""Checkpoints: roundtrip of model, optimizer, scaler, RNG states and step; atomic writes."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rl import checkpoint as C
+
+
+def make():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    return model, opt, scaler
+
+
+def train_step(model, opt):
+    loss = model(torch.randn(5, 4)).square().mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_roundtrip_restores_everything(tmp_path):
+    model, opt, scaler = make()
+    train_step(model, opt)
+    gen = torch.Generator().manual_seed(123)
+    torch.rand(3, generator=gen)
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    path = C.save_checkpoint(tmp_path / "ck" / "last.pt", model=model, optimizer=opt, scaler=scaler, step=17,
+                             generators={"sampler": gen}, extra={"config": {"lr": 1e-2}})
+    assert path.exists() and os.listdir(path.parent) == ["last.pt"]
+
+    # what the uninterrupted run does next
+    expect_draws = (torch.rand(2), random.random(), np.random.rand(), torch.rand(2, generator=gen))
+    train_step(model, opt)
+    expect_params = [p.detach().clone() for p in model.parameters()]
+
+    # a fresh process: different weights, RNGs moved on
+    model2, opt2, scaler2 = make()
+    for p in model2.parameters():
+        p.data.add_(1.0)
+    gen2 = torch.Generator().manual_seed(999)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    ck = C.load_checkpoint(path, model=model2, optimizer=opt2, scaler=scaler2, generators={"sampler": gen2})
+    assert ck["step"] == 17 and ck["extra"] == {"config": {"lr": 1e-2}}
+    assert scaler2.get_scale() == 1024.0
+    draws = (torch.rand(2), random.random(), np.random.rand(), torch.rand(2, generator=gen2))
+    assert torch.equal(draws[0], expect_draws[0]) and draws[1] == expect_draws[1]
+    assert draws[2] == expect_draws[2] and torch.equal(draws[3], expect_draws[3])
+    train_step(model2, opt2)
+    for a, b in zip(model2.parameters(), expect_params):
+        assert torch.equal(a, b)
+
+
+def test_state_dicts_accepted_and_missing_parts(tmp_path):
+    model, opt, _ = make()
+    path = C.save_checkpoint(tmp_path / "a.pt", model=model.state_dict(), step=0)
+    model2, opt2, scaler2 = make()
+    C.load_checkpoint(path, model=model2, restore_rng=False)
+    with pytest.raises(ValueError):
+        C.load_checkpoint(path, optimizer=opt2, restore_rng=False)
+    with pytest.raises(ValueError):
+        C.load_checkpoint(path, scaler=scaler2, restore_rng=False)
+    with pytest.raises(KeyError):
+        C.load_checkpoint(path, generators={"sampler": torch.Generator()})
+
+
+class Boom:
+    """Pickles half-way, then fails: a crash during the write."""
+
+    def __reduce__(self):
+        raise RuntimeError("disk on fire")
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    model, opt, _ = make()
+    path = tmp_path / "last.pt"
+    C.save_checkpoint(path, model=model, optimizer=opt, step=1)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        C.save_checkpoint(path, model=model, optimizer=opt, step=2, extra={"x": torch.zeros(1000), "boom": Boom()})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]
+    assert C.load_checkpoint(path, restore_rng=False)["step"] == 1
+
+
+def test_failed_first_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        C.atomic_save({"boom": Boom()}, tmp_path / "new.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_replace_is_the_commit_point(tmp_path, monkeypatch):
+    """Until os.replace runs, the destination holds the old contents."""
+    path = tmp_path / "x.pt"
+    C.atomic_save({"v": 1}, path)
+    seen = {}
+
+    def spy(src, dst):
+        seen["old"] = torch.load(dst, weights_only=False)
+        seen["src_dir"] = os.path.dirname(src)
+        raise OSError("crash just before rename")
+
+    monkeypatch.setattr(C.os, "replace", spy)
+    with pytest.raises(OSError):
+        C.atomic_save({"v": 2}, path)
+    assert seen["old"] == {"v": 1} and seen["src_dir"] == str(tmp_path)
+    assert os.listdir(tmp_path) == ["x.pt"]
+    assert torch.load(path, weights_only=False) == {"v": 1}

@@ -1,0 +1,198 @@
+"""Policy-gradient losses: one step on a small case whose loss and gradient are computed by hand.
+
+The case: one prompt, a group of two sequences with rewards [1, 0] (A = [0.5, -0.5], or
+[1, -1] std-normalised), two response positions, the second sequence stopped after one token.
+
+    π      = [[-0.5, -1.0], [-2.0, pad]]     learner (current = π_old at the first pass)
+    μ      = [[-0.5, -2.0], [-1.9, 0.0]]     sampler
+    π − μ  = [[ 0.0,  1.0], [-0.1, --]]
+    mask   = [[True, True], [True, False]]   3 sampled tokens
+
+Expected values are written out from these numbers below, independently of rl.losses.
+"""
+
+import math
+
+import pytest
+import torch
+
+from rl import losses as L
+
+E = math.e
+EM01 = math.exp(-0.1)
+PAD = -30.0  # whatever the learner scores at a pad position; must never matter
+
+
+def case(pad_value=PAD):
+    logp = torch.tensor([[-0.5, -1.0], [-2.0, pad_value]], requires_grad=True)
+    mu = torch.tensor([[-0.5, -2.0], [-1.9, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([0.5, -0.5])
+    return logp, mu, mask, adv
+
+
+def grad_of(loss, logp):
+    (g,) = torch.autograd.grad(loss, logp)
+    return g
+
+
+def close(t, expected, rel=1e-6, abs=1e-7):
+    return t.detach().flatten().tolist() == pytest.approx(list(expected), rel=rel, abs=abs)
+
+
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.25, 0.25, 0.5, 1.0])
+    assert close(L.group_advantages(r, 2), [0.5, -0.5, 0.0, 0.0, -0.25, 0.25])
+    assert close(L.group_advantages(r, 2, normalize_std=True), [1, -1, 0, 0, -1, 1], rel=1e-5)
+    assert close(L.group_advantages(torch.tensor([3.0, 0.0, 0.0]), 3), [2, -1, -1])
+    # population std of [3, 0, 0] is sqrt(2)
+    s2 = math.sqrt(2)
+    assert close(L.group_advantages(torch.tensor([3.0, 0.0, 0.0]), 3, True), [2 / s2, -1 / s2, -1 / s2], rel=1e-5)
+    assert close(L.compute_advantages(r[:2], 2, "grpo"), [1, -1], rel=1e-5)
+    assert close(L.compute_advantages(r[:2], 2, "ppo"), [0.5, -0.5])
+    with pytest.raises(ValueError):
+        L.group_advantages(r, 4)
+
+
+def test_aggregate():
+    x = torch.tensor([[1.0, 2.0, 30.0], [4.0, 50.0, 60.0]])
+    m = torch.tensor([[True, True, False], [True, False, False]])
+    assert L.aggregate(x, m, "token-mean").item() == pytest.approx((1 + 2 + 4) / 3)
+    assert L.aggregate(x, m, "seq-mean").item() == pytest.approx(((1 + 2) / 2 + 4) / 2)
+    with pytest.raises(ValueError):
+        L.aggregate(x, m, "sum")
+
+
+def test_pg_token_mean():
+    logp, _, mask, adv = case()
+    loss = L.pg_loss(logp, adv, mask)
+    # per token -A*π: 0.25, 0.5 | -1.0 ; over 3 tokens
+    assert loss.item() == pytest.approx((0.25 + 0.5 - 1.0) / 3)
+    assert close(grad_of(loss, logp), [-0.5 / 3, -0.5 / 3, 0.5 / 3, 0.0])
+
+
+def test_pg_seq_mean():
+    logp, _, mask, adv = case()
+    loss = L.pg_loss(logp, adv, mask, agg="seq-mean")
+    assert loss.item() == pytest.approx(((0.25 + 0.5) / 2 + (-1.0)) / 2)
+    assert close(grad_of(loss, logp), [-0.5 / 4, -0.5 / 4, 0.5 / 2, 0.0])
+
+
+def test_pg_ignores_infinite_pad():
+    logp, _, mask, adv = case(pad_value=-math.inf)
+    loss = L.pg_loss(logp, adv, mask)
+    assert loss.item() == pytest.approx((0.25 + 0.5 - 1.0) / 3)
+    assert close(grad_of(loss, logp), [-0.5 / 3, -0.5 / 3, 0.5 / 3, 0.0])
+
+
+def test_tis():
+    logp, mu, mask, adv = case()
+    old = logp.detach().clone().requires_grad_(True)  # must receive no gradient
+    loss = L.tis_loss(logp, mu, old, adv, mask)
+    # w = min(exp(π_old − μ), 2) = [1, min(e, 2) = 2 | e^-0.1]
+    w = [1.0, 2.0, EM01]
+    per_token = [-0.5 * w[0] * -0.5, -0.5 * w[1] * -1.0, 0.5 * w[2] * -2.0]
+    assert loss.item() == pytest.approx(sum(per_token) / 3)
+    g_logp, g_old = torch.autograd.grad(loss, (logp, old), allow_unused=True)
+    assert close(g_logp, [-0.5 * w[0] / 3, -0.5 * w[1] / 3, 0.5 * w[2] / 3, 0.0])
+    assert g_old is None
+    # cap 3: the second weight is e
+    loss3 = L.tis_loss(logp, mu, logp.detach(), adv, mask, cap=3.0)
+    assert loss3.item() == pytest.approx((0.25 + 0.5 * E - EM01) / 3)
+
+
+def test_mis():
+    logp, mu, mask, adv = case()
+    # log ρ = [0 + 1, -0.1]: ρ_0 = e > 2 is dropped, ρ_1 = e^-0.1 kept
+    loss = L.mis_loss(logp, mu, logp.detach(), adv, mask)
+    assert loss.item() == pytest.approx((0.5 * EM01 * -2.0) / 3)
+    assert close(grad_of(loss, logp), [0.0, 0.0, 0.5 * EM01 / 3, 0.0])
+    w, kept = L.mis_weights(logp.detach(), mu, mask)
+    assert kept.tolist() == [False, True] and close(w, [0.0, EM01])
+    # cap 3 keeps both: weights e and e^-0.1
+    loss3 = L.mis_loss(logp, mu, logp.detach(), adv, mask, cap=3.0)
+    assert loss3.item() == pytest.approx((0.5 * E * 0.5 + 0.5 * E * 1.0 + 0.5 * EM01 * -2.0) / 3)
+    assert close(grad_of(loss3, logp), [-0.5 * E / 3, -0.5 * E / 3, 0.5 * EM01 / 3, 0.0])
+
+
+def test_mis_huge_ratio_is_finite():
+    logp, mu, mask, adv = case()
+    old = logp.detach() + torch.tensor([[500.0, 500.0], [0.0, 0.0]])  # log ρ_0 = 1000: exp overflows
+    loss = L.mis_loss(logp, mu, old, adv, mask)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx((0.5 * EM01 * -2.0) / 3)
+    assert torch.isfinite(grad_of(loss, logp)).all()
+
+
+def test_ppo():
+    logp, mu, mask, adv = case()
+    loss = L.ppo_loss(logp, mu, adv, mask)
+    # r = [1, e | e^-0.1];  A = [0.5, 0.5 | -0.5]
+    # (0,0): min(0.5, 0.5) = 0.5; grad -A·r = -0.5
+    # (0,1): min(0.5e, 1.2*0.5) = 0.6, clipped: no grad
+    # (1,0): r in [0.8, 1.2]: min(-0.5 e^-0.1, same) ; grad -A·r = 0.5 e^-0.1
+    assert loss.item() == pytest.approx((-0.5 - 0.6 + 0.5 * EM01) / 3)
+    assert close(grad_of(loss, logp), [-0.5 / 3, 0.0, 0.5 * EM01 / 3, 0.0])
+
+
+def test_ppo_negative_advantage_clipping():
+    # A < 0 and r < 1 - ε: the clipped term is the min, no gradient; r > 1 + ε: unclipped, gradient.
+    logp = torch.tensor([[-2.0, 0.0]], requires_grad=True)
+    mu = torch.tensor([[-1.0, -1.0]])  # r = [e^-1, e]
+    mask = torch.tensor([[True, True]])
+    adv = torch.tensor([-1.0])
+    loss = L.ppo_loss(logp, mu, adv, mask)
+    # (0): min(-e^-1, -0.8) = -0.8 -> loss 0.8, no grad;  (1): min(-e, -1.2) = -e -> loss e, grad r = e
+    assert loss.item() == pytest.approx((0.8 + E) / 2)
+    assert close(grad_of(loss, logp), [0.0, E / 2])
+
+
+def test_grpo():
+    logp, mu, mask, _ = case()
+    adv = L.compute_advantages(torch.tensor([1.0, 0.0]), 2, "grpo")  # [1, -1] (eps 1e-6)
+    loss = L.grpo_loss(logp, mu, adv, mask)
+    # (0,0): -1;  (0,1): clipped -1.2;  (1,0): +e^-0.1 with grad e^-0.1
+    assert loss.item() == pytest.approx((-1.0 - 1.2 + EM01) / 3, rel=1e-5)
+    assert close(grad_of(loss, logp), [-1 / 3, 0.0, EM01 / 3, 0.0], rel=1e-5)
+
+
+def test_matched_first_pass_ppo_equals_pg():
+    """With π = μ (matched sampler and learner, first pass) r ≡ 1 and PPO's gradient is pg's."""
+    logp, _, mask, adv = case()
+    mu = logp.detach().clone()
+    g_ppo = grad_of(L.ppo_loss(logp, mu, adv, mask), logp)
+    g_pg = grad_of(L.pg_loss(logp, adv, mask), logp)
+    assert torch.equal(g_ppo, g_pg)
+    g_tis = grad_of(L.tis_loss(logp, mu, mu, adv, mask), logp)
+    g_mis = grad_of(L.mis_loss(logp, mu, mu, adv, mask), logp)
+    assert torch.equal(g_tis, g_pg) and torch.equal(g_mis, g_pg)
+
+
+@pytest.mark.parametrize("algo", L.ALGOS)
+def test_policy_loss_dispatch(algo):
+    logp, mu, mask, adv = case()
+    loss, stats = L.policy_loss(algo, logp, advantages=adv, mask=mask, mu=mu, old_logp=logp.detach())
+    direct = {
+        "pg": lambda: L.pg_loss(logp, adv, mask),
+        "tis": lambda: L.tis_loss(logp, mu, logp.detach(), adv, mask),
+        "mis": lambda: L.mis_loss(logp, mu, logp.detach(), adv, mask),
+        "ppo": lambda: L.ppo_loss(logp, mu, adv, mask),
+        "grpo": lambda: L.grpo_loss(logp, mu, adv, mask),
+    }[algo]()
+    assert torch.equal(loss, direct)
+    assert all(isinstance(v, float) for v in stats.values())
+    if algo == "tis":
+        assert stats["tis_capped_frac"] == pytest.approx(1 / 3)
+    if algo == "mis":
+        assert stats["mis_kept_frac"] == 0.5
+    if algo in ("ppo", "grpo"):
+        assert stats["ppo_clip_frac"] == pytest.approx(1 / 3)
+
+
+def test_policy_loss_validates():
+    logp, mu, mask, adv = case()
+    with pytest.raises(ValueError):
+        L.policy_loss("a2c", logp, advantages=adv, mask=mask, mu=mu)
+    with pytest.raises(ValueError):
+        L.policy_loss("tis", logp, advantages=adv, mask=mask, mu=mu)  # no old_logp
+    with pytest.raises(ValueError):
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask)  # no mu
