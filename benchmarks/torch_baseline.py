@@ -35,6 +35,16 @@ prompts, warm-up to 35% greedy accuracy, then REINFORCE with a group-mean baseli
 8 prompts x 8 samples, partial credit) over a few seeds; it prints warm-up steps, RL steps
 to 95% and the time per RL step split into sampling and learning. ``--json PATH`` writes
 the figures.
+
+Measured (torch 2.13 CPU, 1 thread, shared 2-core machine, lr 2e-3, token-mean):
+    partial credit, "torch" init: warm-up 15-19 steps (lr 3e-3, batch 64) to 38-58% greedy;
+        RL to 95% in 8-19 steps, 8 of 8 seeds (median 11.5); 10-28 steps at lr 1e-3.
+    binary reward, "torch" init: RL to 95% in 12-118 steps, 8 of 8 seeds (median 25).
+    binary reward, "gpt2"/"scaled" init: 0 of 4 seeds at lr 1e-3, 2e-3, 3e-3 in 150 steps.
+    time per RL step: ~15-20 ms sampling + ~20-28 ms learning (medians), ~35 ms at best;
+        the machine is shared, so rerun the baseline in the same session as any comparison.
+    The fp32 KV-cache sampler and full-sequence learner disagree bitwise on ~45-50% of the
+    sampled tokens (mean |Δ log p| ~1e-7): plain PyTorch is not matched even in fp32.
 """
 
 from __future__ import annotations
