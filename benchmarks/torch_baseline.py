@@ -38,7 +38,7 @@ the figures.
 
 Measured (torch 2.13 CPU, 1 thread, shared 2-core machine, lr 2e-3, token-mean):
     partial credit, "torch" init: warm-up 15-19 steps (lr 3e-3, batch 64) to 38-58% greedy;
-        RL to 95% in 8-19 steps, 8 of 8 seeds (median 11.5); 10-28 steps at lr 1e-3.
+        RL to 95% in 8-19 steps, 8 of 8 seeds (median 11.5); 4 seeds: 15-28 at lr 1e-3, 9-17 at 3e-3.
     binary reward, "torch" init: RL to 95% in 12-118 steps, 8 of 8 seeds (median 25).
     binary reward, "gpt2"/"scaled" init: 0 of 4 seeds at lr 1e-3, 2e-3, 3e-3 in 150 steps.
     time per RL step: ~15-20 ms sampling + ~20-28 ms learning (medians), ~35 ms at best;
