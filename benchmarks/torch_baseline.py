@@ -63,6 +63,7 @@ import torch.nn.functional as F
 
 from rl.losses import ALGOS, compute_advantages, policy_loss
 from rl.metrics import mismatch_metrics
+from rl.model import INIT_SCHEMES, init_parameters, param_shapes  # noqa: F401  (the shared contract)
 from rl.tasks import TASKS, Task, get_task
 from rl.warmup import supervised_warmup
 
@@ -87,60 +88,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
-
-
-def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in registration order (the contract with rl.model)."""
-    V, D, T, Fd = cfg.vocab_size, cfg.d_model, cfg.max_seq_len, cfg.mlp_ratio * cfg.d_model
-    shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, D), "pos_emb.weight": (T, D)}
-    for i in range(cfg.n_layers):
-        b = f"blocks.{i}."
-        shapes.update({
-            b + "attn_norm.weight": (D,), b + "attn.qkv.weight": (3 * D, D), b + "attn.proj.weight": (D, D),
-            b + "mlp_norm.weight": (D,), b + "mlp.fc.weight": (Fd, D), b + "mlp.proj.weight": (D, Fd),
-        })
-    shapes.update({"norm_f.weight": (D,), "lm_head.weight": (V, D)})
-    return shapes
-
-
-INIT_SCHEMES = ("torch", "gpt2", "scaled")
-
-
-def init_parameters(cfg, seed: int = 0, scheme: str = "torch") -> dict[str, torch.Tensor]:
-    """Fresh fp32 parameters for ``cfg``, drawn in ``param_shapes`` order from a generator seeded ``seed``.
-
-    Schemes (see the module docstring): "torch" (default: nn.Embedding's N(0, 1) and
-    nn.Linear's kaiming-uniform U(±1/sqrt(fan_in))), "gpt2" (N(0, 0.02)) and "scaled".
-    Independent of the global RNG, so the kernel model and this one can start identical.
-    """
-    if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; choose from {INIT_SCHEMES}")
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    resid_scale = 1.0 / math.sqrt(2 * cfg.n_layers)
-    for name, shape in param_shapes(cfg).items():
-        if name.endswith("norm.weight") or name == "norm_f.weight":
-            out[name] = torch.ones(shape)
-            continue
-        is_emb = name in ("tok_emb.weight", "pos_emb.weight")
-        is_resid = name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight")
-        fan_in = shape[1]
-        if scheme == "scaled":
-            if name == "lm_head.weight":
-                out[name] = torch.zeros(shape)
-                continue
-            std = 1.0 if is_emb else 1.0 / math.sqrt(fan_in)
-            out[name] = torch.randn(shape, generator=g) * (std * (resid_scale if is_resid else 1.0))
-        elif scheme == "gpt2":
-            std = 0.02 * (resid_scale if is_resid else 1.0)
-            out[name] = torch.randn(shape, generator=g) * std
-        else:
-            if is_emb:
-                out[name] = torch.randn(shape, generator=g)
-            else:
-                bound = 1.0 / math.sqrt(fan_in)
-                out[name] = (torch.rand(shape, generator=g) * 2 - 1) * bound
-    return out
 
 
 # ---- the model -------------------------------------------------------------------------------

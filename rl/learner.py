@@ -96,6 +96,14 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
             else:
                 loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if not advantages[idx].any():
+                # Every advantage is zero, so is the gradient; an AdamW step would still move the
+                # weights on stale momentum (seen to collapse a binary-reward run), so skip it.
+                if scaler is not None and scaler.is_enabled():
+                    scaler.update()  # close this iteration's unscale_; the scale moves as usual
+                losses.append(float(loss.detach()))
+                norms.append(float(norm))
+                continue
             if scaler is not None and scaler.is_enabled():
                 scaler.step(optimizer)
                 scaler.update()

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--init", default="torch", choices=["torch", "scaled", "gpt2"],
+                   help="initialisation (rl.model.init_parameters); 'torch' gives the warm-up a peaked policy")
     p.add_argument("--warmup-target", type=float, default=0.35, help="greedy accuracy that ends the warm-up")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--stop-at", type=float, default=None, help="stop once greedy accuracy reaches this")
@@ -70,7 +72,7 @@ def _build(args):
     task = get_task(args.task)
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                       max_seq_len=task.seq_len, precision=args.precision, head_precision=args.head_precision)
-    model = TinyGPT(cfg, seed=args.seed)
+    model = TinyGPT(cfg, seed=args.seed, init=args.init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     # Dynamic loss scaling only where gradients are fp16; skipped steps are counted.
     scaler = torch.amp.GradScaler("cpu" if not torch.cuda.is_available() else "cuda",

@@ -1,0 +1,115 @@
+"""One RL step of the demo configuration on the kernels, against the same model in plain PyTorch eager fp32.
+
+    python -m benchmarks.bench_rl_step [--steps 3] [--precision fp16] [--json PATH]
+
+Reports kernel launches per decode token and per learner step, and the time per RL
+step (8 prompts x 8 samples of the reverse task, pg) split into sampling and learning,
+with the ratio against ``benchmarks.torch_baseline`` on the same weights, measured in
+the same run. Budgets (issue 5): <= 25 launches per decode token, <= 70 per learner
+step, <= 4 s per RL step on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from benchmarks import torch_baseline as base
+from benchmarks.launches import count_launches
+from rl.learner import StepConfig, learner_step
+from rl.model import ModelConfig, TinyGPT
+from rl.sampler import generate
+from rl.tasks import get_task
+
+
+def _kernel_step(model, opt, scaler, task, prompts, gen):
+    t0 = time.perf_counter()
+    ro = generate(model, prompts, task.max_new_tokens, generator=gen, eos_id=task.eos_id, pad_id=task.pad_id)
+    t1 = time.perf_counter()
+    rewards = task.reward(prompts, ro.tokens[:, task.prompt_len:], ro.mask)
+    with count_launches() as learn_count:
+        learner_step(model, opt, scaler, ro, rewards, 8, task.prompt_len, StepConfig())
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, learn_count.launches
+
+
+def _baseline_step(model, opt, task, prompts, gen):
+    t0 = time.perf_counter()
+    ro = base.generate(model, prompts, task.max_new_tokens, generator=gen, eos_id=task.eos_id, pad_id=task.pad_id)
+    t1 = time.perf_counter()
+    rewards = task.reward(prompts, ro.tokens[:, task.prompt_len:], ro.mask)
+    adv = (rewards.view(-1, 8) - rewards.view(-1, 8).mean(1, keepdim=True)).view(-1)
+    lp = base.sequence_logprobs(model, ro.tokens, task.prompt_len)
+    loss = -(adv[:, None] * lp * ro.mask).sum() / ro.mask.sum()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def decode_launches(model: TinyGPT, prompts: torch.Tensor) -> int:
+    """Launches of one decode step: the layers for one new token, then pk.linear_sample."""
+    import precision_kernels as pk
+
+    with torch.no_grad():
+        w = model.compute_weights()
+        cache = model.new_cache(prompts.shape[0])
+        h = model.prefill(prompts, cache, w)
+        tok, _ = pk.linear_sample(h, w["lm_head.weight"])
+        with count_launches() as c:
+            h = model.decode(tok, cache, w)
+            pk.linear_sample(h, w["lm_head.weight"])
+    return c.launches
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    task = get_task("reverse")
+    cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, precision=args.precision)
+    model = TinyGPT(cfg, seed=0, init="torch")  # a non-uniform policy: sequences of every length occur
+    ref = base.TinyGPT(base.ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len))
+    ref.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=args.precision == "fp16")
+    prompts_all = task.make_dataset(512)[0]
+    data = torch.Generator().manual_seed(0)
+
+    per_decode = decode_launches(model, prompts_all[:64])
+    kernel, baseline, learn_launches = [], [], 0
+    for _ in range(args.steps):
+        prompts = prompts_all[torch.randint(0, 512, (8,), generator=data)].repeat_interleave(8, 0)
+        s, l, learn_launches = _kernel_step(model, opt, scaler, task, prompts, torch.Generator().manual_seed(1))
+        kernel.append((s, l))
+        baseline.append(_baseline_step(ref, ref_opt, task, prompts, torch.Generator().manual_seed(1)))
+    ks, kl = statistics.median(s for s, _ in kernel), statistics.median(l for _, l in kernel)
+    bs, bl = statistics.median(s for s, _ in baseline), statistics.median(l for _, l in baseline)
+    report = {"precision": args.precision, "launches_per_decode_token": per_decode,
+              "launches_per_learner_step": learn_launches, "kernel_sample_s": ks, "kernel_learn_s": kl,
+              "kernel_step_s": ks + kl, "torch_sample_s": bs, "torch_learn_s": bl, "torch_step_s": bs + bl,
+              "ratio": (ks + kl) / (bs + bl)}
+    print(f"demo configuration (d_model 64, 2 layers, 2 heads, 8 x 8 samples, {args.precision}, matched), "
+          f"median of {args.steps} steps")
+    print(f"launches per decode token  {per_decode:>6}   (budget 25)")
+    print(f"launches per learner step  {learn_launches:>6}   (budget 70)")
+    print(f"{'':<26} {'sampling':>9} {'learning':>9} {'RL step':>9}")
+    print(f"{'pk kernels (interpreter)':<26} {ks:>8.2f}s {kl:>8.2f}s {ks + kl:>8.2f}s   (budget 4 s)")
+    print(f"{'plain PyTorch eager fp32':<26} {bs:>8.3f}s {bl:>8.3f}s {bs + bl:>8.3f}s")
+    print(f"ratio pk / PyTorch: {report['ratio']:.0f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
