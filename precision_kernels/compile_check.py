@@ -11,8 +11,10 @@ interpreted) kernels. Audits:
   ``"red." in ptx`` would match ``st.shared.b16``);
 * PTX of fp16/bf16 matmul-family kernels contains ``mma``/``wgmma`` instructions;
 * TTGIR (invariant I5): kernels registered in one ``reduce_layout_group`` (the
-  fused LM-head kernel's SCORE and SAMPLE modes) must reduce operands of the same
-  layouts, config by config.
+  fused LM-head kernel's SCORE and SAMPLE modes) must run their order-sensitive
+  (summing) reductions on operands of the same layouts, config by config. Max/min
+  reductions are exact in any order (SAMPLE's Gumbel argmax and both modes' target
+  pick are such), so their layouts may differ.
 """
 
 from __future__ import annotations
@@ -57,17 +59,22 @@ def has_mma(ptx: str) -> bool:
     return MMA_INSTRUCTION.search(ptx) is not None
 
 
-def reduce_operand_layouts(ttgir: str) -> list[str]:
+def reduce_operand_layouts(ttgir: str, order_sensitive_only: bool = False) -> list[str]:
     """Resolved layouts of every ``tt.reduce`` operand, in order of appearance.
 
     Alias names (``#mma``, ``#blocked1``) are replaced by their definitions, so two
-    modules compare by what the layouts are, not by what they are called.
+    modules compare by what the layouts are, not by what they are called. With
+    ``order_sensitive_only``, only reductions whose combine region adds floats
+    (``arith.addf``) count: a max/min (or an exact selection such as picking one
+    finite value among -infs) gives the same bits in any order and any layout, a sum does not.
     """
     aliases = {m.group(1): m.group(2).strip() for m in _LAYOUT_ALIAS.finditer(ttgir)}
-    # Operand types are printed at the end of the region: `}) : (tensor<...>, ...) -> tensor<...>`
+    # The combine region sits between `({` and `})`; operand types follow: `}) : (tensor<...>, ...) ->`
     layouts = []
-    for m in re.finditer(r'"tt\.reduce".*?\}\)\s*:\s*\((.*?)\)\s*->', ttgir, re.S):
-        for tensor_type in re.findall(r"tensor<[^>]*>", m.group(1)):
+    for m in re.finditer(r'"tt\.reduce"(.*?)\}\)\s*:\s*\((.*?)\)\s*->', ttgir, re.S):
+        if order_sensitive_only and "arith.addf" not in m.group(1):
+            continue
+        for tensor_type in re.findall(r"tensor<[^>]*>", m.group(2)):
             enc = tensor_type.rsplit(",", 1)[-1].rstrip(">").strip()
             layouts.append(aliases.get(enc, enc))
     return layouts
@@ -120,7 +127,7 @@ def compile_one(spec, config: dict, cc: int) -> CheckResult:
             result.problems.append(f"atomics/reductions to memory: {bad[:3]}")
         if spec.expects_mma and not has_mma(ptx):
             result.problems.append("no mma/wgmma instruction in a tensor-core kernel")
-        result.reduce_layouts = reduce_operand_layouts(compiled.asm["ttgir"])
+        result.reduce_layouts = reduce_operand_layouts(compiled.asm["ttgir"], order_sensitive_only=True)
         result.registers, result.spills = _resource_usage(compiled.asm["cubin"])
         result.ok = not result.problems
     except Exception as exc:  # report, keep checking the rest

@@ -43,3 +43,15 @@ def test_every_kernel_family_compiles_for_sm80_and_sm90(tmp_path):
     assert "round_to" in kernels
     assert all((k, t) in targets for k in kernels for t in ("sm_80", "sm_90"))
     assert report["layout_problems"] == []
+
+
+def test_layout_audit_can_ignore_order_insensitive_reductions():
+    ttgir = (
+        "#blocked = #ttg.blocked<{sizePerThread = [1, 4]}>\n#mma = #ttg.nvidia_mma<{versionMajor = 3}>\n"
+        '  %1 = "tt.reduce"(%0) <{axis = 1 : i32}> ({\n  ^bb0(%a: f32, %b: f32):\n    %m = arith.maxnumf %a, %b : f32\n'
+        "    tt.reduce.return %m : f32\n  }) : (tensor<64x128xf32, #blocked>) -> tensor<64xf32>\n"
+        '  %3 = "tt.reduce"(%2) <{axis = 1 : i32}> ({\n  ^bb0(%a: f32, %b: f32):\n    %s = arith.addf %a, %b : f32\n'
+        "    tt.reduce.return %s : f32\n  }) : (tensor<64x128xf32, #mma>) -> tensor<64xf32>\n"
+    )
+    assert len(reduce_operand_layouts(ttgir)) == 2
+    assert reduce_operand_layouts(ttgir, order_sensitive_only=True) == ["#ttg.nvidia_mma<{versionMajor = 3}>"]
