@@ -34,6 +34,7 @@ class MatmulConfig:
     block_n: int
     block_k: int
     block_batch: int = 1          # batch items per program in the batched (3-D tile) form
+    group_m: int = 8              # row blocks per program group (2-D launch order; L2 reuse only)
     num_warps: int = 4
     num_stages: int = 3
 
@@ -53,16 +54,26 @@ class EngineConfig:
     splits: int = 4               # number of partial sums, each rounded to the output dtype
 
 
-# (backend table, dtype) -> config.  Only these keys decide a tile.
-_MATMUL_2D = {
-    "interpreter": MatmulConfig(block_m=128, block_n=128, block_k=128),
-    "cuda": MatmulConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+# (backend table, dtype) -> (2-D config, batched config).  Only these keys decide a tile.
+# The 2-D and batched configs of one backend and dtype share block_k, so K is cut into the
+# same blocks and a batched product equals the 2-D product of each item, bitwise.
+# Interpreter: few, large programs (each tile operation is a Python-level step).
+# CUDA: tensor-core tiles (every tl.dot dimension >= 16, powers of two).
+_INTERP_2D = MatmulConfig(block_m=256, block_n=128, block_k=32)
+_INTERP_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64)
+_CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
+_CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
+_CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
+_CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2)
+_MATMUL_TABLE = {
+    ("interpreter", "fp32"): (_INTERP_2D, _INTERP_BATCHED),
+    ("interpreter", "fp16"): (_INTERP_2D, _INTERP_BATCHED),
+    ("interpreter", "bf16"): (_INTERP_2D, _INTERP_BATCHED),
+    ("cuda", "fp32"): (_CUDA32_2D, _CUDA32_BATCHED),
+    ("cuda", "fp16"): (_CUDA16_2D, _CUDA16_BATCHED),
+    ("cuda", "bf16"): (_CUDA16_2D, _CUDA16_BATCHED),
 }
-_MATMUL_BATCHED = {
-    "interpreter": MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64),
-    "cuda": MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2),
-}
-_MATMUL_2D_FP32_CUDA = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
+_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ROWS = {
     # 512 x 128: an interpreter program costs ~1 ms per nested jit call plus ~4 ms per 64K
     # elements of tile work per block, so short rows (attention, small vocabularies) want many
@@ -116,12 +127,8 @@ def table_backend() -> str:
 
 
 def matmul_config(dtype: torch.dtype, batched: bool = False) -> MatmulConfig:
-    table = table_backend()
-    if batched:
-        return _MATMUL_BATCHED[table]
-    if table == "cuda" and dtype == torch.float32:
-        return _MATMUL_2D_FP32_CUDA
-    return _MATMUL_2D[table]
+    two_d, batched_cfg = _MATMUL_TABLE[(table_backend(), _DTYPE_NAME[dtype])]
+    return batched_cfg if batched else two_d
 
 
 def row_config(dtype: torch.dtype) -> RowConfig:

@@ -1,0 +1,288 @@
+"""Batch-invariant matmul tiles: C = A @ B (+ bias), fp32 accumulation over K in index order.
+
+One tile code serves every matmul in the project:
+
+* ``matmul_kernel``: 2-D, C (M, N) = A (M, K) @ B (K, N) (+ bias over N). ``pk.matmul``,
+  ``pk.linear`` and both gradients run through it with different strides (a
+  transposed operand is a stride swap, never a copy).
+* ``bmm_kernel``: batched, C[b] = A[b] @ B[b], ``BLOCK_BATCH`` batch items per
+  program with 3-D tiles and a 3-D ``tl.dot`` (attention: many (batch, head) items
+  per program, so few programs under the interpreter).
+* ``linear_tile``: the fp32 value of one rounded (BLOCK_M, BLOCK_N) output tile,
+  exactly as ``pk.linear`` stores it. The fused LM-head kernel computes its logits
+  with it, so its log-probs see the very logits ``pk.linear`` returns.
+
+Numerics (DESIGN.md section 2):
+
+* Tiles are fixed constexprs from the profile table; a row's result never depends
+  on M, on its position in the tile, or on the other rows (I2).
+* K is walked in BLOCK_K blocks in index order, every block added into one fp32
+  accumulator (I6). fp32 operands use ``input_precision="ieee"`` (never TF32).
+* Masked loads give 0 on *both* operands, so a padded K lane adds 0 * 0 and a
+  zero column of A meets whatever finite row of B: 0 * finite = 0 (I3).
+* ``SPLITS > 1`` (engine profile, small M only): K is cut into SPLITS contiguous
+  chunks of ``k_chunk`` elements; each chunk's fp32 sum is rounded to the output
+  format, the rounded partials are added in chunk order in fp32, and the total is
+  rounded once more, as inference engines' split-K decode kernels do.
+* 16-bit inputs arrive as int16 bit patterns. Compiled kernels load them as
+  fp16/bf16 through a pointer bitcast (tensor cores, pipelined loads); the
+  interpreter widens the int16 bits exactly with ``to_fp32`` and never touches a
+  bf16 value. Outputs are rounded with the project's RNE helper (I4).
+* Under the interpreter ``tl.dot`` is not used at all: OpenBLAS (behind
+  ``np.matmul``) gives an element different bits depending on its row/column
+  position in the tile. See ``_dot_k_range``.
+* Offsets are 64-bit: row/column/batch indices are int64 before they meet a stride.
+"""
+
+import triton
+import triton.language as tl
+
+from ..registry import register
+from .rounding import round_fp32, to_fp32
+
+
+@triton.jit
+def _native_pointer(ptrs, KIND: tl.constexpr):
+    """Compiled kernels only: int16 pointers of 16-bit data as fp16/bf16 pointers (fp32 ones unchanged)."""
+    if KIND == 1:
+        return ptrs.to(tl.pointer_type(tl.float16), bitcast=True)
+    elif KIND == 2:
+        return ptrs.to(tl.pointer_type(tl.bfloat16), bitcast=True)
+    else:
+        return ptrs
+
+
+@triton.jit
+def _block_products_split_n(a, b):
+    """Interpreter only: sum_k a[.., m, k] * b[.., k, n] when the (.., BM, BK, BN) product tensor would
+    exceed Triton's block-size limit (the CUDA table's tiles run under the interpreter in tests).
+
+    The even and odd columns of b are done separately and interleaved back, so every
+    element still adds the same BK products in the same order: the bits do not change.
+    """
+    if len(b.shape) == 2:
+        b_even, b_odd = tl.split(tl.reshape(b, (b.shape[0], b.shape[1] // 2, 2)))
+    else:
+        b_even, b_odd = tl.split(tl.reshape(b, (b.shape[0], b.shape[1], b.shape[2] // 2, 2)))
+    c_even = tl.sum(tl.expand_dims(a, -1) * tl.expand_dims(b_even, -3), axis=-2)
+    c_odd = tl.sum(tl.expand_dims(a, -1) * tl.expand_dims(b_odd, -3), axis=-2)
+    both = tl.join(c_even, c_odd)  # (.., BM, BN / 2, 2): column 2j + p sits at [.., j, p]
+    if len(b.shape) == 2:
+        return tl.reshape(both, (a.shape[0], b.shape[1]))
+    else:
+        return tl.reshape(both, (a.shape[0], a.shape[1], b.shape[2]))
+
+
+@triton.jit
+def _dot_k_range(acc, a_base, b_base, a_ok, b_ok, ka, kb, stride_ak, stride_bk, k_lo, k_hi,
+                 KIND: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + sum over k in [k_lo, k_hi) of A[.., k] * B[k, ..], one BLOCK_K block at a time, in index order.
+
+    ``a_base``/``b_base`` point at the tile's rows/columns at k = 0 and ``a_ok``/``b_ok``
+    mask them; ``ka``/``kb`` are int64 ``tl.arange(0, BLOCK_K)`` shaped to broadcast along
+    A's last and B's second-to-last axis, so the same code serves 2-D and 3-D tiles.
+
+    Compiled (NATIVE_DOT): ``tl.dot`` on native fp16/bf16 operands (tensor cores) or
+    IEEE fp32. Interpreter: ``tl.dot`` would be ``np.matmul``, and OpenBLAS's value
+    for one element depends on where the element sits in the tile (its row and
+    column relative to the micro-kernel's blocking), which breaks batch invariance.
+    So the interpreter widens both operands exactly to fp32, multiplies elementwise
+    (exact for fp16/bf16) and adds each element's BLOCK_K products with ``tl.sum``:
+    every element gets the same sequence of fp32 operations wherever it sits.
+    (Helper calls cost ~0.4 ms each under the interpreter, so this loop body calls
+    as few as it can.)
+    """
+    a_ptrs = a_base + (ka + k_lo) * stride_ak
+    b_ptrs = b_base + (kb + k_lo) * stride_bk
+    if NATIVE_DOT:
+        # Load fp16/bf16 directly (a pointer bitcast, not a value bitcast after the load), so the
+        # loads feed tl.dot straight from shared memory and the compiler can pipeline them.
+        a_ptrs = _native_pointer(a_ptrs, KIND)
+        b_ptrs = _native_pointer(b_ptrs, KIND)
+    a_step = tl.cast(stride_ak, tl.int64) * BLOCK_K
+    b_step = tl.cast(stride_bk, tl.int64) * BLOCK_K
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        # load: lanes past k_hi (and masked rows/columns) read 0 on both operands (0 * inf would be NaN)
+        k_left = k_hi - k0
+        a = tl.load(a_ptrs, mask=a_ok & (ka < k_left), other=0)
+        b = tl.load(b_ptrs, mask=b_ok & (kb < k_left), other=0)
+        # multiply-accumulate in fp32
+        if NATIVE_DOT:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            if KIND != 0:
+                a = to_fp32(a, KIND)
+                b = to_fp32(b, KIND)
+            if a.numel * b.shape[-1] <= tl.TRITON_MAX_TENSOR_NUMEL:
+                acc += tl.sum(tl.expand_dims(a, -1) * tl.expand_dims(b, -3), axis=-2)
+            else:
+                acc += _block_products_split_n(a, b)
+        a_ptrs += a_step
+        b_ptrs += b_step
+    return acc
+
+
+@triton.jit
+def _sum_over_k(zero, a_base, b_base, a_ok, b_ok, ka, kb, stride_ak, stride_bk, K, k_chunk,
+                KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 tile of A @ B over the whole K.
+
+    SPLITS == 1: one accumulator over K in index order. SPLITS > 1 (engine): chunk s
+    covers [s * k_chunk, (s + 1) * k_chunk); its sum is rounded to the output format,
+    and the rounded partials are added in chunk order in fp32.
+    """
+    if SPLITS == 1:
+        total = _dot_k_range(zero, a_base, b_base, a_ok, b_ok, ka, kb, stride_ak, stride_bk, 0, K,
+                             KIND, NATIVE_DOT, BLOCK_K)
+    else:
+        total = zero
+        for s in range(SPLITS):
+            k_lo = s * k_chunk
+            k_hi = tl.minimum(k_lo + k_chunk, K)
+            part = _dot_k_range(zero, a_base, b_base, a_ok, b_ok, ka, kb, stride_ak, stride_bk, k_lo, k_hi,
+                                KIND, NATIVE_DOT, BLOCK_K)
+            total += to_fp32(round_fp32(part, KIND), KIND)
+    return total
+
+
+@triton.jit
+def linear_tile_unrounded(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
+                          stride_am, stride_ak, stride_bk, stride_bn,
+                          KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr,
+                          NATIVE_DOT: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 (BLOCK_M, BLOCK_N) tile (pid_m, pid_n) of A @ B + bias, before the final rounding.
+
+    A is (M, K) with strides (stride_am, stride_ak); B is (K, N) with strides
+    (stride_bk, stride_bn) -- for ``linear`` B is the weight (N, K) read transposed.
+    The bias (N,) is added in fp32. Rows >= M and columns >= N hold 0 (+ bias).
+    """
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    a_base = a_ptr + offs_m[:, None] * stride_am
+    b_base = b_ptr + offs_n[None, :] * stride_bn
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    total = _sum_over_k(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), a_base, b_base,
+                        (offs_m < M)[:, None], (offs_n < N)[None, :],
+                        offs_k[None, :], offs_k[:, None], stride_ak, stride_bk, K, k_chunk,
+                        KIND, SPLITS, NATIVE_DOT, BLOCK_K)
+    if HAS_BIAS:
+        bias = to_fp32(tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0), KIND)
+        total += bias[None, :]
+    return total
+
+
+@triton.jit
+def linear_tile(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
+                stride_am, stride_ak, stride_bk, stride_bn,
+                KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 value of output tile (pid_m, pid_n) of ``linear``/``matmul``, rounded to the output format.
+
+    Bitwise the value ``matmul_kernel`` stores for the same arguments and tile config
+    (rounding is idempotent: round(to_fp32(round(x))) == round(x)). Rows >= M and
+    columns >= N are not meaningful; callers mask them.
+    """
+    total = linear_tile_unrounded(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
+                                  stride_am, stride_ak, stride_bk, stride_bn,
+                                  KIND, HAS_BIAS, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+    return to_fp32(round_fp32(total, KIND), KIND)
+
+
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_chunk,
+                  stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                  KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """C (M, N) = A (M, K) @ B (K, N) (+ bias), one (BLOCK_M, BLOCK_N) tile per program."""
+    # program -> tile, GROUP_M row blocks at a time (L2 reuse on GPU; no effect on the numbers)
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    # compute: fp32 tile, bias added, not yet rounded
+    total = linear_tile_unrounded(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
+                                  stride_am, stride_ak, stride_bk, stride_bn,
+                                  KIND, HAS_BIAS, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+    # round once and store
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, round_fp32(total, KIND), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+@triton.jit
+def bmm_kernel(a_ptr, b_ptr, c_ptr, BATCH, M, N, K, k_chunk,
+               stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn, stride_cb, stride_cm, stride_cn,
+               KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_BATCH: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C[b] (M, N) = A[b] (M, K) @ B[b] (K, N) for BLOCK_BATCH batch items per program (3-D tiles)."""
+    # program -> (batch block, row block, column block)
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_b = pid // (num_m * num_n)
+    pid_m = (pid % (num_m * num_n)) // num_n
+    pid_n = pid % num_n
+    offs_b = pid_b.to(tl.int64) * BLOCK_BATCH + tl.arange(0, BLOCK_BATCH)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b_in = (offs_b < BATCH)[:, None, None]
+    # compute: the same K walk as the 2-D tile, on (BLOCK_BATCH, ., .) tiles
+    a_base = a_ptr + offs_b[:, None, None] * stride_ab + offs_m[None, :, None] * stride_am
+    b_base = b_ptr + offs_b[:, None, None] * stride_bb + offs_n[None, None, :] * stride_bn
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    total = _sum_over_k(tl.zeros((BLOCK_BATCH, BLOCK_M, BLOCK_N), dtype=tl.float32), a_base, b_base,
+                        b_in & (offs_m < M)[None, :, None], b_in & (offs_n < N)[None, None, :],
+                        offs_k[None, None, :], offs_k[None, :, None], stride_ak, stride_bk, K, k_chunk,
+                        KIND, SPLITS, NATIVE_DOT, BLOCK_K)
+    # round and store
+    c_ptrs = (c_ptr + offs_b[:, None, None] * stride_cb + offs_m[None, :, None] * stride_cm
+              + offs_n[None, None, :] * stride_cn)
+    c_mask = b_in & (offs_m < M)[None, :, None] & (offs_n < N)[None, None, :]
+    tl.store(c_ptrs, round_fp32(total, KIND), mask=c_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration for the ahead-of-time compile check: the CUDA table's configs (the ones that run
+# compiled), per dtype, in both profiles (SPLITS = 1 matched, engine splits) and with/without bias.
+# The first config of each kernel is the matched CUDA one.
+
+def _register_all() -> None:
+    from ..profiles import _MATMUL_TABLE, engine_config
+
+    engine_splits = engine_config().splits
+    for name, kind, ptr in (("fp32", 0, "*fp32"), ("fp16", 1, "*i16"), ("bf16", 2, "*i16")):
+        cfg2 = _MATMUL_TABLE[("cuda", name)][0]
+        cfg3 = _MATMUL_TABLE[("cuda", name)][1]
+        register(
+            f"matmul_{name}", matmul_kernel,
+            signature={"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
+                       "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                       "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                       "stride_cm": "i64", "stride_cn": "i64"},
+            configs=[{"KIND": kind, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
+                      "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
+                      "GROUP_M": cfg2.group_m}
+                     for splits in (1, engine_splits) for bias in (False, True)],
+            expects_mma=kind != 0,
+        )
+        register(
+            f"bmm_{name}", bmm_kernel,
+            signature={"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
+                       "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                       "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
+                       "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                       "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"},
+            configs=[{"KIND": kind, "SPLITS": splits, "NATIVE_DOT": True, "BLOCK_BATCH": cfg3.block_batch,
+                      "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k}
+                     for splits in (1, engine_splits)],
+            expects_mma=kind != 0,
+        )
+
+
+_register_all()

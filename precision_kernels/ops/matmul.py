@@ -1,0 +1,193 @@
+"""pk.matmul and pk.linear: batch-invariant, deterministic, with autograd.
+
+Forward picks its tile config from the profile table (backend, dtype, 2-D or
+batched: never the shape) and, in the engine profile, the number of rounded K
+partials from the call's row count. Backward always runs the matched profile:
+grad_a = grad @ b^T and grad_b = a^T @ grad go through the same kernels with
+transposed strides (no copies), and grad_b reduces over the rows in index order
+inside the kernel's K loop, so gradients are deterministic and come back in the
+input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .. import backend, profiles
+from ..kernels.matmul import bmm_kernel, matmul_kernel
+from ._common import check_float, check_same_dtype, kernel_view, kind
+
+_NATIVE_DOT = not backend.INTERPRETED
+# Engine split-K chunks are rounded up to a multiple of this many K elements.
+ENGINE_K_ALIGN = 16
+
+# Launch and program counts, read by the benchmarks (benchmarks/bench_matmul.py).
+launch_stats = {"launches": 0, "programs": 0}
+
+
+def _k_chunk(k: int, splits: int) -> int:
+    """K elements per engine partial: ceil(K / splits), rounded up to ENGINE_K_ALIGN (K itself if no split)."""
+    if splits == 1:
+        return max(k, 1)
+    return triton.cdiv(triton.cdiv(max(k, 1), splits), ENGINE_K_ALIGN) * ENGINE_K_ALIGN
+
+
+def _count(programs: int) -> None:
+    launch_stats["launches"] += 1
+    launch_stats["programs"] += programs
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, splits: int = 1) -> torch.Tensor:
+    """a (M, K) @ b (K, N) (+ bias (N,)) with any strides; returns a contiguous (M, N) tensor of a's dtype."""
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty((m, n), dtype=a.dtype, device=a.device)
+    if m == 0 or n == 0:
+        return out
+    cfg = profiles.matmul_config(a.dtype)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
+    # The kernel reads the bias with unit stride: a strided bias (N elements) is copied here.
+    bias_v = cv if bias is None else kernel_view(bias.contiguous())
+    matmul_kernel[grid](
+        av, bv, bias_v, cv, m, n, k, _k_chunk(k, splits),
+        av.stride(0), av.stride(1), bv.stride(0), bv.stride(1), cv.stride(0), cv.stride(1),
+        KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=_NATIVE_DOT,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
+    )
+    _count(grid[0])
+    return out
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
+    """a (B, M, K) @ b (B, K, N) with any strides; returns a contiguous (B, M, N) tensor of a's dtype."""
+    (nb, m, k), n = a.shape, b.shape[2]
+    out = torch.empty((nb, m, n), dtype=a.dtype, device=a.device)
+    if nb == 0 or m == 0 or n == 0:
+        return out
+    cfg = profiles.matmul_config(a.dtype, batched=True)
+    grid = (triton.cdiv(nb, cfg.block_batch) * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
+    bmm_kernel[grid](
+        av, bv, cv, nb, m, n, k, _k_chunk(k, splits),
+        *av.stride(), *bv.stride(), *cv.stride(),
+        KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=_NATIVE_DOT, BLOCK_BATCH=cfg.block_batch,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
+    )
+    _count(grid[0])
+    return out
+
+
+class _Linear(torch.autograd.Function):
+    """x (M, K) @ B (K, N) + bias, the 2-D form behind matmul and linear.
+
+    ``w`` is B itself (matmul) or, when ``w_is_nk``, a linear weight (N, K) read
+    transposed through its strides; its gradient then comes back as (N, K) directly.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, w_is_nk):
+        ctx.table = profiles.table_backend()
+        ctx.w_is_nk = w_is_nk
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, w)
+        return _mm(x, w.mT if w_is_nk else w, bias, splits=profiles.engine_splits_for(x.shape[0]))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = grad_w = grad_bias = None
+        # Matched profile, the forward's tile table. Row reductions (grad_w, grad_bias)
+        # are the kernel's K loop: fp32, in row order.
+        with profiles.use_profile("matched"), profiles.config_backend(ctx.table):
+            if ctx.needs_input_grad[0]:
+                grad_x = _mm(grad, w if ctx.w_is_nk else w.mT)          # (M, N) @ (N, K)
+            if ctx.needs_input_grad[1]:
+                grad_w = _mm(grad.mT, x) if ctx.w_is_nk else _mm(x.mT, grad)   # (N, K) or (K, N)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                # Column sums of grad through the same kernel: ones (1, M) @ grad (stride-0 ones, no copy).
+                ones = torch.ones((), dtype=grad.dtype, device=grad.device).expand(1, grad.shape[0])
+                grad_bias = _mm(ones, grad).reshape(-1)
+        return grad_x, grad_w, grad_bias, None
+
+
+class _BatchedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.table = profiles.table_backend()
+        ctx.save_for_backward(a, b)
+        return _bmm(a, b, splits=profiles.engine_splits_for(a.shape[1]))
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad_a = grad_b = None
+        with profiles.use_profile("matched"), profiles.config_backend(ctx.table):
+            if ctx.needs_input_grad[0]:
+                grad_a = _bmm(grad, b.mT)
+            if ctx.needs_input_grad[1]:
+                grad_b = _bmm(a.mT, grad)
+        return grad_a, grad_b
+
+
+def _check_pair(a_name: str, a, b_name: str, b) -> torch.dtype:
+    check_float(a_name, a)
+    check_float(b_name, b)
+    return check_same_dtype(**{a_name: a, b_name: b})
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """Merge the leading dims of t (..., K) into rows: a view whenever the strides allow, else a copy."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C = a @ b with fp32 accumulation and one rounding to the common dtype.
+
+    Shapes: (M, K) @ (K, N), (..., M, K) @ (K, N) (leading dims are rows of one 2-D
+    product), or batched (B, M, K) @ (B, K, N). Batch-invariant and deterministic in
+    the matched profile; see ``pk.use_profile("engine")`` for split-K at small M.
+    """
+    _check_pair("a", a, "b", b)
+    if a.dim() < 2:
+        raise ValueError(f"a must have shape (..., M, K) with at least 2 dims, got {tuple(a.shape)}")
+    if b.dim() not in (2, 3):
+        raise ValueError(f"b must have shape (K, N) or (B, K, N), got {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)} (K={a.shape[-1]}), "
+                         f"b is {tuple(b.shape)} (K={b.shape[-2]})")
+    if b.dim() == 3:
+        if a.dim() != 3:
+            raise ValueError(f"a batched b (B, K, N) needs a of shape (B, M, K), got a {tuple(a.shape)}")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"batch sizes differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+        return _BatchedMatmul.apply(a, b)
+    out = _Linear.apply(_rows(a), b, None, False)
+    return out.reshape(*a.shape[:-1], b.shape[1])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ weight^T + bias with ``F.linear`` semantics: x (..., K), weight (N, K), bias (N,).
+
+    The bias is added in fp32 before the single final rounding. The weight is read
+    transposed through its strides (no copy).
+    """
+    _check_pair("x", x, "weight", weight)
+    if bias is not None:
+        check_float("bias", bias)
+        check_same_dtype(x=x, bias=bias)
+    if x.dim() < 1:
+        raise ValueError(f"x must have shape (..., K) with at least 1 dim, got {tuple(x.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape (N, K), got {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"inner dimensions differ: x is {tuple(x.shape)} (K={x.shape[-1]}), "
+                         f"weight is {tuple(weight.shape)} (K={weight.shape[1]})")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    out = _Linear.apply(_rows(x), weight, bias, True)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
