@@ -7,11 +7,21 @@ before any kernel is defined.
 from . import backend  # noqa: I001  (must run before any kernel module is imported)
 from . import numerics, reference
 from .backend import active_backend
-from .ops import linear, log_softmax, matmul, rms_norm, round_to, softmax, token_logprobs
+from .ops import (
+    linear,
+    linear_logprobs,
+    linear_sample,
+    log_softmax,
+    matmul,
+    rms_norm,
+    round_to,
+    softmax,
+    token_logprobs,
+)
 from .precision import Precision
 from .profiles import active_profile, use_profile
 
 __all__ = [
     "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
-    "linear", "log_softmax", "matmul", "rms_norm", "softmax", "token_logprobs",
+    "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "softmax", "token_logprobs",
 ]

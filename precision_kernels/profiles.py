@@ -144,3 +144,38 @@ def engine_splits_for(m: int) -> int:
     if active_profile() == "engine" and m <= _ENGINE.split_m:
         return _ENGINE.splits
     return 1
+
+
+# ---- fused LM head (kernels/logprob.py) --------------------------------------------------
+
+@dataclass(frozen=True)
+class LMHeadConfig:
+    """Tiles of the fused linear -> log-prob kernel.
+
+    ``block_k`` is the 2-D matmul's, so the logits tiles equal ``pk.linear``'s. Under the
+    interpreter ``block_v`` is the row reductions' ``block_cols``, so the log-sum-exp
+    walks the same blocks as ``pk.token_logprobs`` (I5); on GPU it is a tensor-core width.
+    """
+
+    block_m: int
+    block_v: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+_LM_HEAD_BLOCK_M = {"interpreter": 256, "cuda": 64}
+_LM_HEAD_BLOCK_V_CUDA = 128
+# Vocab columns per backward chunk: the dlogits buffer is (rows x this) at most.
+LM_HEAD_BWD_CHUNK = 8192
+
+
+def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
+    two_d = _MATMUL_TABLE[(table, dtype_name)][0]
+    block_v = _ROWS[table].block_cols if table == "interpreter" else _LM_HEAD_BLOCK_V_CUDA
+    return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=block_v, block_k=two_d.block_k,
+                        num_warps=4 if table == "interpreter" else 8)
+
+
+def lm_head_config(dtype: torch.dtype) -> LMHeadConfig:
+    return lm_head_config_for(table_backend(), _DTYPE_NAME[dtype])

@@ -4,10 +4,14 @@ One module per kernel family (a package rather than DESIGN.md's single ops.py, s
 families can be worked on independently).
 """
 
+from .logprob import linear_logprobs, linear_sample
 from .matmul import linear, matmul
 from .norm import rms_norm
 from .rounding import round_to
 from .softmax import log_softmax, softmax
 from .token_logprobs import token_logprobs
 
-__all__ = ["linear", "log_softmax", "matmul", "rms_norm", "round_to", "softmax", "token_logprobs"]
+__all__ = [
+    "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "round_to", "softmax",
+    "token_logprobs",
+]

@@ -1,0 +1,183 @@
+"""The fused LM-head kernel: logits tiles -> online log-sum-exp -> log-prob, in SCORE or SAMPLE mode.
+
+One kernel source serves the learner and the sampler (invariant I5):
+
+* SCORE (``MODE=0``, ``pk.linear_logprobs``): the log-prob (and optionally the
+  entropy) of given tokens;
+* SAMPLE (``MODE=1``, ``pk.linear_sample``): a token drawn by Gumbel-max over
+  ``z = logit / T``, and its log-prob.
+
+Per program, BLOCK_M rows walk the vocabulary in BLOCK_V-wide blocks in index order:
+
+1. ``linear_tile`` (kernels/matmul.py) produces the block's logits, rounded to the
+   compute format exactly as ``pk.linear`` stores them (engine split-K included);
+2. ``scale_logits`` divides by T in fp32; ``lse_block_update`` folds the block into the
+   running max / sum (/ entropy dot) -- the same helpers ``pk.token_logprobs`` uses, over
+   blocks of the same width, so under the interpreter the two paths give the same bits;
+3. SCORE picks the target's z with ``pick_target``; SAMPLE keeps the running best
+   ``z + gumbel`` (ties go to the lowest index) and picks the winner's z with the
+   same ``pick_target``. Both finish with ``token_logprob_finish``.
+
+The (rows x V) logits are never materialised. The backward (``lm_head_dlogits_kernel``)
+recomputes the logits tiles the same way and writes d(loss)/d(logits) for one vocab
+chunk, which the op multiplies out with the matmul kernels.
+"""
+
+import triton
+import triton.language as tl
+
+from ..registry import register
+from .matmul import linear_tile
+from .rounding import round_fp32
+from .softmax import (
+    logprob_grad_block,
+    lse_block_update,
+    lse_finish,
+    lse_init,
+    pick_target,
+    scale_logits,
+    target_init,
+    token_logprob_finish,
+)
+
+SCORE: tl.constexpr = tl.constexpr(0)
+SAMPLE: tl.constexpr = tl.constexpr(1)
+
+
+# Per-row buffers and the row/vocab counts carry no alignment facts (see kernels/softmax.py's
+# row_kernel): the reductions' layouts must not depend on them. The hidden/weight pointers and
+# strides keep theirs; they only feed tl.dot, whose accumulation order is fixed by the MMA shape.
+_ROW_ARGS = ["tokens_ptr", "uniform_ptr", "logprob_ptr", "entropy_ptr", "max_ptr", "sum_ptr", "M", "V",
+             "g_logprob_ptr", "g_entropy_ptr", "dlogits_ptr", "v_start", "n_chunk"]
+
+
+def _row_kernel(fn):
+    import inspect
+
+    names = [n for n in inspect.signature(fn).parameters if n in _ROW_ARGS]
+    return triton.jit(do_not_specialize_on_alignment=names)(fn)
+
+
+@_row_kernel
+def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
+                   M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
+                   MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                   WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Per row: log softmax(h W^T / T)[token] (and entropy); SAMPLE also draws the token (written to tokens_ptr)."""
+    pid_m = tl.program_id(0)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    run_max, run_sum, run_dot = lse_init(BLOCK_M)
+    run_target = target_init(BLOCK_M)
+    if MODE == 0:
+        target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
+    else:
+        target = tl.zeros((BLOCK_M,), tl.int64)
+        best_key = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    for block in range(0, tl.cdiv(V, BLOCK_V)):
+        pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
+        # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
+        logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
+                             stride_hm, stride_hk, stride_wk, stride_wv,
+                             KIND, False, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)
+        cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask = row_mask[:, None] & (cols < V)[None, :]
+        z = scale_logits(logits, temperature)
+        # the shared online log-sum-exp
+        run_max, run_sum, run_dot = lse_block_update(run_max, run_sum, run_dot, z, mask, WITH_ENTROPY)
+        if MODE == 1:
+            # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u ~ U[0, 1) from the torch generator
+            u = tl.load(uniform_ptr + rows[:, None] * V + cols[None, :], mask=mask, other=0.5)
+            key = tl.where(mask, z - tl.log(-tl.log(u)), float("-inf"))
+            block_best = tl.max(key, axis=1)
+            block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], 2147483647), axis=1)
+            better = block_best > best_key  # strict: an earlier block keeps a tie
+            best_key = tl.where(better, block_best, best_key)
+            target = tl.where(better, block_arg.to(tl.int64), target)
+            # the winner's z, picked exactly as SCORE picks a given token's
+            run_target = tl.where(better, pick_target(target_init(BLOCK_M), z, cols, block_arg), run_target)
+        else:
+            run_target = pick_target(run_target, z, cols, target)
+    # finish: log-prob (and entropy) from the running state
+    log_sum, entropy = lse_finish(run_max, run_sum, run_dot, WITH_ENTROPY)
+    tl.store(logprob_ptr + rows, token_logprob_finish(run_target, run_max, run_sum, log_sum), mask=row_mask)
+    if WITH_ENTROPY:
+        tl.store(entropy_ptr + rows, entropy, mask=row_mask)
+    tl.store(max_ptr + rows, run_max, mask=row_mask)
+    tl.store(sum_ptr + rows, run_sum, mask=row_mask)
+    if MODE == 1:
+        tl.store(tokens_ptr + rows, target, mask=row_mask)
+
+
+@_row_kernel
+def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr,
+                           dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv, stride_wk,
+                           temperature,
+                           KIND: tl.constexpr, NATIVE_DOT: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    """d(loss)/d(logits) for vocab columns [v_start, v_start + n_chunk), recomputing the logits tiles.
+
+    Writes a (M, n_chunk) buffer in the compute format; one (BLOCK_M, BLOCK_V) tile per program.
+    """
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    # load the forward's per-row state
+    target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
+    run_max = tl.load(max_ptr + rows, mask=row_mask, other=float("-inf"))
+    run_sum = tl.load(sum_ptr + rows, mask=row_mask, other=0.0)
+    g_logprob = tl.load(g_logprob_ptr + rows, mask=row_mask, other=0.0)
+    if HAS_G_ENTROPY:
+        g_entropy = tl.load(g_entropy_ptr + rows, mask=row_mask, other=0.0)
+        entropy = tl.load(entropy_ptr + rows, mask=row_mask, other=0.0)
+    else:
+        g_entropy = tl.zeros((BLOCK_M,), tl.float32)
+        entropy = tl.zeros((BLOCK_M,), tl.float32)
+    log_sum, _ = lse_finish(run_max, run_sum, run_max, False)
+    # recompute this tile of logits (pid_v counts BLOCK_V blocks from column 0; v_start is a multiple of BLOCK_V)
+    pid_v = v_start // BLOCK_V + pid_c
+    logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
+                         stride_hm, stride_hk, stride_wk, stride_wv,
+                         KIND, False, 1, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask = row_mask[:, None] & (cols < V)[None, :]
+    z = scale_logits(logits, temperature)
+    # gradient, rounded to the compute format, stored into the chunk buffer
+    grad = logprob_grad_block(z, mask, cols, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy,
+                              temperature, HAS_G_ENTROPY)
+    local = cols - v_start
+    out_mask = mask & (local < n_chunk)[None, :]
+    tl.store(dlogits_ptr + rows[:, None] * n_chunk + local[None, :], round_fp32(grad, KIND), mask=out_mask)
+
+
+def _register_all() -> None:
+    from ..profiles import engine_config, lm_head_config_for
+
+    for name, kind, ptr in (("fp32", 0, "*fp32"), ("fp16", 1, "*i16"), ("bf16", 2, "*i16")):
+        cfg = lm_head_config_for("cuda", name)
+        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_V": cfg.block_v, "BLOCK_K": cfg.block_k}
+        configs = [{"MODE": mode, "KIND": kind, "SPLITS": splits, "NATIVE_DOT": True, "WITH_ENTROPY": ent, **blocks}
+                   for splits in (1, engine_config().splits) for ent in (False, True) for mode in (0, 1)]
+        register(
+            f"lm_head_{name}", lm_head_kernel,
+            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "uniform_ptr": "*fp32",
+                       "logprob_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
+                       "M": "i32", "V": "i32", "K": "i32", "k_chunk": "i32", "stride_hm": "i64", "stride_hk": "i64",
+                       "stride_wv": "i64", "stride_wk": "i64", "temperature": "fp32"},
+            configs=configs, reduce_layout_group="lm_head", expects_mma=kind != 0,
+        )
+        register(
+            f"lm_head_dlogits_{name}", lm_head_dlogits_kernel,
+            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "g_logprob_ptr": "*fp32",
+                       "g_entropy_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
+                       "dlogits_ptr": ptr, "M": "i32", "V": "i32", "K": "i32", "v_start": "i32", "n_chunk": "i32",
+                       "stride_hm": "i64", "stride_hk": "i64", "stride_wv": "i64", "stride_wk": "i64",
+                       "temperature": "fp32"},
+            configs=[{"KIND": kind, "NATIVE_DOT": True, "HAS_G_ENTROPY": g, **blocks} for g in (False, True)],
+            expects_mma=kind != 0,
+        )
+
+
+_register_all()
