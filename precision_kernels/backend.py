@@ -45,6 +45,75 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1" if FP_FUSION else "0")
 INTERPRETED: bool = BACKEND == "interpreter"
 
 
+def _skip_nested_language_patching() -> None:
+    """Make the Triton interpreter patch ``triton.language`` once per launch, not once per helper call.
+
+    Triton 3.9's interpreter re-patches the whole language (``inspect.getmembers`` over
+    ``tl``, ``tl.core``, ``tl.math``; ~0.4 ms) on every call of a nested ``@triton.jit``
+    helper, although the launch that contains the call has already patched the same
+    modules and keeps them patched until it ends. That redundant work was ~95% of an
+    interpreted matmul's time. Inside a launch, a helper whose language modules are
+    already patched now gets an empty patch scope. What runs, and every bit it
+    computes, is unchanged; tests/test_backend.py checks a kernel against the unpatched
+    interpreter.
+    """
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_pk_patch_once", False):
+        return
+    original_patch = interpreter._patch_lang
+    original_launch = interpreter.GridExecutor.__call__
+    patched: list[set | None] = []  # language modules patched by each launch in progress
+
+    def lang_modules(fn) -> set:
+        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+
+    def patch_lang(fn):
+        if patched and patched[-1] is not None and lang_modules(fn) <= patched[-1]:
+            return interpreter._LangPatchScope()
+        scope = original_patch(fn)
+        if patched:
+            # The launch's own patch lasts until the launch ends; a nested helper's (e.g. tl.sum,
+            # whose module sees tl.core) is never restored by the interpreter, so it lasts too.
+            patched[-1] = lang_modules(fn) | (patched[-1] or set())
+        return scope
+
+    def launch(self, *args, **kwargs):
+        patched.append(None)
+        try:
+            return original_launch(self, *args, **kwargs)
+        finally:
+            patched.pop()
+
+    interpreter._patch_lang = patch_lang
+    interpreter.GridExecutor.__call__ = launch
+    interpreter._pk_patch_once = True
+
+
+def _skip_integer_overflow_checks() -> None:
+    """Turn off the interpreter's integer-overflow assertions.
+
+    The interpreter checks every 32-bit integer add/sub/mul by redoing it in int64 and
+    asserting the range (``sanitize_overflow``), which compiled kernels only do in debug
+    mode. The checks compute nothing the kernel uses, but they were half the time of the
+    integer rounding helpers. Our kernels use 64-bit offsets where sizes need them.
+    """
+    import dataclasses
+
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    builder.options = dataclasses.replace(builder.options, sanitize_overflow=False)
+
+
+if INTERPRETED and os.environ.get("PK_INTERPRETER_FAST", "1") != "0":
+    _skip_nested_language_patching()
+    _skip_integer_overflow_checks()
+
+
 def active_backend() -> str:
     """Name of the backend chosen at import: "cuda", "interpreter" or "compile-only"."""
     return BACKEND
