@@ -2,8 +2,8 @@
 
     python -m benchmarks.gpu_report [--json PATH] [--skip-tests]
 
-1. runs the test suite on the GPU backend (invariants and the matched
-   sampler/learner equality included);
+1. runs the GPU test selection (invariants, the fused kernel's I5) and checks the
+   RL model's matched sampler/learner equality on the GPU;
 2. matmul TFLOP/s of pk.matmul against cuBLAS (torch.matmul) at decode and
    prefill shapes, fp16/bf16, in the matched and engine profiles;
 3. fused linear->log-prob (pk.linear_logprobs) time and peak memory against the
@@ -80,24 +80,68 @@ def logprob_figures(rows_n: int = 4096, d: int = 1024, vocab: int = 32768) -> li
     return out
 
 
-def run_tests() -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests"], capture_output=True, text=True)
+# The GPU test selection: the invariants and the fused kernel's I5. The whole suite is sized
+# for the interpreter and runs there; `--tests all` runs everything here too.
+GPU_TESTS = ["tests/test_logprob.py", "tests/test_matmul.py", "-x", "-k",
+             "i5 or i1_i2 or test_batch_invariance_rows or test_k_padding_invariance or test_batched_equals_2d"]
+
+
+def run_tests(selection: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        print(out[-3000:])
+        return {"returncode": None, "summary": f"timed out after {timeout:.0f}s", "selection": selection}
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
     print(proc.stdout[-4000:])
-    return {"returncode": proc.returncode, "summary": tail}
+    return {"returncode": proc.returncode, "summary": tail, "selection": selection}
+
+
+def rl_matched_check() -> list[dict]:
+    """The RL model on the GPU: sampler log-probs vs learner log-probs, matched and engine, per precision."""
+    from rl.learner import sequence_logprobs
+    from rl.metrics import mismatch_metrics
+    from rl.model import ModelConfig, TinyGPT
+    from rl.sampler import generate
+    from rl.tasks import get_task
+
+    task = get_task("reverse")
+    prompts = task.make_dataset(64, seed=1234)[0].cuda()
+    rows = []
+    for precision in ("fp32", "fp16", "bf16"):
+        cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, precision=precision)
+        model = TinyGPT(cfg, seed=0).cuda()
+        for profile in ("matched", "engine"):
+            ro = generate(model, prompts, task.max_new_tokens, generator=torch.Generator("cuda").manual_seed(0),
+                          profile=profile, eos_id=task.eos_id, pad_id=task.pad_id)
+            with torch.no_grad():
+                lp = sequence_logprobs(model, ro.tokens, task.prompt_len)
+            m = mismatch_metrics(ro.logprobs.cpu(), lp.cpu(), ro.mask.cpu())
+            rows.append({"precision": precision, "profile": profile, "mean_abs_dlogp": m["mean_abs_dlogp"],
+                         "frac_tokens_differ": m["frac_tokens_differ"], "kl_k3": m["k3"]})
+    return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", default="gpu_report.json")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--tests", choices=["gpu", "all"], default="gpu", help="which tests to run on the GPU")
+    parser.add_argument("--test-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_report needs a CUDA device; none found.")
         return 2
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if not args.skip_tests:
-        report["tests"] = run_tests()
+        report["tests"] = run_tests(GPU_TESTS if args.tests == "gpu" else ["tests"], args.test_timeout)
+    report["rl_matched"] = rl_matched_check()
+    print("\nRL sampler vs learner on the GPU (64 prompts, reverse task)")
+    for r in report["rl_matched"]:
+        print(f"{r['precision']:<5} {r['profile']:<8} mean|dlogp| {r['mean_abs_dlogp']:.3g}  "
+              f"tokens differing {r['frac_tokens_differ']:.2%}  k3 {r['kl_k3']:.3g}")
     report["matmul"] = matmul_figures()
     print(f"\nmatmul on {report['device']} (N = K = 4096)")
     print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9}")
@@ -113,7 +157,8 @@ def main(argv=None) -> int:
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(f"\nwrote {args.json}")
-    return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
+    matched_ok = all(r["frac_tokens_differ"] == 0 for r in report["rl_matched"] if r["profile"] == "matched")
+    return 0 if report.get("tests", {}).get("returncode", 0) == 0 and matched_ok else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Ahead-of-time GPU compile check: every registered kernel, for sm_80 and sm_90, no GPU needed.
 
-    python -m precision_kernels.compile_check          # first config of each kernel
+    python -m precision_kernels.compile_check          # first config of one kernel per family
     python -m precision_kernels.compile_check --all    # every registered config
 
 Each kernel is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``
@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 TARGETS = (80, 90)
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
 MEMORY_REDUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(atom|red|cp\.reduce\.async\.bulk|multimem\.red)\.", re.M)
 MMA_INSTRUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(mma|wgmma)\.", re.M)
 _LAYOUT_ALIAS = re.compile(r"^(#[\w.]+)\s*=\s*(.+)$", re.M)
@@ -116,11 +117,14 @@ def compile_one(spec, config: dict, cc: int) -> CheckResult:
     result = CheckResult(spec.name, config, f"sm_{cc}", ok=False)
     start = time.perf_counter()
     try:
-        signature = {name: ("constexpr" if name in config else spec.signature[name])
+        constexprs = {k: v for k, v in config.items() if k in spec.fn.arg_names}
+        # num_warps / num_stages in a config are launch options, compiled as the launch uses them
+        options = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
+        signature = {name: ("constexpr" if name in constexprs else spec.signature[name])
                      for name in spec.fn.arg_names}
-        compiled = triton.compile(ASTSource(spec.fn, signature, constexprs=dict(config)),
+        compiled = triton.compile(ASTSource(spec.fn, signature, constexprs=constexprs),
                                   target=GPUTarget("cuda", cc, 32),
-                                  options={"enable_fp_fusion": backend.FP_FUSION})
+                                  options={"enable_fp_fusion": backend.FP_FUSION, **options})
         ptx = compiled.asm["ptx"]
         bad = memory_reductions(ptx)
         if bad:
@@ -157,7 +161,8 @@ def audit_reduce_layouts(results: list[CheckResult], kernels: dict) -> list[str]
 def run(all_configs: bool, only: str | None = None) -> tuple[list[CheckResult], list[str]]:
     kernels = _load_kernels()
     results = []
-    for spec in kernels.values():
+    specs = list(kernels.values()) if all_configs else _one_per_family(kernels)
+    for spec in specs:
         if only and only not in spec.name:
             continue
         configs = spec.configs if all_configs else _first_per_group(spec)
@@ -165,6 +170,15 @@ def run(all_configs: bool, only: str | None = None) -> tuple[list[CheckResult], 
             for cc in TARGETS:
                 results.append(compile_one(spec, config, cc))
     return results, audit_reduce_layouts(results, kernels)
+
+
+def _one_per_family(kernels: dict) -> list:
+    """The reduced sweep's kernels: one per family (the name without its _fp32/_fp16/_bf16 suffix),
+    a tensor-core one where the family has any."""
+    families: dict[str, list] = {}
+    for spec in kernels.values():
+        families.setdefault(re.sub(r"_(fp32|fp16|bf16)$", "", spec.name), []).append(spec)
+    return [next((s for s in members if s.expects_mma), members[0]) for members in families.values()]
 
 
 def _first_per_group(spec) -> list[dict]:
@@ -179,7 +193,7 @@ def _first_per_group(spec) -> list[dict]:
 def _print_table(results: list[CheckResult], layout_problems: list[str]) -> None:
     print(f"{'kernel':<28} {'config':<56} {'target':<6} {'regs':>5} {'spill':>5} {'secs':>5}  ok")
     for r in results:
-        cfg = ",".join(f"{k}={v}" for k, v in r.config.items())
+        cfg = ",".join(f"{k}={v}" for k, v in r.config.items() if k not in ("NATIVE_DOT",))
         regs = "-" if r.registers is None else str(r.registers)
         spills = "-" if r.spills is None else str(r.spills)
         print(f"{r.kernel:<28} {cfg[:56]:<56} {r.target:<6} {regs:>5} {spills:>5} {r.seconds:5.1f}  "

@@ -2,8 +2,10 @@
 
 Adding a kernel to the ahead-of-time check is one ``register(...)`` line under its
 definition. ``signature`` maps each runtime argument to a Triton type string
-("*fp32", "*i16", "i32", ...); each config maps every constexpr argument to a value.
-The first config of each kernel is the one ``make test`` compiles; ``--all`` compiles every one.
+("*fp32", "*i16", "i32", ...); each config maps every constexpr argument to a value, and may
+add the launch options ``num_warps`` / ``num_stages`` the kernel is launched with.
+``make test`` compiles the first config of one kernel per family (the name without its
+dtype suffix); ``--all`` compiles every config of every kernel.
 """
 
 from __future__ import annotations

@@ -157,7 +157,8 @@ def _register_all() -> None:
 
     for name, kind, ptr in (("fp32", 0, "*fp32"), ("fp16", 1, "*i16"), ("bf16", 2, "*i16")):
         cfg = lm_head_config_for("cuda", name)
-        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_V": cfg.block_v, "BLOCK_K": cfg.block_k}
+        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_V": cfg.block_v, "BLOCK_K": cfg.block_k,
+                  "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         configs = [{"MODE": mode, "KIND": kind, "SPLITS": splits, "NATIVE_DOT": True, "WITH_ENTROPY": ent, **blocks}
                    for splits in (1, engine_config().splits) for ent in (False, True) for mode in (0, 1)]
         register(

@@ -267,7 +267,7 @@ def _register_all() -> None:
                        "stride_cm": "i64", "stride_cn": "i64"},
             configs=[{"KIND": kind, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
                       "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
-                      "GROUP_M": cfg2.group_m}
+                      "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
                      for splits in (1, engine_splits) for bias in (False, True)],
             expects_mma=kind != 0,
         )
