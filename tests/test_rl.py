@@ -1,0 +1,163 @@
+"""The matched RL loop end to end: sampler == learner bitwise, engine != learner, training, resume."""
+
+import json
+
+import pytest
+import torch
+
+from rl.learner import StepConfig, learner_step, sequence_logprobs
+from rl.model import ModelConfig, TinyGPT
+from rl.sampler import generate
+from rl.tasks import get_task
+from rl.train import build_parser, train
+
+TASK = get_task("reverse")
+
+
+def _model(precision: str, seed: int = 0, head_precision=None) -> TinyGPT:
+    cfg = ModelConfig(vocab_size=TASK.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=TASK.seq_len,
+                      precision=precision, head_precision=head_precision)
+    model = TinyGPT(cfg, seed=seed, init="torch")  # a non-uniform policy, so EOS and digits both occur
+    return model
+
+
+def _prompts(n: int, seed: int = 0) -> torch.Tensor:
+    return TASK.sample(n, torch.Generator().manual_seed(seed))[0]
+
+
+def _assert_matched(model, prompts, temperature, seed=0):
+    ro = generate(model, prompts, TASK.max_new_tokens, temperature=temperature,
+                  generator=torch.Generator().manual_seed(seed), eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    with torch.no_grad():
+        lp = sequence_logprobs(model, ro.tokens, TASK.prompt_len, temperature)
+    assert ro.mask.any()
+    assert torch.equal(lp[ro.mask], ro.logprobs[ro.mask])
+    return ro
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("batch", [1, 2, 6])
+def test_matched_sampler_equals_learner_bitwise(precision, batch):
+    _assert_matched(_model(precision), _prompts(batch), temperature=1.0)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_matched_at_temperature_0_7_with_eos_mid_batch(precision):
+    model = _model(precision, seed=3)
+    # Make EOS likely so that some sequences stop early while others go on.
+    with torch.no_grad():
+        model.lm_head.weight[TASK.eos_id] += 0.15
+    ro = _assert_matched(model, _prompts(6, seed=1), temperature=0.7, seed=4)
+    lengths = ro.mask.sum(1)
+    assert lengths.min() < lengths.max(), "expected EOS to stop some sequences before others"
+    after = ~ro.mask
+    assert torch.all(ro.logprobs[after] == 0)
+    assert torch.all(ro.tokens[:, TASK.prompt_len:][after] == TASK.pad_id)
+
+
+def test_rollout_semantics_and_reproducibility():
+    model = _model("fp16")
+    prompts = _prompts(4)
+    a = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(7),
+                 eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    b = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(7),
+                 eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+    assert a.tokens.shape == (4, TASK.prompt_len + TASK.max_new_tokens)
+    assert a.logprobs.dtype == torch.float32 and a.mask.dtype == torch.bool
+    assert torch.equal(a.tokens[:, :TASK.prompt_len], prompts)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_engine_profile_gives_nonzero_mismatch(precision):
+    model = _model(precision)
+    prompts = _prompts(8)
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+                  profile="engine", eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    with torch.no_grad():
+        lp = sequence_logprobs(model, ro.tokens, TASK.prompt_len)
+    assert not torch.equal(lp[ro.mask], ro.logprobs[ro.mask])
+
+
+def test_ppo_ratio_is_exactly_one_in_matched_mode():
+    model = _model("bf16")
+    prompts = _prompts(2).repeat_interleave(2, 0)
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+                  eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    rewards = TASK.reward(prompts, ro.tokens[:, TASK.prompt_len:], ro.mask)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len, StepConfig(algo="ppo"))
+    assert res.stats["ppo_ratio_max_dev"] == 0.0
+    assert torch.equal(res.pi_old[ro.mask], ro.logprobs[ro.mask])
+
+
+def test_fp16_loss_scaler_skips_inf_gradients_and_recovers():
+    model = _model("fp16")
+    prompts = _prompts(2).repeat_interleave(2, 0)
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+                  eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # A scale of 2^40 overflows fp16 gradients: the step must be skipped and the scale lowered
+    # (by 2^-8 a time here, so it recovers within a few steps).
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-8, growth_interval=1000)
+    before = [p.detach().clone() for p in model.parameters()]
+    res = learner_step(model, opt, scaler, ro, rewards, 2, TASK.prompt_len, StepConfig())
+    assert res.skipped == 1 and res.loss_scale < 2.0**40
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    for _ in range(6):  # the scale keeps backing off until a step goes through
+        res = learner_step(model, opt, scaler, ro, rewards, 2, TASK.prompt_len, StepConfig())
+        if res.skipped == 0:
+            break
+    assert res.skipped == 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def _args(tmp_path, *extra):
+    return build_parser().parse_args(["--steps", "3", "--batch", "2", "--group", "2", "--d-model", "32",
+                                      "--eval-every", "100", "--dataset-size", "32", "--warmup-target", "0.0",
+                                      "--no-progress", "--out", str(tmp_path), *extra])
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    full = tmp_path / "full"
+    train(_args(full), log=lambda *_: None)
+    part = tmp_path / "part"
+    a = _args(part)
+    a.steps = 2
+    train(a, log=lambda *_: None)
+    train(_args(part, "--resume"), log=lambda *_: None)
+    w_full = torch.load(full / "checkpoint.pt", weights_only=False)["model"]
+    w_part = torch.load(part / "checkpoint.pt", weights_only=False)["model"]
+    assert w_full.keys() == w_part.keys()
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+
+
+def test_matched_training_reports_zero_mismatch_and_strict_passes(tmp_path):
+    summary = train(_args(tmp_path, "--strict", "--precision", "bf16"), log=lambda *_: None)
+    assert summary["frac_tokens_differ"] == 0.0 and summary["mean_abs_dlogp"] == 0.0
+
+
+def test_short_training_raises_the_reward_weighted_log_likelihood():
+    """A few learner steps on fixed rollouts move probability towards the better-rewarded samples."""
+    model = _model("fp16", seed=5)
+    prompts = _prompts(2, seed=2).repeat_interleave(4, 0)
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(1),
+                  eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+    rewards = TASK.reward(prompts, ro.tokens[:, TASK.prompt_len:], ro.mask)
+    assert rewards.view(2, 4).std(1).min() > 0, "each group needs a spread of rewards"
+    adv = (rewards.view(2, 4) - rewards.view(2, 4).mean(1, keepdim=True)).view(-1)
+
+    def objective():
+        with torch.no_grad():
+            lp = sequence_logprobs(model, ro.tokens, TASK.prompt_len)
+        return float((adv * (lp * ro.mask).sum(1)).sum())
+
+    before = objective()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    for _ in range(4):
+        learner_step(model, opt, scaler, ro, rewards, 4, TASK.prompt_len, StepConfig())
+    assert objective() > before
