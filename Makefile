@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m precision_kernels.report
+	$(PY) -m rl.demo
 
 compile-check: $(STAMP)
 	$(PY) -m precision_kernels.compile_check --all
