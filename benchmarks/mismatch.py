@@ -139,10 +139,10 @@ def plot(records: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{r['precision']}{'+fp32 head' if r['head'] != r['precision'] else ''}\n{r['profile']}"
+    labels = [f"{r['precision']}\n{'fp32 head' if r['head'] != r['precision'] else ''}\n{r['profile']}"
               for r in records]
     colors = ["tab:green" if r["profile"] == "matched" else "tab:red" for r in records]
-    floor = 1e-12  # zero has no place on a log axis: matched rows sit on the floor, labelled "0"
+    floor = 1e-18  # zero has no place on a log axis: exact zeros sit on the floor, labelled "0"
     for ax, key, title in zip(axes, ("mean_abs_dlogp", "kl_k3", "frac_tokens_differ"),
                               ("mean |Δ log p|", "KL(μ‖π) k3", "fraction of tokens not bitwise equal")):
         vals = [max(r[key], floor) for r in records]
