@@ -25,7 +25,7 @@ def run(steps: int, seeds: list[int], out: str, extra: list[str]) -> list[dict]:
     for seed, (precision, profile, algo) in itertools.product(seeds, GRID):
         name = f"{precision}-{profile}-{algo}-s{seed}"
         args = build_parser().parse_args(["--precision", precision, "--profile", profile, "--algo", algo,
-                                          "--steps", str(steps), "--seed", str(seed), "--eval-every", "2",
+                                          "--steps", str(steps), "--seed", str(seed), "--eval-every", "4",
                                           "--out", os.path.join(out, name), *extra])
         summary = train(args, log=lambda msg, name=name: print(f"[{name}] {msg}"))
         with open(os.path.join(out, name, "metrics.jsonl")) as f:
