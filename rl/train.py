@@ -87,6 +87,10 @@ def evaluate(model: TinyGPT, task, prompts: torch.Tensor) -> float:
 
 
 def train(args, log=print) -> dict:
+    # Multi-threaded CPU torch (the fp32 warm-up, and the embedding-gradient scatter in the RL glue)
+    # accumulates in a thread-dependent order; one thread makes a run repeat bit for bit. The
+    # kernels run in the interpreter's numpy either way.
+    torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task, cfg, model, optimizer, scaler = _build(args)

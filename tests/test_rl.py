@@ -161,3 +161,17 @@ def test_short_training_raises_the_reward_weighted_log_likelihood():
     for _ in range(4):
         learner_step(model, opt, scaler, ro, rewards, 4, TASK.prompt_len, StepConfig())
     assert objective() > before
+
+
+def test_training_repeats_bit_for_bit_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    flags = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--eval-every", "100",
+             "--dataset-size", "32", "--warmup-target", "0.2", "--no-progress"]
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "rl.train", *flags, "--out", str(tmp_path / name)], check=True,
+                       capture_output=True)
+    wa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
