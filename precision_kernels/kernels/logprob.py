@@ -30,6 +30,7 @@ from ..registry import register
 from .matmul import linear_tile
 from .rounding import round_fp32
 from .softmax import (
+    load_grad_state,
     logprob_grad_block,
     lse_block_update,
     lse_finish,
@@ -125,17 +126,9 @@ def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_pt
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     # load the forward's per-row state
-    target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
-    run_max = tl.load(max_ptr + rows, mask=row_mask, other=float("-inf"))
-    run_sum = tl.load(sum_ptr + rows, mask=row_mask, other=0.0)
-    g_logprob = tl.load(g_logprob_ptr + rows, mask=row_mask, other=0.0)
-    if HAS_G_ENTROPY:
-        g_entropy = tl.load(g_entropy_ptr + rows, mask=row_mask, other=0.0)
-        entropy = tl.load(entropy_ptr + rows, mask=row_mask, other=0.0)
-    else:
-        g_entropy = tl.zeros((BLOCK_M,), tl.float32)
-        entropy = tl.zeros((BLOCK_M,), tl.float32)
-    log_sum, _ = lse_finish(run_max, run_sum, run_max, False)
+    target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = load_grad_state(
+        rows, row_mask, tokens_ptr, max_ptr, sum_ptr, entropy_ptr, g_logprob_ptr, g_entropy_ptr,
+        HAS_G_ENTROPY, BLOCK_M)
     # recompute this tile of logits (pid_v counts BLOCK_V blocks from column 0; v_start is a multiple of BLOCK_V)
     pid_v = v_start // BLOCK_V + pid_c
     logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,

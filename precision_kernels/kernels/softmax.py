@@ -166,6 +166,24 @@ def logprob_grad_block(z, mask, cols, target, run_max, run_sum, log_sum, entropy
 
 
 @triton.jit
+def load_grad_state(rows, row_mask, tokens_ptr, max_ptr, sum_ptr, entropy_ptr, g_logprob_ptr, g_entropy_ptr,
+                    HAS_G_ENTROPY: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """The forward's per-row state and the incoming gradients, for ``logprob_grad_block``."""
+    target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
+    run_max = tl.load(max_ptr + rows, mask=row_mask, other=float("-inf"))
+    run_sum = tl.load(sum_ptr + rows, mask=row_mask, other=0.0)
+    g_logprob = tl.load(g_logprob_ptr + rows, mask=row_mask, other=0.0)
+    if HAS_G_ENTROPY:
+        g_entropy = tl.load(g_entropy_ptr + rows, mask=row_mask, other=0.0)
+        entropy = tl.load(entropy_ptr + rows, mask=row_mask, other=0.0)
+    else:
+        g_entropy = tl.zeros((BLOCK_ROWS,), tl.float32)
+        entropy = tl.zeros((BLOCK_ROWS,), tl.float32)
+    log_sum, _ = lse_finish(run_max, run_sum, run_max, False)
+    return target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy
+
+
+@triton.jit
 def _probs(z, mask, run_max, run_sum):
     """softmax(z) in fp32 from the final state: exp(z - ref) / sum (0 for an empty row or masked lane)."""
     ref = tl.where(run_max == float("-inf"), 0.0, run_max)  # exp_ref, inlined
@@ -304,17 +322,9 @@ def token_logprobs_bwd_kernel(logits_ptr, tokens_ptr, g_logprob_ptr, g_entropy_p
     row_mask = rows < n_rows
     l_rows = logits_ptr + rows * stride_l
     d_rows = dlogits_ptr + rows * n_cols
-    target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
-    run_max = tl.load(max_ptr + rows, mask=row_mask, other=float("-inf"))
-    run_sum = tl.load(sum_ptr + rows, mask=row_mask, other=0.0)
-    g_logprob = tl.load(g_logprob_ptr + rows, mask=row_mask, other=0.0)
-    if HAS_G_ENTROPY:
-        g_entropy = tl.load(g_entropy_ptr + rows, mask=row_mask, other=0.0)
-        entropy = tl.load(entropy_ptr + rows, mask=row_mask, other=0.0)
-    else:
-        g_entropy = tl.zeros((BLOCK_ROWS,), tl.float32)
-        entropy = tl.zeros((BLOCK_ROWS,), tl.float32)
-    log_sum, _ = lse_finish(run_max, run_sum, run_max, False)
+    target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = load_grad_state(
+        rows, row_mask, tokens_ptr, max_ptr, sum_ptr, entropy_ptr, g_logprob_ptr, g_entropy_ptr,
+        HAS_G_ENTROPY, BLOCK_ROWS)
     for start in range(0, n_cols, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS)
         mask = row_mask[:, None] & (cols[None, :] < n_cols)
