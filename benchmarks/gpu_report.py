@@ -2,10 +2,12 @@
 
     python -m benchmarks.gpu_report [--json PATH] [--skip-tests]
 
-1. runs the GPU test selection (invariants, the fused kernel's I5) and checks the
+1. runs the test suite on the GPU (`--tests quick`: the invariants and the fused kernel's I5) and checks the
    RL model's matched sampler/learner equality on the GPU;
 2. matmul TFLOP/s of pk.matmul against cuBLAS (torch.matmul) at decode and
-   prefill shapes, fp16/bf16, in the matched and engine profiles;
+   prefill shapes, fp16/bf16, in the matched and engine profiles. Every time is the median of
+   do_bench after a warm-up; where both profiles run the same kernel (M above the engine's
+   split_m) and their times differ by more than 10%, the rows are flagged "noisy";
 3. fused linear->log-prob (pk.linear_logprobs) time and peak memory against the
    unfused torch path (F.linear + log_softmax + gather), and against Liger's fused
    linear cross-entropy where it is installed.
@@ -21,11 +23,40 @@ import sys
 import torch
 import torch.nn.functional as F
 
+# Identical kernels timed twice may differ by this much before the report flags the pair as noise.
+NOISE_TOLERANCE = 0.10
+
 
 def _bench(fn) -> float:
+    """Median of many timed runs after a warm-up, in ms: a mean or a single run lets one slow
+    launch (clock ramp, another tenant) decide the figure."""
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=25, rep=100)  # ms
+    fn()
+    torch.cuda.synchronize()
+    return do_bench(fn, warmup=100, rep=300, return_mode="median")
+
+
+def flag_identical_kernel_noise(rows: list[dict]) -> list[dict]:
+    """Matched and engine run the same kernel wherever the engine does not split K (M above its
+    split_m). Their times must then agree; a pair more than NOISE_TOLERANCE apart measures noise,
+    and the row says so instead of being read as a difference between profiles."""
+    import precision_kernels as pk
+
+    split_m = pk.profiles.engine_config().split_m
+    by_shape: dict[tuple, dict] = {}
+    for r in rows:
+        by_shape.setdefault((r["dtype"], r["M"]), {})[r["profile"]] = r
+    for (_dtype, m), pair in by_shape.items():
+        same_kernel = m > split_m
+        for r in pair.values():
+            r["same_kernel_as_other_profile"] = same_kernel
+        if same_kernel and len(pair) == 2:
+            a, b = pair["matched"]["pk_ms"], pair["engine"]["pk_ms"]
+            noisy = abs(a - b) / min(a, b) > NOISE_TOLERANCE
+            for r in pair.values():
+                r["noisy"] = noisy
+    return rows
 
 
 def matmul_figures() -> list[dict]:
@@ -45,7 +76,7 @@ def matmul_figures() -> list[dict]:
                 rows.append({"dtype": str(dtype).removeprefix("torch."), "M": m, "N": n, "K": k, "profile": profile,
                              "pk_ms": t_pk, "cublas_ms": t_cublas, "pk_tflops": flops / t_pk / 1e9,
                              "cublas_tflops": flops / t_cublas / 1e9, "ratio": t_cublas / t_pk})
-    return rows
+    return flag_identical_kernel_noise(rows)
 
 
 def logprob_figures(rows_n: int = 4096, d: int = 1024, vocab: int = 32768) -> list[dict]:
@@ -80,9 +111,9 @@ def logprob_figures(rows_n: int = 4096, d: int = 1024, vocab: int = 32768) -> li
     return out
 
 
-# The GPU test selection: the invariants and the fused kernel's I5. The whole suite is sized
-# for the interpreter and runs there; `--tests all` runs everything here too.
-GPU_TESTS = ["tests/test_logprob.py", "tests/test_matmul.py", "-x", "-k",
+# A quick selection (the invariants and the fused kernel's I5) for `--tests quick`; by default the
+# whole suite runs on the GPU, as it does under the interpreter.
+GPU_TESTS = ["tests/test_lm_head.py", "tests/test_matmul.py", "-x", "-k",
              "i5 or i1_i2 or test_batch_invariance_rows or test_k_padding_invariance or test_batched_equals_2d"]
 
 
@@ -128,15 +159,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", default="gpu_report.json")
     parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--tests", choices=["gpu", "all"], default="gpu", help="which tests to run on the GPU")
-    parser.add_argument("--test-timeout", type=float, default=120.0)
+    parser.add_argument("--tests", choices=["quick", "all"], default="all", help="which tests to run on the GPU")
+    parser.add_argument("--test-timeout", type=float, default=1200.0)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_report needs a CUDA device; none found.")
         return 2
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if not args.skip_tests:
-        report["tests"] = run_tests(GPU_TESTS if args.tests == "gpu" else ["tests"], args.test_timeout)
+        report["tests"] = run_tests(GPU_TESTS if args.tests == "quick" else ["tests"], args.test_timeout)
     report["rl_matched"] = rl_matched_check()
     print("\nRL sampler vs learner on the GPU (64 prompts, reverse task)")
     for r in report["rl_matched"]:
@@ -146,8 +177,9 @@ def main(argv=None) -> int:
     print(f"\nmatmul on {report['device']} (N = K = 4096)")
     print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9}")
     for r in report["matmul"]:
+        note = "  NOISY: same kernel as the other profile, >10% apart" if r.get("noisy") else ""
         print(f"{r['dtype']:<9} {r['M']:>5} {r['profile']:<8} {r['pk_tflops']:>10.2f} {r['cublas_tflops']:>8.2f} "
-              f"{r['ratio']:>9.2f}")
+              f"{r['ratio']:>9.2f}{note}")
     report["logprob"] = logprob_figures()
     print("\nfused log-prob (rows 4096, d 1024, V 32768)")
     print(f"{'dtype':<9} {'variant':<28} {'ms':>8} {'peak extra MiB':>15} {'logits MiB':>11}")
