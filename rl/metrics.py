@@ -22,7 +22,7 @@ counts
 
 A matched sampler/learner pair gives 0 for every mismatch statistic.
 The step's other figures (reward, accuracy, entropy, grad norm, loss scale, skipped
-steps) belong to the trainer; ``step_record`` merges them into one flat dict of floats.
+steps) belong to the trainer (``rl.train``), which writes them beside these.
 """
 
 from __future__ import annotations
@@ -101,18 +101,3 @@ def mismatch_metrics(mu: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
     out["dp_max"] = float(dp.max())
     return out
 
-
-def step_record(step: int, mismatch: dict[str, float] | None = None, **figures) -> dict[str, float]:
-    """One flat JSONL-ready record: ``step``, the trainer's figures, then mismatch keys prefixed ``mm_``.
-
-    ``figures`` are e.g. reward, accuracy, entropy, grad_norm, loss_scale, skipped_steps;
-    tensors are converted to floats, ``None`` values dropped.
-    """
-    rec: dict[str, float] = {"step": float(step)}
-    for k, v in figures.items():
-        if v is None:
-            continue
-        rec[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
-    for k, v in (mismatch or {}).items():
-        rec[f"mm_{k}"] = float(v)
-    return rec

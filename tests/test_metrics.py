@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rl.metrics import MISMATCH_KEYS, bitwise_differ, mismatch_metrics, step_record
+from rl.metrics import MISMATCH_KEYS, bitwise_differ, mismatch_metrics
 
 
 def test_zero_mismatch_is_all_zero():
@@ -57,8 +57,12 @@ def test_hand_made_values():
     assert m["dp_p50"] == pytest.approx(dp[1])
     # linear interpolation between the 2nd and 3rd of 3 sorted values at q = 0.9 (position 1.8)
     assert m["dp_p90"] == pytest.approx(dp[1] + 0.8 * (dp[2] - dp[1]))
-    # k estimators are non-negative where they should be
-    assert m["k2"] >= 0 and m["k3"] >= 0
+
+    # one token with δ = −2 (learner below sampler): k1 = 2, k2 = ½·4, k3 = e^−2 − 1 + 2
+    m = mismatch_metrics(torch.tensor([[-1.0]]), torch.tensor([[-3.0]]), torch.tensor([[True]]))
+    assert m["k1"] == 2.0 and m["k2"] == 2.0 and m["seq_k2"] == 2.0
+    assert m["k3"] == pytest.approx(1.0 + math.exp(-2.0), rel=1e-15)
+    assert m["seq_k3"] == pytest.approx(1.0 + math.exp(-2.0), rel=1e-15)
 
 
 def test_bitwise_not_numeric_equality():
@@ -74,8 +78,6 @@ def test_bitwise_not_numeric_equality():
     assert m["frac_tokens_differ"] == 1.0 and m["max_abs_dlogp"] == pytest.approx(2**-23)
 
 
-def test_shape_check_and_record():
+def test_shape_check():
     with pytest.raises(ValueError):
         mismatch_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 2, dtype=torch.bool))
-    rec = step_record(3, {"k1": 0.5}, reward=torch.tensor(0.25), accuracy=0.5, loss_scale=None)
-    assert rec == {"step": 3.0, "reward": 0.25, "accuracy": 0.5, "mm_k1": 0.5}
