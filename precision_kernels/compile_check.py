@@ -1,4 +1,4 @@
-"""Ahead-of-time GPU compile check: every registered kernel, for sm_80 and sm_90, no GPU needed.
+"""Ahead-of-time GPU compile check: every kernel in ``compile_registry.py``, for sm_80 and sm_90, no GPU needed.
 
     python -m precision_kernels.compile_check          # first config of one kernel per family
     python -m precision_kernels.compile_check --all    # every registered config
@@ -20,10 +20,8 @@ interpreted) kernels. Audits:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -82,11 +80,9 @@ def reduce_operand_layouts(ttgir: str, order_sensitive_only: bool = False) -> li
 
 
 def _load_kernels() -> dict:
-    from . import kernels, registry
+    from .compile_registry import kernel_specs
 
-    for mod in pkgutil.iter_modules(kernels.__path__):
-        importlib.import_module(f"{kernels.__name__}.{mod.name}")
-    return registry.KERNELS
+    return kernel_specs()
 
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:

@@ -126,13 +126,23 @@ def table_backend() -> str:
     return "interpreter" if backend.INTERPRETED else "cuda"
 
 
-def matmul_config(dtype: torch.dtype, batched: bool = False) -> MatmulConfig:
-    two_d, batched_cfg = _MATMUL_TABLE[(table_backend(), _DTYPE_NAME[dtype])]
+def matmul_config_for(table: str, dtype_name: str, batched: bool = False) -> MatmulConfig:
+    """The matmul tiles of one table ("interpreter" or "cuda") and dtype name ("fp32", "fp16", "bf16")."""
+    two_d, batched_cfg = _MATMUL_TABLE[(table, dtype_name)]
     return batched_cfg if batched else two_d
 
 
+def matmul_config(dtype: torch.dtype, batched: bool = False) -> MatmulConfig:
+    return matmul_config_for(table_backend(), _DTYPE_NAME[dtype], batched)
+
+
+def row_config_for(table: str) -> RowConfig:
+    """The row-reduction tiles of one table ("interpreter" or "cuda"); the same for every dtype."""
+    return _ROWS[table]
+
+
 def row_config(dtype: torch.dtype) -> RowConfig:
-    return _ROWS[table_backend()]
+    return row_config_for(table_backend())
 
 
 def engine_config() -> EngineConfig:
@@ -146,7 +156,7 @@ def engine_splits_for(m: int) -> int:
     return 1
 
 
-# ---- fused LM head (kernels/logprob.py) --------------------------------------------------
+# ---- fused LM head (kernels/lm_head.py) --------------------------------------------------
 
 @dataclass(frozen=True)
 class LMHeadConfig:
@@ -171,7 +181,7 @@ LM_HEAD_BWD_CHUNK = 8192
 
 
 def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
-    two_d = _MATMUL_TABLE[(table, dtype_name)][0]
+    two_d = matmul_config_for(table, dtype_name)
     block_v = _ROWS[table].block_cols if table == "interpreter" else _LM_HEAD_BLOCK_V_CUDA
     return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=block_v, block_k=two_d.block_k,
                         num_warps=4 if table == "interpreter" else 8)

@@ -37,7 +37,6 @@ Numerics (DESIGN.md section 2):
 import triton
 import triton.language as tl
 
-from ..registry import register
 from .rounding import round_fp32, to_fp32
 
 
@@ -245,44 +244,3 @@ def bmm_kernel(a_ptr, b_ptr, c_ptr, BATCH, M, N, K, k_chunk,
               + offs_n[None, None, :] * stride_cn)
     c_mask = b_in & (offs_m < M)[None, :, None] & (offs_n < N)[None, None, :]
     tl.store(c_ptrs, round_fp32(total, KIND), mask=c_mask)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registration for the ahead-of-time compile check: the CUDA table's configs (the ones that run
-# compiled), per dtype, in both profiles (SPLITS = 1 matched, engine splits) and with/without bias.
-# The first config of each kernel is the matched CUDA one.
-
-def _register_all() -> None:
-    from ..profiles import _MATMUL_TABLE, engine_config
-
-    engine_splits = engine_config().splits
-    for name, kind, ptr in (("fp32", 0, "*fp32"), ("fp16", 1, "*i16"), ("bf16", 2, "*i16")):
-        cfg2 = _MATMUL_TABLE[("cuda", name)][0]
-        cfg3 = _MATMUL_TABLE[("cuda", name)][1]
-        register(
-            f"matmul_{name}", matmul_kernel,
-            signature={"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
-                       "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
-                       "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
-                       "stride_cm": "i64", "stride_cn": "i64"},
-            configs=[{"KIND": kind, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
-                      "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
-                      "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
-                     for splits in (1, engine_splits) for bias in (False, True)],
-            expects_mma=kind != 0,
-        )
-        register(
-            f"bmm_{name}", bmm_kernel,
-            signature={"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
-                       "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
-                       "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
-                       "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
-                       "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"},
-            configs=[{"KIND": kind, "SPLITS": splits, "NATIVE_DOT": True, "BLOCK_BATCH": cfg3.block_batch,
-                      "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k}
-                     for splits in (1, engine_splits)],
-            expects_mma=kind != 0,
-        )
-
-
-_register_all()

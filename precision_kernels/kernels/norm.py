@@ -13,9 +13,8 @@ index order (chunks of BLOCK_ROWS partial rows, chunks in order).
 
 import triton.language as tl
 
-from ..registry import register
 from .rounding import round_fp32, to_fp32
-from .softmax import row_kernel
+from .specialization import row_kernel
 
 
 @row_kernel
@@ -100,26 +99,3 @@ def col_sum_kernel(part_ptr, out_ptr, n_parts, n_cols, OUT_KIND: tl.constexpr,
         mask = (parts < n_parts)[:, None] & col_mask[None, :]
         acc += tl.sum(tl.load(part_ptr + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0), axis=0)
     tl.store(out_ptr + cols, round_fp32(acc, OUT_KIND), mask=col_mask)
-
-
-def _register() -> None:
-    from .softmax import FORMAT_GROUPS, cuda_row_config
-
-    cfg = cuda_row_config()
-    blocks = {"BLOCK_ROWS": cfg.block_rows, "BLOCK_COLS": cfg.block_cols}
-    for suffix, ptr, kinds in FORMAT_GROUPS:
-        register(f"rms_norm_fwd{suffix}", rms_norm_fwd_kernel,
-                 signature={"x_ptr": ptr, "w_ptr": ptr, "y_ptr": ptr, "rstd_ptr": "*fp32", "n_rows": "i32",
-                            "n_cols": "i32", "stride_x": "i32", "eps": "fp32"},
-                 configs=[{"KIND": k, "W_KIND": k, **blocks} for k in kinds])
-        register(f"rms_norm_bwd{suffix}", rms_norm_bwd_kernel,
-                 signature={"x_ptr": ptr, "w_ptr": ptr, "dy_ptr": ptr, "rstd_ptr": "*fp32", "dx_ptr": ptr,
-                            "dw_part_ptr": "*fp32", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32",
-                            "stride_dy": "i32"},
-                 configs=[{"KIND": k, "W_KIND": k, "DY_KIND": k, **blocks} for k in kinds])
-        register(f"col_sum{suffix}", col_sum_kernel,
-                 signature={"part_ptr": "*fp32", "out_ptr": ptr, "n_parts": "i32", "n_cols": "i32"},
-                 configs=[{"OUT_KIND": k, **blocks} for k in kinds])
-
-
-_register()

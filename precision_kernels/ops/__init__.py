@@ -4,7 +4,7 @@ One module per kernel family (a package rather than DESIGN.md's single ops.py, s
 families can be worked on independently).
 """
 
-from .logprob import linear_logprobs, linear_sample
+from .lm_head import linear_logprobs, linear_sample
 from .matmul import linear, matmul
 from .norm import rms_norm
 from .rounding import round_to

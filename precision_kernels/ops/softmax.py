@@ -2,7 +2,7 @@
 
 ``scale`` multiplies each loaded value in fp32 before anything else (attention passes
 ``1/sqrt(head_dim)`` here). Rows are reduced in blocks of ``row_config(dtype).block_cols``
-columns, in index order, with max and sum in fp32 (kernels/softmax.py).
+columns, in index order, with max and sum in fp32 (kernels/softmax.py on kernels/lse.py).
 
 Semantics worth knowing:
 

@@ -1,6 +1,6 @@
 """pk.token_logprobs: fp32 log softmax(logits / T)[token], and optionally the entropy.
 
-The kernel (kernels/softmax.py, ``token_logprobs_fwd_kernel``) is written only with
+The kernel (kernels/token_logprobs.py, ``token_logprobs_fwd_kernel``) is written only with
 the online log-sum-exp helpers that the fused LM-head kernel also uses, over vocab
 blocks of ``row_config(dtype).block_cols`` in index order, so that under the
 interpreter ``linear_logprobs(h, W, t)`` equals ``token_logprobs(linear(h, W), t)``
@@ -17,7 +17,7 @@ import triton
 from torch.autograd.function import once_differentiable
 
 from .. import backend, profiles
-from ..kernels.softmax import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
+from ..kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
 from ._common import check_float, check_temperature, check_tokens, kernel_view, kind
 from .softmax import as_rows
 

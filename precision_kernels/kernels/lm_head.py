@@ -23,13 +23,9 @@ recomputes the logits tiles the same way and writes d(loss)/d(logits) for one vo
 chunk, which the op multiplies out with the matmul kernels.
 """
 
-import triton
 import triton.language as tl
 
-from ..registry import register
-from .matmul import linear_tile
-from .rounding import round_fp32
-from .softmax import (
+from .lse import (
     load_grad_state,
     logprob_grad_block,
     lse_block_update,
@@ -40,26 +36,18 @@ from .softmax import (
     target_init,
     token_logprob_finish,
 )
+from .matmul import linear_tile
+from .rounding import round_fp32
+from .specialization import row_kernel
 
-SCORE: tl.constexpr = tl.constexpr(0)
-SAMPLE: tl.constexpr = tl.constexpr(1)
-
-
-# Per-row buffers and the row/vocab counts carry no alignment facts (see kernels/softmax.py's
-# row_kernel): the reductions' layouts must not depend on them. The hidden/weight pointers and
-# strides keep theirs; they only feed tl.dot, whose accumulation order is fixed by the MMA shape.
-_ROW_ARGS = ["tokens_ptr", "uniform_ptr", "logprob_ptr", "entropy_ptr", "max_ptr", "sum_ptr", "M", "V",
-             "g_logprob_ptr", "g_entropy_ptr", "dlogits_ptr", "v_start", "n_chunk"]
-
-
-def _row_kernel(fn):
-    import inspect
-
-    names = [n for n in inspect.signature(fn).parameters if n in _ROW_ARGS]
-    return triton.jit(do_not_specialize_on_alignment=names)(fn)
+# The hidden/weight pointers and strides keep their alignment facts: they only feed tl.dot, whose
+# accumulation order is fixed by the MMA shape. Everything else (per-row buffers, row and vocab
+# counts) reaches a reduction and carries none (kernels/specialization.py).
+MATMUL_OPERANDS = ("h_ptr", "w_ptr", "K", "k_chunk", "stride_hm", "stride_hk", "stride_wv", "stride_wk",
+                   "temperature")
 
 
-@_row_kernel
+@row_kernel(keep_alignment=MATMUL_OPERANDS)
 def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
                    M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
                    MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
@@ -111,7 +99,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_p
         tl.store(tokens_ptr + rows, target, mask=row_mask)
 
 
-@_row_kernel
+@row_kernel(keep_alignment=MATMUL_OPERANDS)
 def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr,
                            dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv, stride_wk,
                            temperature,
@@ -143,35 +131,3 @@ def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_pt
     local = cols - v_start
     out_mask = mask & (local < n_chunk)[None, :]
     tl.store(dlogits_ptr + rows[:, None] * n_chunk + local[None, :], round_fp32(grad, KIND), mask=out_mask)
-
-
-def _register_all() -> None:
-    from ..profiles import engine_config, lm_head_config_for
-
-    for name, kind, ptr in (("fp32", 0, "*fp32"), ("fp16", 1, "*i16"), ("bf16", 2, "*i16")):
-        cfg = lm_head_config_for("cuda", name)
-        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_V": cfg.block_v, "BLOCK_K": cfg.block_k,
-                  "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        configs = [{"MODE": mode, "KIND": kind, "SPLITS": splits, "NATIVE_DOT": True, "WITH_ENTROPY": ent, **blocks}
-                   for splits in (1, engine_config().splits) for ent in (False, True) for mode in (0, 1)]
-        register(
-            f"lm_head_{name}", lm_head_kernel,
-            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "uniform_ptr": "*fp32",
-                       "logprob_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
-                       "M": "i32", "V": "i32", "K": "i32", "k_chunk": "i32", "stride_hm": "i64", "stride_hk": "i64",
-                       "stride_wv": "i64", "stride_wk": "i64", "temperature": "fp32"},
-            configs=configs, reduce_layout_group="lm_head", expects_mma=kind != 0,
-        )
-        register(
-            f"lm_head_dlogits_{name}", lm_head_dlogits_kernel,
-            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "g_logprob_ptr": "*fp32",
-                       "g_entropy_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
-                       "dlogits_ptr": ptr, "M": "i32", "V": "i32", "K": "i32", "v_start": "i32", "n_chunk": "i32",
-                       "stride_hm": "i64", "stride_hk": "i64", "stride_wv": "i64", "stride_wk": "i64",
-                       "temperature": "fp32"},
-            configs=[{"KIND": kind, "NATIVE_DOT": True, "HAS_G_ENTROPY": g, **blocks} for g in (False, True)],
-            expects_mma=kind != 0,
-        )
-
-
-_register_all()

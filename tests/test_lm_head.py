@@ -1,4 +1,4 @@
-"""The fused LM-head kernel (kernels/logprob.py): SCORE and SAMPLE modes, invariant I5."""
+"""The fused LM-head kernel (kernels/lm_head.py): SCORE and SAMPLE modes, invariant I5."""
 
 import math
 import os
@@ -8,7 +8,7 @@ import torch
 
 import precision_kernels as pk
 from precision_kernels import profiles
-from precision_kernels.ops.logprob import linear_logprobs, linear_sample
+from precision_kernels.ops.lm_head import linear_logprobs, linear_sample
 from precision_kernels.ops.matmul import linear
 from precision_kernels.ops.token_logprobs import token_logprobs
 

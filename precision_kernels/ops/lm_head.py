@@ -15,7 +15,7 @@ import torch
 import triton
 
 from .. import backend, profiles
-from ..kernels.logprob import lm_head_dlogits_kernel, lm_head_kernel
+from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
 from ._common import check_device, check_float, check_same_dtype, check_temperature, check_tokens, kernel_view, kind
 from .matmul import _k_chunk, _mm
 from .rounding import round_to
