@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import precision_kernels as pk
+from benchmarks.launches import count_launches
 from precision_kernels import backend
-from precision_kernels.ops.matmul import launch_stats
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (name, a shape, b shape): the RL model's shapes and the attention batch.
@@ -70,10 +70,9 @@ def _torch_time(a, b, reps: int) -> float:
 
 
 def _per_call(fn) -> tuple[int, int]:
-    before = dict(launch_stats)
-    fn()
-    return (launch_stats["launches"] - before["launches"],
-            launch_stats["programs"] - before["programs"])
+    with count_launches() as count:
+        fn()
+    return count.launches, count.programs
 
 
 def table(reps: int = 3) -> list[dict]:

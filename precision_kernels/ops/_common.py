@@ -1,10 +1,70 @@
-"""Shared argument checks and dtype plumbing for the public ops."""
+"""What every op shares: the one launch path, the argument checks, the dtype plumbing.
+
+* ``launch(kernel, grid, *args, config=..., **constexprs)`` is the only way an op starts a
+  kernel: it adds the tile config's ``num_warps`` / ``num_stages`` and
+  ``backend.launch_options()`` (FMA contraction chosen explicitly), and tells any
+  ``observe_launches()`` block what it launched with which options.
+* ``NATIVE_DOT``: the one decision whether kernels may use ``tl.dot`` (compiled) or must
+  multiply-and-sum in K order (interpreter; DESIGN.md section 3).
+* ``check_temperature``: the one temperature rule of every op that takes one.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from .. import backend
+
+# tl.dot on native operands only when compiled: the interpreter's tl.dot (OpenBLAS) depends on
+# an element's position in the tile and mis-multiplies bf16.
+NATIVE_DOT: bool = not backend.INTERPRETED
+# Config fields that are launch options rather than constexprs.
+_CONFIG_LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One kernel launch as ``launch`` made it: kernel name, grid, and the launch options passed."""
+
+    kernel: str
+    grid: tuple
+    options: dict
+
+
+_observers: list[list[LaunchRecord]] = []
+
+
+@contextlib.contextmanager
+def observe_launches() -> Iterator[list[LaunchRecord]]:
+    """Collect a ``LaunchRecord`` for every launch made inside the block (tests, benchmarks)."""
+    records: list[LaunchRecord] = []
+    _observers.append(records)
+    try:
+        yield records
+    finally:
+        _observers.remove(records)
+
+
+def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
+    """Launch ``kernel[grid](*args, **constexprs)`` with the config's warps/stages and the backend's options.
+
+    ``config`` is a tile config from ``profiles`` (or None); its ``num_warps`` / ``num_stages``, where it
+    has them, are passed as launch options. An empty grid launches nothing.
+    """
+    grid = tuple(int(g) for g in grid)
+    if math.prod(grid) == 0:
+        return
+    options = {name: getattr(config, name) for name in _CONFIG_LAUNCH_OPTIONS if hasattr(config, name)}
+    options.update(backend.launch_options())
+    for records in _observers:
+        records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options)))
+    kernel[grid](*args, **constexprs, **options)
+
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Constexpr codes the kernels use for a tensor's storage format (kernels/rounding.py).
@@ -48,11 +108,27 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
     return next(iter(dtypes.values()))
 
 
-def check_temperature(temperature: float) -> float:
-    t = float(temperature)
-    if not t > 0.0:  # also rejects NaN
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    return t
+def check_temperature(temperature) -> float:
+    """The one temperature rule: returns the fp32 value T32 that every kernel divides logits by.
+
+    T32 = float32(temperature) and float32(1 / T32) must both be finite and > 0. That rejects 0,
+    negatives, NaN and inf, and also values such as 1e-50 (T32 = 0: log-probs of -inf) and 1e39
+    (T32 = inf: a silently uniform distribution), and a subnormal T32 whose reciprocal overflows.
+    """
+    t = None
+    if not isinstance(temperature, (bool, str, bytes, complex)):
+        try:
+            t = float(temperature)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if t is None:
+        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    t32 = torch.tensor(t, dtype=torch.float32)
+    inv32 = torch.reciprocal(t32)
+    if not (bool(torch.isfinite(t32)) and float(t32) > 0.0 and bool(torch.isfinite(inv32)) and float(inv32) > 0.0):
+        raise ValueError(f"temperature must have a float32 value T and a float32 1/T that are both finite and > 0, "
+                         f"got {temperature!r} (float32 T = {float(t32)!r}, 1/T = {float(inv32)!r})")
+    return float(t32)
 
 
 def check_tokens(name: str, tokens: torch.Tensor, vocab_size: int, leading_shape: torch.Size) -> torch.Tensor:

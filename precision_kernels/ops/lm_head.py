@@ -14,13 +14,24 @@ from __future__ import annotations
 import torch
 import triton
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
-from ._common import check_device, check_float, check_same_dtype, check_temperature, check_tokens, kernel_view, kind
+from ._common import (
+    NATIVE_DOT,
+    check_device,
+    check_float,
+    check_same_dtype,
+    check_temperature,
+    check_tokens,
+    kernel_view,
+    kind,
+    launch,
+)
 from .matmul import _k_chunk, _mm
 from .rounding import round_to
 
-_NATIVE_DOT = not backend.INTERPRETED
+# lm_head_kernel's MODE: score given tokens, or sample them.
+SCORE, SAMPLE = 0, 1
 
 
 def _check_head(hidden: torch.Tensor, weight: torch.Tensor) -> None:
@@ -50,13 +61,13 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, unifor
     if m:
         hv, wv = kernel_view(h2), kernel_view(weight)
         grid = (triton.cdiv(m, cfg.block_m),)
-        lm_head_kernel[grid](
+        launch(
+            lm_head_kernel, grid,
             hv, wv, tokens, uniform if uniform is not None else logprob, logprob, entropy, row_max, row_sum,
             m, v, k, _k_chunk(k, splits), hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
             float(temperature),
-            MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=_NATIVE_DOT, WITH_ENTROPY=with_entropy,
-            BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
+            config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=NATIVE_DOT,
+            WITH_ENTROPY=with_entropy, BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
         )
     return logprob, entropy, row_max, row_sum
 
@@ -67,7 +78,7 @@ class _LinearLogprobs(torch.autograd.Function):
         lead = hidden.shape[:-1]
         h2 = hidden.reshape(-1, hidden.shape[-1])  # a view where possible; the kernel takes any strides
         t = tokens.reshape(-1).contiguous()
-        logprob, entropy, row_max, row_sum = _launch(h2, weight, t, None, temperature, 0, with_entropy)
+        logprob, entropy, row_max, row_sum = _launch(h2, weight, t, None, temperature, SCORE, with_entropy)
         ctx.save_for_backward(h2, weight, t, entropy, row_max, row_sum)
         ctx.temperature, ctx.with_entropy, ctx.lead = temperature, with_entropy, lead
         if with_entropy:
@@ -95,13 +106,13 @@ class _LinearLogprobs(torch.autograd.Function):
                 dlogits = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
                 if m:
                     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v))
-                    lm_head_dlogits_kernel[grid](
+                    launch(
+                        lm_head_dlogits_kernel, grid,
                         hv, wv, t, g_lp, g_ent, entropy, row_max, row_sum, kernel_view(dlogits),
                         m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
                         float(ctx.temperature),
-                        KIND=kind(h2.dtype), NATIVE_DOT=_NATIVE_DOT, HAS_G_ENTROPY=has_ge,
+                        config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=NATIVE_DOT, HAS_G_ENTROPY=has_ge,
                         BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
                     )
                 w_chunk = weight[v0:v0 + n]
                 if need_h:
@@ -151,5 +162,5 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     m, v = h2.shape[0], weight.shape[0]
     uniform = torch.rand((m, v), generator=generator, dtype=torch.float32, device=hidden.device)
     tokens = torch.empty(m, dtype=torch.int64, device=hidden.device)
-    logprob, _, _, _ = _launch(h2, weight, tokens, uniform, temperature, 1, False)
+    logprob, _, _, _ = _launch(h2, weight, tokens, uniform, temperature, SAMPLE, False)
     return tokens.view(lead), logprob.view(lead)

@@ -16,16 +16,12 @@ import math
 import torch
 import triton
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
-from ._common import check_float, check_same_dtype, kernel_view, kind
+from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
 
-_NATIVE_DOT = not backend.INTERPRETED
 # Engine split-K chunks are rounded up to a multiple of this many K elements.
 ENGINE_K_ALIGN = 16
-
-# Launch and program counts, read by the benchmarks (benchmarks/bench_matmul.py).
-launch_stats = {"launches": 0, "programs": 0}
 
 
 def _k_chunk(k: int, splits: int) -> int:
@@ -33,11 +29,6 @@ def _k_chunk(k: int, splits: int) -> int:
     if splits == 1:
         return max(k, 1)
     return triton.cdiv(triton.cdiv(max(k, 1), splits), ENGINE_K_ALIGN) * ENGINE_K_ALIGN
-
-
-def _count(programs: int) -> None:
-    launch_stats["launches"] += 1
-    launch_stats["programs"] += programs
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, splits: int = 1) -> torch.Tensor:
@@ -51,14 +42,13 @@ def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, spli
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
     # The kernel reads the bias with unit stride: a strided bias (N elements) is copied here.
     bias_v = cv if bias is None else kernel_view(bias.contiguous())
-    matmul_kernel[grid](
+    launch(
+        matmul_kernel, grid,
         av, bv, bias_v, cv, m, n, k, _k_chunk(k, splits),
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1), cv.stride(0), cv.stride(1),
-        KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=_NATIVE_DOT,
+        config=cfg, KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=NATIVE_DOT,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
     )
-    _count(grid[0])
     return out
 
 
@@ -71,14 +61,13 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
     cfg = profiles.matmul_config(a.dtype, batched=True)
     grid = (triton.cdiv(nb, cfg.block_batch) * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
-    bmm_kernel[grid](
+    launch(
+        bmm_kernel, grid,
         av, bv, cv, nb, m, n, k, _k_chunk(k, splits),
         *av.stride(), *bv.stride(), *cv.stride(),
-        KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=_NATIVE_DOT, BLOCK_BATCH=cfg.block_batch,
+        config=cfg, KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=NATIVE_DOT, BLOCK_BATCH=cfg.block_batch,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **backend.launch_options(),
     )
-    _count(grid[0])
     return out
 
 

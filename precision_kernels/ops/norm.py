@@ -8,9 +8,9 @@ import torch
 import triton
 from torch.autograd.function import once_differentiable
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
-from ._common import check_device, check_float, kernel_view, kind
+from ._common import check_device, check_float, kernel_view, kind, launch
 from .softmax import as_rows
 
 
@@ -20,11 +20,10 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float):
     rstd = torch.empty(rows, dtype=torch.float32, device=x2.device)
     if rows and n:
         cfg = profiles.row_config(x2.dtype)
-        rms_norm_fwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
-            kernel_view(x2), kernel_view(weight), kernel_view(y), rstd, rows, n, x2.stride(0), eps,
-            KIND=kind(x2.dtype), W_KIND=kind(weight.dtype),
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(rms_norm_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+               kernel_view(x2), kernel_view(weight), kernel_view(y), rstd, rows, n, x2.stride(0), eps,
+               config=cfg, KIND=kind(x2.dtype), W_KIND=kind(weight.dtype),
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
     return y, rstd
 
 
@@ -37,16 +36,14 @@ def _launch_bwd(x2, weight, dy2, rstd):
         n_parts = triton.cdiv(rows, cfg.block_rows)
         # One partial weight gradient per program, summed in index order by col_sum_kernel.
         partials = torch.empty((n_parts, n), dtype=torch.float32, device=x2.device)
-        rms_norm_bwd_kernel[(n_parts,)](
-            kernel_view(x2), kernel_view(weight), kernel_view(dy2), rstd, kernel_view(dx), partials,
-            rows, n, x2.stride(0), dy2.stride(0),
-            KIND=kind(x2.dtype), W_KIND=kind(weight.dtype), DY_KIND=kind(dy2.dtype),
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
-        col_sum_kernel[(triton.cdiv(n, cfg.block_cols),)](
-            partials, kernel_view(dw), n_parts, n, OUT_KIND=kind(weight.dtype),
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(rms_norm_bwd_kernel, (n_parts,),
+               kernel_view(x2), kernel_view(weight), kernel_view(dy2), rstd, kernel_view(dx), partials,
+               rows, n, x2.stride(0), dy2.stride(0),
+               config=cfg, KIND=kind(x2.dtype), W_KIND=kind(weight.dtype), DY_KIND=kind(dy2.dtype),
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
+        launch(col_sum_kernel, (triton.cdiv(n, cfg.block_cols),),
+               partials, kernel_view(dw), n_parts, n,
+               config=cfg, OUT_KIND=kind(weight.dtype), BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
     return dx, dw
 
 

@@ -7,7 +7,7 @@ import triton
 
 from .. import backend
 from ..kernels.rounding import round_to_kernel
-from ._common import check_device, kind
+from ._common import check_device, kind, launch
 
 # Elements per program: one tile op is one numpy call under the interpreter, so its
 # programs are made large; on GPU a 1024-wide block keeps every SM busy.
@@ -22,9 +22,8 @@ class _RoundTo(torch.autograd.Function):
         out = torch.empty(x.shape, dtype=dtype, device=x.device)
         n = flat.numel()
         if n:
-            grid = (triton.cdiv(n, _BLOCK),)
-            round_to_kernel[grid](flat, out.view(torch.int16), n, OUT_KIND=kind(dtype), BLOCK=_BLOCK,
-                                  **backend.launch_options())
+            launch(round_to_kernel, (triton.cdiv(n, _BLOCK),), flat, out.view(torch.int16), n,
+                   OUT_KIND=kind(dtype), BLOCK=_BLOCK)
         return out
 
     @staticmethod

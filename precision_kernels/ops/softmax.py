@@ -26,9 +26,9 @@ import torch
 import triton
 from torch.autograd.function import once_differentiable
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
-from ._common import check_float, kernel_view, kind
+from ._common import check_float, kernel_view, kind, launch
 
 
 def _check_scale(scale) -> float:
@@ -59,10 +59,9 @@ def _launch_fwd(x2: torch.Tensor, scale: float, log: bool):
     if rows and n:
         cfg = profiles.row_config(x2.dtype)
         grid = (triton.cdiv(rows, cfg.block_rows),)
-        softmax_fwd_kernel[grid](
-            kernel_view(x2), kernel_view(y), row_max, row_sum, rows, n, x2.stride(0), scale,
-            KIND=kind(x2.dtype), LOG=log, BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(softmax_fwd_kernel, grid,
+               kernel_view(x2), kernel_view(y), row_max, row_sum, rows, n, x2.stride(0), scale,
+               config=cfg, KIND=kind(x2.dtype), LOG=log, BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
     return y, row_max, row_sum
 
 
@@ -72,12 +71,11 @@ def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
     if rows and n:
         cfg = profiles.row_config(x2.dtype)
         grid = (triton.cdiv(rows, cfg.block_rows),)
-        softmax_bwd_kernel[grid](
-            kernel_view(x2), kernel_view(dy2), kernel_view(dx), row_max, row_sum, rows, n,
-            x2.stride(0), dy2.stride(0), scale,
-            KIND=kind(x2.dtype), DY_KIND=kind(dy2.dtype), LOG=log,
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(softmax_bwd_kernel, grid,
+               kernel_view(x2), kernel_view(dy2), kernel_view(dx), row_max, row_sum, rows, n,
+               x2.stride(0), dy2.stride(0), scale,
+               config=cfg, KIND=kind(x2.dtype), DY_KIND=kind(dy2.dtype), LOG=log,
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
     return dx
 
 

@@ -16,19 +16,10 @@ import torch
 import triton
 from torch.autograd.function import once_differentiable
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
-from ._common import check_float, check_temperature, check_tokens, kernel_view, kind
+from ._common import check_float, check_temperature, check_tokens, kernel_view, kind, launch
 from .softmax import as_rows
-
-
-def fp32_temperature(temperature) -> float:
-    """Validated temperature, as the fp32 value every kernel divides by."""
-    t = check_temperature(temperature)
-    t32 = float(torch.tensor(t, dtype=torch.float32))
-    if not 0.0 < t32 < float("inf"):
-        raise ValueError(f"temperature {temperature!r} is not a positive finite float32")
-    return t32
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -42,12 +33,11 @@ class _TokenLogprobs(torch.autograd.Function):
         row_sum = torch.empty(rows, dtype=torch.float32, device=dev)
         if rows:
             cfg = profiles.row_config(logits2.dtype)
-            token_logprobs_fwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
-                kernel_view(logits2), tokens, logprob, entropy if with_entropy else logprob, row_max, row_sum,
-                rows, n, logits2.stride(0), temperature,
-                KIND=kind(logits2.dtype), WITH_ENTROPY=with_entropy,
-                BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-                num_warps=cfg.num_warps, **backend.launch_options())
+            launch(token_logprobs_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+                   kernel_view(logits2), tokens, logprob, entropy if with_entropy else logprob, row_max, row_sum,
+                   rows, n, logits2.stride(0), temperature,
+                   config=cfg, KIND=kind(logits2.dtype), WITH_ENTROPY=with_entropy,
+                   BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
         ctx.save_for_backward(logits2, tokens, row_max, row_sum, entropy)
         ctx.temperature, ctx.with_entropy = temperature, with_entropy
         ctx.set_materialize_grads(False)
@@ -70,12 +60,11 @@ class _TokenLogprobs(torch.autograd.Function):
         dlogits = torch.empty((rows, n), dtype=logits2.dtype, device=dev)
         if rows and n:
             cfg = profiles.row_config(logits2.dtype)
-            token_logprobs_bwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
-                kernel_view(logits2), tokens, g_logprob, g_entropy, entropy if has_g_entropy else g_logprob,
-                row_max, row_sum, kernel_view(dlogits), rows, n, logits2.stride(0), ctx.temperature,
-                KIND=kind(logits2.dtype), HAS_G_ENTROPY=has_g_entropy,
-                BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-                num_warps=cfg.num_warps, **backend.launch_options())
+            launch(token_logprobs_bwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+                   kernel_view(logits2), tokens, g_logprob, g_entropy, entropy if has_g_entropy else g_logprob,
+                   row_max, row_sum, kernel_view(dlogits), rows, n, logits2.stride(0), ctx.temperature,
+                   config=cfg, KIND=kind(logits2.dtype), HAS_G_ENTROPY=has_g_entropy,
+                   BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
         return dlogits, None, None, None
 
 
@@ -95,7 +84,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     vocab = logits.shape[-1]
     if vocab == 0:
         raise ValueError("token_logprobs: the vocabulary dimension of logits is empty")
-    t32 = fp32_temperature(temperature)
+    t32 = check_temperature(temperature)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
     ids = check_tokens("tokens", tokens, vocab, logits.shape[:-1])
