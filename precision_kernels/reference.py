@@ -56,3 +56,15 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
                     temperature: float = 1.0, return_entropy: bool = False):
     """FP64 log-probs of the FP64 logits (no intermediate rounding of the logits)."""
     return token_logprobs(linear(hidden, weight), tokens, temperature, return_entropy)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """FP64 LayerNorm (biased variance); eps is first rounded to fp32, as the kernel uses it."""
+    x64 = _f64(x)
+    mean = x64.mean(dim=-1, keepdim=True)
+    var = (x64 - mean).pow(2).mean(dim=-1, keepdim=True)
+    y = (x64 - mean) * torch.rsqrt(var + float(torch.tensor(eps, dtype=torch.float32)))
+    if weight is not None:
+        y = y * _f64(weight)
+    return y if bias is None else y + _f64(bias)

@@ -1,0 +1,132 @@
+"""pk.layer_norm: LayerNorm over the last dimension, fp32 statistics, output in x's dtype."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import triton
+from torch.autograd.function import once_differentiable
+
+from .. import backend, profiles
+from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
+from ..kernels.norm import col_sum_kernel
+from ._common import check_float, kernel_view, kind
+from .softmax import as_rows
+
+
+def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float):
+    rows, n = x2.shape
+    y = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    mean = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        xv = kernel_view(x2)
+        # An absent weight or bias is never read (HAS_W / HAS_B); x stands in for its pointer.
+        layer_norm_fwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
+            xv, xv if weight is None else kernel_view(weight), xv if bias is None else kernel_view(bias),
+            kernel_view(y), mean, rstd, rows, n, x2.stride(0), eps,
+            KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
+            B_KIND=kind(x2.dtype if bias is None else bias.dtype),
+            HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+    return y, mean, rstd
+
+
+def _col_sum(partials: torch.Tensor, out: torch.Tensor, cfg) -> None:
+    """out = sum of the partials' rows, in index order, rounded to out's dtype."""
+    n_parts, n = partials.shape
+    col_sum_kernel[(triton.cdiv(n, cfg.block_cols),)](
+        partials, kernel_view(out), n_parts, n, OUT_KIND=kind(out.dtype),
+        BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+        num_warps=cfg.num_warps, **backend.launch_options())
+
+
+def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_dtype):
+    rows, n = x2.shape
+    dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
+    dw = torch.zeros(n, dtype=weight.dtype, device=x2.device) if want_dw else None
+    db = torch.zeros(n, dtype=bias_dtype, device=x2.device) if want_db else None
+    if rows and n:
+        cfg = profiles.row_config(x2.dtype)
+        n_parts = triton.cdiv(rows, cfg.block_rows)
+        # One partial weight/bias gradient per program, summed in index order by col_sum_kernel.
+        dw_part = torch.empty((n_parts, n) if want_dw else (1,), dtype=torch.float32, device=x2.device)
+        db_part = torch.empty((n_parts, n) if want_db else (1,), dtype=torch.float32, device=x2.device)
+        xv = kernel_view(x2)
+        layer_norm_bwd_kernel[(n_parts,)](
+            xv, xv if weight is None else kernel_view(weight), kernel_view(dy2), mean, rstd, kernel_view(dx),
+            dw_part, db_part, rows, n, x2.stride(0), dy2.stride(0),
+            KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
+            DY_KIND=kind(dy2.dtype), HAS_W=weight is not None, WANT_DW=want_dw, WANT_DB=want_db,
+            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
+            num_warps=cfg.num_warps, **backend.launch_options())
+        if want_dw:
+            _col_sum(dw_part, dw, cfg)
+        if want_db:
+            _col_sum(db_part, db, cfg)
+    return dx, dw, db
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
+        y, mean, rstd = _launch_fwd(x2, weight, bias, eps)
+        ctx.save_for_backward(x2, weight, mean, rstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x2, weight, mean, rstd = ctx.saved_tensors
+        if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            dy = dy.to(torch.float32)
+        want_dw = weight is not None and ctx.needs_input_grad[1]
+        want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
+        dx, dw, db = _launch_bwd(x2, weight, as_rows(dy), mean, rstd, want_dw, want_db, ctx.bias_dtype)
+        return dx, dw, db, None
+
+
+def _check_affine(name: str, t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    if t is None:
+        return None
+    check_float(name, t)
+    n = x.shape[-1]
+    if t.shape != (n,):
+        raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected ({n},) "
+                         f"to match the last dimension of x {tuple(x.shape)}")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the last dimension: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``F.layer_norm(x, (n,), weight, bias, eps)`` semantics (biased variance). x is fp32, fp16
+    or bf16 with last dimension n; weight and bias are float tensors of shape (n,) (any of
+    the three dtypes) or None. Mean and variance are fp32, each a sum over fixed blocks in
+    index order (two passes: the variance sums squared deviations from the mean); eps is
+    used as its fp32 value; rsqrt runs in the kernel; the output is x's dtype, rounded once.
+    Differentiable in x, weight and bias; the weight and bias gradients (in their own dtypes)
+    are summed over rows in a fixed order (per-program partials, then an index-order sum).
+    """
+    check_float("x", x)
+    if x.dim() == 0:
+        raise ValueError("layer_norm: x must have at least one dimension")
+    w = _check_affine("weight", weight, x)
+    b = _check_affine("bias", bias, x)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    e = float(eps)
+    if not (math.isfinite(e) and e >= 0.0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    e32 = float(torch.tensor(e, dtype=torch.float32))
+    if not math.isfinite(e32):
+        raise ValueError(f"eps must be finite in fp32, got {eps!r}")
+    y2 = _LayerNorm.apply(as_rows(x), w, b, e32)
+    return y2.reshape(x.shape)
