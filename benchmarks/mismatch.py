@@ -18,118 +18,11 @@ the precision's rounding unit, so bf16 (8 significant bits) > fp16 (11) > fp32 (
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import math
-import multiprocessing
 import os
 import time
 
-import torch
-
-from rl.learner import sequence_logprobs
-from rl.metrics import mismatch_metrics
-from rl.model import ModelConfig, TinyGPT
-from rl.sampler import generate
-from rl.tasks import get_task
-
-DEMO_CHECKPOINT = "runs/demo/checkpoint.pt"
-VARIANTS = [
-    ("fp32", None, "matched"), ("fp16", None, "matched"), ("bf16", None, "matched"),
-    ("fp32", None, "engine"), ("fp16", None, "engine"), ("bf16", None, "engine"),
-    ("fp16", "fp32", "engine"), ("bf16", "fp32", "engine"),
-]
-
-
-def load_policy(checkpoint: str | None, seed: int = 0) -> tuple[dict, ModelConfig, str]:
-    """fp32 master weights and their config: from a checkpoint, else a seeded random model."""
-    task = get_task("reverse")
-    if checkpoint and os.path.exists(checkpoint):
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        args = ckpt["extra"]["args"]
-        cfg = ModelConfig(vocab_size=task.vocab_size, d_model=args["d_model"], n_layers=args["layers"],
-                          n_heads=args["heads"], max_seq_len=task.seq_len)
-        return ckpt["model"], cfg, f"trained checkpoint {checkpoint} (step {ckpt['step']})"
-    cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len)
-    # "torch" init: a non-uniform random policy (the default init's zero LM head would be uniform).
-    return TinyGPT(cfg, seed=seed, init="torch").state_dict(), cfg, f"seeded random model (seed {seed})"
-
-
-def measure(state: dict, base: ModelConfig, precision: str, head: str | None, profile: str,
-            prompts: torch.Tensor, temperature: float, seed: int) -> dict:
-    task = get_task("reverse")
-    cfg = ModelConfig(**{**base.__dict__, "precision": precision, "head_precision": head})
-    model = TinyGPT(cfg)
-    model.load_state_dict(state)
-    ro = generate(model, prompts, task.max_new_tokens, temperature=temperature,
-                  generator=torch.Generator().manual_seed(seed), profile=profile, eos_id=task.eos_id,
-                  pad_id=task.pad_id)
-    with torch.no_grad():
-        learner = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
-    m = mismatch_metrics(ro.logprobs, learner, ro.mask)
-    return {"precision": precision, "head": head or precision, "profile": profile,
-            "kl_k1": m["k1"], "kl_k2": m["k2"], "kl_k3": m["k3"], **m}
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def _measure_job(job: tuple) -> dict:
-    return measure(*job)
-
-
-def run(quick: bool, checkpoint: str | None, seed: int = 0, temperature: float = 1.0) -> tuple[list[dict], str]:
-    state, cfg, source = load_policy(checkpoint, seed)
-    task = get_task("reverse")
-    # One decode batch of <= 64 rows: the engine profile splits K for calls of up to engine_split_m rows.
-    n_prompts, repeats = (32, 1) if quick else (64, 4)
-    prompts = task.make_dataset(n_prompts, seed=1234)[0]
-    records = []
-    jobs = [(state, cfg, precision, head, profile, prompts, temperature, seed + r)
-            for precision, head, profile in VARIANTS for r in range(repeats)]
-    # The interpreter is single-threaded Python: one worker process per core halves the wall time.
-    workers = min(len(jobs), os.cpu_count() or 1)
-    if workers > 1:
-        ctx = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
-            results = list(pool.map(_measure_job, jobs))
-    else:
-        results = [_measure_job(job) for job in jobs]
-    for i in range(len(VARIANTS)):
-        runs = results[i * repeats:(i + 1) * repeats]
-        rec = dict(runs[0])
-        if repeats > 1:  # pool over independent sampling seeds
-            for key in rec:
-                if isinstance(rec[key], float):
-                    vals = [r[key] for r in runs]
-                    rec[key] = max(vals) if key.startswith(("max", "dp_max", "seq_max")) else sum(vals) / len(vals)
-        records.append(rec)
-    return records, source
-
-
-def headline(records: list[dict]) -> dict:
-    """bf16 / fp16 ratios in the engine profile (published reference: ~8x relative RMS error, ~24x KL)."""
-    def get(p, key):
-        return next(r[key] for r in records if r["precision"] == p and r["profile"] == "engine" and r["head"] == p)
-
-    def ratio(a, b):
-        return a / b if b > 0 else math.inf if a > 0 else float("nan")
-
-    return {"rel_rms_logp_ratio": ratio(get("bf16", "rel_rms_logp"), get("fp16", "rel_rms_logp")),
-            "rel_rms_prob_ratio": ratio(get("bf16", "rel_rms_prob"), get("fp16", "rel_rms_prob")),
-            "kl_k3_ratio": ratio(get("bf16", "kl_k3"), get("fp16", "kl_k3")),
-            "mean_abs_dlogp_ratio": ratio(get("bf16", "mean_abs_dlogp"), get("fp16", "mean_abs_dlogp"))}
-
-
-def format_table(records: list[dict]) -> str:
-    lines = [f"{'precision':<9} {'head':<5} {'profile':<8} {'mean|dlogp|':>11} {'max|dlogp|':>10} "
-             f"{'tok differ':>10} {'k1':>10} {'k3 (KL)':>10} {'seq k3':>10} {'relRMS lp':>10} {'p99|dp|':>9}"]
-    for r in records:
-        lines.append(f"{r['precision']:<9} {r['head']:<5} {r['profile']:<8} {r['mean_abs_dlogp']:>11.3g} "
-                     f"{r['max_abs_dlogp']:>10.3g} {r['frac_tokens_differ']:>10.2%} {r['kl_k1']:>10.2e} "
-                     f"{r['kl_k3']:>10.2e} {r['seq_k3']:>10.2e} {r['rel_rms_logp']:>10.3g} {r['dp_p99']:>9.2e}")
-    return "\n".join(lines)
+from rl.mismatch import DEMO_CHECKPOINT, format_table, headline, matched_rows_zero, run
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -175,8 +68,7 @@ def main(argv=None) -> int:
     print(f"\nengine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
           f"of p {h['rel_rms_prob_ratio']:.1f}x, KL (k3) {h['kl_k3_ratio']:.1f}x "
           f"(published reference points: ~8x and ~24x)")
-    matched_zero = all(r["frac_tokens_differ"] == 0 and r["max_abs_dlogp"] == 0
-                       for r in records if r["profile"] == "matched")
+    matched_zero = matched_rows_zero(records)
     print(f"matched rows exactly zero: {matched_zero}   ({time.perf_counter() - t0:.1f}s)")
     if args.json:
         with open(args.json, "w") as f:

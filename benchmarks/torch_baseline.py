@@ -1,23 +1,15 @@
 """Plain-PyTorch eager fp32 TinyGPT: the speed baseline for an RL step, and the sanity-recipe check.
 
-The model has the architecture of DESIGN.md §6 and the parameter names and shapes that
-the kernel-based ``rl.model.TinyGPT`` uses (``param_shapes``), so state dicts move
-between the two unchanged:
+The model is ``rl.model.TinyGPT``'s parameters computed by ``rl.reference_model`` (plain
+torch: ``F.rms_norm``, ``F.scaled_dot_product_attention``, ``F.linear``); decoding is
+``rl.reference_model.generate`` (KV cache, Gumbel-max on torch's random numbers) and
+``rl.sampler.greedy_decode``; the loss is ``rl.losses``. This file only runs the recipe
+and times it. Parameter layout (``rl.model.param_shapes``):
 
-    tok_emb.weight                (V, D)     token embedding
-    pos_emb.weight                (T, D)     learned positions 0..T-1 from the first prompt token
-    blocks.{i}.attn_norm.weight   (D,)       pre-RMSNorm of the attention sub-block
-    blocks.{i}.attn.qkv.weight    (3D, D)    fused QKV: rows [q; k; v] of D each; head h = rows h*hd:(h+1)*hd of each
-    blocks.{i}.attn.proj.weight   (D, D)
-    blocks.{i}.mlp_norm.weight    (D,)       pre-RMSNorm of the MLP sub-block
-    blocks.{i}.mlp.fc.weight      (F, D)     F = mlp_ratio * D, activation ReLU(x)^2
-    blocks.{i}.mlp.proj.weight    (D, F)
-    norm_f.weight                 (D,)       final RMSNorm
-    lm_head.weight                (V, D)     untied from tok_emb
-
-No biases. RMSNorm is ``x * rsqrt(mean(x^2) + eps) * weight`` with eps 1e-6 (``pk.rms_norm``'s
-default). Attention: ``softmax(scale * masked_fill(q kᵀ, future, -inf)) @ v`` with
-``scale = 1/sqrt(head_dim)``.
+    tok_emb.weight (V, D), pos_emb.weight (T, D); per block: attn_norm.weight (D,),
+    attn.qkv.weight (3D, D), attn.proj.weight (D, D), mlp_norm.weight (D,),
+    mlp.fc.weight (F, D) with ReLU(x)^2, mlp.proj.weight (D, F); norm_f.weight (D,),
+    lm_head.weight (V, D) untied. No biases; RMSNorm eps 1e-6.
 
 Initialisation (``init_parameters``, scheme "torch", the default) is PyTorch's own module
 default: embeddings N(0, 1), every matrix (``lm_head`` included) U(±1/sqrt(fan_in)), RMSNorm
@@ -36,7 +28,8 @@ prompts, warm-up to 35% greedy accuracy, then REINFORCE with a group-mean baseli
 to 95% and the time per RL step split into sampling and learning. ``--json PATH`` writes
 the figures.
 
-Measured (torch 2.13 CPU, 1 thread, shared 2-core machine, lr 2e-3, token-mean):
+Measured (torch 2.13 CPU, 1 thread, shared 2-core machine, lr 2e-3, token-mean; with this file's
+earlier, separate copy of the model, whose attention was a manual softmax rather than SDPA):
     partial credit, "torch" init: warm-up 15-19 steps (lr 3e-3, batch 64) to 38-58% greedy;
         RL to 95% in 8-19 steps, 8 of 8 seeds (median 11.5); 4 seeds: 15-28 at lr 1e-3, 9-17 at 3e-3.
     binary reward, "torch" init: RL to 95% in 12-118 steps, 8 of 8 seeds (median 25).
@@ -51,205 +44,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from rl import reference_model as ref
 from rl.losses import ALGOS, compute_advantages, policy_loss
 from rl.metrics import mismatch_metrics
-from rl.model import INIT_SCHEMES, init_parameters, param_shapes  # noqa: F401  (the shared contract)
-from rl.tasks import TASKS, Task, get_task
-from rl.warmup import supervised_warmup
+from rl.model import INIT_SCHEMES, ModelConfig, TinyGPT
+from rl.sampler import Rollout
+from rl.tasks import TASKS, get_task
+from rl.warmup import greedy_accuracy, supervised_warmup
+
+__all__ = ["ModelConfig", "TinyGPT", "generate", "sequence_logprobs", "run_recipe", "main"]
 
 
-@dataclass
-class ModelConfig:
-    """Shape of the model. Same fields as ``rl.model.ModelConfig``; this one always computes in fp32."""
-
-    vocab_size: int = 13
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    max_seq_len: int = 16
-    precision: str = "fp32"
-    mlp_ratio: int = 4
-    norm_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-
-# ---- the model -------------------------------------------------------------------------------
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-
-    def forward(self, x, cache: dict | None = None, pos: int = 0):
-        """``x`` (B, T, D) at positions pos..pos+T-1. With a ``cache`` dict the new K/V are
-        appended to it and the queries attend over cache plus new keys, in index order."""
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        S = k.shape[2]  # keys: positions 0..S-1; queries: S-T..S-1
-        scores = q @ k.transpose(-1, -2)
-        future = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")) * (1.0 / math.sqrt(self.head_dim)), -1)
-        return self.proj((probs @ v).transpose(1, 2).reshape(B, T, D))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
-
-    def forward(self, x):
-        return self.proj(F.relu(self.fc(x)).square())
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cache=None, pos=0):
-        x = x + self.attn(self.attn_norm(x), cache, pos)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class TinyGPT(nn.Module):
-    """Decoder-only transformer in plain fp32 PyTorch; see the module docstring for the layout."""
-
-    def __init__(self, cfg: ModelConfig, seed: int = 0, init: str = "torch") -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.load_state_dict(init_parameters(cfg, seed, init))
-
-    def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, pos: int = 0) -> torch.Tensor:
-        """Final-normed hidden states (B, T, D) of ``tokens`` at positions pos..pos+T-1."""
-        T = tokens.shape[1]
-        if pos + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        x = self.tok_emb(tokens) + self.pos_emb.weight[pos:pos + T]
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i], pos)
-        return self.norm_f(x)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Full causal pass: logits (B, T, V) fp32."""
-        return self.lm_head(self.hidden(tokens))
-
-    forward_reference = forward  # the plain-torch path rl.warmup looks for
-
-
-# ---- sampler and learner ----------------------------------------------------------------------
-
-class Rollout(NamedTuple):
-    """As in DESIGN.md §5: tokens (B, P+N), logprobs (B, N) fp32 (0.0 after EOS), mask (B, N)."""
-
-    tokens: torch.Tensor
-    logprobs: torch.Tensor
-    mask: torch.Tensor
-
-
-@torch.no_grad()
-def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             generator: torch.Generator | None = None, eos_id: int | None = None,
-             pad_id: int | None = None) -> Rollout:
-    """Batched KV-cache decoding: prefill the prompts, then one token per step for all rows.
-
-    Sampling is Gumbel-max on ``logits / temperature`` in fp32 (noise from ``generator``);
-    ``temperature=0`` is greedy. The reported log-prob is ``log_softmax(logits / T)`` of the
-    drawn token (T = 1 when greedy). A row stops after its EOS: pad (``pad_id``, default
-    ``eos_id``) after it, log-prob 0.0, mask False. Stops early when every row is done.
-    """
-    B, P = prompts.shape
-    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-    caches: list[dict] = [{} for _ in model.blocks]
-    h = model.hidden(prompts, caches, 0)[:, -1]
-    done = torch.zeros(B, dtype=torch.bool)
-    toks = torch.full((B, max_new_tokens), pad, dtype=torch.long)
-    logps = torch.zeros(B, max_new_tokens)
-    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool)
-    for t in range(max_new_tokens):
-        logits = model.lm_head(h).float()
-        if temperature > 0:
-            z = logits / temperature
-            u = torch.rand(z.shape, generator=generator).clamp_min(torch.finfo(torch.float32).tiny)
-            nxt = (z - torch.log(-torch.log(u))).argmax(-1)
-        else:
-            z = logits
-            nxt = z.argmax(-1)
-        lp = torch.log_softmax(z, -1).gather(-1, nxt[:, None])[:, 0]
-        live = ~done
-        toks[:, t] = torch.where(live, nxt, toks[:, t])
-        logps[:, t] = torch.where(live, lp, logps[:, t])
-        mask[:, t] = live
-        if eos_id is not None:
-            done = done | (live & (nxt == eos_id))
-        if bool(done.all()) or t == max_new_tokens - 1:
-            break
-        h = model.hidden(toks[:, t:t + 1], caches, P + t)[:, -1]
-    return Rollout(torch.cat([prompts, toks], dim=1), logps, mask)
+def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, **kwargs) -> Rollout:
+    """``rl.reference_model.generate`` on ``model``'s fp32 master parameters."""
+    return ref.generate(dict(model.named_parameters()), model.cfg, prompts, max_new_tokens, **kwargs)
 
 
 def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
                       return_entropy: bool = False):
-    """Full-sequence forward, then the log-prob of each response token: (B, N) fp32 (N = T - P).
-
-    Positions after EOS hold the log-probs of the pad tokens; mask them out.
-    With ``return_entropy`` also returns the per-position entropy (B, N).
-    """
-    logits = model(tokens[:, :-1])[:, prompt_len - 1:].float() / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    lp = logp_all.gather(-1, tokens[:, prompt_len:, None])[..., 0]
-    if return_entropy:
-        return lp, -(logp_all.exp() * logp_all).sum(-1)
-    return lp
-
-
-@torch.no_grad()
-def greedy_accuracy(model: TinyGPT, task: Task, prompts: torch.Tensor) -> float:
-    """Greedy (KV-cache) decoding over ``prompts``; fraction whose whole answer is right."""
-    ro = generate(model, prompts, task.max_new_tokens, temperature=0.0, eos_id=task.eos_id, pad_id=task.pad_id)
-    return task.accuracy(prompts, ro.tokens[:, task.prompt_len:], ro.mask)
+    """``rl.reference_model.sequence_logprobs`` on ``model``'s fp32 master parameters."""
+    return ref.sequence_logprobs(dict(model.named_parameters()), model.cfg, tokens, prompt_len, temperature,
+                                 return_entropy)
 
 
 # ---- the sanity recipe ---------------------------------------------------------------------------
@@ -287,13 +108,12 @@ def run_recipe(rc: RecipeConfig, seed: int, verbose: bool = False) -> dict:
     task = get_task(rc.task)
     prompts, _ = task.make_dataset(rc.n_prompts, seed=rc.data_seed)
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=rc.d_model, n_layers=rc.n_layers,
-                      n_heads=rc.n_heads, max_seq_len=max(rc.max_seq_len, task.seq_len))
+                      n_heads=rc.n_heads, max_seq_len=max(rc.max_seq_len, task.seq_len), precision="fp32")
     torch.manual_seed(seed)
-    model = TinyGPT(cfg, seed=seed, init=rc.init)
-    acc_fn = lambda: greedy_accuracy(model, task, prompts)  # noqa: E731
+    model = TinyGPT(cfg, seed=seed, init=rc.init)  # only its fp32 parameters are used, by rl.reference_model
     wu = supervised_warmup(model, task, prompts, lr=rc.warmup_lr, batch_size=rc.warmup_batch,
                            max_steps=rc.warmup_max_steps, stop_at=rc.warmup_stop_at,
-                           max_acc=rc.warmup_max_acc, seed=seed + 1000, accuracy_fn=acc_fn)
+                           max_acc=rc.warmup_max_acc, seed=seed + 1000)
     if verbose:
         print(f"  seed {seed}: warm-up {wu.steps} steps -> {wu.accuracy:.1%} (lr {wu.lr:g}, {wu.seconds:.1f}s)")
 
@@ -327,7 +147,7 @@ def run_recipe(rc: RecipeConfig, seed: int, verbose: bool = False) -> dict:
         mm_mean.append(mm["mean_abs_dlogp"])
         mm_frac.append(mm["frac_tokens_differ"])
         if step % rc.eval_every == 0:
-            acc = greedy_accuracy(model, task, prompts)
+            acc = greedy_accuracy(model.forward_reference, task, prompts)
         history.append({"step": step, "reward": float(reward.mean()), "accuracy": acc,
                         "grad_norm": float(gnorm), "mm_mean_abs_dlogp": mm["mean_abs_dlogp"]})
         if acc >= rc.target_acc:

@@ -14,8 +14,8 @@ Two entry points share all layer code:
   A decode step attends over cache plus the new token in one call; by the kernels'
   invariants (I2, I3, column invariance) its rows equal the full pass's bit for bit.
 
-``forward_reference(tokens)`` is a plain fp32 PyTorch path over the same parameters,
-used only for the supervised warm-up (outside the invariant).
+``forward_reference(tokens)`` is the plain fp32 PyTorch path over the same parameters
+(``rl.reference_model``), used for the supervised warm-up (outside the invariant).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import precision_kernels as pk
 
@@ -84,7 +83,7 @@ def init_parameters(cfg: ModelConfig, seed: int = 0, scheme: str = "torch") -> d
 
     * "torch" (default): nn.Embedding N(0, 1) and nn.Linear's U(+-1/sqrt(fan_in)), LM
       head included. After the warm-up its policy is peaked enough that sampled answers
-      are sometimes fully right (benchmarks/torch_baseline.py measured this).
+      are sometimes fully right (measured with the plain-torch path, benchmarks/torch_baseline.py).
     * "scaled": embeddings N(0, 1), linears N(0, 1/fan_in), residual
       projections further scaled by 1/sqrt(2 n_layers), a zero LM head (a uniform
       first policy), norms at 1.
@@ -115,6 +114,17 @@ def init_parameters(cfg: ModelConfig, seed: int = 0, scheme: str = "torch") -> d
         else:
             out[name] = (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
     return out
+
+
+def to_head_precision(h: torch.Tensor, head_dtype: torch.dtype) -> torch.Tensor:
+    """Hidden states in the LM head's precision: widening to fp32 is exact; any other change
+    (fp32 to fp16/bf16, fp16 to bf16 and back) is a rounding, so it goes through ``pk.round_to``
+    from fp32 (I4: every downcast is the project's RNE)."""
+    if h.dtype == head_dtype:
+        return h
+    if head_dtype == torch.float32:
+        return h.to(torch.float32)
+    return pk.round_to(h.to(torch.float32), head_dtype)
 
 
 class _Weight(nn.Module):
@@ -216,7 +226,7 @@ class TinyGPT(nn.Module):
             x = x + self._attention(w, i, x, cache, start)
             x = x + self._mlp(w, i, x)
         h = pk.rms_norm(x, w["norm_f.weight"], eps=self.cfg.norm_eps)
-        return h.to(self.cfg.head_dtype)  # exact: the fp32 head only widens
+        return to_head_precision(h, self.cfg.head_dtype)
 
     # ---- entry points ---------------------------------------------------------------------
 
@@ -242,18 +252,7 @@ class TinyGPT(nn.Module):
     # ---- plain PyTorch fp32 path (warm-up only) -------------------------------------------
 
     def forward_reference(self, tokens: torch.Tensor) -> torch.Tensor:
-        """fp32 logits (B, T, V) in plain PyTorch; outside the invariant, for the supervised warm-up."""
-        cfg = self.cfg
-        B, T = tokens.shape
-        H, hd = cfg.n_heads, cfg.head_dim
-        x = self.tok_emb.weight[tokens] + self.pos_emb.weight[:T]
-        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-        for blk in self.blocks:
-            h = F.rms_norm(x, (cfg.d_model,), blk.attn_norm.weight, cfg.norm_eps)
-            q, k, v = F.linear(h, blk.attn.qkv.weight).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
-            x = x + F.linear(att.transpose(1, 2).reshape(B, T, cfg.d_model), blk.attn.proj.weight)
-            h = F.rms_norm(x, (cfg.d_model,), blk.mlp_norm.weight, cfg.norm_eps)
-            x = x + F.linear(torch.relu(F.linear(h, blk.mlp.fc.weight)).square(), blk.mlp.proj.weight)
-        h = F.rms_norm(x, (cfg.d_model,), self.norm_f.weight, cfg.norm_eps)
-        return F.linear(h, self.lm_head.weight)
+        """fp32 logits (B, T, V) in plain PyTorch (``rl.reference_model``); outside the invariant."""
+        from .reference_model import reference_logits  # here: reference_model imports this module
+
+        return reference_logits(dict(self.named_parameters()), self.cfg, tokens)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .sampler import greedy_decode
 from .tasks import Task
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -80,46 +81,18 @@ def teacher_forcing_loss(logits_fn: LogitsFn, tokens: torch.Tensor, prompt_len: 
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
-@torch.no_grad()
-def greedy_decode(logits_fn: LogitsFn, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
-                  pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax decoding by re-running the full sequence each step (no KV cache needed).
-
-    Returns ``(responses (B, max_new_tokens), mask (B, max_new_tokens))`` with the
-    Rollout conventions: mask True up to and including EOS, ``pad_id`` (default
-    ``eos_id``) after it.
-    """
-    pad_id = eos_id if pad_id is None else pad_id
-    seq = prompts
-    B = prompts.shape[0]
-    done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
-    out, mask = [], []
-    for _ in range(max_new_tokens):
-        nxt = logits_fn(seq)[:, -1].argmax(dim=-1)
-        mask.append(~done)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out.append(nxt)
-        done = done | (nxt == eos_id)
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-        if bool(done.all()):
-            break
-    n = len(out)
-    responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompts.device)
-    m = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=prompts.device)
-    if n:
-        responses[:, :n] = torch.stack(out, dim=1)
-        m[:, :n] = torch.stack(mask, dim=1)
-    return responses, m
-
-
 def greedy_accuracy(logits_fn: LogitsFn, task: Task, prompts: torch.Tensor, chunk: int = 1024) -> float:
-    """Fraction of ``prompts`` whose greedy answer (digits and EOS) is exactly right."""
+    """Fraction of ``prompts`` whose greedy answer (digits and EOS) is exactly right.
+
+    Decodes with ``rl.sampler.greedy_decode``, re-running the whole sequence each step (no KV cache).
+    """
     if len(prompts) == 0:
         return 0.0
     right = 0.0
     for i in range(0, len(prompts), chunk):
         p = prompts[i:i + chunk]
-        resp, mask = greedy_decode(logits_fn, p, task.max_new_tokens, task.eos_id, task.pad_id)
+        resp, mask = greedy_decode(lambda seq: logits_fn(seq)[:, -1], p, task.max_new_tokens, task.eos_id,
+                                   task.pad_id)
         right += float(task.reward(p, resp, mask, partial=False).sum())
     return right / len(prompts)
 

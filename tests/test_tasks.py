@@ -118,7 +118,7 @@ def test_teacher_forcing():
 
 def test_greedy_decode_conventions():
     """greedy_decode stops each row at EOS, pads after it, and marks the mask up to and including EOS."""
-    from rl.warmup import greedy_decode
+    from rl.sampler import greedy_decode
 
     plan = torch.tensor([[3, E, 5], [E, 1, 1], [4, 4, 4]])  # row i emits plan[i, step]
 
@@ -126,7 +126,7 @@ def test_greedy_decode_conventions():
         step = seq.shape[1] - 2  # prompts are 2 wide
         return torch.nn.functional.one_hot(plan[:, step], 14).float()[:, None, :].expand(-1, seq.shape[1], -1)
 
-    resp, mask = greedy_decode(logits_fn, torch.zeros(3, 2, dtype=torch.long), 3, E, P_)
+    resp, mask = greedy_decode(lambda seq: logits_fn(seq)[:, -1], torch.zeros(3, 2, dtype=torch.long), 3, E, P_)
     assert resp.tolist() == [[3, E, P_], [E, P_, P_], [4, 4, 4]]
     assert mask.tolist() == [[True, True, False], [True, False, False], [True, True, True]]
 
@@ -141,7 +141,8 @@ def one_thread():
 
 def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
     """The supervised warm-up trains a module's forward_reference, or a parameter dict with a logits function."""
-    from benchmarks.torch_baseline import ModelConfig, TinyGPT
+    from rl.model import ModelConfig, TinyGPT
+    from rl.reference_model import reference_logits
     from rl.warmup import greedy_accuracy, supervised_warmup, teacher_forcing_loss
 
     task = ReverseTask(n_digits=3)
@@ -157,10 +158,9 @@ def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
 
     # the same through a parameter dict and a functional forward
     params = {k: v.detach().clone().requires_grad_(True) for k, v in TinyGPT(cfg, seed=0).state_dict().items()}
-    shell = TinyGPT(cfg, seed=0)
 
     def logits_fn(tokens):
-        return torch.func.functional_call(shell, params, (tokens,))
+        return reference_logits(params, cfg, tokens)
 
     res2 = supervised_warmup(logits_fn, task, prompts, params=params, stop_at=0.3, max_acc=1.0,
                              max_steps=150, seed=0)
@@ -170,7 +170,7 @@ def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
 
 def test_warmup_rolls_back_an_overshoot(one_thread):
     """A step that jumps past max_acc is undone and retried at half the lr."""
-    from benchmarks.torch_baseline import ModelConfig, TinyGPT
+    from rl.model import ModelConfig, TinyGPT
     from rl.warmup import supervised_warmup
 
     task = ReverseTask(n_digits=3)
