@@ -49,6 +49,17 @@ class StepConfig:
     temperature: float = 1.0
     cap: float = 2.0              # C of tis and mis
     ppo_eps: float = 0.2
+    ratio: str = "old"            # ppo/grpo: r = exp(pi - pi_old) ("old") or exp(pi - mu) ("sampler")
+    tis_cap: float | None = None  # ppo/grpo with ratio "old": weight min(exp(pi_old - mu), tis_cap)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "minibatches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.epochs > 1 and self.algo not in ("ppo", "grpo"):
+            raise ValueError(f"epochs > 1 needs a clipped objective (ppo or grpo); algo {self.algo!r} "
+                             f"would take {self.epochs} unclipped steps on the same rollout")
 
 
 @dataclass
@@ -67,25 +78,31 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
     """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches."""
     advantages = compute_advantages(rewards, group_size, cfg.algo)
     B = rollout.tokens.shape[0]
+    if cfg.minibatches > B:
+        raise ValueError(f"minibatches={cfg.minibatches} exceeds the {B} sequences of the rollout")
     pi_old, entropy = None, float("nan")
+    if cfg.minibatches > 1:
+        # pi_old is the policy at the start of the step: score the whole rollout before the
+        # first update. (Scoring minibatch k inside the loop would see k-1 updates.)
+        with torch.no_grad():
+            pi_old, ent = sequence_logprobs(model, rollout.tokens, prompt_len, cfg.temperature,
+                                            return_entropy=True)
+        entropy = _masked_mean(ent, rollout.mask)
     losses, norms, skipped = [], [], 0
     stats: dict[str, list[float]] = {}
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         order = torch.arange(B, device=rollout.tokens.device)
         for idx in order.chunk(cfg.minibatches):
             logp, ent = sequence_logprobs(model, rollout.tokens[idx], prompt_len, cfg.temperature,
                                           return_entropy=True)
-            if epoch == 0:
-                # pi_old: the learner at the start of the step (first pass over each minibatch).
-                part_old = logp.detach()
-                pi_old = part_old if pi_old is None else torch.cat([pi_old, part_old])
-                m = rollout.mask[idx]
-                e = ent.detach()[m]
-                entropy = float(e.mean()) if e.numel() else float("nan")
+            if pi_old is None:
+                # One minibatch: its first pass runs before any update, so it is pi_old itself.
+                pi_old = logp.detach()
+                entropy = _masked_mean(ent.detach(), rollout.mask)
             old = pi_old[idx]
             loss, loss_stats = policy_loss(cfg.algo, logp, advantages=advantages[idx], mask=rollout.mask[idx],
                                            mu=rollout.logprobs[idx], old_logp=old, agg=cfg.agg, cap=cfg.cap,
-                                           clip_eps=cfg.ppo_eps)
+                                           clip_eps=cfg.ppo_eps, ratio=cfg.ratio, tis_cap=cfg.tis_cap)
             for key, value in loss_stats.items():
                 stats.setdefault(key, []).append(value)
             optimizer.zero_grad(set_to_none=True)
@@ -119,3 +136,8 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
     return StepResult(pi_old=pi_old, entropy=entropy, loss=sum(losses) / len(losses),
                       grad_norm=norms[-1], skipped=skipped, loss_scale=scale,
                       stats={k: sum(v) / len(v) for k, v in stats.items()})
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    picked = values[mask]
+    return float(picked.mean()) if picked.numel() else float("nan")

@@ -23,7 +23,13 @@ The algorithms (per-token terms before aggregation; ``sg`` = stop-gradient):
 * ``tis``:  −A_i · sg(min(exp(π_old − μ), C)) · π_t                       (C = 2)
 * ``mis``:  −A_i · sg(ρ_i) · π_t with ρ_i = exp(Σ_t (π_old − μ)) over the sampled tokens;
   sequences with ρ_i > C get weight 0 (they stay in the token count)     (C = 2)
-* ``ppo``:  −min(r_t · A_i, clip(r_t, 1 − ε, 1 + ε) · A_i), r_t = exp(π − μ)   (ε = 0.2)
+* ``ppo``:  −w_t · min(r_t · A_i, clip(r_t, 1 − ε, 1 + ε) · A_i)                 (ε = 0.2), where
+  the ratio is chosen by ``ratio``:
+
+  - ``ratio="old"`` (default, standard PPO): r_t = exp(π − π_old); with ``tis_cap=C`` the
+    sampler mismatch is corrected by the detached weight w_t = sg(min(exp(π_old − μ), C)),
+    without it w_t = 1;
+  - ``ratio="sampler"``: r_t = exp(π − μ), w_t = 1 (the mismatch is folded into the clip).
 * ``grpo``: ``ppo`` on std-normalised group advantages.
 """
 
@@ -34,6 +40,7 @@ import math
 import torch
 
 ALGOS = ("pg", "tis", "mis", "ppo", "grpo")
+RATIOS = ("old", "sampler")
 AGGREGATIONS = ("token-mean", "seq-mean")
 
 
@@ -109,9 +116,26 @@ def mis_weights(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
     return w, kept
 
 
-def ppo_ratio(logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """r_t = exp(π − μ) with gradient through π; exactly 1 where ``mask`` is False."""
-    return torch.exp(_masked_diff(logp, mu.detach(), mask))
+def ppo_ratio(logp: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """r_t = exp(π − reference) with gradient through π (reference: π_old or μ); exactly 1 where ``mask`` is False."""
+    return torch.exp(_masked_diff(logp, reference.detach(), mask))
+
+
+def _ppo_terms(logp, mu, old_logp, mask, ratio, tis_cap):
+    """``(r, w)``: the PPO ratio chosen by ``ratio`` and the detached per-token weight (1 without ``tis_cap``)."""
+    if ratio not in RATIOS:
+        raise ValueError(f"unknown ratio {ratio!r}; choose from {RATIOS}")
+    if ratio == "old" and old_logp is None:
+        raise ValueError("ratio='old' needs old_logp (the learner's log-probs at the start of the step)")
+    if tis_cap is not None:
+        if ratio != "old":
+            raise ValueError("tis_cap corrects the ratio against pi_old; with ratio='sampler' the mismatch is "
+                             "already in the ratio, so tis_cap must be None")
+        if not (isinstance(tis_cap, (int, float)) and math.isfinite(tis_cap) and tis_cap > 0):
+            raise ValueError(f"tis_cap must be a finite number > 0, got {tis_cap!r}")
+    r = ppo_ratio(logp, old_logp if ratio == "old" else mu, mask)
+    w = tis_weights(old_logp, mu, mask, tis_cap) if tis_cap is not None else torch.ones_like(r)
+    return r, w
 
 
 # ---- losses ------------------------------------------------------------------------------
@@ -137,35 +161,45 @@ def mis_loss(logp: torch.Tensor, mu: torch.Tensor, old_logp: torch.Tensor, advan
 
 
 def ppo_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-             agg: str = "token-mean", clip_eps: float = 0.2) -> torch.Tensor:
-    """PPO-clip on r_t = exp(π − μ): aggregate of −min(r_t A_i, clip(r_t, 1 ± ε) A_i)."""
-    r = ppo_ratio(logp, mu, mask)
+             agg: str = "token-mean", clip_eps: float = 0.2, *, old_logp: torch.Tensor | None = None,
+             ratio: str = "old", tis_cap: float | None = None) -> torch.Tensor:
+    """PPO-clip: aggregate of −w_t · min(r_t A_i, clip(r_t, 1 ± ε) A_i).
+
+    ``ratio="old"``: r_t = exp(π − π_old), w_t = sg(min(exp(π_old − μ), C)) with ``tis_cap=C``, else 1.
+    ``ratio="sampler"``: r_t = exp(π − μ), w_t = 1.
+    """
+    r, w = _ppo_terms(logp, mu, old_logp, mask, ratio, tis_cap)
     a = advantages[:, None]
-    per_token = -torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)
+    per_token = -w * torch.minimum(r * a, r.clamp(1.0 - clip_eps, 1.0 + clip_eps) * a)
     return aggregate(per_token, mask, agg)
 
 
 def grpo_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              agg: str = "token-mean", clip_eps: float = 0.2) -> torch.Tensor:
+              agg: str = "token-mean", clip_eps: float = 0.2, *, old_logp: torch.Tensor | None = None,
+              ratio: str = "old", tis_cap: float | None = None) -> torch.Tensor:
     """GRPO: ``ppo_loss``; the caller passes std-normalised group advantages (``compute_advantages``)."""
-    return ppo_loss(logp, mu, advantages, mask, agg, clip_eps)
+    return ppo_loss(logp, mu, advantages, mask, agg, clip_eps, old_logp=old_logp, ratio=ratio, tis_cap=tis_cap)
 
 
 def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask: torch.Tensor,
                 mu: torch.Tensor | None = None, old_logp: torch.Tensor | None = None,
-                agg: str = "token-mean", cap: float = 2.0,
-                clip_eps: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+                agg: str = "token-mean", cap: float = 2.0, clip_eps: float = 0.2, ratio: str = "old",
+                tis_cap: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Dispatch on ``algo`` (one of ``ALGOS``); returns ``(loss, stats)`` with stats as floats.
 
-    ``mu`` is needed by tis/mis/ppo/grpo, ``old_logp`` by tis/mis. Stats: ``tis_weight_mean``
-    and ``tis_capped_frac`` (tis), ``mis_kept_frac`` and ``mis_weight_mean`` (mis),
-    ``ppo_clip_frac`` and ``ppo_ratio_max_dev`` (ppo/grpo, max |r_t − 1| on sampled tokens).
+    ``mu`` is needed by tis/mis/ppo/grpo, ``old_logp`` by tis/mis and by ppo/grpo with
+    ``ratio="old"``; ``ratio`` and ``tis_cap`` are ppo/grpo's (see ``ppo_loss``). Stats:
+    ``tis_weight_mean`` and ``tis_capped_frac`` (tis), ``mis_kept_frac`` and ``mis_weight_mean``
+    (mis), ``ppo_clip_frac`` and ``ppo_ratio_max_dev`` (ppo/grpo, max |r_t − 1| on sampled
+    tokens), plus ``tis_weight_mean`` and ``tis_capped_frac`` of w_t when ``tis_cap`` is set.
     """
     _check_algo(algo)
     if algo != "pg" and mu is None:
         raise ValueError(f"algo {algo!r} needs the sampler log-probs mu")
-    if algo in ("tis", "mis") and old_logp is None:
+    if (algo in ("tis", "mis") or (algo in ("ppo", "grpo") and ratio == "old")) and old_logp is None:
         raise ValueError(f"algo {algo!r} needs old_logp (the learner's log-probs at the start of the step)")
+    if algo not in ("ppo", "grpo") and (ratio != "old" or tis_cap is not None):
+        raise ValueError(f"ratio and tis_cap are ppo/grpo options; algo {algo!r} takes neither")
     m = mask.bool()
     n_tok = max(int(m.sum()), 1)
     stats: dict[str, float] = {}
@@ -179,10 +213,13 @@ def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask
             stats["mis_kept_frac"] = float(kept.float().mean()) if kept.numel() else 0.0
             stats["mis_weight_mean"] = float(w.mean()) if w.numel() else 0.0
         elif algo in ("ppo", "grpo"):
-            r = ppo_ratio(logp.detach(), mu, m)
+            r, w = _ppo_terms(logp.detach(), mu, old_logp, m, ratio, tis_cap)
             clipped = ((r < 1.0 - clip_eps) | (r > 1.0 + clip_eps)) & m
             stats["ppo_clip_frac"] = float(clipped.sum()) / n_tok
             stats["ppo_ratio_max_dev"] = float((r[m] - 1).abs().max()) if m.any() else 0.0
+            if tis_cap is not None:
+                stats["tis_weight_mean"] = float(w[m].sum()) / n_tok
+                stats["tis_capped_frac"] = float((w[m] >= tis_cap).sum()) / n_tok
     if algo == "pg":
         loss = pg_loss(logp, advantages, m, agg)
     elif algo == "tis":
@@ -190,7 +227,7 @@ def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask
     elif algo == "mis":
         loss = mis_loss(logp, mu, old_logp, advantages, m, agg, cap)
     else:
-        loss = ppo_loss(logp, mu, advantages, m, agg, clip_eps)
+        loss = ppo_loss(logp, mu, advantages, m, agg, clip_eps, old_logp=old_logp, ratio=ratio, tis_cap=tis_cap)
     return loss, stats
 
 

@@ -125,7 +125,7 @@ def test_mis_huge_ratio_is_finite():
 
 def test_ppo():
     logp, mu, mask, adv = case()
-    loss = L.ppo_loss(logp, mu, adv, mask)
+    loss = L.ppo_loss(logp, mu, adv, mask, ratio="sampler")
     # r = [1, e | e^-0.1];  A = [0.5, 0.5 | -0.5]
     # (0,0): min(0.5, 0.5) = 0.5; grad -A·r = -0.5
     # (0,1): min(0.5e, 1.2*0.5) = 0.6, clipped: no grad
@@ -140,7 +140,7 @@ def test_ppo_negative_advantage_clipping():
     mu = torch.tensor([[-1.0, -1.0]])  # r = [e^-1, e]
     mask = torch.tensor([[True, True]])
     adv = torch.tensor([-1.0])
-    loss = L.ppo_loss(logp, mu, adv, mask)
+    loss = L.ppo_loss(logp, mu, adv, mask, ratio="sampler")
     # (0): min(-e^-1, -0.8) = -0.8 -> loss 0.8, no grad;  (1): min(-e, -1.2) = -e -> loss e, grad r = e
     assert loss.item() == pytest.approx((0.8 + E) / 2)
     assert close(grad_of(loss, logp), [0.0, E / 2])
@@ -149,7 +149,7 @@ def test_ppo_negative_advantage_clipping():
 def test_grpo():
     logp, mu, mask, _ = case()
     adv = L.compute_advantages(torch.tensor([1.0, 0.0]), 2, "grpo")  # [1, -1] (eps 1e-6)
-    loss = L.grpo_loss(logp, mu, adv, mask)
+    loss = L.grpo_loss(logp, mu, adv, mask, ratio="sampler")
     # (0,0): -1;  (0,1): clipped -1.2;  (1,0): +e^-0.1 with grad e^-0.1
     assert loss.item() == pytest.approx((-1.0 - 1.2 + EM01) / 3, rel=1e-5)
     assert close(grad_of(loss, logp), [-1 / 3, 0.0, EM01 / 3, 0.0], rel=1e-5)
@@ -159,7 +159,7 @@ def test_matched_first_pass_ppo_equals_pg():
     """With π = μ (matched sampler and learner, first pass) r ≡ 1 and PPO's gradient is pg's."""
     logp, _, mask, adv = case()
     mu = logp.detach().clone()
-    g_ppo = grad_of(L.ppo_loss(logp, mu, adv, mask), logp)
+    g_ppo = grad_of(L.ppo_loss(logp, mu, adv, mask, ratio="sampler"), logp)
     g_pg = grad_of(L.pg_loss(logp, adv, mask), logp)
     assert torch.equal(g_ppo, g_pg)
     g_tis = grad_of(L.tis_loss(logp, mu, mu, adv, mask), logp)
@@ -167,25 +167,55 @@ def test_matched_first_pass_ppo_equals_pg():
     assert torch.equal(g_tis, g_pg) and torch.equal(g_mis, g_pg)
 
 
-@pytest.mark.parametrize("algo", L.ALGOS)
-def test_policy_loss_dispatch(algo):
+# policy_loss on the case with π_old = π: expected loss and stats written out by hand.
+#   pg:   −(0.5·(−0.5) + 0.5·(−1.0) − 0.5·(−2.0)) / 3 = −0.25/3
+#   tis:  weights min(e^(π−μ), 2) = [1, 2, e^−0.1] → −(−0.25 − 1 + e^−0.1)/3, one token capped
+#   mis:  ρ = [e (dropped), e^−0.1] → −e^−0.1/3, half the sequences kept
+#   ppo/grpo, ratio old: r ≡ 1 → −(0.5 + 0.5 − 0.5)/3, nothing clipped
+#   ppo/grpo, ratio sampler: test_ppo's (−0.5 − 0.6 + 0.5 e^−0.1)/3, one token clipped
+POLICY_CASES = [
+    ("pg", {}, -0.25 / 3, {}),
+    ("tis", {}, (1.25 - EM01) / 3, {"tis_capped_frac": 1 / 3, "tis_weight_mean": (3 + EM01) / 3}),
+    ("mis", {}, -EM01 / 3, {"mis_kept_frac": 0.5, "mis_weight_mean": EM01 / 2}),
+    ("ppo", {}, -0.5 / 3, {"ppo_clip_frac": 0.0, "ppo_ratio_max_dev": 0.0}),
+    ("grpo", {}, -0.5 / 3, {"ppo_clip_frac": 0.0, "ppo_ratio_max_dev": 0.0}),
+    ("ppo", {"ratio": "sampler"}, (-0.5 - 0.6 + 0.5 * EM01) / 3, {"ppo_clip_frac": 1 / 3,
+                                                                  "ppo_ratio_max_dev": E - 1}),
+    ("grpo", {"ratio": "sampler"}, (-0.5 - 0.6 + 0.5 * EM01) / 3, {"ppo_clip_frac": 1 / 3}),
+]
+
+
+@pytest.mark.parametrize("algo,kwargs,expected,expected_stats", POLICY_CASES)
+def test_policy_loss_hand_values(algo, kwargs, expected, expected_stats):
     logp, mu, mask, adv = case()
-    loss, stats = L.policy_loss(algo, logp, advantages=adv, mask=mask, mu=mu, old_logp=logp.detach())
-    direct = {
-        "pg": lambda: L.pg_loss(logp, adv, mask),
-        "tis": lambda: L.tis_loss(logp, mu, logp.detach(), adv, mask),
-        "mis": lambda: L.mis_loss(logp, mu, logp.detach(), adv, mask),
-        "ppo": lambda: L.ppo_loss(logp, mu, adv, mask),
-        "grpo": lambda: L.grpo_loss(logp, mu, adv, mask),
-    }[algo]()
-    assert torch.equal(loss, direct)
+    loss, stats = L.policy_loss(algo, logp, advantages=adv, mask=mask, mu=mu, old_logp=logp.detach(), **kwargs)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert all(isinstance(v, float) for v in stats.values())
-    if algo == "tis":
-        assert stats["tis_capped_frac"] == pytest.approx(1 / 3)
-    if algo == "mis":
-        assert stats["mis_kept_frac"] == 0.5
-    if algo in ("ppo", "grpo"):
-        assert stats["ppo_clip_frac"] == pytest.approx(1 / 3)
+    for key, value in expected_stats.items():
+        assert stats[key] == pytest.approx(value, rel=1e-6), key
+
+
+# PPO against π_old ≠ π: π_old = [[−0.5, −1.5], [−2.1, pad]], so
+#   π − π_old     = [0, 0.5, 0.1]   → r = [1, e^0.5, e^0.1]
+#   π_old − μ     = [0, 0.5, −0.2]  → TIS weights min(·, C) = [1, e^0.5 (or C), e^−0.2]
+# A = [0.5, 0.5, −0.5]; token (0,1) is clipped at 1.2 (0.5·e^0.5 > 0.6), so it has no gradient.
+OLD = torch.tensor([[-0.5, -1.5], [-2.1, -7.0]])
+E05, E01 = math.exp(0.5), math.exp(0.1)
+
+
+@pytest.mark.parametrize("tis_cap,w01", [(None, 1.0), (2.0, E05), (1.5, 1.5)])
+def test_ppo_ratio_old_with_and_without_tis_cap(tis_cap, w01):
+    logp, mu, mask, adv = case()
+    w10 = 1.0 if tis_cap is None else math.exp(-0.2)
+    loss = L.ppo_loss(logp, mu, adv, mask, old_logp=OLD, ratio="old", tis_cap=tis_cap)
+    assert loss.item() == pytest.approx((-0.5 - 0.6 * w01 + 0.5 * E01 * w10) / 3, rel=1e-6)
+    assert close(grad_of(loss, logp), [-0.5 / 3, 0.0, 0.5 * E01 * w10 / 3, 0.0])
+    loss2, stats = L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu, old_logp=OLD, tis_cap=tis_cap)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert stats["ppo_clip_frac"] == pytest.approx(1 / 3) and stats["ppo_ratio_max_dev"] == pytest.approx(E05 - 1)
+    if tis_cap is not None:
+        assert stats["tis_weight_mean"] == pytest.approx((1 + w01 + w10) / 3, rel=1e-6)
+        assert stats["tis_capped_frac"] == pytest.approx(0.0 if tis_cap == 2.0 else 1 / 3)
 
 
 def test_policy_loss_validates():
@@ -195,4 +225,14 @@ def test_policy_loss_validates():
     with pytest.raises(ValueError):
         L.policy_loss("tis", logp, advantages=adv, mask=mask, mu=mu)  # no old_logp
     with pytest.raises(ValueError):
-        L.policy_loss("ppo", logp, advantages=adv, mask=mask)  # no mu
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask, ratio="sampler")  # no mu
+    with pytest.raises(ValueError, match="old_logp"):
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu)  # ratio old needs pi_old
+    with pytest.raises(ValueError, match="ratio"):
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu, old_logp=mu, ratio="new")
+    with pytest.raises(ValueError, match="tis_cap"):
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu, ratio="sampler", tis_cap=2.0)
+    with pytest.raises(ValueError, match="tis_cap"):
+        L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu, old_logp=mu, tis_cap=0.0)
+    with pytest.raises(ValueError, match="ppo/grpo"):
+        L.policy_loss("pg", logp, advantages=adv, mask=mask, mu=mu, tis_cap=2.0)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import precision_kernels as pk
 from rl.learner import StepConfig, learner_step, sequence_logprobs
 from rl.model import ModelConfig, TinyGPT
 from rl.sampler import generate
@@ -12,22 +13,27 @@ from rl.tasks import get_task
 from rl.train import build_parser, train
 
 TASK = get_task("reverse")
+DEVICE = pk.backend.device()  # the kernels' device: the suite also runs on a GPU machine
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
 def _model(precision: str, seed: int = 0, head_precision=None) -> TinyGPT:
     cfg = ModelConfig(vocab_size=TASK.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=TASK.seq_len,
                       precision=precision, head_precision=head_precision)
     model = TinyGPT(cfg, seed=seed, init="torch")  # a non-uniform policy, so EOS and digits both occur
-    return model
+    return model.to(DEVICE)
 
 
 def _prompts(n: int, seed: int = 0) -> torch.Tensor:
-    return TASK.sample(n, torch.Generator().manual_seed(seed))[0]
+    return TASK.sample(n, torch.Generator().manual_seed(seed))[0].to(DEVICE)
 
 
 def _assert_matched(model, prompts, temperature, seed=0):
     ro = generate(model, prompts, TASK.max_new_tokens, temperature=temperature,
-                  generator=torch.Generator().manual_seed(seed), eos_id=TASK.eos_id, pad_id=TASK.pad_id)
+                  generator=_gen(seed), eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     with torch.no_grad():
         lp = sequence_logprobs(model, ro.tokens, TASK.prompt_len, temperature)
     assert ro.mask.any()
@@ -41,7 +47,7 @@ def test_matched_sampler_equals_learner_bitwise(precision, batch):
     _assert_matched(_model(precision), _prompts(batch), temperature=1.0)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_matched_at_temperature_0_7_with_eos_mid_batch(precision):
     model = _model(precision, seed=3)
     # Make EOS likely so that some sequences stop early while others go on.
@@ -55,12 +61,53 @@ def test_matched_at_temperature_0_7_with_eos_mid_batch(precision):
     assert torch.all(ro.tokens[:, TASK.prompt_len:][after] == TASK.pad_id)
 
 
+@pytest.mark.parametrize("precision", ["bf16"])  # one precision: it is about tiles, and costs ~3 s
+def test_learner_pass_across_the_256_row_tile_boundary(precision):
+    """33 sequences x 8 sampled tokens: the learner scores 264 rows (more than one 256-row tile), the
+    sampler 33 rows per step; the log-probs still agree bit for bit (I2 across tiles)."""
+    cfg = ModelConfig(vocab_size=13, d_model=16, n_layers=1, n_heads=2, max_seq_len=12, precision=precision)
+    model = TinyGPT(cfg, seed=1, init="torch").to(DEVICE)
+    prompts = torch.randint(0, 13, (33, 4), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    ro = generate(model, prompts, 8, generator=_gen(3))  # no EOS: every row samples all 8 tokens
+    assert ro.mask.all() and ro.mask.numel() > 256
+    with torch.no_grad():
+        lp = sequence_logprobs(model, ro.tokens, 4)
+    assert torch.equal(lp, ro.logprobs)
+
+
+@pytest.mark.parametrize("precision,head", [("fp32", "bf16"), ("fp32", "fp16"), ("fp16", "bf16")])
+def test_narrower_head_rounds_through_round_to(precision, head, monkeypatch):
+    """I4: hidden states narrowed to the LM head's precision are rounded by pk.round_to from fp32."""
+    model = _model(precision, head_precision=head)
+    tokens = _prompts(3)
+    calls = []
+    real = pk.round_to
+
+    def spy(x, dtype):
+        calls.append((tuple(x.shape), x.dtype, dtype))
+        return real(x, dtype)
+
+    monkeypatch.setattr(pk, "round_to", spy)
+    with torch.no_grad():
+        h = model.hidden_states(tokens)
+    want = pk.Precision.parse(head).dtype
+    assert h.dtype == want
+    assert (tuple(h.shape), torch.float32, want) in calls, calls
+    monkeypatch.setattr(pk, "round_to", real)
+    # the same bits as rounding the layers' output from fp32 by hand
+    with torch.no_grad():
+        wide = TinyGPT(ModelConfig(**{**model.cfg.__dict__, "head_precision": None}), init="torch").to(DEVICE)
+        wide.load_state_dict(model.state_dict())
+        ref = pk.round_to(wide.hidden_states(tokens).float(), want)
+    assert torch.equal(h.view(torch.int16), ref.view(torch.int16))
+
+
 def test_rollout_semantics_and_reproducibility():
     model = _model("fp16")
     prompts = _prompts(4)
-    a = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(7),
+    a = generate(model, prompts, TASK.max_new_tokens, generator=_gen(7),
                  eos_id=TASK.eos_id, pad_id=TASK.pad_id)
-    b = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(7),
+    b = generate(model, prompts, TASK.max_new_tokens, generator=_gen(7),
                  eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
     assert a.tokens.shape == (4, TASK.prompt_len + TASK.max_new_tokens)
@@ -72,7 +119,7 @@ def test_rollout_semantics_and_reproducibility():
 def test_engine_profile_gives_nonzero_mismatch(precision):
     model = _model(precision)
     prompts = _prompts(8)
-    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=_gen(0),
                   profile="engine", eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     with torch.no_grad():
         lp = sequence_logprobs(model, ro.tokens, TASK.prompt_len)
@@ -82,11 +129,12 @@ def test_engine_profile_gives_nonzero_mismatch(precision):
 def test_ppo_ratio_is_exactly_one_in_matched_mode():
     model = _model("bf16")
     prompts = _prompts(2).repeat_interleave(2, 0)
-    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=_gen(0),
                   eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     rewards = TASK.reward(prompts, ro.tokens[:, TASK.prompt_len:], ro.mask)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len, StepConfig(algo="ppo"))
+    # ratio "sampler" (exp(pi - mu)) is the one that sees the sampler; "old" is 1 on a first pass by definition
+    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len, StepConfig(algo="ppo", ratio="sampler"))
     assert res.stats["ppo_ratio_max_dev"] == 0.0
     assert torch.equal(res.pi_old[ro.mask], ro.logprobs[ro.mask])
 
@@ -94,13 +142,13 @@ def test_ppo_ratio_is_exactly_one_in_matched_mode():
 def test_fp16_loss_scaler_skips_inf_gradients_and_recovers():
     model = _model("fp16")
     prompts = _prompts(2).repeat_interleave(2, 0)
-    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(0),
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=_gen(0),
                   eos_id=TASK.eos_id, pad_id=TASK.pad_id)
-    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0], device=DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # A scale of 2^40 overflows fp16 gradients: the step must be skipped and the scale lowered
     # (by 2^-8 a time here, so it recovers within a few steps).
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-8, growth_interval=1000)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**40, backoff_factor=2.0**-8, growth_interval=1000)
     before = [p.detach().clone() for p in model.parameters()]
     res = learner_step(model, opt, scaler, ro, rewards, 2, TASK.prompt_len, StepConfig())
     assert res.skipped == 1 and res.loss_scale < 2.0**40
@@ -144,7 +192,7 @@ def test_short_training_raises_the_reward_weighted_log_likelihood():
     """A few learner steps on fixed rollouts move probability towards the better-rewarded samples."""
     model = _model("fp16", seed=5)
     prompts = _prompts(2, seed=2).repeat_interleave(4, 0)
-    ro = generate(model, prompts, TASK.max_new_tokens, generator=torch.Generator().manual_seed(1),
+    ro = generate(model, prompts, TASK.max_new_tokens, generator=_gen(1),
                   eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     rewards = TASK.reward(prompts, ro.tokens[:, TASK.prompt_len:], ro.mask)
     assert rewards.view(2, 4).std(1).min() > 0, "each group needs a spread of rewards"
@@ -157,7 +205,7 @@ def test_short_training_raises_the_reward_weighted_log_likelihood():
 
     before = objective()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**8)
     for _ in range(4):
         learner_step(model, opt, scaler, ro, rewards, 4, TASK.prompt_len, StepConfig())
     assert objective() > before
