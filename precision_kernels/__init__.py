@@ -18,10 +18,12 @@ from .ops import (
     softmax,
     token_logprobs,
 )
+from .matched_mode import matched_mode
 from .precision import Precision
 from .profiles import active_profile, use_profile
 
 __all__ = [
     "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
     "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "softmax", "token_logprobs",
+    "matched_mode",
 ]
