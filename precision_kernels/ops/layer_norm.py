@@ -9,10 +9,10 @@ import torch
 import triton
 from torch.autograd.function import once_differentiable
 
-from .. import backend, profiles
+from .. import profiles
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
 from ..kernels.norm import col_sum_kernel
-from ._common import check_float, kernel_view, kind
+from ._common import check_float, kernel_view, kind, launch
 from .softmax import as_rows
 
 
@@ -25,24 +25,22 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
         cfg = profiles.row_config(x2.dtype)
         xv = kernel_view(x2)
         # An absent weight or bias is never read (HAS_W / HAS_B); x stands in for its pointer.
-        layer_norm_fwd_kernel[(triton.cdiv(rows, cfg.block_rows),)](
-            xv, xv if weight is None else kernel_view(weight), xv if bias is None else kernel_view(bias),
-            kernel_view(y), mean, rstd, rows, n, x2.stride(0), eps,
-            KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
-            B_KIND=kind(x2.dtype if bias is None else bias.dtype),
-            HAS_W=weight is not None, HAS_B=bias is not None,
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(layer_norm_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+               xv, xv if weight is None else kernel_view(weight), xv if bias is None else kernel_view(bias),
+               kernel_view(y), mean, rstd, rows, n, x2.stride(0), eps,
+               config=cfg, KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
+               B_KIND=kind(x2.dtype if bias is None else bias.dtype),
+               HAS_W=weight is not None, HAS_B=bias is not None,
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
     return y, mean, rstd
 
 
 def _col_sum(partials: torch.Tensor, out: torch.Tensor, cfg) -> None:
     """out = sum of the partials' rows, in index order, rounded to out's dtype."""
     n_parts, n = partials.shape
-    col_sum_kernel[(triton.cdiv(n, cfg.block_cols),)](
-        partials, kernel_view(out), n_parts, n, OUT_KIND=kind(out.dtype),
-        BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-        num_warps=cfg.num_warps, **backend.launch_options())
+    launch(col_sum_kernel, (triton.cdiv(n, cfg.block_cols),),
+           partials, kernel_view(out), n_parts, n,
+           config=cfg, OUT_KIND=kind(out.dtype), BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
 
 
 def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_dtype):
@@ -57,13 +55,12 @@ def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_
         dw_part = torch.empty((n_parts, n) if want_dw else (1,), dtype=torch.float32, device=x2.device)
         db_part = torch.empty((n_parts, n) if want_db else (1,), dtype=torch.float32, device=x2.device)
         xv = kernel_view(x2)
-        layer_norm_bwd_kernel[(n_parts,)](
-            xv, xv if weight is None else kernel_view(weight), kernel_view(dy2), mean, rstd, kernel_view(dx),
-            dw_part, db_part, rows, n, x2.stride(0), dy2.stride(0),
-            KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
-            DY_KIND=kind(dy2.dtype), HAS_W=weight is not None, WANT_DW=want_dw, WANT_DB=want_db,
-            BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols,
-            num_warps=cfg.num_warps, **backend.launch_options())
+        launch(layer_norm_bwd_kernel, (n_parts,),
+               xv, xv if weight is None else kernel_view(weight), kernel_view(dy2), mean, rstd, kernel_view(dx),
+               dw_part, db_part, rows, n, x2.stride(0), dy2.stride(0),
+               config=cfg, KIND=kind(x2.dtype), W_KIND=kind(x2.dtype if weight is None else weight.dtype),
+               DY_KIND=kind(dy2.dtype), HAS_W=weight is not None, WANT_DW=want_dw, WANT_DB=want_db,
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
         if want_dw:
             _col_sum(dw_part, dw, cfg)
         if want_db:
