@@ -1,0 +1,237 @@
+"""pk.matched_mode(): routing of aten ops to pk, scope (per thread, nesting, exit), fallbacks, audit, strict."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import precision_kernels as pk
+from precision_kernels.matched_mode import UncoveredOpError, _fused_rms_norm
+
+DEVICE = pk.backend.device()
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def randn(shape, dtype, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(DEVICE, dtype)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def assert_bitwise(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    same = bits(a) == bits(b)
+    assert bool(same.all()), f"{int((~same).sum())} of {same.numel()} elements differ"
+
+
+def uncovered_ops(report) -> set[str]:
+    return {r.op for r in report.uncovered.values()}
+
+
+# --- scope: inside, after exit, nested, per thread -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mm_inside_is_pk_and_after_exit_is_torch(dtype):
+    a, b = randn((37, 53), dtype, 1), randn((53, 29), dtype, 2)
+    torch_before = torch.mm(a, b)
+    with pk.matched_mode() as report:
+        inside = torch.mm(a, b)
+        via_matmul = a @ b                       # torch.matmul decomposes into aten.mm
+    assert_bitwise(inside, pk.matmul(a, b))
+    assert_bitwise(via_matmul, pk.matmul(a, b))
+    assert report.served["mm.default"] == 2
+    assert_bitwise(torch.mm(a, b), torch_before)
+
+
+def test_modes_nest_and_unwind():
+    a, b = randn((9, 40), torch.float32, 3), randn((40, 7), torch.float32, 4)
+    with pk.matched_mode() as outer:
+        with pk.matched_mode() as inner:
+            assert_bitwise(torch.mm(a, b), pk.matmul(a, b))
+        assert_bitwise(torch.mm(a, b), pk.matmul(a, b))     # the outer mode still serves
+    assert inner.served["mm.default"] == 1 and outer.served["mm.default"] == 1
+    assert not outer.uncovered and not inner.uncovered
+
+
+def test_mode_is_per_thread():
+    a, b = randn((9, 40), torch.float32, 3), randn((40, 7), torch.float32, 4)
+    seen = {}
+    with pk.matched_mode() as report:
+        t = threading.Thread(target=lambda: seen.setdefault("mm", torch.mm(a, b)))
+        t.start()
+        t.join()
+    assert report.served["mm.default"] == 0
+    assert_bitwise(seen["mm"], torch.mm(a, b))
+
+
+def test_arguments_are_checked():
+    with pytest.raises(TypeError, match="audit"):
+        with pk.matched_mode(audit="yes"):
+            pass
+    with pytest.raises(TypeError, match="strict"):
+        with pk.matched_mode(strict=1):
+            pass
+
+
+# --- served ops and their fallbacks -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bmm_and_addmm(dtype):
+    a, b = randn((3, 10, 24), dtype, 1), randn((3, 24, 12), dtype, 2)
+    x, w, bias = randn((10, 24), dtype, 3), randn((24, 12), dtype, 4), randn((12,), dtype, 5)
+    with pk.matched_mode() as report:
+        batched = torch.bmm(a, b)
+        conv1d = torch.addmm(bias, x, w)                      # GPT-2's Conv1D
+        scaled = torch.addmm(bias, x, w, beta=0.5)            # not served: falls back, recorded
+    assert_bitwise(batched, pk.matmul(a, b))
+    assert_bitwise(conv1d, pk.linear(x, w.mT, bias))
+    assert_bitwise(scaled, torch.addmm(bias, x, w, beta=0.5))
+    assert report.served["addmm.default"] == 1
+    (rec,) = report.uncovered.values()
+    assert rec.op == "addmm.default" and "beta=0.5" in rec.reason and rec.count == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_last_dim_served_other_dims_fall_back(dtype):
+    x = randn((6, 5, 33), dtype, 7, scale=3.0)
+    with pk.matched_mode() as report:
+        sm = torch.softmax(x, -1)
+        lsm = torch.log_softmax(x, dim=2)
+        dim0 = torch.softmax(x, 0)
+    assert_bitwise(sm, pk.softmax(x))
+    assert_bitwise(lsm, pk.log_softmax(x))
+    assert_bitwise(dim0, torch.softmax(x, 0))
+    assert {r.op for r in report.uncovered.values()} == {"_softmax.default"}
+    if dtype != torch.float32:
+        # HF attention: softmax(x, dtype=float32) reaches _softmax with half_to_float.
+        with pk.matched_mode():
+            widened = F.softmax(x, dim=-1, dtype=torch.float32)
+        assert_bitwise(widened, pk.softmax(x.float()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mean_and_sum_are_batch_invariant_and_accurate(dtype):
+    x = randn((41, 72), dtype, 11, scale=2.0)
+    with pk.matched_mode() as report:
+        mean = x.pow(2).mean(-1, keepdim=True)               # HF RMSNorm's statistic
+        mean_row = x[17:18].pow(2).mean(-1, keepdim=True)
+        col_sum = x.sum(0)
+    assert report.served["mean.dim"] == 2 and report.served["sum.dim_IntList"] == 1
+    assert_bitwise(mean[17:18], mean_row)
+    sq = x.pow(2).double()
+    ref_mean, ref_sum = sq.mean(-1, keepdim=True), x.double().sum(0)
+    # An fp32 sum of k terms (error <= k u sum|terms|, u = 2^-24), then one rounding to dtype.
+    half_eps = torch.finfo(dtype).eps / 2
+    assert mean.dtype == dtype and mean.shape == (41, 1)
+    assert bool(((mean.double() - ref_mean).abs() <= (72 * 2.0**-24 + half_eps) * ref_mean).all())
+    bound = (41 * 2.0**-24) * x.double().abs().sum(0) + half_eps * ref_sum.abs()
+    assert bool(((col_sum.double() - ref_sum).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("op", ["silu", "gelu", "sigmoid", "rsqrt", "exp", "tanh"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_path_elementwise_is_shape_independent(op, dtype):
+    """An element's value does not depend on the tensor it sits in (no scalar-tail bits)."""
+    fn = {"silu": F.silu, "gelu": F.gelu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+          "rsqrt": lambda t: torch.rsqrt(t.abs() + 0.5), "exp": torch.exp}[op]
+    x = randn((2000,), dtype, 5, scale=3.0)
+    with pk.matched_mode() as report:
+        whole = fn(x)
+        alone = torch.cat([fn(x[i:i + 1]) for i in range(0, 2000, 7)])
+    assert_bitwise(whole[::7], alone)
+    assert any(k.startswith(op) and "vector path" in k for k in report.served)
+
+
+def test_vector_path_in_place_and_odd_rows():
+    x = randn((5, 200), torch.float32, 9)
+    expected = F.silu(x.clone())
+    with pk.matched_mode():
+        inplace = F.silu(x.clone(), inplace=True)
+        row = F.silu(x[3:4])
+    assert_bitwise(inplace[3:4], row)
+    torch.testing.assert_close(inplace, expected, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_backward_is_batch_invariant(dtype):
+    x = randn((9, 70), dtype, 13, scale=2.0)
+    dy = randn((9, 70), dtype, 14)
+    grads = {}
+    for name, fn in (("softmax", lambda t: torch.softmax(t, -1)), ("log_softmax", lambda t: torch.log_softmax(t, -1))):
+        for rows in (slice(0, 9), slice(4, 5)):
+            xr = x[rows].clone().requires_grad_(True)
+            with pk.matched_mode() as report:
+                fn(xr).backward(dy[rows])
+            assert not report.uncovered
+            grads[name, rows.start] = xr.grad
+        assert_bitwise(grads[name, 0][4:5], grads[name, 4])
+        xt = x.clone().requires_grad_(True)
+        fn(xt).backward(dy)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(grads[name, 0].float(), xt.grad.float(), rtol=tol, atol=tol)
+
+
+def test_fused_rms_norm_and_layer_norm():
+    x, w, b = randn((6, 48), torch.float32, 1), randn((48,), torch.float32, 2), randn((48,), torch.float32, 3)
+    if hasattr(torch.ops.aten, "_fused_rms_norm"):
+        with pk.matched_mode(audit=True) as report:
+            torch.ops.aten._fused_rms_norm(x, [48], w, 1e-6)
+        # A device kernel (CUDA) is served whole; on CPU the op decomposes into pow/mean/rsqrt first.
+        assert report.served["_fused_rms_norm.default"] == 1 or report.served["mean.dim"] == 1
+        assert not report.uncovered
+        out, rstd = _fused_rms_norm(x, [48], w, 1e-6)     # the handler itself
+        assert_bitwise(out, pk.rms_norm(x, w, 1e-6))
+        torch.testing.assert_close(rstd, torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    with pk.matched_mode(audit=True) as report:
+        ln = F.layer_norm(x, (48,), w, b, 1e-5)
+    if hasattr(pk, "layer_norm"):
+        assert_bitwise(ln, pk.layer_norm(x, w, b, 1e-5))
+        assert not report.uncovered
+    else:
+        assert_bitwise(ln, F.layer_norm(x, (48,), w, b, 1e-5))
+        assert uncovered_ops(report) == {"native_layer_norm.default"}
+
+
+# --- audit and strict -------------------------------------------------------------------------
+
+
+def test_audit_reports_float_reductions_and_lists_sampling_apart():
+    x = randn((4, 30), torch.float32, 1)
+    with pk.matched_mode(audit=True) as report:
+        y = torch.cumsum(x, -1)
+        torch.cumsum(x, 0)
+        torch.var(x, -1)
+        ids = torch.multinomial(torch.softmax(x, -1), 1)
+        # exact ops HF's generate uses on integer/bool tensors, and exact selections: allowed
+        torch.cumsum(ids, 0), (ids > 3).any(), (ids > 3).sum(), x.max(-1), torch.topk(x, 3)
+        (x * 2.0 + 1.0).to(torch.float16)[:, 1:].reshape(-1)
+    assert_bitwise(y, torch.cumsum(x, -1))                   # falls back to torch
+    rec = report.uncovered[("cumsum.default", "torch.float32", "float reduction not served by pk")]
+    assert (rec.count, rec.dtype, rec.example_shape) == (2, "float32", (4, 30))
+    assert uncovered_ops(report) == {"cumsum.default", "var.correction"}
+    assert {r.op for r in report.sampling.values()} == {"multinomial.default"}
+    assert "cumsum.default" in report.summary()
+
+
+def test_strict_refuses_float_cumsum_and_names_it():
+    x = randn((4, 30), torch.float32, 1)
+    with pk.matched_mode(strict=True):
+        torch.cumsum(torch.arange(5, device=DEVICE), 0)          # integer: exact, allowed
+        torch.mm(x, x.mT)
+        with pytest.raises(UncoveredOpError, match="cumsum"):
+            torch.cumsum(x, -1)
+
+
+def test_strict_refuses_sdpa_and_asks_for_eager_attention():
+    q = randn((1, 2, 5, 8), torch.float32, 1)
+    with pk.matched_mode(strict=True):
+        with pytest.raises(UncoveredOpError, match='attn_implementation="eager"'):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
