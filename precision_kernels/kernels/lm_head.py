@@ -18,6 +18,9 @@ Per program, BLOCK_M rows walk the vocabulary in BLOCK_V-wide blocks in index or
    ``z + gumbel`` (ties go to the lowest index) and picks the winner's z with the
    same ``pick_target``. Both finish with ``token_logprob_finish``.
 
+SAMPLE always writes an id in [0, V): a row whose logits are all -inf (no mass) gets
+token 0 with log-prob -inf, a row with a NaN or +inf logit gets token 0 with log-prob NaN.
+
 The (rows x V) logits are never materialised. The backward (``lm_head_dlogits_kernel``)
 recomputes the logits tiles the same way and writes d(loss)/d(logits) for one vocab
 chunk, which the op multiplies out with the matmul kernels.
@@ -96,6 +99,8 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_p
     tl.store(max_ptr + rows, run_max, mask=row_mask)
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
     if MODE == 1:
+        # a row with a NaN or +inf logit has no distribution (run_sum is NaN): token 0, log-prob NaN
+        target = tl.where(run_sum == run_sum, target, 0)
         tl.store(tokens_ptr + rows, target, mask=row_mask)
 
 

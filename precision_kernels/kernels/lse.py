@@ -106,13 +106,14 @@ def lse_finish(run_max, run_sum, run_dot, WITH_DOT: tl.constexpr):
     """-> (log_sum, entropy): log sum exp(z - ref) and H of softmax(z).
 
     For an empty row (run_sum == 0) log_sum is 0, not -inf, so no -inf - -inf is ever
-    formed downstream; callers tell empty rows by run_sum == 0.
+    formed downstream; callers tell empty rows by run_sum == 0. A row with a NaN or +inf
+    entry has run_sum = NaN (exp(NaN - ref), exp(inf - inf)), and NaN flows on into every result.
     """
-    has_mass = run_sum > 0.0
-    log_sum = tl.log(tl.where(has_mass, run_sum, 1.0))
+    empty = run_sum == 0.0
+    log_sum = tl.log(tl.where(empty, 1.0, run_sum))
     if WITH_DOT:
         # H = log(sum) - sum(e * (z - ref)) / sum; both terms are >= 0
-        entropy = tl.where(has_mass, log_sum - tl.div_rn(run_dot, tl.where(has_mass, run_sum, 1.0)), 0.0)
+        entropy = tl.where(empty, 0.0, log_sum - tl.div_rn(run_dot, tl.where(empty, 1.0, run_sum)))
     else:
         entropy = tl.zeros_like(run_sum)
     return log_sum, entropy
@@ -120,8 +121,8 @@ def lse_finish(run_max, run_sum, run_dot, WITH_DOT: tl.constexpr):
 
 @triton.jit
 def token_logprob_finish(run_target, run_max, run_sum, log_sum):
-    """log softmax(z)[target] = (z_t - ref) - log_sum; -inf for an empty row."""
-    return tl.where(run_sum > 0.0, (run_target - exp_ref(run_max)) - log_sum, float("-inf"))
+    """log softmax(z)[target] = (z_t - ref) - log_sum; -inf for an empty row, NaN for a NaN one (log_sum NaN)."""
+    return tl.where(run_sum == 0.0, float("-inf"), (run_target - exp_ref(run_max)) - log_sum)
 
 
 @triton.jit
@@ -131,17 +132,17 @@ def logprob_grad_block(z, mask, cols, target, run_max, run_sum, log_sum, entropy
 
     dlogprob/dz = onehot - p; dH/dz = -p (log p + H); d/dlogit = d/dz / T.
     """
-    has_mass = run_sum > 0.0
+    empty = run_sum == 0.0
     ref = tl.where(run_max == float("-inf"), 0.0, run_max)  # exp_ref, inlined
     shifted = tl.where(mask, z, float("-inf")) - ref[:, None]
-    p = tl.div_rn(tl.exp(shifted), tl.where(has_mass, run_sum, 1.0)[:, None])
+    p = tl.div_rn(tl.exp(shifted), tl.where(empty, 1.0, run_sum)[:, None])  # NaN row: NaN
     onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     grad = (onehot - p) * g_logprob[:, None]
     if HAS_G_ENTROPY:
         log_p = shifted - log_sum[:, None]
         d_entropy = -p * tl.where(p > 0.0, log_p + entropy[:, None], 0.0)  # no 0 * -inf
         grad = grad + d_entropy * g_entropy[:, None]
-    grad = tl.where(has_mass[:, None], grad, 0.0)
+    grad = tl.where(empty[:, None], 0.0, grad)
     return tl.div_rn(grad, temperature)
 
 

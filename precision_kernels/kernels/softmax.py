@@ -14,10 +14,11 @@ from .specialization import row_kernel
 
 @triton.jit
 def _probs(z, mask, run_max, run_sum):
-    """softmax(z) in fp32 from the final state: exp(z - ref) / sum (0 for an empty row or masked lane)."""
+    """softmax(z) in fp32 from the final state: exp(z - ref) / sum (0 for an empty row or masked lane; NaN for
+    every lane of a row with a NaN or +inf entry, whose sum is NaN)."""
     ref = tl.where(run_max == float("-inf"), 0.0, run_max)  # exp_ref, inlined
     e = tl.exp(tl.where(mask, z, float("-inf")) - ref[:, None])
-    return tl.div_rn(e, tl.where(run_sum > 0.0, run_sum, 1.0)[:, None])
+    return tl.div_rn(e, tl.where(run_sum == 0.0, 1.0, run_sum)[:, None])
 
 
 # ----------------------------------------------------------------------------------------

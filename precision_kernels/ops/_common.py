@@ -131,18 +131,26 @@ def check_temperature(temperature) -> float:
     return float(t32)
 
 
-def check_tokens(name: str, tokens: torch.Tensor, vocab_size: int, leading_shape: torch.Size) -> torch.Tensor:
-    """Token ids must be integers in [0, vocab_size), checked before any kernel reads memory."""
+def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> torch.Tensor:
+    """Token ids: an integer tensor of shape ``leading_shape`` on the backend's device -> flat int64, contiguous.
+
+    Reads only metadata. Their range is checked by ``check_token_range`` inside the op (it reads
+    the data, so it belongs to the op's implementation, where a custom op or torch.compile sees it).
+    """
     if not isinstance(tokens, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids")
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
         raise TypeError(f"{name} must hold integer token ids, got {tokens.dtype}")
     check_device(name, tokens)
     if tokens.shape != leading_shape:
         raise ValueError(f"{name} has shape {tuple(tokens.shape)}, expected {tuple(leading_shape)}")
-    if tokens.numel():
-        lo, hi = int(tokens.min()), int(tokens.max())
+    return tokens.reshape(-1).to(torch.int64).contiguous()
+
+
+def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    """Every id in [0, vocab_size), checked before any kernel reads memory at it."""
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
-    return tokens.to(torch.int64)

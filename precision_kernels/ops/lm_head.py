@@ -11,6 +11,8 @@ per-chunk products (each rounded to the compute format), added in chunk order.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -18,11 +20,11 @@ from .. import profiles
 from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
 from ._common import (
     NATIVE_DOT,
-    check_device,
     check_float,
     check_same_dtype,
     check_temperature,
-    check_tokens,
+    check_token_ids,
+    check_token_range,
     kernel_view,
     kind,
     launch,
@@ -32,6 +34,11 @@ from .rounding import round_to
 
 # lm_head_kernel's MODE: score given tokens, or sample them.
 SCORE, SAMPLE = 0, 1
+
+
+def _rows(hidden: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (rows, d): a view where the strides allow (the kernel takes any strides); d may be 0."""
+    return hidden.reshape(math.prod(hidden.shape[:-1]), hidden.shape[-1])
 
 
 def _check_head(hidden: torch.Tensor, weight: torch.Tensor) -> None:
@@ -76,8 +83,9 @@ class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, tokens, temperature, with_entropy):
         lead = hidden.shape[:-1]
-        h2 = hidden.reshape(-1, hidden.shape[-1])  # a view where possible; the kernel takes any strides
-        t = tokens.reshape(-1).contiguous()
+        h2 = _rows(hidden)
+        t = tokens
+        check_token_range("tokens", t, weight.shape[0])
         logprob, entropy, row_max, row_sum = _launch(h2, weight, t, None, temperature, SCORE, with_entropy)
         ctx.save_for_backward(h2, weight, t, entropy, row_max, row_sum)
         ctx.temperature, ctx.with_entropy, ctx.lead = temperature, with_entropy, lead
@@ -138,7 +146,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
     """
     _check_head(hidden, weight)
     temperature = check_temperature(temperature)
-    tokens = check_tokens("tokens", tokens, weight.shape[0], hidden.shape[:-1])
+    tokens = check_token_ids("tokens", tokens, hidden.shape[:-1])
     return _LinearLogprobs.apply(hidden, weight, tokens, temperature, bool(return_entropy))
 
 
@@ -150,15 +158,19 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     The noise comes from ``generator`` (uniforms, turned into Gumbel noise in the
     kernel) and is added to the same fp32 values ``logit / T`` that the log-sum-exp
     sees. Returns ``(tokens int64 (...), logprobs fp32 (...))``; each log-prob is
-    bitwise the one ``linear_logprobs`` gives for that token (I5).
+    bitwise the one ``linear_logprobs`` gives for that token (I5). Every id is in [0, V):
+    a row whose logits are all -inf gets token 0 with log-prob -inf, a row with a NaN or
+    +inf logit (no distribution to sample) token 0 with log-prob NaN.
     """
     _check_head(hidden, weight)
     temperature = check_temperature(temperature)
-    if generator is not None and generator.device.type != hidden.device.type:
-        raise ValueError(f"generator is on {generator.device}, hidden on {hidden.device}")
-    check_device("hidden", hidden)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator.device.type != hidden.device.type:
+            raise ValueError(f"generator is on {generator.device}, hidden on {hidden.device}")
     lead = hidden.shape[:-1]
-    h2 = hidden.reshape(-1, hidden.shape[-1])
+    h2 = _rows(hidden)
     m, v = h2.shape[0], weight.shape[0]
     uniform = torch.rand((m, v), generator=generator, dtype=torch.float32, device=hidden.device)
     tokens = torch.empty(m, dtype=torch.int64, device=hidden.device)

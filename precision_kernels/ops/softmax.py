@@ -10,7 +10,7 @@ Semantics worth knowing:
   (log_softmax); torch gives NaN. Its gradient is 0 (softmax) or ``scale * dy``
   (log_softmax, the formula with p = 0).
 * -inf marks a masked entry only when ``scale > 0`` (``-inf * scale`` is +inf for a
-  negative scale and NaN for 0). +inf or NaN in a row makes that row NaN.
+  negative scale and NaN for 0). +inf or NaN in a row makes the whole row NaN, as in torch.
 * ``dim`` other than the last is moved to the end; when that leaves the reduced
   dimension strided, the input is copied once into a contiguous buffer. The output is
   returned as a view in the caller's dimension order (not necessarily contiguous).

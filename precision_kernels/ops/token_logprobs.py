@@ -7,7 +7,9 @@ interpreter ``linear_logprobs(h, W, t)`` equals ``token_logprobs(linear(h, W), t
 bitwise (invariant I5). The temperature is applied as ``float32(logit) / float32(T)``
 inside the kernel.
 
-A row whose logits are all -inf gives log-prob -inf, entropy 0 and a zero gradient.
+A row whose logits are all -inf gives log-prob -inf, entropy 0 and a zero gradient; a row
+with a NaN or +inf logit gives NaN (as torch's log_softmax does). Token ids are range-checked
+inside the autograd Function (the check reads the data), before any kernel reads at them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
-from ._common import check_float, check_temperature, check_tokens, kernel_view, kind, launch
+from ._common import check_float, check_temperature, check_token_ids, check_token_range, kernel_view, kind, launch
 from .softmax import as_rows
 
 
@@ -26,6 +28,7 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits2: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
         rows, n = logits2.shape
+        check_token_range("tokens", tokens, n)
         dev = logits2.device
         logprob = torch.empty(rows, dtype=torch.float32, device=dev)
         entropy = torch.empty(rows if with_entropy else 0, dtype=torch.float32, device=dev)
@@ -87,8 +90,8 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     t32 = check_temperature(temperature)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
-    ids = check_tokens("tokens", tokens, vocab, logits.shape[:-1])
-    out = _TokenLogprobs.apply(as_rows(logits), ids.reshape(-1).contiguous(), t32, return_entropy)
+    ids = check_token_ids("tokens", tokens, logits.shape[:-1])
+    out = _TokenLogprobs.apply(as_rows(logits), ids, t32, return_entropy)
     lead = logits.shape[:-1]
     if return_entropy:
         logprob, entropy = out
