@@ -1,7 +1,7 @@
 """The sanity recipe in {fp16, bf16} x {matched, engine} x {pg, tis}, same seeds: the small-scale
 counterpart of the paper's Figure 1.
 
-    python -m benchmarks.train_compare [--steps 40] [--seeds 0] [--out runs/compare]
+    python -m benchmarks.train_compare [--steps 40] [--seeds 0] [--out runs/compare] [--overwrite]
 
 Writes one run directory per configuration (metrics.jsonl, summary.json), a summary
 table, ``OUT/summary.json`` and ``OUT/train_compare.png`` (reward, greedy accuracy and
@@ -81,10 +81,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--overwrite", action="store_true", help="replace runs already in OUT (rl.train --overwrite)")
     parser.add_argument("extra", nargs="*", help="further rl.train flags, after --")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    results = run(args.steps, args.seeds, args.out, ["--no-progress", *args.extra])
+    extra = ["--no-progress", *(["--overwrite"] if args.overwrite else []), *args.extra]
+    results = run(args.steps, args.seeds, args.out, extra)
     print(format_table(results))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump([{k: v for k, v in r.items() if k != "history"} for r in results], f, indent=1)

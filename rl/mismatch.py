@@ -25,6 +25,8 @@ import os
 
 import torch
 
+import precision_kernels as pk
+
 from .learner import sequence_logprobs
 from .metrics import mismatch_metrics
 from .model import ModelConfig, TinyGPT
@@ -57,10 +59,12 @@ def measure(state: dict, base: ModelConfig, precision: str, head: str | None, pr
             prompts: torch.Tensor, temperature: float, seed: int) -> dict:
     task = get_task("reverse")
     cfg = ModelConfig(**{**base.__dict__, "precision": precision, "head_precision": head})
+    device = pk.backend.device()  # the kernels' device
     model = TinyGPT(cfg)
     model.load_state_dict(state)
-    ro = generate(model, prompts, task.max_new_tokens, temperature=temperature,
-                  generator=torch.Generator().manual_seed(seed), profile=profile, eos_id=task.eos_id,
+    model.to(device)
+    ro = generate(model, prompts.to(device), task.max_new_tokens, temperature=temperature,
+                  generator=torch.Generator(device=device).manual_seed(seed), profile=profile, eos_id=task.eos_id,
                   pad_id=task.pad_id)
     with torch.no_grad():
         learner = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
