@@ -409,6 +409,8 @@ VIEWS_AND_INDEXING = frozenset({
     "repeat", "repeat_interleave", "tril", "triu", "slice_scatter", "select_scatter", "diagonal_scatter",
     "as_strided_scatter", "index_copy", "index_fill", "masked_scatter", "scatter", "contiguous",
     "_unsafe_index", "index_put", "_index_put_impl", "movedim", "_reshape_copy", "unflatten", "flatten",
+    # backward of a view: the gradient copied into zeros (exact)
+    "slice_backward", "select_backward", "diagonal_backward",
 })
 CREATION = frozenset({
     "empty", "empty_like", "empty_strided", "empty_permuted", "zeros", "zeros_like", "ones", "ones_like",

@@ -1,0 +1,66 @@
+"""Hugging Face models under pk.matched_mode(): generate() log-probs equal a teacher-forced forward, bit for bit.
+
+Tiny random-init models from a config (no downloads, eager attention), built by
+benchmarks.hf_mismatch. For each model and precision: a batch of 4 equal-length prompts
+sampled with the KV cache, one forward over prompt + response, and prompt 0 alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import precision_kernels as pk
+from precision_kernels.matched_mode import UncoveredOpError
+
+pytest.importorskip("transformers")
+
+from benchmarks.hf_mismatch import build_model, prompts, sample_and_score  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LAYER_NORM_MISSING = pytest.mark.xfail(
+    not hasattr(pk, "layer_norm"), strict=True,
+    reason="pk.layer_norm is not available: GPT-2's native_layer_norm falls back to torch and audit reports it")
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+@pytest.mark.parametrize("precision", DTYPES)
+@pytest.mark.parametrize("name", ["llama", "qwen3", pytest.param("gpt2", marks=LAYER_NORM_MISSING), "llama-odd"])
+def test_generate_equals_forward_bitwise(name, precision):
+    """Sampler (KV cache, 4 rows) == learner (one forward) == prompt alone; audit empty.
+
+    llama-odd has hidden 72 and intermediate 200: its SiLU/RMSNorm rows are not multiples
+    of 16 wide, which the vector-path elementwise ops cover.
+    """
+    model = build_model(name, DTYPES[precision], seed=0)
+    ids = prompts(4, 6, seed=1)
+    with pk.matched_mode(audit=True) as report:
+        r = sample_and_score(model, ids, max_new_tokens=4, seed=2)
+    assert r["tokens"].shape == (4, 10)
+    assert torch.equal(bits(r["gen_logp"]), bits(r["fwd_logp"])), (r["gen_logp"] - r["fwd_logp"]).abs().max()
+    assert torch.equal(bits(r["alone_logits"][0]), bits(r["fwd_logits"][0]))
+    assert not report.uncovered, report.summary()
+    assert {rec.op for rec in report.sampling.values()} >= {"multinomial.default"}
+    assert report.served["mm.default"] + report.served["addmm.default"] > 0 and report.served["bmm.default"] > 0
+
+
+def test_strict_refuses_sdpa_attention():
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = tf.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    with torch.no_grad(), pk.matched_mode(strict=True):
+        with pytest.raises(UncoveredOpError, match='attn_implementation="eager"'):
+            model(prompts(2, 5))
+
+
+def test_strict_refuses_float_cumsum_inside_a_model():
+    model = build_model("llama", torch.float32)
+    model.model.norm.register_forward_hook(lambda mod, inp, out: out.cumsum(-1))
+    with torch.no_grad(), pk.matched_mode(strict=True):
+        with pytest.raises(UncoveredOpError, match="cumsum"):
+            model(prompts(2, 5))
