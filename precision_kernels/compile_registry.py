@@ -99,7 +99,8 @@ def _register_matmul(table: dict) -> None:
 
 
 def _register_rows(table: dict) -> None:
-    """Softmax, token log-probs and RMSNorm: the CUDA row config, per pointer type."""
+    """Softmax, token log-probs, RMSNorm and LayerNorm: the CUDA row config, per pointer type."""
+    from .kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
     from .kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
     from .kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
     from .kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
@@ -140,6 +141,17 @@ def _register_rows(table: dict) -> None:
         register(table, f"col_sum{suffix}", col_sum_kernel,
                  signature={"part_ptr": "*fp32", "out_ptr": ptr, "n_parts": "i32", "n_cols": "i32"},
                  configs=[{"OUT_KIND": k, **blocks} for k in kinds])
+        register(table, f"layer_norm_fwd{suffix}", layer_norm_fwd_kernel,
+                 signature={"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": ptr, "mean_ptr": "*fp32",
+                            "rstd_ptr": "*fp32", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32", "eps": "fp32"},
+                 configs=[{"KIND": k, "W_KIND": k, "B_KIND": k, "HAS_W": has, "HAS_B": has, **blocks}
+                          for k in kinds for has in (True, False)])
+        register(table, f"layer_norm_bwd{suffix}", layer_norm_bwd_kernel,
+                 signature={"x_ptr": ptr, "w_ptr": ptr, "dy_ptr": ptr, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+                            "dx_ptr": ptr, "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "n_rows": "i32",
+                            "n_cols": "i32", "stride_x": "i32", "stride_dy": "i32"},
+                 configs=[{"KIND": k, "W_KIND": k, "DY_KIND": k, "HAS_W": has, "WANT_DW": has, "WANT_DB": has,
+                           **blocks} for k in kinds for has in (True, False)])
 
 
 def _register_lm_head(table: dict) -> None:

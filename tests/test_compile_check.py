@@ -55,3 +55,22 @@ def test_layout_audit_can_ignore_order_insensitive_reductions():
     )
     assert len(reduce_operand_layouts(ttgir)) == 2
     assert reduce_operand_layouts(ttgir, order_sensitive_only=True) == ["#ttg.nvidia_mma<{versionMajor = 3}>"]
+
+
+def test_every_kernel_is_in_the_registration_table():
+    """A kernel (a ``*_kernel`` jit function in precision_kernels/kernels/) missing from compile_registry.py
+    would silently skip the GPU compile check."""
+    import importlib
+    import pkgutil
+
+    from precision_kernels import kernels
+    from precision_kernels.compile_registry import kernel_specs
+
+    defined = set()
+    for mod in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{mod.name}")
+        defined |= {name for name, obj in vars(module).items()
+                    if name.endswith("_kernel") and hasattr(obj, "arg_names")}
+    registered = {spec.fn.__name__ for spec in kernel_specs().values()}
+    assert defined, "found no kernels"
+    assert defined <= registered, f"not in compile_registry.py: {sorted(defined - registered)}"

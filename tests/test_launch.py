@@ -65,6 +65,11 @@ def _rms_norm():
     pk.rms_norm(x, w).sum().backward()
 
 
+def _layer_norm():
+    x, w, b = _randn(4, 9).requires_grad_(), _randn(9, seed=1).requires_grad_(), _randn(9, seed=2).requires_grad_()
+    pk.layer_norm(x, w, b).sum().backward()
+
+
 def _token_logprobs():
     logits = _randn(4, 11).requires_grad_()
     lp, h = pk.token_logprobs(logits, torch.tensor([0, 3, 10, 5], device=DEV), 0.7, return_entropy=True)
@@ -78,7 +83,7 @@ def _lm_head():
 
 
 FAMILIES = {"round_to": _round_to, "matmul": _matmul, "bmm": _bmm, "linear": _linear, "softmax": _softmax,
-            "rms_norm": _rms_norm, "token_logprobs": _token_logprobs, "lm_head": _lm_head}
+            "rms_norm": _rms_norm, "layer_norm": _layer_norm, "token_logprobs": _token_logprobs, "lm_head": _lm_head}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

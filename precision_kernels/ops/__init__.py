@@ -4,6 +4,7 @@ One module per kernel family (a package rather than DESIGN.md's single ops.py, s
 families can be worked on independently).
 """
 
+from .layer_norm import layer_norm
 from .lm_head import linear_logprobs, linear_sample
 from .matmul import linear, matmul
 from .norm import rms_norm
@@ -12,6 +13,6 @@ from .softmax import log_softmax, softmax
 from .token_logprobs import token_logprobs
 
 __all__ = [
-    "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "round_to", "softmax",
-    "token_logprobs",
+    "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "round_to",
+    "softmax", "token_logprobs",
 ]
