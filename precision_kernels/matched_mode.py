@@ -31,7 +31,8 @@ What is served (``report.served`` counts them):
 * ``native_layer_norm`` over one trailing dim -> ``pk.layer_norm`` (when this version
   of pk has it; otherwise recorded as uncovered), ``_fused_rms_norm`` -> ``pk.rms_norm``.
   The saved statistics (mean, rstd) that only their backward reads are computed with
-  the same row sums.
+  the same row sums. ``native_layer_norm_backward`` is torch's formula in fp32 with the
+  row sums above and the weight/bias gradients as pk column sums (rows in index order).
 * CPU only, "vector path" elementwise ops (``VECTOR_PATH_OPS``: silu, exp, rsqrt, tanh,
   gelu, sin, cos, ...). torch's CPU kernels compute these with different bits in the
   SIMD body and in the scalar tail of a loop, and which elements fall in the tail
@@ -298,6 +299,36 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     return out, mean.to(x.dtype), rstd.to(x.dtype)
 
 
+def _col_sums(t2: torch.Tensor) -> torch.Tensor:
+    """Column sums of t2 (rows, n) as fp32 (n,): ones (1, rows) @ t2, the rows summed in index order."""
+    ones = torch.ones((), dtype=torch.float32, device=t2.device).expand(1, t2.shape[0])
+    return matmul(ones, t2.to(torch.float32)).reshape(t2.shape[1])
+
+
+def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, output_mask):
+    # torch's formula in fp32 from the saved statistics, row and column sums on pk:
+    # dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w; dw = sum(g * xhat); db = sum(g).
+    if len(normalized_shape) != 1:
+        raise _Decline(f"layer norm over {len(normalized_shape)} dims (pk serves the last one)")
+    _check_tensors(grad, x, mean, rstd, weight, bias)
+    n = x.shape[-1]
+    g = grad.reshape(-1, n).to(torch.float32)
+    xhat = (x.reshape(-1, n).to(torch.float32) - mean.reshape(-1, 1).to(torch.float32)) \
+        * rstd.reshape(-1, 1).to(torch.float32)
+    gw = g if weight is None else g * weight.to(torch.float32)
+    dx = dw = db = None
+    if output_mask[0]:
+        mean_gw = (_row_sums(gw) / n)[:, None]
+        mean_gw_xhat = (_row_sums(gw * xhat) / n)[:, None]
+        dx = (rstd.reshape(-1, 1).to(torch.float32) * (gw - mean_gw - xhat * mean_gw_xhat)).to(x.dtype)
+        dx = dx.reshape(x.shape)
+    if output_mask[1] and weight is not None:
+        dw = _col_sums(g * xhat).to(weight.dtype)
+    if output_mask[2] and bias is not None:
+        db = _col_sums(g).to(bias.dtype)
+    return dx, dw, db
+
+
 def _fused_rms_norm(x, normalized_shape, weight, eps):
     if len(normalized_shape) != 1:
         raise _Decline(f"rms norm over {len(normalized_shape)} dims (pk serves the last one)")
@@ -322,6 +353,7 @@ SERVED: dict[object, Callable] = {
     aten.sum.dim_IntList: _sum_dim,
     aten.sum.default: _sum_all,
     aten.native_layer_norm.default: _native_layer_norm,
+    aten.native_layer_norm_backward.default: _native_layer_norm_backward,
 }
 if hasattr(aten, "_fused_rms_norm"):
     SERVED[aten._fused_rms_norm.default] = _fused_rms_norm

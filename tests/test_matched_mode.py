@@ -200,6 +200,25 @@ def test_fused_rms_norm_and_layer_norm():
         assert uncovered_ops(report) == {"native_layer_norm.default"}
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_backward_is_batch_invariant(dtype):
+    x, dy = randn((9, 70), dtype, 21, scale=2.0), randn((9, 70), dtype, 22)
+    w, b = randn((70,), dtype, 23), randn((70,), dtype, 24)
+    grads = {}
+    for rows in (slice(0, 9), slice(4, 5)):
+        leaves = [x[rows].clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True)]
+        with pk.matched_mode() as report:
+            F.layer_norm(leaves[0], (70,), leaves[1], leaves[2], 1e-5).backward(dy[rows])
+        assert report.served["native_layer_norm_backward.default"] == 1
+        grads[rows.start] = [t.grad for t in leaves]
+    assert_bitwise(grads[0][0][4:5], grads[4][0])
+    leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True)]
+    F.layer_norm(leaves[0], (70,), leaves[1], leaves[2], 1e-5).backward(dy)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    for ours, theirs in zip(grads[0], (t.grad for t in leaves)):
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=tol, atol=tol)
+
+
 # --- audit and strict -------------------------------------------------------------------------
 
 
