@@ -84,6 +84,14 @@ def kernel_view(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16) if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def logprob_outputs(rows: int, with_entropy: bool, device: torch.device):
+    """fp32 buffers of a log-prob kernel: (logprob, entropy, row_max, row_sum); entropy is empty without entropy."""
+    def buffer(n):
+        return torch.empty(n, dtype=torch.float32, device=device)
+
+    return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
+
+
 def check_float(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

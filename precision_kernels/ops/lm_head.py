@@ -28,6 +28,7 @@ from ._common import (
     kernel_view,
     kind,
     launch,
+    logprob_outputs,
 )
 from .matmul import _k_chunk, _mm
 from .rounding import round_to
@@ -60,17 +61,14 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, unifor
     v = weight.shape[0]
     cfg = profiles.lm_head_config(h2.dtype)
     splits = profiles.engine_splits_for(m)
-    dev = h2.device
-    logprob = torch.empty(m, dtype=torch.float32, device=dev)
-    entropy = torch.empty(m if with_entropy else 1, dtype=torch.float32, device=dev)
-    row_max = torch.empty(m, dtype=torch.float32, device=dev)
-    row_sum = torch.empty(m, dtype=torch.float32, device=dev)
+    logprob, entropy, row_max, row_sum = logprob_outputs(m, with_entropy, h2.device)
     if m:
         hv, wv = kernel_view(h2), kernel_view(weight)
         grid = (triton.cdiv(m, cfg.block_m),)
         launch(
             lm_head_kernel, grid,
-            hv, wv, tokens, uniform if uniform is not None else logprob, logprob, entropy, row_max, row_sum,
+            hv, wv, tokens, uniform if uniform is not None else logprob, logprob,
+            entropy if with_entropy else logprob, row_max, row_sum,
             m, v, k, _k_chunk(k, splits), hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
             float(temperature),
             config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=NATIVE_DOT,
@@ -116,7 +114,7 @@ class _LinearLogprobs(torch.autograd.Function):
                     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v))
                     launch(
                         lm_head_dlogits_kernel, grid,
-                        hv, wv, t, g_lp, g_ent, entropy, row_max, row_sum, kernel_view(dlogits),
+                        hv, wv, t, g_lp, g_ent, entropy if has_ge else g_lp, row_max, row_sum, kernel_view(dlogits),
                         m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
                         float(ctx.temperature),
                         config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=NATIVE_DOT, HAS_G_ENTROPY=has_ge,

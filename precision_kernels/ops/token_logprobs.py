@@ -20,7 +20,16 @@ from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
-from ._common import check_float, check_temperature, check_token_ids, check_token_range, kernel_view, kind, launch
+from ._common import (
+    check_float,
+    check_temperature,
+    check_token_ids,
+    check_token_range,
+    kernel_view,
+    kind,
+    launch,
+    logprob_outputs,
+)
 from .softmax import as_rows
 
 
@@ -29,11 +38,7 @@ class _TokenLogprobs(torch.autograd.Function):
     def forward(ctx, logits2: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
         rows, n = logits2.shape
         check_token_range("tokens", tokens, n)
-        dev = logits2.device
-        logprob = torch.empty(rows, dtype=torch.float32, device=dev)
-        entropy = torch.empty(rows if with_entropy else 0, dtype=torch.float32, device=dev)
-        row_max = torch.empty(rows, dtype=torch.float32, device=dev)
-        row_sum = torch.empty(rows, dtype=torch.float32, device=dev)
+        logprob, entropy, row_max, row_sum = logprob_outputs(rows, with_entropy, logits2.device)
         if rows:
             cfg = profiles.row_config(logits2.dtype)
             launch(token_logprobs_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
