@@ -115,6 +115,15 @@ ERRORS = [
     *[(f"rms_norm/eps {eps}", lambda eps=eps: pk.rms_norm(X(), rand(4), eps=eps), ValueError, "eps must be")
       for eps in (-1e-6, NAN, INF)],
     ("rms_norm/eps None", lambda: pk.rms_norm(X(), rand(4), eps=None), TypeError, "eps must be a real number"),
+    # layer_norm
+    ("layer_norm/None x", lambda: pk.layer_norm(None, rand(4), rand(4)), TypeError, "x must be a torch.Tensor"),
+    ("layer_norm/int x", lambda: pk.layer_norm(X().int(), None, None), TypeError, "x must be float32"),
+    ("layer_norm/device", lambda: pk.layer_norm(X(), rand(4), meta(4)), ValueError, "bias is on meta"),
+    ("layer_norm/weight shape", lambda: pk.layer_norm(X(), rand(5), None), ValueError, "weight has shape"),
+    ("layer_norm/weight dtype", lambda: pk.layer_norm(X(), rand(4).long(), None), TypeError, "weight must be"),
+    ("layer_norm/0-d", lambda: pk.layer_norm(rand(()), None, None), ValueError, "at least one dimension"),
+    *[(f"layer_norm/eps {eps}", lambda eps=eps: pk.layer_norm(X(), None, None, eps=eps), ValueError, "eps must be")
+      for eps in (-1e-5, NAN, INF)],
     # token_logprobs
     ("token_logprobs/None logits", lambda: pk.token_logprobs(None, T()), TypeError, "logits must be a torch.Tensor"),
     ("token_logprobs/None tokens", lambda: pk.token_logprobs(rand(3, 5), None), TypeError, "tokens must be a torch"),
@@ -198,6 +207,10 @@ EMPTY = [
     ("log_softmax n=0", lambda: pk.log_softmax(rand(3, 0)), lambda: torch.log_softmax(rand(3, 0), -1)),
     ("rms_norm rows=0", lambda: pk.rms_norm(rand(0, 4), rand(4)), lambda: F.rms_norm(rand(0, 4), (4,), rand(4), 1e-6)),
     ("rms_norm n=0", lambda: pk.rms_norm(rand(3, 0), rand(0)), lambda: F.rms_norm(rand(3, 0), (0,), rand(0), 1e-6)),
+    ("layer_norm rows=0", lambda: pk.layer_norm(rand(0, 4), rand(4), rand(4)),
+     lambda: F.layer_norm(rand(0, 4), (4,), rand(4), rand(4))),
+    ("layer_norm n=0", lambda: pk.layer_norm(rand(3, 0), rand(0), rand(0)),
+     lambda: F.layer_norm(rand(3, 0), (0,), rand(0), rand(0))),
     ("token_logprobs rows=0", lambda: pk.token_logprobs(rand(0, 5), ids()), lambda: torch.empty(0, device=DEV)),
     ("linear_logprobs rows=0", lambda: pk.linear_logprobs(rand(0, 4), W(), ids()), lambda: torch.empty(0, device=DEV)),
     ("linear_logprobs d=0", lambda: pk.linear_logprobs(rand(3, 0), rand(5, 0), T()),
@@ -232,6 +245,8 @@ NONFINITE = [
     ("softmax", lambda x: pk.softmax(x), lambda x: torch.softmax(x.double(), -1)),
     ("log_softmax", lambda x: pk.log_softmax(x), lambda x: torch.log_softmax(x.double(), -1)),
     ("rms_norm", lambda x: pk.rms_norm(x, rand(6)), lambda x: F.rms_norm(x.double(), (6,), rand(6).double(), 1e-6)),
+    ("layer_norm", lambda x: pk.layer_norm(x, rand(6), rand(6, seed=1)),
+     lambda x: F.layer_norm(x.double(), (6,), rand(6).double(), rand(6, seed=1).double(), 1e-5)),
     ("token_logprobs", lambda x: pk.token_logprobs(x, ids(0, 1, 2, 3)),
      lambda x: _torch_token_logprobs(x, ids(0, 1, 2, 3))),
 ]
@@ -315,6 +330,7 @@ def test_views_give_the_contiguous_bits(view, dtype):
         lambda a, b: pk.softmax(a, scale=0.5),
         lambda a, b: pk.log_softmax(a, dim=0),
         lambda a, b: pk.rms_norm(a, b[0]),
+        lambda a, b: pk.layer_norm(a, b[0], b[1]),
         lambda a, b: pk.token_logprobs(a, tokens.clamp_max(7)),
         lambda a, b: pk.linear_logprobs(a, b, tokens),
         lambda a, b: pk.linear_sample(a, b, 0.9, generator=torch.Generator(device=DEV).manual_seed(1)),
