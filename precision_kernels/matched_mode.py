@@ -14,7 +14,7 @@ aten op it replaces (its matmul does not use aten ``mm``).
 
 What is served (``report.served`` counts them):
 
-* ``mm``, ``bmm`` -> ``pk.matmul``; ``addmm`` with ``beta == alpha == 1`` and a
+* ``mm``, ``bmm``, ``mv``, ``dot`` -> ``pk.matmul``; ``addmm`` with ``beta == alpha == 1`` and a
   bias of shape (N,) or (1, N) -> ``pk.linear`` (bias added in fp32 before the one
   rounding). ``matmul``/``linear``/``einsum`` decompose into these before dispatch.
 * ``_softmax`` / ``_log_softmax`` over the last dim (``half_to_float`` included: the
@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from . import backend
+from . import backend, profiles
 from .ops import linear as pk_linear
 from .ops import log_softmax, matmul, rms_norm, softmax
 
@@ -169,7 +169,8 @@ def _row_sums(x2: torch.Tensor) -> torch.Tensor:
     """
     x32 = x2.to(torch.float32)
     ones = torch.ones((), dtype=torch.float32, device=x2.device).expand(x2.shape[1], 1)
-    return matmul(x32, ones).reshape(x2.shape[0])
+    with profiles.use_profile("matched"):     # a row reduction, never the engine's split-K
+        return matmul(x32, ones).reshape(x2.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +185,16 @@ def _mm(a, b):
 def _bmm(a, b):
     _check_tensors(a, b)
     return matmul(a, b)
+
+
+def _mv(a, v):
+    _check_tensors(a, v)
+    return matmul(a, v.reshape(-1, 1)).reshape(a.shape[0])
+
+
+def _dot(a, b):
+    _check_tensors(a, b)
+    return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
 
 
 def _addmm(bias, a, b, *, beta=1, alpha=1):
@@ -302,7 +313,8 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
 def _col_sums(t2: torch.Tensor) -> torch.Tensor:
     """Column sums of t2 (rows, n) as fp32 (n,): ones (1, rows) @ t2, the rows summed in index order."""
     ones = torch.ones((), dtype=torch.float32, device=t2.device).expand(1, t2.shape[0])
-    return matmul(ones, t2.to(torch.float32)).reshape(t2.shape[1])
+    with profiles.use_profile("matched"):
+        return matmul(ones, t2.to(torch.float32)).reshape(t2.shape[1])
 
 
 def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, output_mask):
@@ -343,6 +355,8 @@ def _fused_rms_norm(x, normalized_shape, weight, eps):
 SERVED: dict[object, Callable] = {
     aten.mm.default: _mm,
     aten.bmm.default: _bmm,
+    aten.mv.default: _mv,
+    aten.dot.default: _dot,
     aten.addmm.default: _addmm,
     aten._softmax.default: _softmax,
     aten._log_softmax.default: _log_softmax,
@@ -379,30 +393,29 @@ def _vector_path(func, args: tuple, kwargs: dict):
     """Run an elementwise op so that every element takes torch's SIMD body, whatever the shape."""
     if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
         raise _Decline("tensor keyword arguments")
-    full = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0]
-    if not full:
-        raise _Decline("no tensor operand with elements")
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    # 0-d tensors next to larger ones stay 0-d: they take part in type promotion as scalars.
+    full = [a for a in tensors if a.dim() > 0] or tensors
     shape = torch.broadcast_shapes(*(a.shape for a in full))
     n = math.prod(shape)
     if n == 0:
-        raise _Decline("empty tensor")
+        return func(*args, **kwargs)                      # no elements, no numerics
     padded_n = -(-n // LANE_PAD) * LANE_PAD
     in_place = func._schema.name.endswith("_") and not func._schema.name.endswith("__")
     if in_place and tuple(args[0].shape) != tuple(shape):
         raise _Decline("in-place op whose output broadcasts")
 
     def pad(a):
-        # 0-d tensors stay 0-d: they take part in type promotion as scalars.
-        if not isinstance(a, torch.Tensor) or a.dim() == 0:
+        if not any(a is f for f in full):
             return a
         flat = a.expand(shape).reshape(n)
         return torch.cat([flat, flat.new_zeros(padded_n - n)])
 
     padded = [pad(a) for a in args]
+    is_padded = [any(a is f for f in full) for a in args]
     pieces = []
     for start in range(0, padded_n, CHUNK):
-        chunk_args = [a[start:start + CHUNK] if isinstance(a, torch.Tensor) and a.dim() > 0 else a
-                      for a in padded]
+        chunk_args = [a[start:start + CHUNK] if p else a for a, p in zip(padded, is_padded)]
         pieces.append(func(*chunk_args, **kwargs))
     result = (padded[0] if in_place else torch.cat(pieces))[:n].reshape(shape)
     if in_place:

@@ -99,6 +99,15 @@ def test_bmm_and_addmm(dtype):
     assert rec.op == "addmm.default" and "beta=0.5" in rec.reason and rec.count == 1
 
 
+def test_matrix_vector_and_dot_products():
+    a, v = randn((11, 37), torch.float32, 1), randn((37,), torch.float32, 2)
+    with pk.matched_mode() as report:
+        mv, dot = a @ v, torch.dot(v, v)
+    assert report.served["mv.default"] == 1 and report.served["dot.default"] == 1
+    assert_bitwise(mv, pk.matmul(a, v[:, None])[:, 0])
+    assert_bitwise(dot, pk.matmul(v[None], v[:, None]).reshape(()))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_last_dim_served_other_dims_fall_back(dtype):
     x = randn((6, 5, 33), dtype, 7, scale=3.0)
