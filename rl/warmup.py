@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .sampler import greedy_decode
+from .decoding import greedy_decode
 from .tasks import Task
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -84,7 +84,7 @@ def teacher_forcing_loss(logits_fn: LogitsFn, tokens: torch.Tensor, prompt_len: 
 def greedy_accuracy(logits_fn: LogitsFn, task: Task, prompts: torch.Tensor, chunk: int = 1024) -> float:
     """Fraction of ``prompts`` whose greedy answer (digits and EOS) is exactly right.
 
-    Decodes with ``rl.sampler.greedy_decode``, re-running the whole sequence each step (no KV cache).
+    Decodes with ``rl.decoding.greedy_decode``, re-running the whole sequence each step (no KV cache).
     """
     if len(prompts) == 0:
         return 0.0

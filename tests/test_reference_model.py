@@ -2,9 +2,9 @@
 
 import torch
 
+from rl.decoding import greedy_decode
 from rl.model import ModelConfig, TinyGPT
 from rl.reference_model import generate, reference_hidden, reference_logits, sequence_logprobs
-from rl.sampler import greedy_decode
 
 CFG = ModelConfig(vocab_size=13, d_model=16, n_layers=2, n_heads=2, max_seq_len=10, precision="fp32")
 

@@ -118,7 +118,7 @@ def test_teacher_forcing():
 
 def test_greedy_decode_conventions():
     """greedy_decode stops each row at EOS, pads after it, and marks the mask up to and including EOS."""
-    from rl.sampler import greedy_decode
+    from rl.decoding import greedy_decode
 
     plan = torch.tensor([[3, E, 5], [E, 1, 1], [4, 4, 4]])  # row i emits plan[i, step]
 
