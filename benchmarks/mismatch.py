@@ -1,6 +1,10 @@
 """Sampler-vs-learner mismatch by precision and profile: the paper's finding, rerunnable on a laptop.
 
     python -m benchmarks.mismatch [--quick] [--json PATH] [--png PATH] [--checkpoint PATH]
+    python -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png
+
+The measurement itself is ``rl.mismatch``; this tool prints its table, writes JSON and
+draws the plot (``--records`` redraws rows measured before, e.g. by ``make demo``).
 
 A fixed policy (the demo's trained checkpoint when it exists, otherwise a seeded random
 model) samples a fixed prompt set with the KV-cache sampler in each precision and
@@ -22,7 +26,7 @@ import json
 import os
 import time
 
-from rl.mismatch import DEMO_CHECKPOINT, format_table, headline, matched_rows_zero, run
+from rl.mismatch import DEMO_CHECKPOINT, format_headline, format_table, matched_rows_zero, run
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -59,15 +63,18 @@ def main(argv=None) -> int:
     parser.add_argument("--png", metavar="PATH", default="runs/mismatch.png")
     parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--records", metavar="PATH", help="rows from an earlier --json (or make demo): no measuring")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    records, source = run(args.quick, args.checkpoint, args.seed)
-    print(f"policy: {source}; {32 if args.quick else 64} prompts of the reverse task, temperature 1")
+    if args.records:
+        with open(args.records) as f:
+            records = json.load(f)
+        print(f"rows from {args.records}")
+    else:
+        records, source = run(args.quick, args.checkpoint, args.seed)
+        print(f"policy: {source}; {32 if args.quick else 64} prompts of the reverse task, temperature 1")
     print(format_table(records))
-    h = headline(records)
-    print(f"\nengine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
-          f"of p {h['rel_rms_prob_ratio']:.1f}x, KL (k3) {h['kl_k3_ratio']:.1f}x "
-          f"(published reference points: ~8x and ~24x)")
+    print("\n" + format_headline(records))
     matched_zero = matched_rows_zero(records)
     print(f"matched rows exactly zero: {matched_zero}   ({time.perf_counter() - t0:.1f}s)")
     if args.json:

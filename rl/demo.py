@@ -3,8 +3,8 @@
     python -m rl.demo
 
 Exits 1 when the run did not reach 95% greedy accuracy or a matched mismatch row is not
-exactly zero (``demo_failures``), 0 otherwise. The mismatch plot is
-``python -m benchmarks.mismatch --quick --checkpoint runs/demo/checkpoint.pt``.
+exactly zero (``demo_failures``), 0 otherwise. The rows go to ``runs/demo/mismatch.json``;
+plot them with ``python -m benchmarks.mismatch --records runs/demo/mismatch.json --png PATH``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from rl.mismatch import format_table, headline, matched_rows_zero, run
+from rl.mismatch import format_headline, format_table, matched_rows_zero, run
 from rl.train import build_parser, train
 
 TARGET_ACCURACY = 0.95
@@ -42,10 +42,7 @@ def main() -> int:
     records, source = run(quick=True, checkpoint="runs/demo/checkpoint.pt")
     print(f"policy: {source}; 32 prompts of the reverse task, temperature 1")
     print(format_table(records))
-    h = headline(records)
-    print(f"\nengine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
-          f"of p {h['rel_rms_prob_ratio']:.1f}x, KL (k3) {h['kl_k3_ratio']:.1f}x "
-          f"(published reference points: ~8x and ~24x)")
+    print("\n" + format_headline(records))
     with open("runs/demo/mismatch.json", "w") as f:
         json.dump(records, f, indent=1)
     print(f"\nmetrics: runs/demo/metrics.jsonl   summary: runs/demo/summary.json   "

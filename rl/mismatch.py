@@ -11,7 +11,7 @@ precision and profile; the learner then rescores the same tokens in the matched 
 * fp16/bf16 with an fp32 LM head, engine: the common partial fix.
 
 Matched rows must show exactly zero mismatch (``matched_rows_zero``). ``headline`` gives
-the bf16 / fp16 ratios of the engine rows; ``format_table`` the text table that
+the bf16 / fp16 ratios of the engine rows; ``format_table`` and ``format_headline`` the text that
 ``rl.demo`` and ``benchmarks/mismatch.py`` print. The CLI, JSON and plot are
 ``benchmarks/mismatch.py``'s.
 """
@@ -138,3 +138,11 @@ def format_table(records: list[dict]) -> str:
                      f"{r['max_abs_dlogp']:>10.3g} {r['frac_tokens_differ']:>10.2%} {r['kl_k1']:>10.2e} "
                      f"{r['kl_k3']:>10.2e} {r['seq_k3']:>10.2e} {r['rel_rms_logp']:>10.3g} {r['dp_p99']:>9.2e}")
     return "\n".join(lines)
+
+
+def format_headline(records: list[dict]) -> str:
+    """One line: the engine profile's bf16 / fp16 ratios beside the published reference points."""
+    h = headline(records)
+    return (f"engine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
+            f"of p {h['rel_rms_prob_ratio']:.1f}x, KL (k3) {h['kl_k3_ratio']:.1f}x "
+            f"(published reference points: ~8x and ~24x)")
