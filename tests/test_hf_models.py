@@ -18,9 +18,6 @@ pytest.importorskip("transformers")
 from benchmarks.hf_mismatch import build_model, prompts, sample_and_score  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-LAYER_NORM_MISSING = pytest.mark.xfail(
-    not hasattr(pk, "layer_norm"), strict=True,
-    reason="pk.layer_norm is not available: GPT-2's native_layer_norm falls back to torch and audit reports it")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -28,7 +25,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("precision", DTYPES)
-@pytest.mark.parametrize("name", ["llama", "qwen3", pytest.param("gpt2", marks=LAYER_NORM_MISSING), "llama-odd"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gpt2", "llama-odd"])
 def test_generate_equals_forward_bitwise(name, precision):
     """Sampler (KV cache, 4 rows) == learner (one forward) == prompt alone; audit empty.
 
