@@ -138,14 +138,17 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=(*MODELS, "all"), default="llama")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     names = MODELS if args.model == "all" else (args.model,)
-    rows = [measure(n, prec, matched, batch=args.batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    rows = [measure(n, prec, matched, batch=args.batch, prompt_len=args.prompt_len,
+                    max_new_tokens=args.max_new_tokens, seed=args.seed)
             for n in names for prec in PRECISIONS for matched in (False, True)]
-    print(f"{args.batch} prompts of 6 tokens, {args.max_new_tokens} sampled tokens each, temperature 1; "
+    print(f"{args.batch} prompts of {args.prompt_len} tokens, {args.max_new_tokens} sampled tokens each, "
+          f"temperature 1; "
           f"generate() log-probs (KV cache) vs one forward over prompt + response")
     print(format_table(rows))
     matched_rows = [r for r in rows if r["mode"] == "matched"]
