@@ -1,0 +1,227 @@
+"""The interpreter fast paths in backend.py change no bit of any kernel output (issue 14).
+
+Each kernel family runs at random small shapes (hypothesis) with the fast paths and
+again with them removed (the plain Triton 3.9 interpreter), forward and backward, and
+the results must be bitwise equal. One subprocess checks that ``PK_INTERPRETER_FAST=0``
+leaves Triton untouched and computes the same bits.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from triton.runtime import interpreter
+
+import precision_kernels as pk
+from precision_kernels import backend
+
+pytestmark = pytest.mark.skipif(
+    not backend.interpreter_fast_paths_active(),
+    reason="interpreter fast paths not active (GPU backend, PK_INTERPRETER_FAST=0, or another Triton version)")
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def plain_interpreter():
+    """Run the block on the plain Triton interpreter, then put the fast paths back."""
+    backend._remove_interpreter_fast_paths()
+    try:
+        assert not backend.interpreter_fast_paths_active()
+        yield
+    finally:
+        assert backend._install_interpreter_fast_paths(triton.__version__)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().contiguous()
+    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32) if t.element_size() == 4 else t
+
+
+def _assert_same_bits(fast: list, plain: list) -> None:
+    assert len(fast) == len(plain)
+    for i, (a, b) in enumerate(zip(fast, plain)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        assert torch.equal(_bits(a), _bits(b)), f"output {i} differs"
+
+
+def _leaf(shape, dtype, g, scale=1.0):
+    return (torch.randn(shape, generator=g) * scale).to(dtype).requires_grad_()
+
+
+def _grads(out: torch.Tensor, inputs: list, g) -> list:
+    """Outputs plus the gradients of a random linear function of ``out`` with respect to ``inputs``."""
+    upstream = torch.randn(out.shape, generator=g).to(out.dtype)
+    grads = torch.autograd.grad(out, inputs, upstream)
+    return [out, *grads]
+
+
+# Each family: (dtype, rows, n, k, seed) -> list of tensors (outputs and gradients).
+def _linear(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = _leaf((rows, k), dtype, g), _leaf((n, k), dtype, g), _leaf((n,), dtype, g)
+    return _grads(pk.linear(x, w, b), [x, w, b], g)
+
+
+def _batched_matmul(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = _leaf((3, rows, k), dtype, g), _leaf((3, k, n), dtype, g)
+    return _grads(pk.matmul(a, b), [a, b], g)
+
+
+def _softmax(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = _leaf((rows, n), dtype, g, scale=4.0)
+    return _grads(pk.softmax(x, scale=0.7), [x], g) + _grads(pk.log_softmax(x), [x], g)
+
+
+def _rms_norm(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, w = _leaf((rows, n), dtype, g), _leaf((n,), dtype, g)
+    return _grads(pk.rms_norm(x, w), [x, w], g)
+
+
+def _token_logprobs(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = _leaf((rows, n), dtype, g, scale=3.0)
+    tokens = torch.randint(0, n, (rows,), generator=g)
+    lp, ent = pk.token_logprobs(logits, tokens, temperature=0.7, return_entropy=True)
+    return _grads(lp + ent, [logits], g) + [lp, ent]
+
+
+def _lm_head(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    h, w = _leaf((rows, k), dtype, g), _leaf((n, k), dtype, g)
+    tokens = torch.randint(0, n, (rows,), generator=g)
+    lp = pk.linear_logprobs(h, w, tokens, temperature=0.9)
+    sampled, sampled_lp = pk.linear_sample(h.detach(), w.detach(), temperature=0.9,
+                                           generator=torch.Generator().manual_seed(seed))
+    return _grads(lp, [h, w], g) + [sampled, sampled_lp]
+
+
+def _round_to(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    # wide exponent range: subnormal results, ties, overflow to inf
+    x = torch.randn(rows, n, generator=g) * torch.exp2(torch.randint(-30, 20, (rows, n), generator=g).float())
+    return [pk.round_to(x, torch.float16), pk.round_to(x, torch.bfloat16)]
+
+
+FAMILIES = {"linear": _linear, "batched_matmul": _batched_matmul, "softmax": _softmax, "rms_norm": _rms_norm,
+            "token_logprobs": _token_logprobs, "lm_head": _lm_head, "round_to": _round_to}
+if hasattr(pk, "layer_norm"):
+    def _layer_norm(dtype, rows, n, k, seed):
+        g = torch.Generator().manual_seed(seed)
+        x, w, b = _leaf((rows, n), dtype, g), _leaf((n,), dtype, g), _leaf((n,), dtype, g)
+        return _grads(pk.layer_norm(x, w, b), [x, w, b], g)
+
+    FAMILIES["layer_norm"] = _layer_norm
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@settings(max_examples=3)
+@given(dtype=st.sampled_from(DTYPES), rows=st.integers(1, 40), n=st.integers(1, 70), k=st.integers(1, 70),
+       seed=st.integers(0, 2**16))
+def test_fast_paths_change_no_bits(family, dtype, rows, n, k, seed):
+    fast = FAMILIES[family](dtype, rows, n, k, seed)
+    with plain_interpreter():
+        plain = FAMILIES[family](dtype, rows, n, k, seed)
+    _assert_same_bits(fast, plain)
+
+
+@triton.jit
+def _frontend_kernel(x_ptr, i_ptr, out_f_ptr, out_i_ptr, n, BLOCK: tl.constexpr):
+    """Operand kinds the memoised type work must replay: scalar with block, rank expansion,
+    (M, 1) with (1, N), integer promotion, unsigned wrap-around, pointer arithmetic, and the
+    same operand types with and without division (fp16 / fp16 computes in fp32)."""
+    r = tl.arange(0, BLOCK)
+    col = tl.load(x_ptr + r, mask=r < n, other=1.5)               # (B,) fp32
+    mat = col[:, None] * col[None, :]                             # (B, 1) x (1, B)
+    mat = mat + col                                               # (B, B) + (B,): new leading axis
+    mat = 0.25 - mat                                              # scalar - block
+    ints = tl.load(i_ptr + r, mask=r < n, other=7)                # (B,) int32
+    wide = ints.to(tl.int64) * 3 + ints                           # int64 with int32
+    unsigned = ints.to(tl.uint32, bitcast=True) + 0xFFFFFFF0      # wraps around
+    mixed = mat + ints[None, :]                                   # fp32 with int32, broadcast
+    half = col.to(tl.float16)
+    quotient = (half * half) / (half + 3.0)                       # fp16 * fp16 stays fp16; / is in fp32
+    mixed = mixed + quotient[:, None]
+    tl.store(out_f_ptr + r[:, None] * BLOCK + r[None, :], mixed)
+    tl.store(out_i_ptr + r, (wide + unsigned.to(tl.int64, bitcast=False)) // 2)
+
+
+def _run_frontend_kernel():
+    g = torch.Generator().manual_seed(0)
+    x, ints = torch.randn(12, generator=g), torch.randint(-2**30, 2**30, (12,), generator=g, dtype=torch.int32)
+    out_f, out_i = torch.empty(16, 16), torch.empty(16, dtype=torch.int64)
+    _frontend_kernel[(1,)](x, ints, out_f, out_i, 12, BLOCK=16)
+    return [out_f, out_i]
+
+
+def test_fast_paths_replay_every_operand_kind():
+    fast = _run_frontend_kernel()
+    with plain_interpreter():
+        plain = _run_frontend_kernel()
+    _assert_same_bits(fast, plain)
+
+
+@triton.jit
+def _bad_broadcast_kernel(x_ptr, BLOCK: tl.constexpr):
+    a = tl.load(x_ptr + tl.arange(0, BLOCK))
+    b = tl.load(x_ptr + tl.arange(0, 2 * BLOCK))
+    tl.store(x_ptr + tl.arange(0, BLOCK), a + b)
+
+
+def test_fast_paths_raise_what_the_plain_interpreter_raises():
+    x = torch.zeros(32)
+    for _ in range(2):  # the second time through the memo
+        with pytest.raises(Exception, match="incompatible dimensions"):
+            _bad_broadcast_kernel[(1,)](x, BLOCK=8)
+    with plain_interpreter(), pytest.raises(Exception, match="incompatible dimensions"):
+        _bad_broadcast_kernel[(1,)](x, BLOCK=8)
+
+
+def test_other_triton_version_falls_back_to_plain_interpreter():
+    backend._remove_interpreter_fast_paths()
+    try:
+        with pytest.warns(UserWarning, match="plain"):
+            assert not backend._install_interpreter_fast_paths("3.10.0")
+        assert not backend.interpreter_fast_paths_active()
+        assert "binary_op_type_checking_impl" not in vars(interpreter.interpreter_semantic)
+        assert triton.language.core.tensor.__init__.__module__ == "triton.language.core"
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert backend._install_interpreter_fast_paths(triton.__version__)
+
+
+_SUBPROCESS = """
+import sys, torch, triton
+import precision_kernels as pk
+from precision_kernels import backend
+from triton.runtime import interpreter
+assert not backend.interpreter_fast_paths_active()
+assert "__new__" not in vars(triton.language.core.block_type)
+assert "binary_op_type_checking_impl" not in vars(interpreter.interpreter_semantic)
+assert interpreter.interpreter_builder.options.sanitize_overflow
+sys.path.insert(0, sys.argv[2])
+from test_interpreter_fast import FAMILIES, DTYPES
+outs = [t.detach() for i, name in enumerate(sorted(FAMILIES)) for t in FAMILIES[name](DTYPES[i % 3], 37, 45, 33, i)]
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_env_switch_runs_the_unpatched_interpreter(tmp_path):
+    """PK_INTERPRETER_FAST=0 at import: Triton untouched, and the same bits as this (fast) process."""
+    path = tmp_path / "plain.pt"
+    env = dict(os.environ, PK_INTERPRETER_FAST="0")
+    subprocess.run([sys.executable, "-c", _SUBPROCESS, str(path), os.path.dirname(__file__)], env=env, check=True)
+    fast = [t.detach() for i, name in enumerate(sorted(FAMILIES)) for t in FAMILIES[name](DTYPES[i % 3], 37, 45, 33, i)]
+    _assert_same_bits(fast, torch.load(path))
