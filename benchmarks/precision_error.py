@@ -60,6 +60,12 @@ def _cases(quick: bool):
             return _sample((rows, d), dist, scale, g), 1 + 0.1 * torch.randn(d, generator=g)
         return build
 
+    def affine_norm(dist, scale):
+        def build(g):
+            return (_sample((rows, d), dist, scale, g), 1 + 0.1 * torch.randn(d, generator=g),
+                    0.1 * torch.randn(d, generator=g))
+        return build
+
     def lp(dist, scale):
         def build(g):
             logits = _sample((rows, vocab), dist, scale, g)
@@ -91,6 +97,8 @@ def _cases(quick: bool):
              lambda x: torch.log_softmax(x, -1), reference.log_softmax),
             ("rms_norm", label, norm(dist, scale), pk.rms_norm,
              lambda x, w: F.rms_norm(x, (x.shape[-1],), w, eps=1e-6), reference.rms_norm),
+            ("layer_norm", label, affine_norm(dist, scale), pk.layer_norm,
+             lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5), reference.layer_norm),
             ("token_logprobs", label, lp(dist, scale), pk.token_logprobs, torch_token_logprobs,
              reference.token_logprobs),
             ("linear_logprobs", label, flp(dist, scale), pk.linear_logprobs, torch_linear_logprobs,
