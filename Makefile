@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	.venv/bin/ruff check .
 
+# Two pytest workers (pytest-xdist): the tests are independent and deterministic, and most of
+# their time is single-threaded interpreted kernels.
 test: $(STAMP)
 	.venv/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 demo: $(STAMP)
 	$(PY) -m rl.demo
+	$(PY) -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png >/dev/null
+	@echo "plot: runs/demo/mismatch.png"
 
 compile-check: $(STAMP)
 	$(PY) -m precision_kernels.compile_check --all
