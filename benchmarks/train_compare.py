@@ -1,49 +1,108 @@
-"""The sanity recipe in {fp16, bf16} x {matched, engine} x {pg, tis}, same seeds: the small-scale
+"""The sanity recipe across precisions and sampler profiles, several seeds: the small-scale
 counterpart of the paper's Figure 1.
 
-    python -m benchmarks.train_compare [--steps 40] [--seeds 0] [--out runs/compare] [--overwrite]
+    python -m benchmarks.train_compare --runs fp16:matched,fp16:engine,bf16:matched,bf16:engine \\
+        --algo pg --seeds 0 1 --steps 40 --out runs/compare_long/pg [--overwrite] [-- further rl.train flags]
 
-Writes one run directory per configuration (metrics.jsonl, summary.json), a summary
-table, ``OUT/summary.json`` and ``OUT/train_compare.png`` (reward, greedy accuracy and
-mismatch against RL step).
+Every (run, seed) is one ``rl.train`` run in ``OUT/<precision>-<profile>-<algo>-s<seed>/`` with its
+per-step ``metrics.jsonl`` (reward, mismatch, loss, ...; greedy accuracy on the first
+``--eval-prompts`` training prompts every ``--eval-every`` steps). Writes a table (final accuracy,
+steps to 95% and to 99% greedy accuracy, mismatch), ``OUT/summary.json`` and
+``OUT/train_compare.png``: reward, greedy accuracy and mean |Δlog p| against the RL step, the
+mean over seeds with a min-max band. ``--records`` redraws table and plot from finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 
 from rl.train import build_parser, train
 
-GRID = list(itertools.product(("fp16", "bf16"), ("matched", "engine"), ("pg", "tis")))
+PRECISIONS = ("fp32", "fp16", "bf16")
+PROFILES = ("matched", "engine")
+DEFAULT_RUNS = "fp16:matched,fp16:engine,bf16:matched,bf16:engine"
 
 
-def run(steps: int, seeds: list[int], out: str, extra: list[str]) -> list[dict]:
+def parse_runs(text: str) -> list[tuple[str, str]]:
+    """``"fp16:matched,bf16:engine"`` -> ``[("fp16", "matched"), ("bf16", "engine")]``.
+
+    A bad entry raises ValueError naming it."""
+    runs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 2 or parts[0] not in PRECISIONS or parts[1] not in PROFILES:
+            raise ValueError(f"--runs entries must be PRECISION:PROFILE with PRECISION in {PRECISIONS} and "
+                             f"PROFILE in {PROFILES}, got {item!r}")
+        runs.append((parts[0], parts[1]))
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"--runs lists a configuration twice: {text!r}")
+    return runs
+
+
+def run_name(precision: str, profile: str, algo: str, seed: int) -> str:
+    return f"{precision}-{profile}-{algo}-s{seed}"
+
+
+def run(runs, seeds, algo: str, steps: int, out: str, extra: list[str]) -> list[dict]:
+    """Train every (seed, configuration); a run's ``metrics.jsonl`` is written step by step as it goes."""
     results = []
-    for seed, (precision, profile, algo) in itertools.product(seeds, GRID):
-        name = f"{precision}-{profile}-{algo}-s{seed}"
-        args = build_parser().parse_args(["--precision", precision, "--profile", profile, "--algo", algo,
-                                          "--steps", str(steps), "--seed", str(seed), "--eval-every", "4",
-                                          "--out", os.path.join(out, name), *extra])
-        summary = train(args, log=lambda msg, name=name: print(f"[{name}] {msg}"))
-        with open(os.path.join(out, name, "metrics.jsonl")) as f:
-            history = [json.loads(line) for line in f]
-        results.append({"name": name, "seed": seed, "precision": precision, "profile": profile, "algo": algo,
-                        "summary": summary, "history": history})
+    for seed in seeds:
+        for precision, profile in runs:
+            name = run_name(precision, profile, algo, seed)
+            args = build_parser().parse_args(["--precision", precision, "--profile", profile, "--algo", algo,
+                                              "--steps", str(steps), "--seed", str(seed),
+                                              "--out", os.path.join(out, name), *extra])
+            train(args, log=lambda msg, name=name: print(f"[{name}] {msg}", flush=True))
+            results.append(load_run(out, name, seed, precision, profile, algo))
     return results
 
 
+def load_run(out: str, name: str, seed: int, precision: str, profile: str, algo: str) -> dict:
+    with open(os.path.join(out, name, "metrics.jsonl")) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+    summary_path = os.path.join(out, name, "summary.json")
+    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
+    return {"name": name, "seed": seed, "precision": precision, "profile": profile, "algo": algo,
+            "summary": summary, "history": history}
+
+
+def first_step_at(history: list[dict], level: float) -> int | None:
+    """The first RL step whose evaluated greedy accuracy is >= ``level`` (None if never)."""
+    return next((h["step"] for h in history if h.get("evaluated", True) and h["accuracy"] >= level), None)
+
+
+def row(r: dict) -> dict:
+    h = r["history"]
+    evaluated = [x for x in h if x.get("evaluated", True)]
+    n = max(len(h), 1)
+    return {"name": r["name"], "steps": h[-1]["step"] if h else 0,
+            "final_accuracy": evaluated[-1]["accuracy"] if evaluated else float("nan"),
+            "final_reward": h[-1]["reward"] if h else float("nan"),
+            "steps_to_95": first_step_at(h, 0.95), "steps_to_99": first_step_at(h, 0.99),
+            "mean_abs_dlogp": sum(x["mean_abs_dlogp"] for x in h) / n,
+            "max_abs_dlogp": max((x["max_abs_dlogp"] for x in h), default=0.0),
+            "frac_tokens_differ": sum(x["frac_tokens_differ"] for x in h) / n,
+            "skipped": h[-1]["skipped_total"] if h else 0}
+
+
 def format_table(results: list[dict]) -> str:
-    lines = [f"{'run':<24} {'final acc':>9} {'final reward':>12} {'step to 95%':>11} {'mean|dlogp|':>11} "
-             f"{'tok differ':>10} {'skipped':>7}"]
+    lines = [f"{'run':<26} {'steps':>5} {'final acc':>9} {'reward':>7} {'to 95%':>6} {'to 99%':>6} "
+             f"{'mean|dlogp|':>11} {'max|dlogp|':>10} {'tok differ':>10} {'skipped':>7}"]
     for r in results:
-        s = r["summary"]
-        lines.append(f"{r['name']:<24} {s['final_accuracy']:>9.1%} {s['final_reward']:>12.3f} "
-                     f"{str(s['steps_to_95']):>11} {s['mean_abs_dlogp']:>11.3g} {s['frac_tokens_differ']:>10.2%} "
-                     f"{s['skipped_steps']:>7}")
+        x = row(r)
+        lines.append(f"{x['name']:<26} {x['steps']:>5} {x['final_accuracy']:>9.1%} {x['final_reward']:>7.3f} "
+                     f"{str(x['steps_to_95']):>6} {str(x['steps_to_99']):>6} {x['mean_abs_dlogp']:>11.3g} "
+                     f"{x['max_abs_dlogp']:>10.3g} {x['frac_tokens_differ']:>10.2%} {x['skipped']:>7}")
     return "\n".join(lines)
+
+
+def _band(series: list[dict[int, float]]):
+    """Steps present in every seed's series, with the mean, min and max over seeds."""
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    vals = [[s[t] for s in series] for t in steps]
+    return steps, [sum(v) / len(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -53,20 +112,29 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    styles = {("fp16", "matched"): ("tab:blue", "-"), ("fp16", "engine"): ("tab:blue", "--"),
+    styles = {("fp32", "matched"): ("tab:green", "-"), ("fp32", "engine"): ("tab:green", "--"),
+              ("fp16", "matched"): ("tab:blue", "-"), ("fp16", "engine"): ("tab:blue", "--"),
               ("bf16", "matched"): ("tab:red", "-"), ("bf16", "engine"): ("tab:red", "--")}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
-        color, ls = styles[(r["precision"], r["profile"])]
-        marker = "o" if r["algo"] == "pg" else "x"
-        steps = [h["step"] for h in r["history"]]
-        label = f"{r['precision']} {r['profile']} {r['algo']}" + (f" s{r['seed']}" if r["seed"] else "")
-        axes[0].plot(steps, [h["reward"] for h in r["history"]], ls=ls, color=color, marker=marker, ms=3,
-                     label=label)
-        axes[1].plot(steps, [h["accuracy"] for h in r["history"]], ls=ls, color=color, marker=marker, ms=3)
-        axes[2].plot(steps, [max(h["mean_abs_dlogp"], 1e-10) for h in r["history"]], ls=ls, color=color,
-                     marker=marker, ms=3)
+        groups.setdefault((r["precision"], r["profile"], r["algo"]), []).append(r)
+    for (precision, profile, algo), rs in groups.items():
+        color, ls = styles[(precision, profile)]
+        label = f"{precision} {profile} {algo} ({len(rs)} seed{'s' if len(rs) > 1 else ''})"
+        metrics = [
+            ("reward", lambda h: True, lambda h: h["reward"]),
+            ("accuracy", lambda h: h.get("evaluated", True), lambda h: h["accuracy"]),
+            ("mean_abs_dlogp", lambda h: True, lambda h: max(h["mean_abs_dlogp"], 1e-10)),
+        ]
+        for ax, (_, keep, value) in zip(axes, metrics):
+            series = [{h["step"]: value(h) for h in r["history"] if keep(h)} for r in rs]
+            steps, mean, lo, hi = _band(series)
+            ax.plot(steps, mean, ls=ls, color=color, marker="o" if ax is axes[1] else None, ms=3,
+                    label=label if ax is axes[0] else None)
+            if len(rs) > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.15 if ls == "-" else 0.08)
     axes[0].set_title("mean sampled reward (partial credit)")
-    axes[1].set_title("greedy accuracy, whole training set")
+    axes[1].set_title("greedy accuracy (evaluation subset)")
     axes[2].set_title("sampler-learner mean |Δ log p| (1e-10 = exactly 0)")
     axes[2].set_yscale("log")
     for ax in axes:
@@ -78,18 +146,34 @@ def plot(results: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated PRECISION:PROFILE configurations")
+    parser.add_argument("--algo", default="pg", help="rl.train --algo for every run")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-prompts", type=int, default=128, help="greedy accuracy on this many training prompts")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--overwrite", action="store_true", help="replace runs already in OUT (rl.train --overwrite)")
+    parser.add_argument("--records", action="store_true", help="only redraw the table and plot from runs in OUT")
     parser.add_argument("extra", nargs="*", help="further rl.train flags, after --")
     args = parser.parse_args(argv)
+    try:
+        runs = parse_runs(args.runs)
+    except ValueError as e:
+        parser.error(str(e))
     os.makedirs(args.out, exist_ok=True)
-    extra = ["--no-progress", *(["--overwrite"] if args.overwrite else []), *args.extra]
-    results = run(args.steps, args.seeds, args.out, extra)
+    if args.records:
+        results = [load_run(args.out, run_name(p, q, args.algo, s), s, p, q, args.algo)
+                   for s in args.seeds for p, q in runs
+                   if os.path.exists(os.path.join(args.out, run_name(p, q, args.algo, s), "metrics.jsonl"))]
+    else:
+        extra = ["--no-progress", "--eval-every", str(args.eval_every), "--eval-prompts", str(args.eval_prompts),
+                 *(["--overwrite"] if args.overwrite else []), *args.extra]
+        results = run(runs, args.seeds, args.algo, args.steps, args.out, extra)
     print(format_table(results))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump([{k: v for k, v in r.items() if k != "history"} for r in results], f, indent=1)
+        json.dump([{**{k: v for k, v in r.items() if k != "history"}, "table": row(r)} for r in results], f,
+                  indent=1)
     png = os.path.join(args.out, "train_compare.png")
     plot(results, png)
     print(f"plot: {png}")

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialisation (rl.model.init_parameters); 'torch' gives the warm-up a peaked policy")
     p.add_argument("--warmup-target", type=float, default=0.35, help="greedy accuracy that ends the warm-up")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-prompts", type=int, default=None, metavar="N",
+                   help="evaluate greedy accuracy on the first N training prompts (default: all of them)")
     p.add_argument("--stop-at", type=float, default=None, help="stop once greedy accuracy reaches this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train")
@@ -80,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags that may change when a run is resumed; every other stored flag must match. ("device" is
 # listed for the flag a later change adds; "resume", "overwrite" and "out" say how to run, not what.)
-RESUME_MAY_DIFFER = frozenset({"steps", "stop_at", "eval_every", "device", "no_progress", "resume", "overwrite",
-                               "out"})
+RESUME_MAY_DIFFER = frozenset({"steps", "stop_at", "eval_every", "eval_prompts", "device", "no_progress", "resume",
+                               "overwrite", "out"})
 MAX_DATASET_SIZE = 100_000  # distinct prompts are drawn one by one; every task has 10^6 of them
 
 
@@ -106,6 +108,8 @@ def check_args(args) -> None:
     positive_int("--minibatches", args.minibatches, high=args.batch * args.group)
     positive_int("--eval-every", args.eval_every)
     positive_int("--dataset-size", args.dataset_size, high=MAX_DATASET_SIZE)
+    if args.eval_prompts is not None:
+        positive_int("--eval-prompts", args.eval_prompts, high=args.dataset_size)
     positive_int("--d-model", args.d_model)
     positive_int("--layers", args.layers)
     positive_int("--heads", args.heads)
@@ -190,6 +194,7 @@ def train(args, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     task, cfg, model, optimizer, scaler = _build(args)
     prompts_all, _ = task.make_dataset(args.dataset_size, seed=args.seed)
+    eval_prompts = prompts_all if args.eval_prompts is None else prompts_all[:args.eval_prompts]
     data_gen = torch.Generator().manual_seed(args.seed + 1)
     sample_gen = torch.Generator().manual_seed(args.seed + 2)
     generators = {"data": data_gen, "sample": sample_gen}
@@ -243,9 +248,11 @@ def train(args, log=print) -> dict:
             if args.strict:
                 raise RuntimeError(msg)
             log("WARNING " + msg)
-        if step % args.eval_every == 0 or step == args.steps:
-            accuracy = evaluate(model, task, prompts_all)
-        record = {"step": step, "reward": float(rewards.mean()), "accuracy": accuracy, "entropy": res.entropy,
+        evaluated = step % args.eval_every == 0 or step == args.steps
+        if evaluated:
+            accuracy = evaluate(model, task, eval_prompts)
+        record = {"step": step, "reward": float(rewards.mean()), "accuracy": accuracy, "evaluated": evaluated,
+                  "entropy": res.entropy,
                   "loss": res.loss, "grad_norm": res.grad_norm, "loss_scale": res.loss_scale,
                   "skipped": res.skipped, "skipped_total": skipped_total, "sample_s": t1 - t0,
                   "learn_s": t2 - t1, **res.stats, **mism}
@@ -273,6 +280,7 @@ def train(args, log=print) -> dict:
         "mean_abs_dlogp": sum(h["mean_abs_dlogp"] for h in history) / n,
         "frac_tokens_differ": sum(h["frac_tokens_differ"] for h in history) / n,
         "steps_to_95": next((h["step"] for h in history if h["accuracy"] >= 0.95), None),
+        "steps_to_99": next((h["step"] for h in history if h["accuracy"] >= 0.99), None),
         "config": asdict(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
