@@ -7,6 +7,10 @@ grad_a = grad @ b^T and grad_b = a^T @ grad go through the same kernels with
 transposed strides (no copies), and grad_b reduces over the rows in index order
 inside the kernel's K loop, so gradients are deterministic and come back in the
 input dtype.
+
+Custom ops (ops/_custom.py): ``pk::matmul(a, b)`` (2-D rows or batched 3-D),
+``pk::linear(x, weight, bias)`` (2-D rows) and their ``pk::matmul_backward`` /
+``pk::linear_backward``; the public functions merge leading dims into rows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import triton
 from .. import profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
 from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
+from ._custom import op_name
 
 # Engine split-K chunks are rounded up to a multiple of this many K elements.
 ENGINE_K_ALIGN = 16
@@ -37,7 +42,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, spli
     out = torch.empty((m, n), dtype=a.dtype, device=a.device)
     if m == 0 or n == 0:
         return out
-    cfg = profiles.matmul_config(a.dtype)
+    cfg = profiles.matmul_config(a.dtype, m=m)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
     # The kernel reads the bias with unit stride: a strided bias (N elements) is copied here.
@@ -71,56 +76,111 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
     return out
 
 
-class _Linear(torch.autograd.Function):
-    """x (M, K) @ B (K, N) + bias, the 2-D form behind matmul and linear.
-
-    ``w`` is B itself (matmul) or, when ``w_is_nk``, a linear weight (N, K) read
-    transposed through its strides; its gradient then comes back as (N, K) directly.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, bias, w_is_nk):
-        ctx.table = profiles.table_backend()
-        ctx.w_is_nk = w_is_nk
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, w)
-        return _mm(x, w.mT if w_is_nk else w, bias, splits=profiles.engine_splits_for(x.shape[0]))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        grad_x = grad_w = grad_bias = None
-        # Matched profile, the forward's tile table. Row reductions (grad_w, grad_bias)
-        # are the kernel's K loop: fp32, in row order.
-        with profiles.use_profile("matched"), profiles.config_backend(ctx.table):
-            if ctx.needs_input_grad[0]:
-                grad_x = _mm(grad, w if ctx.w_is_nk else w.mT)          # (M, N) @ (N, K)
-            if ctx.needs_input_grad[1]:
-                grad_w = _mm(grad.mT, x) if ctx.w_is_nk else _mm(x.mT, grad)   # (N, K) or (K, N)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                # Column sums of grad through the same kernel: ones (1, M) @ grad (stride-0 ones, no copy).
-                ones = torch.ones((), dtype=grad.dtype, device=grad.device).expand(1, grad.shape[0])
-                grad_bias = _mm(ones, grad).reshape(-1)
-        return grad_x, grad_w, grad_bias, None
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
 
-class _BatchedMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        ctx.table = profiles.table_backend()
-        ctx.save_for_backward(a, b)
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b, 2-D or batched, in the active profile's tiles and no split (the backward's products)."""
+    return _bmm(a, b) if a.dim() == 3 else _mm(a, b)
+
+
+@torch.library.custom_op(op_name("matmul"), mutates_args=())
+def _matmul_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) @ b (K, N), or batched a (B, M, K) @ b (B, K, N), in the active profile (engine split-K at small M)."""
+    if a.dim() == 3:
         return _bmm(a, b, splits=profiles.engine_splits_for(a.shape[1]))
+    return _mm(a, b, None, splits=profiles.engine_splits_for(a.shape[0]))
 
-    @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        grad_a = grad_b = None
-        with profiles.use_profile("matched"), profiles.config_backend(ctx.table):
-            if ctx.needs_input_grad[0]:
-                grad_a = _bmm(grad, b.mT)
-            if ctx.needs_input_grad[1]:
-                grad_b = _bmm(a.mT, grad)
-        return grad_a, grad_b
+
+@_matmul_op.register_fake
+def _(a, b):
+    return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+
+@torch.library.custom_op(op_name("matmul_backward"), mutates_args=())
+def _matmul_backward_op(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, table: str,
+                        need_a: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad @ b^T, a^T @ grad) in the matched profile on tile table ``table``; an unneeded one is empty.
+
+    The products read the transposes through their strides (no copies); a^T @ grad reduces over
+    the rows in index order inside the kernel's K loop.
+    """
+    with profiles.use_profile("matched"), profiles.config_backend(table):
+        grad_a = _product(grad, b.mT) if need_a else a.new_empty(0)
+        grad_b = _product(a.mT, grad) if need_b else b.new_empty(0)
+    return grad_a, grad_b
+
+
+@_matmul_backward_op.register_fake
+def _(grad, a, b, table, need_a, need_b):
+    return a.new_empty(a.shape if need_a else 0), b.new_empty(b.shape if need_b else 0)
+
+
+def _matmul_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+    ctx.table = profiles.table_backend()
+
+
+def _matmul_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    need_a, need_b = ctx.needs_input_grad
+    grad_a, grad_b = torch.ops.pk.matmul_backward(grad, a, b, ctx.table, need_a, need_b)
+    return (grad_a if need_a else None), (grad_b if need_b else None)
+
+
+_matmul_op.register_autograd(_matmul_backward, setup_context=_matmul_setup_context)
+
+
+@torch.library.custom_op(op_name("linear"), mutates_args=())
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias (N,), weight read transposed through its strides; active profile."""
+    return _mm(x, weight.mT, bias, splits=profiles.engine_splits_for(x.shape[0]))
+
+
+@_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op(op_name("linear_backward"), mutates_args=())
+def _linear_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, table: str, need_x: bool,
+                        need_weight: bool, need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad @ weight, grad^T @ x, column sums of grad) in the matched profile on ``table``; unneeded ones empty.
+
+    The weight gradient comes back as (N, K) directly; the row reductions (weight and bias
+    gradients) are the kernel's K loop: fp32, in row order.
+    """
+    with profiles.use_profile("matched"), profiles.config_backend(table):
+        grad_x = _mm(grad, weight) if need_x else x.new_empty(0)                  # (M, N) @ (N, K)
+        grad_w = _mm(grad.mT, x) if need_weight else weight.new_empty(0)          # (N, M) @ (M, K)
+        grad_bias = grad.new_empty(0)
+        if need_bias:
+            # Column sums of grad through the same kernel: ones (1, M) @ grad (stride-0 ones, no copy).
+            ones = torch.ones((), dtype=grad.dtype, device=grad.device).expand(1, grad.shape[0])
+            grad_bias = _mm(ones, grad).reshape(-1)
+    return grad_x, grad_w, grad_bias
+
+
+@_linear_backward_op.register_fake
+def _(grad, x, weight, table, need_x, need_weight, need_bias):
+    return (x.new_empty(x.shape if need_x else 0), weight.new_empty(weight.shape if need_weight else 0),
+            grad.new_empty(grad.shape[1] if need_bias else 0))
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.table = profiles.table_backend()
+
+
+def _linear_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_bias = ctx.needs_input_grad
+    grad_x, grad_w, grad_bias = torch.ops.pk.linear_backward(grad, x, weight, ctx.table, need_x, need_w, need_bias)
+    return (grad_x if need_x else None), (grad_w if need_w else None), (grad_bias if need_bias else None)
+
+
+_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 def _check_pair(a_name: str, a, b_name: str, b) -> torch.dtype:
@@ -154,8 +214,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"a batched b (B, K, N) needs a of shape (B, M, K), got a {tuple(a.shape)}")
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"batch sizes differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
-        return _BatchedMatmul.apply(a, b)
-    out = _Linear.apply(_rows(a), b, None, False)
+        return torch.ops.pk.matmul(a, b)
+    out = torch.ops.pk.matmul(_rows(a), b)
     return out.reshape(*a.shape[:-1], b.shape[1])
 
 
@@ -178,5 +238,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                          f"weight is {tuple(weight.shape)} (K={weight.shape[1]})")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    out = _Linear.apply(_rows(x), weight, bias, True)
+    out = torch.ops.pk.linear(_rows(x), weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0])

@@ -24,11 +24,11 @@ import math
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
 from ._common import check_float, kernel_view, kind, launch
+from ._custom import fp32_value, op_name
 
 
 def _check_scale(scale) -> float:
@@ -39,7 +39,7 @@ def _check_scale(scale) -> float:
     if not math.isfinite(s):
         raise ValueError(f"scale must be finite, got {scale!r}")
     # The kernel multiplies by the fp32 value of scale.
-    return float(torch.tensor(s, dtype=torch.float32))
+    return fp32_value(s)
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -79,22 +79,67 @@ def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
     return dx
 
 
-class _Softmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
-        y, row_max, row_sum = _launch_fwd(x2, scale, log)
-        ctx.save_for_backward(x2, row_max, row_sum)
-        ctx.scale, ctx.log = scale, log
-        return y
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: torch.Tensor):
+
+def _softmax_impl(x2: torch.Tensor, scale: float, log: bool):
+    # The kernel multiplies by the fp32 value of scale (rounded here, so eager and compiled agree).
+    return _launch_fwd(x2, fp32_value(scale), log)
+
+
+def _softmax_fake(x2: torch.Tensor, scale: float):
+    rows = x2.shape[0]
+    return (torch.empty_like(x2, memory_format=torch.contiguous_format),
+            x2.new_empty(rows, dtype=torch.float32), x2.new_empty(rows, dtype=torch.float32))
+
+
+@torch.library.custom_op(op_name("softmax"), mutates_args=())
+def _softmax_op(x2: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax(x2 * scale) over the rows of x2 (rows, n) -> (y, row_max, row_sum); the statistics feed the backward."""
+    return _softmax_impl(x2, scale, log=False)
+
+
+@torch.library.custom_op(op_name("log_softmax"), mutates_args=())
+def _log_softmax_op(x2: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log_softmax(x2 * scale) over the rows of x2 (rows, n) -> (y, row_max, row_sum)."""
+    return _softmax_impl(x2, scale, log=True)
+
+
+@torch.library.custom_op(op_name("softmax_backward"), mutates_args=())
+def _softmax_backward_op(dy2: torch.Tensor, x2: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor,
+                         scale: float, log: bool) -> torch.Tensor:
+    """dx of softmax (log=False) or log_softmax (log=True), from x and the forward's row max and sum."""
+    return _launch_bwd(x2, dy2, row_max, row_sum, fp32_value(scale), log)
+
+
+_softmax_op.register_fake(_softmax_fake)
+_log_softmax_op.register_fake(_softmax_fake)
+
+
+@_softmax_backward_op.register_fake
+def _(dy2, x2, row_max, row_sum, scale, log):
+    return torch.empty_like(x2, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x2, scale = inputs
+    _, row_max, row_sum = output
+    ctx.save_for_backward(x2, row_max, row_sum)
+    ctx.scale = scale
+
+
+def _backward(log: bool):
+    def backward(ctx, dy, _d_row_max, _d_row_sum):
         x2, row_max, row_sum = ctx.saved_tensors
         if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             dy = dy.to(torch.float32)
-        dx = _launch_bwd(x2, as_rows(dy), row_max, row_sum, ctx.scale, ctx.log)
-        return dx, None, None
+        dx = torch.ops.pk.softmax_backward(as_rows(dy), x2, row_max, row_sum, ctx.scale, log)
+        return dx, None
+    return backward
+
+
+_softmax_op.register_autograd(_backward(log=False), setup_context=_setup_context)
+_log_softmax_op.register_autograd(_backward(log=True), setup_context=_setup_context)
 
 
 def _apply(x: torch.Tensor, dim: int, scale, log: bool) -> torch.Tensor:
@@ -106,11 +151,12 @@ def _apply(x: torch.Tensor, dim: int, scale, log: bool) -> torch.Tensor:
     if not -ndim <= dim < ndim:
         raise IndexError(f"{name}: dim {dim} is out of range for a tensor with {x.dim()} dimensions")
     s = _check_scale(scale)
+    op = torch.ops.pk.log_softmax if log else torch.ops.pk.softmax
     if x.dim() == 0:
-        return _Softmax.apply(x.reshape(1, 1), s, log).reshape(())
+        return op(x.reshape(1, 1), s)[0].reshape(())
     dim = dim % x.dim()
     moved = x.movedim(dim, -1) if dim != x.dim() - 1 else x
-    y2 = _Softmax.apply(as_rows(moved), s, log)
+    y2 = op(as_rows(moved), s)[0]
     y = y2.reshape(moved.shape)
     return y.movedim(-1, dim) if dim != x.dim() - 1 else y
 
