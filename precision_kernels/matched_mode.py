@@ -588,6 +588,10 @@ class _MatchedDispatchMode(TorchDispatchMode):
             except _Decline as why:
                 self._uncovered(func, args, kwargs, f"fell back to torch: {why}")
                 return func(*args, **kwargs)
+            except (TypeError, ValueError) as why:
+                # pk refused the arguments (shapes, dtypes): torch decides, and raises its own error if any.
+                self._uncovered(func, args, kwargs, f"fell back to torch: pk refused: {why}")
+                return func(*args, **kwargs)
             name = str(func).removeprefix("aten.")
             self.report.served[f"{name} (vector path)" if vector_path else name] += 1
             return out

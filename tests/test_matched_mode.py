@@ -99,6 +99,15 @@ def test_bmm_and_addmm(dtype):
     assert rec.op == "addmm.default" and "beta=0.5" in rec.reason and rec.count == 1
 
 
+def test_arguments_pk_refuses_go_to_torch():
+    a, b = randn((3, 4), torch.float32, 1), randn((4, 5), torch.float16, 2)
+    with pk.matched_mode() as report:
+        with pytest.raises(RuntimeError, match="same dtype"):      # torch's own error, not pk's TypeError
+            torch.mm(a, b)
+    (rec,) = report.uncovered.values()
+    assert rec.op == "mm.default" and "pk refused" in rec.reason
+
+
 def test_matrix_vector_and_dot_products():
     a, v = randn((11, 37), torch.float32, 1), randn((37,), torch.float32, 2)
     with pk.matched_mode() as report:
