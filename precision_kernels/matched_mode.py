@@ -474,7 +474,7 @@ ELEMENTWISE = frozenset({
     "floor_divide", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
     "bitwise_right_shift", "logical_and", "logical_or", "logical_xor", "logical_not", "eq", "ne", "lt",
     "le", "gt", "ge", "isnan", "isinf", "isfinite", "isneginf", "isposinf", "isin", "nan_to_num",
-    "positive", "copysign", "pow",
+    "positive", "copysign",
 })
 # Exact on any dtype: they select values, never round.
 SELECTIONS = frozenset({
@@ -525,15 +525,17 @@ def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
         return "allowed", "view/indexing"
     if name in CREATION or name in COPIES_AND_CASTS:
         return "allowed", "creation/copy/cast"
+    if name in VECTOR_PATH_OPS:
+        if _pow_is_exact(func, args):
+            return "allowed", "elementwise (x * x)"
+        if all(t.device.type != "cpu" for t in inputs):
+            return "allowed", "elementwise (per element on this device)"
+        return "uncovered", "elementwise op outside the vector path (out= variant or broadcast in place)"
     if name in ELEMENTWISE:
         alpha = kwargs.get("alpha", 1)
         if name in ("add", "sub", "rsub") and alpha != 1 and _has_float(inputs):
             return "uncovered", f"{name} with alpha={alpha} (a multiply-add: FMA in one torch path, not the other)"
         return "allowed", "elementwise"
-    if name in VECTOR_PATH_OPS:
-        if all(t.device.type != "cpu" for t in inputs):
-            return "allowed", "elementwise (per element on this device)"
-        return "uncovered", "elementwise op outside the vector path (out= variant or broadcast in place)"
     if name in SELECTIONS:
         return "allowed", "exact selection"
     if not inputs:
