@@ -236,3 +236,83 @@ def test_policy_loss_validates():
         L.policy_loss("ppo", logp, advantages=adv, mask=mask, mu=mu, old_logp=mu, tis_cap=0.0)
     with pytest.raises(ValueError, match="ppo/grpo"):
         L.policy_loss("pg", logp, advantages=adv, mask=mask, mu=mu, tis_cap=2.0)
+
+
+# GSPO on the case with π_old = OLD (ratio "old"): per-sequence mean of π − π_old over sampled tokens
+#   seq 0: mean(0, 0.5) = 0.25 → s_0 = e^0.25 ≈ 1.284;  seq 1: 0.1 → s_1 = e^0.1 ≈ 1.105
+# std-normalised A = [1, −1]; clip range [1 − 3e-4, 1 + 4e-4]:
+#   seq 0: min(s_0·1, 1.0004·1) = 1.0004 → clipped, term −1.0004, no gradient;
+#   seq 1: min(−s_1, −1.0004) = −s_1 → the unclipped term wins, term +s_1, gradient −A s_1 / |y_1| = s_1
+#   on π[1, 0]. Both s_i lie outside the clip range (gspo_clip_frac counts that, as ppo_clip_frac does).
+# With ratio "sampler" (π_den = μ): log s = [0.5, −0.1]; s_0 clipped above (A=1), s_1 = e^−0.1 clipped
+# below (A=−1: min(−0.905, −0.9997) = −0.9997), so both terms are constants.
+E025 = math.exp(0.25)
+
+
+def test_gspo_hand_example_where_the_clip_acts_on_one_sequence():
+    logp, mu, mask, _ = case()
+    adv = torch.tensor([1.0, -1.0])
+    loss = L.gspo_loss(logp, mu, adv, mask, old_logp=OLD, ratio="old")
+    assert loss.item() == pytest.approx((-(1 + 4e-4) + E01) / 2, rel=1e-6)
+    assert close(grad_of(loss, logp), [0.0, 0.0, E01 / 2, 0.0])
+    _, stats = L.policy_loss("gspo", logp, advantages=adv, mask=mask, mu=mu, old_logp=OLD)
+    assert stats["gspo_clip_frac"] == 1.0 and stats["gspo_ratio_max_dev"] == pytest.approx(E025 - 1)
+
+
+def test_gspo_ratio_sampler_clips_both_sequences():
+    logp, mu, mask, _ = case()
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = L.policy_loss("gspo", logp, advantages=adv, mask=mask, mu=mu, ratio="sampler")
+    # Both terms are the fp32 clip bounds themselves (each within 6e-8 of the decimal value).
+    assert loss.item() == pytest.approx((-(1 + 4e-4) + (1 - 3e-4)) / 2, abs=1e-7)
+    assert close(grad_of(loss, logp), [0.0, 0.0, 0.0, 0.0])
+    assert stats["gspo_clip_frac"] == 1.0
+
+
+def test_gspo_unclipped_gradient_is_the_sequence_mean_of_token_gradients():
+    """At π = π_old every s_i = 1: loss −mean(A_i), gradient −A_i / (B |y_i|) on each sampled token."""
+    logp, mu, mask, _ = case()
+    adv = torch.tensor([1.0, -1.0])
+    loss = L.gspo_loss(logp, mu, adv, mask, old_logp=logp.detach())
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert close(grad_of(loss, logp), [-1 / 4, -1 / 4, 1 / 2, 0.0])
+    assert L.uses_std_normalization("gspo")
+
+
+def test_denominator_splits_a_loss_into_summable_parts():
+    """Two halves of a batch, each divided by the whole batch's count, add up to the whole batch's loss."""
+    logp, mu, mask, adv = case()
+    for algo, agg in (("pg", "token-mean"), ("pg", "seq-mean"), ("gspo", "token-mean")):
+        whole, _ = L.policy_loss(algo, logp, advantages=adv, mask=mask, mu=mu, old_logp=OLD, agg=agg)
+        count = 2 if algo == "gspo" or agg == "seq-mean" else 3
+        assert L.count_for("seq-mean" if algo == "gspo" else agg, mask) == count
+        parts = [L.policy_loss(algo, logp[i:i + 1], advantages=adv[i:i + 1], mask=mask[i:i + 1], mu=mu[i:i + 1],
+                               old_logp=OLD[i:i + 1], agg=agg, denominator=count)[0] for i in range(2)]
+        assert (parts[0] + parts[1]).item() == pytest.approx(whole.item(), rel=1e-6), (algo, agg)
+
+
+# KL estimators at π = −1.0, π_ref = −1.5 (δ = π_ref − π = −0.5):
+#   k1 = 0.5, k2 = ½·0.25 = 0.125, k3 = e^−0.5 − 1 + 0.5; d/dπ: k1 1, k2 −δ = 0.5, k3 1 − e^−0.5.
+def test_kl_estimates_and_gradients():
+    em05 = math.exp(-0.5)
+    for est, value, grad in (("k1", 0.5, 1.0), ("k2", 0.125, 0.5), ("k3", em05 - 0.5, 1 - em05)):
+        logp = torch.tensor([-1.0], requires_grad=True)
+        k = L.kl_estimate(logp, torch.tensor([-1.5]), est)
+        assert k.item() == pytest.approx(value, rel=1e-6), est
+        assert grad_of(k.sum(), logp).item() == pytest.approx(grad, rel=1e-6), est
+    with pytest.raises(ValueError, match="estimator"):
+        L.kl_estimate(logp, logp, "k4")
+
+
+def test_kl_k1_goes_into_the_reward_and_k2_k3_into_the_loss():
+    logp, _, mask, _ = case()
+    ref = torch.tensor([[-1.0, -1.0], [-1.0, 50.0]])  # the pad's reference value must not matter
+    # k1 = π_old − π_ref on sampled tokens: [0.5, 0] and [−1.0]; β = 0.1
+    r = L.kl_penalised_rewards(torch.tensor([1.0, 0.0]), logp.detach(), ref, mask, 0.1)
+    assert close(r, [1.0 - 0.05, 0.0 + 0.1])
+    # k2 on sampled tokens: ½δ² with δ = [−0.5, 0, 1.0] → [0.125, 0, 0.5]; token-mean × β = 0.1·0.625/3
+    loss = L.kl_loss(logp, ref, mask, "k2", 0.1)
+    assert loss.item() == pytest.approx(0.1 * 0.625 / 3, rel=1e-6)
+    assert close(grad_of(loss, logp), [0.1 * 0.5 / 3, 0.0, 0.1 * -1.0 / 3, 0.0])
+    with pytest.raises(ValueError, match="reward"):
+        L.kl_loss(logp, ref, mask, "k1", 0.1)
