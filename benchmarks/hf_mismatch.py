@@ -8,7 +8,8 @@ samples ``max_new_tokens`` tokens for a batch of equal-length prompts with
 path, one or a few rows per launch. One forward over prompt + response then rescores the
 same tokens: the learner's path. The columns are those of ``benchmarks.mismatch``
 (rl.metrics, sampler log-probs against learner log-probs of the sampled tokens), plus
-whether prompt 0's forward logits alone equal its logits inside the batch.
+whether prompt 0's forward logits alone equal its logits inside the batch (the fraction of
+its logits that differ), and the seconds generate() + the two forwards took.
 
 Under ``pk.matched_mode()`` both paths must agree bit for bit (zero in every column);
 with torch's own CPU kernels they may differ, more in fp16/bf16 than fp32.
@@ -124,12 +125,12 @@ def measure(name: str, precision: str, matched: bool, *, batch: int = 4, prompt_
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'model':<10} {'precision':<9} {'mode':<8} {'mean|dlogp|':>11} {'max|dlogp|':>10} "
              f"{'tok differ':>10} {'k1':>10} {'k3 (KL)':>10} {'seq k3':>10} {'relRMS lp':>10} {'p99|dp|':>9} "
-             f"{'alone!=batch':>12}"]
+             f"{'alone!=batch':>12} {'seconds':>7}"]
     for r in rows:
         lines.append(f"{r['model']:<10} {r['precision']:<9} {r['mode']:<8} {r['mean_abs_dlogp']:>11.3g} "
                      f"{r['max_abs_dlogp']:>10.3g} {r['frac_tokens_differ']:>10.2%} {r['k1']:>10.2e} "
                      f"{r['k3']:>10.2e} {r['seq_k3']:>10.2e} {r['rel_rms_logp']:>10.3g} {r['dp_p99']:>9.2e} "
-                     f"{r['alone_vs_batch_logits_differ']:>12.2%}")
+                     f"{r['alone_vs_batch_logits_differ']:>12.2%} {r['seconds']:>7.2f}")
     return "\n".join(lines)
 
 
