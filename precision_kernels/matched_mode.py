@@ -465,6 +465,8 @@ CREATION = frozenset({
 COPIES_AND_CASTS = frozenset({
     "clone", "copy", "_to_copy", "to", "_copy_from", "_copy_from_and_resize", "cat", "stack",
     "constant_pad_nd", "masked_fill", "where", "_has_compatible_shallow_copy_type", "record_stream",
+    # checks that compute nothing
+    "_assert_async", "_assert_scalar", "_functional_assert_async", "equal", "is_same_size",
 })
 # Correctly rounded (one rounding, no FMA) or exact, elementwise.
 ELEMENTWISE = frozenset({
