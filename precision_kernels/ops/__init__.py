@@ -1,7 +1,9 @@
-"""Autograd Functions and public functions: validate, pick a config, launch, return.
+"""Public functions and the torch.library custom ops behind them: validate, pick a config, launch, return.
 
 One module per kernel family (a package rather than DESIGN.md's single ops.py, so
-families can be worked on independently).
+families can be worked on independently). Every public op is a custom op in namespace
+``pk`` (``torch.ops.pk.<name>``) with a fake implementation and a registered autograd
+formula; ops/_custom.py describes the pattern.
 """
 
 from .layer_norm import layer_norm

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import backend
+from ._custom import fp32_value
 
 # tl.dot on native operands only when compiled: the interpreter's tl.dot (OpenBLAS) depends on
 # an element's position in the tile and mis-multiplies bf16.
@@ -131,12 +132,14 @@ def check_temperature(temperature) -> float:
             pass
     if t is None:
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
-    t32 = torch.tensor(t, dtype=torch.float32)
-    inv32 = torch.reciprocal(t32)
-    if not (bool(torch.isfinite(t32)) and float(t32) > 0.0 and bool(torch.isfinite(inv32)) and float(inv32) > 0.0):
+    # Pure Python (no tensors), so the wrappers stay traceable by torch.compile. 1/T32 is divided
+    # in double and rounded once to float32: for float32 operands that equals float32 division.
+    t32 = fp32_value(t)
+    inv32 = fp32_value(1.0 / t32) if t32 != 0.0 else math.copysign(math.inf, t32)
+    if not (math.isfinite(t32) and t32 > 0.0 and math.isfinite(inv32) and inv32 > 0.0):
         raise ValueError(f"temperature must have a float32 value T and a float32 1/T that are both finite and > 0, "
-                         f"got {temperature!r} (float32 T = {float(t32)!r}, 1/T = {float(inv32)!r})")
-    return float(t32)
+                         f"got {temperature!r} (float32 T = {t32!r}, 1/T = {inv32!r})")
+    return t32
 
 
 def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> torch.Tensor:

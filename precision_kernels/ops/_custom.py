@@ -64,6 +64,7 @@ def fp32_value(x: float) -> float:
     Equal to ``float(torch.tensor(x, dtype=torch.float32))`` for every input, overflow to
     +-inf and NaN included.
     """
+    x = float(x)
     if math.isnan(x) or math.isinf(x):
         return x
     if abs(x) >= _FP32_OVERFLOW:

@@ -1,4 +1,8 @@
-"""pk.layer_norm: LayerNorm over the last dimension, fp32 statistics, output in x's dtype."""
+"""pk.layer_norm: LayerNorm over the last dimension, fp32 statistics, output in x's dtype.
+
+Custom ops (ops/_custom.py): ``pk::layer_norm(x2, weight, bias, eps) -> (y, mean, rstd)`` on
+rows and ``pk::layer_norm_backward``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ import numbers
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
 from ..kernels.norm import col_sum_kernel
 from ._common import check_float, kernel_view, kind, launch
+from ._custom import fp32_value, op_name
 from .softmax import as_rows
 
 
@@ -68,25 +72,60 @@ def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_
     return dx, dw, db
 
 
-class _LayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
-        y, mean, rstd = _launch_fwd(x2, weight, bias, eps)
-        ctx.save_for_backward(x2, weight, mean, rstd)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: torch.Tensor):
-        x2, weight, mean, rstd = ctx.saved_tensors
-        if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            dy = dy.to(torch.float32)
-        want_dw = weight is not None and ctx.needs_input_grad[1]
-        want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
-        dx, dw, db = _launch_bwd(x2, weight, as_rows(dy), mean, rstd, want_dw, want_db, ctx.bias_dtype)
-        return dx, dw, db, None
+
+@torch.library.custom_op(op_name("layer_norm"), mutates_args=())
+def _layer_norm_op(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm of the rows of x2 (rows, n) -> (y, mean, rstd); mean and rstd (fp32, per row) feed the backward."""
+    return _launch_fwd(x2, weight, bias, fp32_value(eps))
+
+
+@_layer_norm_op.register_fake
+def _(x2, weight, bias, eps):
+    rows = x2.shape[0]
+    return x2.new_empty(x2.shape), x2.new_empty(rows, dtype=torch.float32), x2.new_empty(rows, dtype=torch.float32)
+
+
+@torch.library.custom_op(op_name("layer_norm_backward"), mutates_args=())
+def _layer_norm_backward_op(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
+                            rstd: torch.Tensor, bias_dtype: torch.dtype | None, need_weight: bool,
+                            need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias); dweight/dbias are empty when not needed (or absent), else in weight's / bias_dtype."""
+    want_dw = weight is not None and need_weight
+    want_db = bias_dtype is not None and need_bias
+    dx, dw, db = _launch_bwd(x2, weight, dy2, mean, rstd, want_dw, want_db, bias_dtype)
+    return (dx, dw if want_dw else x2.new_empty(0), db if want_db else x2.new_empty(0))
+
+
+@_layer_norm_backward_op.register_fake
+def _(dy2, x2, weight, mean, rstd, bias_dtype, need_weight, need_bias):
+    n = x2.shape[1]
+    dw = weight.new_empty(n) if weight is not None and need_weight else x2.new_empty(0)
+    db = x2.new_empty(n, dtype=bias_dtype) if bias_dtype is not None and need_bias else x2.new_empty(0)
+    return x2.new_empty(x2.shape), dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    x2, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x2, weight, mean, rstd)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, dy, _d_mean, _d_rstd):
+    x2, weight, mean, rstd = ctx.saved_tensors
+    if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        dy = dy.to(torch.float32)
+    want_dw = weight is not None and ctx.needs_input_grad[1]
+    want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
+    dx, dw, db = torch.ops.pk.layer_norm_backward(as_rows(dy), x2, weight, mean, rstd, ctx.bias_dtype,
+                                                  want_dw, want_db)
+    return dx, (dw if want_dw else None), (db if want_db else None), None
+
+
+_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_affine(name: str, t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
@@ -122,8 +161,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     e = float(eps)
     if not (math.isfinite(e) and e >= 0.0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    e32 = float(torch.tensor(e, dtype=torch.float32))
+    e32 = fp32_value(e)
     if not math.isfinite(e32):
         raise ValueError(f"eps must be finite in fp32, got {eps!r}")
-    y2 = _LayerNorm.apply(as_rows(x), w, b, e32)
+    y2 = torch.ops.pk.layer_norm(as_rows(x), w, b, e32)[0]
     return y2.reshape(x.shape)

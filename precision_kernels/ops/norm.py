@@ -1,4 +1,8 @@
-"""pk.rms_norm: RMSNorm over the last dimension, fp32 statistics, output in x's dtype."""
+"""pk.rms_norm: RMSNorm over the last dimension, fp32 statistics, output in x's dtype.
+
+Custom ops (ops/_custom.py): ``pk::rms_norm(x2, weight, eps) -> (y, rstd)`` on rows and
+``pk::rms_norm_backward``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import math
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
 from ._common import check_device, check_float, kernel_view, kind, launch
+from ._custom import fp32_value, op_name
 from .softmax import as_rows
 
 
@@ -47,21 +51,46 @@ def _launch_bwd(x2, weight, dy2, rstd):
     return dx, dw
 
 
-class _RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y, rstd = _launch_fwd(x2, weight, eps)
-        ctx.save_for_backward(x2, weight, rstd)
-        return y
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: torch.Tensor):
-        x2, weight, rstd = ctx.saved_tensors
-        if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            dy = dy.to(torch.float32)
-        dx, dw = _launch_bwd(x2, weight, as_rows(dy), rstd)
-        return dx, dw, None
+
+@torch.library.custom_op(op_name("rms_norm"), mutates_args=())
+def _rms_norm_op(x2: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of the rows of x2 (rows, n) -> (y, rstd); rstd (fp32, one per row) feeds the backward."""
+    return _launch_fwd(x2, weight, fp32_value(eps))
+
+
+@_rms_norm_op.register_fake
+def _(x2, weight, eps):
+    return x2.new_empty(x2.shape), x2.new_empty(x2.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op(op_name("rms_norm_backward"), mutates_args=())
+def _rms_norm_backward_op(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
+                          rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx in x's dtype, dweight in weight's dtype) from x, weight and the forward's rstd."""
+    return _launch_bwd(x2, weight, dy2, rstd)
+
+
+@_rms_norm_backward_op.register_fake
+def _(dy2, x2, weight, rstd):
+    return x2.new_empty(x2.shape), weight.new_empty(weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output):
+    x2, weight, _ = inputs
+    ctx.save_for_backward(x2, weight, output[1])
+
+
+def _backward(ctx, dy, _d_rstd):
+    x2, weight, rstd = ctx.saved_tensors
+    if dy.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        dy = dy.to(torch.float32)
+    dx, dw = torch.ops.pk.rms_norm_backward(as_rows(dy), x2, weight, rstd)
+    return dx, dw, None
+
+
+_rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -89,5 +118,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     if not (math.isfinite(e) and e >= 0.0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     w = weight if weight.is_contiguous() else weight.contiguous()
-    y2 = _RMSNorm.apply(as_rows(x), w, float(torch.tensor(e, dtype=torch.float32)))
+    y2 = torch.ops.pk.rms_norm(as_rows(x), w, fp32_value(e))[0]
     return y2.reshape(x.shape)

@@ -1,4 +1,4 @@
-"""pk.round_to: owned round-to-nearest-even downcast (invariant I4)."""
+"""pk.round_to: owned round-to-nearest-even downcast (invariant I4); custom op ``pk::round_to(x, dtype)``."""
 
 from __future__ import annotations
 
@@ -8,28 +8,40 @@ import triton
 from .. import backend
 from ..kernels.rounding import round_to_kernel
 from ._common import check_device, kind, launch
+from ._custom import op_name
 
 # Elements per program: one tile op is one numpy call under the interpreter, so its
 # programs are made large; on GPU a 1024-wide block keeps every SM busy.
 _BLOCK = 1 << 16 if backend.INTERPRETED else 1024
 
 
-class _RoundTo(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # The kernel walks a flat buffer, so strided input is copied once here.
-        flat = x.contiguous()
-        out = torch.empty(x.shape, dtype=dtype, device=x.device)
-        n = flat.numel()
-        if n:
-            launch(round_to_kernel, (triton.cdiv(n, _BLOCK),), flat, out.view(torch.int16), n,
-                   OUT_KIND=kind(dtype), BLOCK=_BLOCK)
-        return out
+# ---- custom op (pattern: ops/_custom.py) ----------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        # Straight-through: rounding is treated as the identity, gradient kept in fp32.
-        return grad.to(torch.float32), None
+
+@torch.library.custom_op(op_name("round_to"), mutates_args=())
+def _round_to_op(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 x -> dtype (fp16 or bf16), round to nearest even; a new contiguous tensor of x's shape."""
+    # The kernel walks a flat buffer, so strided input is copied once here.
+    flat = x.contiguous()
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    n = flat.numel()
+    if n:
+        launch(round_to_kernel, (triton.cdiv(n, _BLOCK),), flat, out.view(torch.int16), n,
+               OUT_KIND=kind(dtype), BLOCK=_BLOCK)
+    return out
+
+
+@_round_to_op.register_fake
+def _(x, dtype):
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _backward(ctx, grad):
+    # Straight-through: rounding is treated as the identity, gradient kept in fp32 (no kernel).
+    return grad.to(torch.float32), None
+
+
+_round_to_op.register_autograd(_backward)
 
 
 def round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -47,4 +59,4 @@ def round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return x
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
-    return _RoundTo.apply(x, dtype)
+    return torch.ops.pk.round_to(x, dtype)

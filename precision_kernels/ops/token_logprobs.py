@@ -9,14 +9,16 @@ inside the kernel.
 
 A row whose logits are all -inf gives log-prob -inf, entropy 0 and a zero gradient; a row
 with a NaN or +inf logit gives NaN (as torch's log_softmax does). Token ids are range-checked
-inside the autograd Function (the check reads the data), before any kernel reads at them.
+inside the custom op's implementation (the check reads the data), before any kernel reads at them.
+
+Custom ops (ops/_custom.py): ``pk::token_logprobs(logits2, tokens, temperature, with_entropy)
+-> (logprob, entropy, row_max, row_sum)`` on rows and ``pk::token_logprobs_backward``.
 """
 
 from __future__ import annotations
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
 from .. import profiles
 from ..kernels.token_logprobs import token_logprobs_bwd_kernel, token_logprobs_fwd_kernel
@@ -30,50 +32,92 @@ from ._common import (
     launch,
     logprob_outputs,
 )
+from ._custom import fp32_value, op_name
 from .softmax import as_rows
 
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
-class _TokenLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits2: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
-        rows, n = logits2.shape
-        check_token_range("tokens", tokens, n)
-        logprob, entropy, row_max, row_sum = logprob_outputs(rows, with_entropy, logits2.device)
-        if rows:
-            cfg = profiles.row_config(logits2.dtype)
-            launch(token_logprobs_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
-                   kernel_view(logits2), tokens, logprob, entropy if with_entropy else logprob, row_max, row_sum,
-                   rows, n, logits2.stride(0), temperature,
-                   config=cfg, KIND=kind(logits2.dtype), WITH_ENTROPY=with_entropy,
-                   BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
-        ctx.save_for_backward(logits2, tokens, row_max, row_sum, entropy)
-        ctx.temperature, ctx.with_entropy = temperature, with_entropy
-        ctx.set_materialize_grads(False)
-        if with_entropy:
-            return logprob, entropy
-        return logprob
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_logprob, g_entropy=None):
-        logits2, tokens, row_max, row_sum, entropy = ctx.saved_tensors
-        rows, n = logits2.shape
-        if g_logprob is None and g_entropy is None:
-            return None, None, None, None
-        dev = logits2.device
-        g_logprob = (torch.zeros(rows, dtype=torch.float32, device=dev) if g_logprob is None
-                     else g_logprob.to(torch.float32).contiguous())
-        has_g_entropy = ctx.with_entropy and g_entropy is not None
-        g_entropy = g_entropy.to(torch.float32).contiguous() if has_g_entropy else g_logprob
-        dlogits = torch.empty((rows, n), dtype=logits2.dtype, device=dev)
-        if rows and n:
-            cfg = profiles.row_config(logits2.dtype)
-            launch(token_logprobs_bwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
-                   kernel_view(logits2), tokens, g_logprob, g_entropy, entropy if has_g_entropy else g_logprob,
-                   row_max, row_sum, kernel_view(dlogits), rows, n, logits2.stride(0), ctx.temperature,
-                   config=cfg, KIND=kind(logits2.dtype), HAS_G_ENTROPY=has_g_entropy,
-                   BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
-        return dlogits, None, None, None
+@torch.library.custom_op(op_name("token_logprobs"), mutates_args=())
+def _token_logprobs_op(logits2: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                       with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of logits2 (rows, V), int64 ids (rows,) -> (logprob, entropy, row_max, row_sum), all fp32.
+
+    entropy is empty without ``with_entropy``; row_max and row_sum feed the backward. The ids'
+    range is checked here (it reads the data), before any kernel reads memory at them.
+    """
+    rows, n = logits2.shape
+    temperature = check_temperature(temperature)
+    check_token_range("tokens", tokens, n)
+    logprob, entropy, row_max, row_sum = logprob_outputs(rows, with_entropy, logits2.device)
+    if rows:
+        cfg = profiles.row_config(logits2.dtype)
+        launch(token_logprobs_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+               kernel_view(logits2), tokens, logprob, entropy if with_entropy else logprob, row_max, row_sum,
+               rows, n, logits2.stride(0), temperature,
+               config=cfg, KIND=kind(logits2.dtype), WITH_ENTROPY=with_entropy,
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
+    return logprob, entropy, row_max, row_sum
+
+
+@_token_logprobs_op.register_fake
+def _(logits2, tokens, temperature, with_entropy):
+    rows = logits2.shape[0]
+
+    def buffer(n):
+        return logits2.new_empty(n, dtype=torch.float32)
+
+    return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
+
+
+@torch.library.custom_op(op_name("token_logprobs_backward"), mutates_args=())
+def _token_logprobs_backward_op(logits2: torch.Tensor, tokens: torch.Tensor, g_logprob: torch.Tensor,
+                                g_entropy: torch.Tensor | None, entropy: torch.Tensor, row_max: torch.Tensor,
+                                row_sum: torch.Tensor, temperature: float) -> torch.Tensor:
+    """dlogits (the logits' dtype) from fp32 g_logprob (rows,) and, when not None, g_entropy (rows,)."""
+    rows, n = logits2.shape
+    has_g_entropy = g_entropy is not None
+    g_logprob = g_logprob.to(torch.float32).contiguous()
+    g_entropy = g_entropy.to(torch.float32).contiguous() if has_g_entropy else g_logprob
+    dlogits = torch.empty((rows, n), dtype=logits2.dtype, device=logits2.device)
+    if rows and n:
+        cfg = profiles.row_config(logits2.dtype)
+        launch(token_logprobs_bwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
+               kernel_view(logits2), tokens, g_logprob, g_entropy, entropy if has_g_entropy else g_logprob,
+               row_max, row_sum, kernel_view(dlogits), rows, n, logits2.stride(0), fp32_value(temperature),
+               config=cfg, KIND=kind(logits2.dtype), HAS_G_ENTROPY=has_g_entropy,
+               BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
+    return dlogits
+
+
+@_token_logprobs_backward_op.register_fake
+def _(logits2, tokens, g_logprob, g_entropy, entropy, row_max, row_sum, temperature):
+    return logits2.new_empty(logits2.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    logits2, tokens, temperature, with_entropy = inputs
+    _, entropy, row_max, row_sum = output
+    ctx.save_for_backward(logits2, tokens, row_max, row_sum, entropy)
+    ctx.temperature, ctx.with_entropy = temperature, with_entropy
+    # An output nobody differentiates arrives as None (not zeros), so its term is left out exactly.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, g_logprob, g_entropy, _d_row_max, _d_row_sum):
+    logits2, tokens, row_max, row_sum, entropy = ctx.saved_tensors
+    if not ctx.with_entropy:
+        g_entropy = None
+    if g_logprob is None and g_entropy is None:
+        return None, None, None, None
+    if g_logprob is None:
+        g_logprob = torch.zeros(logits2.shape[0], dtype=torch.float32, device=logits2.device)
+    dlogits = torch.ops.pk.token_logprobs_backward(logits2, tokens, g_logprob, g_entropy, entropy, row_max, row_sum,
+                                                   ctx.temperature)
+    return dlogits, None, None, None
+
+
+_token_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
@@ -96,9 +140,8 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
     ids = check_token_ids("tokens", tokens, logits.shape[:-1])
-    out = _TokenLogprobs.apply(as_rows(logits), ids, t32, return_entropy)
+    logprob, entropy, _, _ = torch.ops.pk.token_logprobs(as_rows(logits), ids, t32, return_entropy)
     lead = logits.shape[:-1]
     if return_entropy:
-        logprob, entropy = out
         return logprob.reshape(lead), entropy.reshape(lead)
-    return out.reshape(lead)
+    return logprob.reshape(lead)
