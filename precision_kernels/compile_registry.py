@@ -167,7 +167,7 @@ def _register_lm_head(table: dict) -> None:
                    for splits in (1, engine_config().splits) for ent in (False, True) for mode in (0, 1)]
         register(
             table, f"lm_head_{name}", lm_head_kernel,
-            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "uniform_ptr": "*fp32",
+            signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "seeds_ptr": "*i64",
                        "logprob_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
                        "M": "i32", "V": "i32", "K": "i32", "k_chunk": "i32", "stride_hm": "i64", "stride_hk": "i64",
                        "stride_wv": "i64", "stride_wk": "i64", "temperature": "fp32"},

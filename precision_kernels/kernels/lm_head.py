@@ -18,6 +18,18 @@ Per program, BLOCK_M rows walk the vocabulary in BLOCK_V-wide blocks in index or
    ``z + gumbel`` (ties go to the lowest index) and picks the winner's z with the
    same ``pick_target``. Both finish with ``token_logprob_finish``.
 
+Seeded noise (SAMPLE). The Gumbel noise of (row r, vocab column v) is a pure function of
+(seeds[r], v), so a row draws the same token whatever else shares the launch (I2):
+
+* ``philox_bits``: Triton's counter-based ``tl.randint``, i.e. word 0 of Philox4x32-10
+  with counter (v, 0, 0, 0) and key (low 32 bits of the seed, high 32 bits) -- the
+  published generator (Salmon et al. 2011; Random123's known answers hold,
+  tests/test_philox.py);
+* ``open_uniform``: its top 23 bits k give u = (2k + 1) / 2^24, every step exact in fp32
+  (k < 2^23 converts exactly; *2 + 1 and * 2^-24 are exact), so u lies in
+  [2^-24, 1 - 2^-24]: never 0 or 1, and ``-log(-log(u))`` is finite (in [-2.82, 16.64]).
+  (``tl.rand`` is not used: it rounds a 31-bit integer to fp32 and can return exactly 0.)
+
 SAMPLE always writes an id in [0, V): a row whose logits are all -inf (no mass) gets
 token 0 with log-prob -inf, a row with a NaN or +inf logit gets token 0 with log-prob NaN.
 
@@ -26,6 +38,7 @@ recomputes the logits tiles the same way and writes d(loss)/d(logits) for one vo
 chunk, which the op multiplies out with the matmul kernels.
 """
 
+import triton
 import triton.language as tl
 
 from .lse import (
@@ -50,8 +63,21 @@ MATMUL_OPERANDS = ("h_ptr", "w_ptr", "K", "k_chunk", "stride_hm", "stride_hk", "
                    "temperature")
 
 
+@triton.jit
+def philox_bits(seeds, cols):
+    """(rows, cols) uint32: Philox4x32-10 word 0 for counter (col, 0, 0, 0), key (seed & 0xffffffff, seed >> 32)."""
+    return tl.randint(seeds[:, None], cols[None, :])
+
+
+@triton.jit
+def open_uniform(bits):
+    """uint32 -> fp32 u = (2 * (bits >> 9) + 1) * 2^-24 in [2^-24, 1 - 2^-24]: exact, never 0 or 1."""
+    k = (bits >> 9).to(tl.int32).to(tl.float32)  # < 2^23: exact
+    return (k * 2.0 + 1.0) * 5.9604644775390625e-08  # 2^-24; exact with or without FMA contraction
+
+
 @row_kernel(keep_alignment=MATMUL_OPERANDS)
-def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
+def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
                    M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
                    MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
                    WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -67,6 +93,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_p
     else:
         target = tl.zeros((BLOCK_M,), tl.int64)
         best_key = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        seeds = tl.load(seeds_ptr + rows, mask=row_mask, other=0)
     for block in range(0, tl.cdiv(V, BLOCK_V)):
         pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
         # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
@@ -79,8 +106,8 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, uniform_ptr, logprob_ptr, entropy_p
         # the shared online log-sum-exp
         run_max, run_sum, run_dot = lse_block_update(run_max, run_sum, run_dot, z, mask, WITH_ENTROPY)
         if MODE == 1:
-            # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u ~ U[0, 1) from the torch generator
-            u = tl.load(uniform_ptr + rows[:, None] * V + cols[None, :], mask=mask, other=0.5)
+            # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u a function of (seed of the row, column)
+            u = open_uniform(philox_bits(seeds, cols))
             key = tl.where(mask, z - tl.log(-tl.log(u)), float("-inf"))
             block_best = tl.max(key, axis=1)
             block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], 2147483647), axis=1)

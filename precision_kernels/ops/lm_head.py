@@ -20,6 +20,7 @@ from .. import profiles
 from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
 from ._common import (
     NATIVE_DOT,
+    check_device,
     check_float,
     check_same_dtype,
     check_temperature,
@@ -55,7 +56,7 @@ def _check_head(hidden: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError("weight has an empty vocabulary")
 
 
-def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, uniform: torch.Tensor | None,
+def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, seeds: torch.Tensor | None,
             temperature: float, mode: int, with_entropy: bool):
     m, k = h2.shape
     v = weight.shape[0]
@@ -67,7 +68,7 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, unifor
         grid = (triton.cdiv(m, cfg.block_m),)
         launch(
             lm_head_kernel, grid,
-            hv, wv, tokens, uniform if uniform is not None else logprob, logprob,
+            hv, wv, tokens, seeds if seeds is not None else tokens, logprob,
             entropy if with_entropy else logprob, row_max, row_sum,
             m, v, k, _k_chunk(k, splits), hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
             float(temperature),
@@ -148,29 +149,60 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
     return _LinearLogprobs.apply(hidden, weight, tokens, temperature, bool(return_entropy))
 
 
-@torch.no_grad()
-def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused SAMPLE mode: draw one token per row from softmax(hidden @ weight^T / T) by Gumbel-max.
+def _check_seeds(seeds: object, leading_shape: torch.Size) -> torch.Tensor:
+    """Per-row seeds: an int64 tensor of shape ``leading_shape`` on the backend's device -> flat, contiguous."""
+    if not isinstance(seeds, torch.Tensor):
+        raise TypeError(f"seeds must be a torch.Tensor of int64 seeds (one per row), got {type(seeds).__name__}")
+    if seeds.dtype != torch.int64:
+        raise TypeError(f"seeds must be int64 (one seed per row), got {seeds.dtype}")
+    check_device("seeds", seeds)
+    if seeds.shape != leading_shape:
+        raise ValueError(f"seeds has shape {tuple(seeds.shape)}, expected one seed per row: {tuple(leading_shape)}")
+    return seeds.reshape(-1).contiguous()
 
-    The noise comes from ``generator`` (uniforms, turned into Gumbel noise in the
-    kernel) and is added to the same fp32 values ``logit / T`` that the log-sum-exp
-    sees. Returns ``(tokens int64 (...), logprobs fp32 (...))``; each log-prob is
-    bitwise the one ``linear_logprobs`` gives for that token (I5). Every id is in [0, V):
-    a row whose logits are all -inf gets token 0 with log-prob -inf, a row with a NaN or
-    +inf logit (no distribution to sample) token 0 with log-prob NaN.
-    """
-    _check_head(hidden, weight)
-    temperature = check_temperature(temperature)
+
+def _seeds_from_generator(generator: torch.Generator | None, rows: int, device: torch.device) -> torch.Tensor:
+    """One int64 seed per row drawn from ``generator`` (torch's default generator when None)."""
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if generator.device.type != hidden.device.type:
-            raise ValueError(f"generator is on {generator.device}, hidden on {hidden.device}")
+        if generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device}, hidden on {device}")
+    return torch.randint(-(2**63), 2**63 - 1, (rows,), generator=generator, dtype=torch.int64, device=device)
+
+
+@torch.no_grad()
+def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0, *,
+                  seeds: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused SAMPLE mode: draw one token per row from softmax(hidden @ weight^T / T) by Gumbel-max.
+
+    The Gumbel noise of (row r, vocab column v) is a pure function of (seeds[r], v),
+    computed in the kernel with counter-based Philox4x32-10 (kernels/lm_head.py), and is
+    added to the same fp32 values ``logit / T`` that the log-sum-exp sees. So a row with a
+    given seed draws the same token, and reports the same log-prob, alone or inside any
+    batch in any order, and no (rows x V) buffer is ever allocated.
+
+    ``seeds``: int64, shape ``hidden.shape[:-1]`` (one seed per row), on the backend's
+    device. Without ``seeds``, one seed per row is drawn from ``generator`` (a
+    ``torch.Generator`` on the backend's device; torch's default generator when None).
+    Passing both is an error.
+
+    Returns ``(tokens int64 (...), logprobs fp32 (...))``; each log-prob is bitwise the
+    one ``linear_logprobs`` gives for that token (I5). Every id is in [0, V): a row whose
+    logits are all -inf gets token 0 with log-prob -inf, a row with a NaN or +inf logit
+    (no distribution to sample) token 0 with log-prob NaN.
+    """
+    _check_head(hidden, weight)
+    temperature = check_temperature(temperature)
     lead = hidden.shape[:-1]
     h2 = _rows(hidden)
-    m, v = h2.shape[0], weight.shape[0]
-    uniform = torch.rand((m, v), generator=generator, dtype=torch.float32, device=hidden.device)
-    tokens = torch.empty(m, dtype=torch.int64, device=hidden.device)
-    logprob, _, _, _ = _launch(h2, weight, tokens, uniform, temperature, SAMPLE, False)
+    if seeds is not None:
+        if generator is not None:
+            raise ValueError("pass seeds or generator, not both (seeds fix the noise; a generator draws seeds)")
+        seeds = _check_seeds(seeds, lead)
+    else:
+        seeds = _seeds_from_generator(generator, h2.shape[0], hidden.device)
+    tokens = torch.empty(h2.shape[0], dtype=torch.int64, device=hidden.device)
+    logprob, _, _, _ = _launch(h2, weight, tokens, seeds, temperature, SAMPLE, False)
     return tokens.view(lead), logprob.view(lead)
