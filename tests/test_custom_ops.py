@@ -1,0 +1,189 @@
+"""The torch.library custom ops behind the public API (ops/_custom.py): registrations, opcheck, tracing without data.
+
+``torch.library.opcheck`` runs its default utils on every op: test_schema (no input mutated
+or aliased), test_autograd_registration (autograd goes through register_autograd),
+test_faketensor (the fake implementation's shapes, dtypes and strides match the real one)
+and test_aot_dispatch_dynamic (AOT autograd with dynamic shapes, forward and backward).
+Inputs are tiny: each real call is an interpreter launch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import precision_kernels as pk
+from precision_kernels.ops._common import observe_launches
+from precision_kernels.ops._custom import NAMESPACE, fp32_value
+
+DEVICE = pk.backend.device()
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+def rand(*shape, dtype=F32, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(DEVICE, dtype).requires_grad_(grad)
+
+
+def ids(*values):
+    return torch.tensor(values, dtype=torch.int64, device=DEVICE)
+
+
+def _stats(op, *args):
+    """The forward's saved statistics (real values) for a backward op's opcheck."""
+    with torch.no_grad():
+        return [t.detach() for t in op(*args)]
+
+
+def _cases():
+    """(id, op, args): each forward op in fp32 and a 16-bit dtype, optional arguments both ways; each backward op."""
+    pk_ops = torch.ops.pk
+    cases = [
+        ("matmul", pk_ops.matmul, (rand(3, 4), rand(4, 5, seed=1))),
+        ("matmul/batched/bf16", pk_ops.matmul, (rand(2, 3, 4, dtype=BF16), rand(2, 4, 5, dtype=BF16, seed=1))),
+        ("linear", pk_ops.linear, (rand(3, 4), rand(5, 4, seed=1), rand(5, seed=2))),
+        ("linear/no-bias/fp16", pk_ops.linear, (rand(3, 4, dtype=F16), rand(5, 4, dtype=F16, seed=1), None)),
+        ("softmax", pk_ops.softmax, (rand(3, 5), 0.5)),
+        ("log_softmax/bf16", pk_ops.log_softmax, (rand(3, 5, dtype=BF16), 1.0)),
+        ("rms_norm", pk_ops.rms_norm, (rand(3, 6), rand(6, seed=1), 1e-6)),
+        ("rms_norm/fp16", pk_ops.rms_norm, (rand(3, 6, dtype=F16), rand(6, dtype=F16, seed=1), 1e-6)),
+        ("layer_norm", pk_ops.layer_norm, (rand(3, 6), rand(6, seed=1), rand(6, seed=2), 1e-5)),
+        ("layer_norm/no-affine/bf16", pk_ops.layer_norm, (rand(3, 6, dtype=BF16), None, None, 1e-5)),
+        ("token_logprobs", pk_ops.token_logprobs, (rand(3, 7), ids(0, 6, 2), 0.7, False)),
+        ("token_logprobs/entropy/fp16", pk_ops.token_logprobs, (rand(3, 7, dtype=F16), ids(0, 6, 2), 1.0, True)),
+        ("round_to/bf16", pk_ops.round_to, (rand(3, 5), BF16)),
+        ("round_to/fp16", pk_ops.round_to, (rand(2, 3, 5), F16)),
+    ]
+    a, b = rand(3, 4, grad=False), rand(4, 5, seed=1, grad=False)
+    x, w = rand(3, 4, grad=False), rand(5, 4, seed=1, grad=False)
+    s = rand(3, 5, grad=False)
+    xn, wn, bn = rand(3, 6, grad=False), rand(6, seed=1, grad=False), rand(6, seed=2, grad=False)
+    logits, tok = rand(3, 7, grad=False), ids(0, 6, 2)
+    _, rstd = _stats(pk_ops.rms_norm, xn, wn, 1e-6)
+    _, mean, ln_rstd = _stats(pk_ops.layer_norm, xn, wn, bn, 1e-5)
+    _, smax, ssum = _stats(pk_ops.softmax, s, 0.5)
+    _, ent, lmax, lsum = _stats(pk_ops.token_logprobs, logits, tok, 0.7, True)
+    g3 = rand(3, grad=False, seed=5)
+    cases += [
+        ("matmul_backward", pk_ops.matmul_backward, (rand(3, 5, seed=3, grad=False), a, b, "interpreter", True, True)),
+        ("matmul_backward/only-b", pk_ops.matmul_backward,
+         (rand(3, 5, seed=3, grad=False), a, b, "interpreter", False, True)),
+        ("linear_backward", pk_ops.linear_backward,
+         (rand(3, 5, seed=3, grad=False), x, w, "interpreter", True, True, True)),
+        ("softmax_backward", pk_ops.softmax_backward, (rand(3, 5, seed=3, grad=False), s, smax, ssum, 0.5, False)),
+        ("rms_norm_backward", pk_ops.rms_norm_backward, (rand(3, 6, seed=3, grad=False), xn, wn, rstd)),
+        ("layer_norm_backward", pk_ops.layer_norm_backward,
+         (rand(3, 6, seed=3, grad=False), xn, wn, mean, ln_rstd, F32, True, True)),
+        ("token_logprobs_backward", pk_ops.token_logprobs_backward, (logits, tok, g3, g3 * 0.5, ent, lmax, lsum, 0.7)),
+        ("token_logprobs_backward/no-entropy", pk_ops.token_logprobs_backward,
+         (logits, tok, g3, None, ent, lmax, lsum, 0.7)),
+    ]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("op,args", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+PUBLIC_OPS = ("matmul", "linear", "softmax", "log_softmax", "rms_norm", "layer_norm", "token_logprobs", "round_to",
+              "linear_logprobs", "linear_sample")
+MINE = PUBLIC_OPS[:8]
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_public_op_is_a_custom_op_with_fake_and_autograd(name):
+    op = getattr(torch.ops.pk, name).default
+    assert op.namespace == NAMESPACE
+    for key in ("Meta", "Autograd"):         # fake (meta) and register_autograd kernels are registered
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), (name, key)
+
+
+def _recorded_pk_ops(fn):
+    """The pk:: ops that fn dispatches (a TorchDispatchMode sees custom ops like any other op)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == NAMESPACE:
+                seen.append(func._schema.name.split("::")[1])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
+def test_public_functions_call_their_custom_ops():
+    x, w = rand(2, 3, 4, grad=False), rand(4, grad=False, seed=1)
+    calls = {
+        "matmul": lambda: pk.matmul(x, rand(4, 5, grad=False)),
+        "linear": lambda: pk.linear(x, rand(5, 4, grad=False)),
+        "softmax": lambda: pk.softmax(x, dim=1),
+        "log_softmax": lambda: pk.log_softmax(x),
+        "rms_norm": lambda: pk.rms_norm(x, w),
+        "layer_norm": lambda: pk.layer_norm(x, w, None),
+        "token_logprobs": lambda: pk.token_logprobs(x, ids(0, 1, 2, 3, 0, 1).view(2, 3)),
+        "round_to": lambda: pk.round_to(x, BF16),
+    }
+    for name, call in calls.items():
+        assert _recorded_pk_ops(call) == [name], name
+
+
+def test_backward_runs_the_backward_ops():
+    x = rand(3, 5)
+    w = rand(6, 5, seed=1)
+    nw = rand(6, seed=2)
+    seen = _recorded_pk_ops(lambda: pk.token_logprobs(
+        pk.layer_norm(pk.softmax(pk.rms_norm(pk.linear(x, w), nw), scale=0.5), nw, nw), ids(0, 5, 2)).sum().backward())
+    assert seen == ["linear", "rms_norm", "softmax", "layer_norm", "token_logprobs", "token_logprobs_backward",
+                    "layer_norm_backward", "softmax_backward", "rms_norm_backward", "linear_backward"]
+
+
+def test_token_range_is_checked_inside_the_custom_op():
+    """The range check reads the ids, so it runs in the op's real implementation, before any launch."""
+    with observe_launches() as launches:
+        with pytest.raises(ValueError, match="tokens holds id -1"):
+            torch.ops.pk.token_logprobs(rand(3, 5), ids(0, -1, 2), 1.0, False)
+        with pytest.raises(ValueError, match="tokens holds id 5"):
+            torch.ops.pk.token_logprobs(rand(3, 5), ids(0, 5, 2), 1.0, False)
+    assert launches == []
+
+
+def test_public_functions_trace_on_fake_tensors_without_data():
+    """Under FakeTensorMode (what torch.compile traces with) no check needs a value and no kernel launches."""
+    with observe_launches() as launches, FakeTensorMode():
+        x = torch.empty(2, 3, 8, dtype=BF16, device=DEVICE)
+        w = torch.empty(5, 8, dtype=BF16, device=DEVICE)
+        tokens = torch.empty(2, 3, dtype=torch.int64, device=DEVICE)
+        logits = pk.linear(x, w)
+        lp, ent = pk.token_logprobs(logits, tokens, temperature=0.7, return_entropy=True)
+        y = pk.layer_norm(pk.rms_norm(pk.softmax(x, dim=1, scale=0.5), w[0]), w[1], w[2])
+        r = pk.round_to(torch.empty(4, device=DEVICE), torch.float16)
+        mm = pk.matmul(x.transpose(0, 1), w.mT)
+    assert launches == []
+    assert (logits.shape, lp.shape, ent.shape, lp.dtype) == ((2, 3, 5), (2, 3), (2, 3), F32)
+    assert (y.shape, y.dtype, r.dtype, mm.shape) == ((2, 3, 8), BF16, F16, (3, 2, 5))
+
+
+FP32_EDGES = [0.0, -0.0, 1e-50, 7e-46, 1.4e-45, 3e-39, 1.1754942e-38, 0.1, 1 / 3, 3.4028235e38, 3.40282357e38,
+              2.0**128 - 2.0**103, 2.0**128 - 2.0**103 - 2.0**75, 1e39, -1e39, math.inf, -math.inf]
+
+
+def test_fp32_value_equals_torch_float32_rounding():
+    r = random.Random(0)
+    values = FP32_EDGES + [r.uniform(-1, 1) * 10 ** r.uniform(-46, 39) for _ in range(5000)]
+    for v in values:
+        want = float(torch.tensor(v, dtype=torch.float32))
+        got = fp32_value(v)
+        assert got == want and math.copysign(1, got) == math.copysign(1, want), (v, got, want)
+    assert math.isnan(fp32_value(math.nan))
