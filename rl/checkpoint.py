@@ -67,17 +67,21 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
 
 
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Restore a ``rng_state`` snapshot; named ``generators`` are restored in place."""
-    torch.set_rng_state(state["torch_cpu"])
+    """Restore a ``rng_state`` snapshot; named ``generators`` are restored in place.
+
+    RNG states are CPU byte tensors whatever the generator's device; a checkpoint loaded with
+    ``map_location="cuda"`` has them on the GPU, so they are moved back first.
+    """
+    torch.set_rng_state(state["torch_cpu"].cpu())
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
     saved = state.get("generators", {})
     for name, g in (generators or {}).items():
         if name not in saved:
             raise KeyError(f"checkpoint holds no state for generator {name!r} (has {sorted(saved)})")
-        g.set_state(saved[name])
+        g.set_state(saved[name].cpu())
 
 
 def _state_dict(obj):

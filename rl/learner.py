@@ -1,7 +1,13 @@
 """The learner: a full teacher-forced pass scored by the fused LM-head kernel, and one optimisation step.
 
 Notation: mu is the sampler's log-prob of each sampled token, pi the learner's current
-one, pi_old the learner's at the start of the step (DESIGN.md section 5, issue 5).
+one, pi_old the learner's at the start of the step (DESIGN.md section 5, issue 5), pi_ref
+the frozen reference policy's (the KL penalty, ``rl.losses``).
+
+Under ``torchrun`` (``rl.distributed``) each rank runs this step on its whole prompt groups:
+each minibatch's loss is divided by the minibatch's *global* token (or sequence) count and
+the gradients are summed over ranks before clipping and the optimizer step, so every rank
+takes the same step, that of the single-process loss.
 """
 
 from __future__ import annotations
@@ -13,7 +19,18 @@ import torch
 
 import precision_kernels as pk
 
-from .losses import compute_advantages, policy_loss
+from .distributed import Dist
+from .losses import (
+    CLIPPED,
+    KL_ESTIMATORS,
+    SEQUENCE_LEVEL,
+    compute_advantages,
+    count_for,
+    kl_estimate,
+    kl_loss,
+    kl_penalised_rewards,
+    policy_loss,
+)
 from .model import TinyGPT
 from .sampler import Rollout
 
@@ -51,45 +68,77 @@ class StepConfig:
     ppo_eps: float = 0.2
     ratio: str = "old"            # ppo/grpo: r = exp(pi - pi_old) ("old") or exp(pi - mu) ("sampler")
     tis_cap: float | None = None  # ppo/grpo with ratio "old": weight min(exp(pi_old - mu), tis_cap)
+    kl_coef: float = 0.0          # beta of the KL penalty to the frozen reference (0: none)
+    kl_estimator: str = "k3"      # k1: in the reward; k2, k3: in the loss (rl.losses)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "minibatches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.epochs > 1 and self.algo not in ("ppo", "grpo"):
-            raise ValueError(f"epochs > 1 needs a clipped objective (ppo or grpo); algo {self.algo!r} "
+        if self.epochs > 1 and self.algo not in CLIPPED:
+            raise ValueError(f"epochs > 1 needs a clipped objective ({'/'.join(CLIPPED)}); algo {self.algo!r} "
                              f"would take {self.epochs} unclipped steps on the same rollout")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef!r}")
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl_coef > 0 and self.kl_estimator != "k1"
+
+    @property
+    def loss_agg(self) -> str:
+        """What the loss's denominator counts: sequences for the sequence-level algorithms."""
+        return "seq-mean" if self.algo in SEQUENCE_LEVEL else self.agg
 
 
 @dataclass
 class StepResult:
-    pi_old: torch.Tensor          # (B, N) learner log-probs at the start of the step
-    entropy: float
-    loss: float
-    grad_norm: float
+    pi_old: torch.Tensor          # (B, N) learner log-probs at the start of the step (this rank's sequences)
+    entropy: float                # mean entropy of pi_old over every sampled token of the step (all ranks)
+    loss: float                   # mean over the step's minibatches of the global loss (KL term included)
+    grad_norm: float              # mean over the step's minibatches of the pre-clip gradient norm
     skipped: int                  # optimizer steps skipped by the loss scaler (inf/NaN gradients)
     loss_scale: float
-    stats: dict                   # the loss's own figures (tis weights, ppo clip fraction, ...), averaged
+    stats: dict                   # the loss's own figures (tis weights, ppo clip fraction, KL, ...), averaged
+    rewards: torch.Tensor | None = None  # the rewards the advantages came from (k1-penalised with the KL)
 
 
 def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollout: Rollout, rewards: torch.Tensor,
-                 group_size: int, prompt_len: int, cfg: StepConfig) -> StepResult:
-    """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches."""
-    advantages = compute_advantages(rewards, group_size, cfg.algo)
+                 group_size: int, prompt_len: int, cfg: StepConfig, *, ref_logp: torch.Tensor | None = None,
+                 dist: Dist | None = None) -> StepResult:
+    """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches.
+
+    ``ref_logp``: the frozen reference policy's log-probs of the rollout, needed when
+    ``cfg.kl_coef > 0``. ``dist``: this rank's place under torchrun (None: one process).
+    Entropy, loss, grad norm and stats are averages over every minibatch and epoch, and over ranks.
+    """
+    dist = dist or Dist(device=rollout.tokens.device)
     B = rollout.tokens.shape[0]
     if cfg.minibatches > B:
         raise ValueError(f"minibatches={cfg.minibatches} exceeds the {B} sequences of the rollout")
+    if cfg.kl_coef > 0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp (the reference policy's log-probs of the rollout)")
     pi_old, entropy = None, float("nan")
-    if cfg.minibatches > 1:
+    stats: dict[str, list[float]] = {}
+    if cfg.minibatches > 1 or cfg.kl_coef > 0:
         # pi_old is the policy at the start of the step: score the whole rollout before the
-        # first update. (Scoring minibatch k inside the loop would see k-1 updates.)
+        # first update. (Scoring minibatch k inside the loop would see k-1 updates.) The k1
+        # penalty needs it before the advantages.
         with torch.no_grad():
             pi_old, ent = sequence_logprobs(model, rollout.tokens, prompt_len, cfg.temperature,
                                             return_entropy=True)
-        entropy = _masked_mean(ent, rollout.mask)
+        entropy = _global_masked_mean(ent, rollout.mask, dist)
+    if cfg.kl_coef > 0:
+        with torch.no_grad():
+            for est in KL_ESTIMATORS:
+                stats[f"kl_{est}"] = [_global_masked_mean(kl_estimate(pi_old, ref_logp, est), rollout.mask, dist)]
+        if cfg.kl_estimator == "k1":
+            rewards = kl_penalised_rewards(rewards, pi_old, ref_logp, rollout.mask, cfg.kl_coef)
+    advantages = compute_advantages(rewards, group_size, cfg.algo)
     losses, norms, skipped = [], [], 0
-    stats: dict[str, list[float]] = {}
     for _epoch in range(cfg.epochs):
         order = torch.arange(B, device=rollout.tokens.device)
         for idx in order.chunk(cfg.minibatches):
@@ -98,28 +147,37 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
             if pi_old is None:
                 # One minibatch: its first pass runs before any update, so it is pi_old itself.
                 pi_old = logp.detach()
-                entropy = _masked_mean(ent.detach(), rollout.mask)
-            old = pi_old[idx]
-            loss, loss_stats = policy_loss(cfg.algo, logp, advantages=advantages[idx], mask=rollout.mask[idx],
-                                           mu=rollout.logprobs[idx], old_logp=old, agg=cfg.agg, cap=cfg.cap,
-                                           clip_eps=cfg.ppo_eps, ratio=cfg.ratio, tis_cap=cfg.tis_cap)
+                entropy = _global_masked_mean(ent.detach(), rollout.mask, dist)
+            mask = rollout.mask[idx]
+            # Each rank divides by the global count, so the ranks' losses sum to the single-process loss.
+            denominator = dist.sum(count_for(cfg.loss_agg, mask))[0] if dist.active else None
+            loss, loss_stats = policy_loss(cfg.algo, logp, advantages=advantages[idx], mask=mask,
+                                           mu=rollout.logprobs[idx], old_logp=pi_old[idx], agg=cfg.agg, cap=cfg.cap,
+                                           clip_eps=cfg.ppo_eps, ratio=cfg.ratio, tis_cap=cfg.tis_cap,
+                                           denominator=denominator)
+            if cfg.kl_in_loss:
+                loss = loss + kl_loss(logp, ref_logp[idx], mask, cfg.kl_estimator, cfg.kl_coef, cfg.loss_agg,
+                                      denominator)
             for key, value in loss_stats.items():
-                stats.setdefault(key, []).append(value)
+                stats.setdefault(key, []).append(dist.sum(value)[0] / dist.world_size)
             optimizer.zero_grad(set_to_none=True)
             scale_before = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()
+                dist.all_reduce_grads(model.parameters())
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
+                dist.all_reduce_grads(model.parameters())
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if not advantages[idx].any():
-                # Every advantage is zero, so is the gradient; an AdamW step would still move the
-                # weights on stale momentum (seen to collapse a binary-reward run), so skip it.
+            losses.append(dist.sum(float(loss.detach()))[0])
+            norms.append(float(norm))
+            any_signal = dist.max(float(bool(advantages[idx].any())))[0] > 0
+            if not any_signal and not cfg.kl_in_loss:
+                # Every advantage is zero (on every rank), so is the gradient; an AdamW step would still
+                # move the weights on stale momentum (seen to collapse a binary-reward run), so skip it.
                 if scaler is not None and scaler.is_enabled():
                     scaler.update()  # close this iteration's unscale_; the scale moves as usual
-                losses.append(float(loss.detach()))
-                norms.append(float(norm))
                 continue
             if scaler is not None and scaler.is_enabled():
                 scaler.step(optimizer)
@@ -130,14 +188,16 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
                 optimizer.step()
             else:
                 skipped += 1
-            losses.append(float(loss.detach()))
-            norms.append(float(norm))
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    out_stats = {k: sum(v) / len(v) for k, v in stats.items()}
+    out_stats["grad_norm_max"] = max(norms)
     return StepResult(pi_old=pi_old, entropy=entropy, loss=sum(losses) / len(losses),
-                      grad_norm=norms[-1], skipped=skipped, loss_scale=scale,
-                      stats={k: sum(v) / len(v) for k, v in stats.items()})
+                      grad_norm=sum(norms) / len(norms), skipped=skipped, loss_scale=scale,
+                      stats=out_stats, rewards=rewards)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    picked = values[mask]
-    return float(picked.mean()) if picked.numel() else float("nan")
+def _global_masked_mean(values: torch.Tensor, mask: torch.Tensor, dist: Dist) -> float:
+    """Mean of ``values[mask]`` over every rank's sampled tokens (NaN when there are none)."""
+    picked = values[mask].double()
+    total, count = dist.sum(float(picked.sum()) if picked.numel() else 0.0, picked.numel())
+    return total / count if count else float("nan")

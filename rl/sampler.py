@@ -5,6 +5,16 @@ fused LM-head kernel and reports that token's log-prob from the same kernel code
 learner scores with (invariant I5), so in the matched profile
 ``sequence_logprobs(model, ro.tokens, P, T)[ro.mask]`` equals ``ro.logprobs[ro.mask]`` bitwise.
 
+Seeds. With ``seed=`` (instead of a ``generator``) every draw is keyed, not streamed: the
+token of sequence ``first_index + r`` at response position ``t`` is drawn with the per-row
+seed ``mix_seed(seed, first_index + r, t)`` (``pk.linear_sample(..., seeds=)``, counter-based
+noise in the kernel). A sequence's samples then depend only on (seed, its index, the model
+and its prompt): not on which other sequences share the call, how a batch is split into
+calls, or which process draws it. ``mix_seed`` chains splitmix64 (Steele et al. 2014):
+``h = 0; for w in words: h = splitmix64(h ^ (w mod 2^64))``; the result is ``h >> 1``, a
+non-negative int64. ``rl.train`` passes ``seed = mix_seed(run seed, RL step)`` and each
+sequence's global index in the step's batch.
+
 ``greedy`` runs the project's one greedy decoder (``rl.decoding.greedy_decode``) on the
 kernels with the KV cache; ``rl.warmup`` and the plain-torch baseline run it on a
 plain-torch logits function.
@@ -12,6 +22,7 @@ plain-torch logits function.
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -20,6 +31,35 @@ import precision_kernels as pk
 
 from .decoding import greedy_decode
 from .model import TinyGPT
+
+_MASK64 = (1 << 64) - 1
+# Whether the kernels take per-row seeds (the kernel-API issue); without them ``seed=`` is refused.
+SEEDED_SAMPLING = "seeds" in inspect.signature(pk.linear_sample).parameters
+
+
+def splitmix64(x: int) -> int:
+    """The splitmix64 output function of ``x`` (an int taken mod 2^64), as an int in [0, 2^64)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def mix_seed(*words: int) -> int:
+    """A seed in [0, 2^63) that is a fixed hash of the ints ``words`` (module doc)."""
+    h = 0
+    for w in words:
+        if not _is_int(w):
+            raise TypeError(f"mix_seed takes ints, got {type(w).__name__}")
+        h = splitmix64(h ^ (w & _MASK64))
+    return h >> 1
+
+
+def sequence_seeds(seed: int, n_rows: int, n_positions: int, first_index: int = 0,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_rows, n_positions) int64: ``mix_seed(seed, first_index + r, t)`` for row r, position t."""
+    values = [[mix_seed(seed, first_index + r, t) for t in range(n_positions)] for r in range(n_rows)]
+    return torch.tensor(values, dtype=torch.int64, device=device)
 
 
 class Rollout(NamedTuple):
@@ -76,20 +116,34 @@ def check_decode_args(model: TinyGPT, prompts, max_new_tokens, eos_id, pad_id) -
 
 @torch.no_grad()
 def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             generator: torch.Generator | None = None, profile: str = "matched", eos_id: int | None = None,
-             pad_id: int | None = None) -> Rollout:
+             seed: int | None = None, first_index: int = 0, generator: torch.Generator | None = None,
+             profile: str = "matched", eos_id: int | None = None, pad_id: int | None = None) -> Rollout:
     """Sample ``max_new_tokens`` tokens after each prompt (all prompts share one length).
 
     A sequence stops after it samples ``eos_id``; EOS is a real action (mask True, its
     log-prob kept). After it come ``pad_id`` tokens (``eos_id`` when not given) with
     log-prob 0.0 and mask False. With ``profile="engine"`` every sampler kernel runs in
-    the engine profile. Reproducible given ``generator``. Arguments are checked first
-    (``check_decode_args``; ``temperature`` by the kernels' fp32 rule).
+    the engine profile. Randomness: ``seed`` (an int in [0, 2^63)) keys every draw by
+    (seed, ``first_index`` + row, position), so sampling a batch in pieces with matching
+    ``first_index`` offsets gives bitwise the same rollout as one call (module doc); or
+    ``generator``, a stream (reproducible, but a row's draw depends on the rows before it);
+    not both. Arguments are checked first (``check_decode_args``; ``temperature`` by the
+    kernels' fp32 rule).
     """
     check_decode_args(model, prompts, max_new_tokens, eos_id, pad_id)
     if not fp32_temperature_ok(temperature):
         raise ValueError(f"temperature must be a number whose fp32 value and reciprocal are finite and > 0, "
                          f"got {temperature!r}")
+    if seed is not None:
+        if not _is_int(seed) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be None or an int in [0, 2^63), got {seed!r}")
+        if generator is not None:
+            raise ValueError("pass seed or generator, not both (seed keys each draw; generator streams them)")
+        if not SEEDED_SAMPLING:
+            raise NotImplementedError("seed= needs pk.linear_sample(..., seeds=) (per-row counter-based noise), "
+                                      "which this precision_kernels does not have; pass generator= instead")
+    if not _is_int(first_index) or first_index < 0:
+        raise ValueError(f"first_index must be an int >= 0, got {first_index!r}")
     B, P = prompts.shape
     pad = eos_id if pad_id is None else pad_id
     tokens = torch.full((B, P + max_new_tokens), pad if pad is not None else 0, dtype=torch.int64,
@@ -98,6 +152,7 @@ def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temp
     logprobs = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=prompts.device)
     mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=prompts.device)
     alive = torch.ones(B, dtype=torch.bool, device=prompts.device)
+    seeds = None if seed is None else sequence_seeds(seed, B, max_new_tokens, first_index, prompts.device)
 
     with pk.use_profile(profile):
         weights = model.compute_weights()
@@ -105,7 +160,10 @@ def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temp
         cache = model.new_cache(B)
         h = model.prefill(prompts, cache, weights)
         for t in range(max_new_tokens):
-            drawn, lp = pk.linear_sample(h, head, temperature, generator=generator)
+            if seeds is not None:
+                drawn, lp = pk.linear_sample(h, head, temperature, seeds=seeds[:, t])
+            else:
+                drawn, lp = pk.linear_sample(h, head, temperature, generator=generator)
             tokens[:, P + t] = torch.where(alive, drawn, tokens[:, P + t])
             logprobs[:, t] = torch.where(alive, lp, torch.zeros_like(lp))
             mask[:, t] = alive
