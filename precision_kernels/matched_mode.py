@@ -177,30 +177,45 @@ def _row_sums(x2: torch.Tensor) -> torch.Tensor:
 # Served ops. Each takes the aten op's arguments and returns its result, or raises _Decline.
 
 
-def _mm(a, b):
+def _check_product(a: torch.Tensor, b: torch.Tensor, a_dims: int, b_dims: int) -> None:
+    """Arguments torch would reject (or pk lacks) go back to torch, which raises its own error.
+
+    Any other exception from a pk op is a bug and propagates: it is never turned into a fallback.
+    """
     _check_tensors(a, b)
+    if a.dtype != b.dtype:
+        raise _Decline(f"dtypes differ: {a.dtype} and {b.dtype}")
+    if a.dim() != a_dims or b.dim() != b_dims:
+        raise _Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[0 if b_dims == 1 else -2] or (a_dims == 3 and a.shape[0] != b.shape[0]):
+        raise _Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
+
+
+def _mm(a, b):
+    _check_product(a, b, 2, 2)
     return matmul(a, b)
 
 
 def _bmm(a, b):
-    _check_tensors(a, b)
+    _check_product(a, b, 3, 3)
     return matmul(a, b)
 
 
 def _mv(a, v):
-    _check_tensors(a, v)
+    _check_product(a, v, 2, 1)
     return matmul(a, v.reshape(-1, 1)).reshape(a.shape[0])
 
 
 def _dot(a, b):
-    _check_tensors(a, b)
+    _check_product(a, b, 1, 1)
     return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
 
 
 def _addmm(bias, a, b, *, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
         raise _Decline(f"addmm with beta={beta}, alpha={alpha} (pk serves beta == alpha == 1)")
-    _check_tensors(bias, a, b)
+    _check_product(a, b, 2, 2)
+    _check_tensors(bias)
     n = b.shape[-1]
     if tuple(bias.shape) not in ((n,), (1, n)):
         raise _Decline(f"addmm input of shape {tuple(bias.shape)} is not a bias of shape ({n},) or (1, {n})")
@@ -591,10 +606,6 @@ class _MatchedDispatchMode(TorchDispatchMode):
                     out = handler(*args, **kwargs)
             except _Decline as why:
                 self._uncovered(func, args, kwargs, f"fell back to torch: {why}")
-                return func(*args, **kwargs)
-            except (TypeError, ValueError) as why:
-                # pk refused the arguments (shapes, dtypes): torch decides, and raises its own error if any.
-                self._uncovered(func, args, kwargs, f"fell back to torch: pk refused: {why}")
                 return func(*args, **kwargs)
             name = str(func).removeprefix("aten.")
             self.report.served[f"{name} (vector path)" if vector_path else name] += 1
