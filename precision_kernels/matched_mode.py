@@ -157,7 +157,7 @@ def _check_tensors(*tensors: torch.Tensor | None) -> None:
 
 
 def _last_dim(x: torch.Tensor, dim: int) -> None:
-    if x.dim() == 0 or dim % x.dim() != x.dim() - 1:
+    if x.dim() == 0 or not -x.dim() <= dim < x.dim() or dim % x.dim() != x.dim() - 1:
         raise _Decline(f"dim {dim} is not the last dim of a {x.dim()}-d tensor")
 
 
@@ -272,6 +272,8 @@ def _reduce(x, dims, keepdim, dtype, mean: bool):
     if out_dtype not in FLOAT_DTYPES:
         raise _Decline(f"output dtype {out_dtype} is not served")
     nd = x.dim()
+    if dims and nd and (any(not -nd <= d < nd for d in dims) or len({d % nd for d in dims}) != len(dims)):
+        raise _Decline(f"dims {list(dims)} for a {nd}-d tensor")     # torch raises its own error
     reduced = sorted({d % nd for d in dims}) if (dims and nd) else list(range(nd))
     kept = [d for d in range(nd) if d not in reduced]
     k = math.prod(x.shape[d] for d in reduced)
@@ -322,7 +324,11 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     _check_tensors(x, weight, bias)
     out = pk_layer_norm(x, weight, bias, eps)
     mean, rstd = _norm_stats(x, centre=True, eps=eps)
-    return out, mean.to(x.dtype), rstd.to(x.dtype)
+    # torch's dtype for the saved statistics: fp32 on GPU (its accumulation type) and on CPU
+    # when 16-bit x meets an fp32 weight ("mixed type"), x's dtype otherwise.
+    mixed = weight is not None and weight.dtype == torch.float32
+    stat_dtype = torch.float32 if (x.device.type != "cpu" or mixed) else x.dtype
+    return out, mean.to(stat_dtype), rstd.to(stat_dtype)
 
 
 def _col_sums(t2: torch.Tensor) -> torch.Tensor:

@@ -213,6 +213,14 @@ def test_fused_rms_norm_and_layer_norm():
     if hasattr(pk, "layer_norm"):
         assert_bitwise(ln, pk.layer_norm(x, w, b, 1e-5))
         assert not report.uncovered
+        # The saved statistics come back in torch's shapes and dtypes (16-bit x, with 16-bit or fp32 weights).
+        for xd, wd in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)):
+            args = (x.to(xd), [48], w.to(wd), b.to(wd), 1e-5)
+            with pk.matched_mode() as report:
+                ours = torch.ops.aten.native_layer_norm(*args)
+            assert report.served["native_layer_norm.default"] == 1
+            theirs = torch.ops.aten.native_layer_norm(*args)
+            assert [(t.dtype, t.shape) for t in ours] == [(t.dtype, t.shape) for t in theirs]
     else:
         assert_bitwise(ln, F.layer_norm(x, (48,), w, b, 1e-5))
         assert uncovered_ops(report) == {"native_layer_norm.default"}
