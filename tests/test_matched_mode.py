@@ -71,6 +71,14 @@ def test_mode_is_per_thread():
     assert_bitwise(seen["mm"], torch.mm(a, b))
 
 
+def test_pk_ops_called_directly_count_as_served():
+    x, w = randn((8, 16), torch.float32, 1), randn((4, 16), torch.float32, 2)
+    with pk.matched_mode(strict=True) as report:
+        y = pk.softmax(pk.linear(x, w))
+    assert_bitwise(y, pk.softmax(pk.linear(x, w)))
+    assert not report.uncovered and sum(report.served.values()) >= 2
+
+
 def test_arguments_are_checked():
     with pytest.raises(TypeError, match="audit"):
         with pk.matched_mode(audit="yes"):
