@@ -43,6 +43,8 @@ What is served (``report.served`` counts them):
   grain, so one thread runs each whole chunk): every element goes through the SIMD body,
   whose lanes are independent, and the result is torch's vectorised value whatever the
   shape. On CUDA torch's elementwise kernels are per-element already and pass through.
+* pk's own custom ops (``pk::linear`` ..., a model that calls ``pk.linear`` directly) run
+  as they are and count as served.
 
 Everything else falls back to torch. With ``audit=True`` every op that ran is
 classified (``classify``): served, on the allowlist of exact or per-element ops
@@ -55,8 +57,9 @@ first uncovered op runs. Fallbacks of served ops (a softmax over another dim, ``
 with ``beta != 1``, a dtype pk lacks, a tensor on another device) are always recorded.
 
 Not reached by this mode: ``torch.compile``d models (Inductor replaces aten ops with its
-own kernels; call pk ops directly there) and scaled-dot-product attention (SDPA hides
-its reductions: load HF models with ``attn_implementation="eager"``).
+own kernels; call pk's ops, registered as ``pk::`` custom ops, directly there) and
+scaled-dot-product attention (SDPA hides its reductions: load HF models with
+``attn_implementation="eager"``).
 """
 
 from __future__ import annotations
