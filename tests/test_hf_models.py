@@ -7,6 +7,8 @@ sampled with the KV cache, one forward over prompt + response, and prompt 0 alon
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -61,3 +63,18 @@ def test_strict_refuses_float_cumsum_inside_a_model():
     with torch.no_grad(), pk.matched_mode(strict=True):
         with pytest.raises(UncoveredOpError, match="cumsum"):
             model(prompts(2, 5))
+
+
+def test_hf_mismatch_command(tmp_path, capsys):
+    from benchmarks import hf_mismatch
+
+    path = tmp_path / "hf.json"
+    code = hf_mismatch.main(["--model", "qwen3", "--batch", "2", "--prompt-len", "3", "--max-new-tokens", "2",
+                             "--json", str(path)])
+    assert code == 0, capsys.readouterr().out
+    rows = json.loads(path.read_text())
+    assert [(r["precision"], r["mode"]) for r in rows] == [(p, m) for p in DTYPES for m in ("torch", "matched")]
+    for r in rows:
+        if r["mode"] == "matched":
+            assert r["frac_tokens_differ"] == 0 and r["max_abs_dlogp"] == 0 and r["uncovered_ops"] == []
+    assert "matched rows exactly zero, nothing uncovered: True" in capsys.readouterr().out
