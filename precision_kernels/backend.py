@@ -86,7 +86,7 @@ class _Interning:
 
 
 def _skip_nested_language_patching(patches: _Patches) -> None:
-    """Make the Triton interpreter patch ``triton.language`` once per launch, not once per helper call.
+    """Make the Triton interpreter patch ``triton.language`` once per launch, not once per helper call, and cheaper.
 
     Triton 3.9's interpreter re-patches the whole language (``inspect.getmembers`` over
     ``tl``, ``tl.core``, ``tl.math``; ~0.4 ms) on every call of a nested ``@triton.jit``
@@ -96,6 +96,8 @@ def _skip_nested_language_patching(patches: _Patches) -> None:
     already patched now gets an empty patch scope. What runs, and every bit it
     computes, is unchanged.
     """
+    import inspect
+
     import triton.language as tl
     from triton.runtime import interpreter
 
@@ -104,9 +106,18 @@ def _skip_nested_language_patching(patches: _Patches) -> None:
     patched: list[set | None] = []  # language modules patched by each launch in progress
     languages = (tl, tl.core)
 
+    modules_of_globals: dict[int, tuple] = {}  # id(globals dict) -> (dict, its size, language modules in it)
+
     def lang_modules(fn) -> set:
-        # the modules among fn's globals that _patch_lang patches (tl and tl.core, compared by identity)
-        return {id(v) for v in fn.__globals__.values() if v is languages[0] or v is languages[1]}
+        # The modules among fn's globals that _patch_lang patches (tl and tl.core, compared by identity),
+        # remembered per globals dict and recomputed when the dict's size changes (the interpreter adds
+        # its own globals to a kernel module's on first use; modules never rebind tl).
+        g = fn.__globals__
+        entry = modules_of_globals.get(id(g))
+        if entry is None or entry[0] is not g or entry[1] != len(g):
+            entry = (g, len(g), {id(v) for v in g.values() if v is languages[0] or v is languages[1]})
+            modules_of_globals[id(g)] = entry
+        return entry[2]
 
     def patch_lang(fn):
         if patched and patched[-1] is not None and lang_modules(fn) <= patched[-1]:
@@ -125,8 +136,25 @@ def _skip_nested_language_patching(patches: _Patches) -> None:
         finally:
             patched.pop()
 
+    # _patch_lang patches every builtin among a module's members, found with inspect.getmembers on each
+    # call (~0.2 ms). Which members are builtins does not change: the first call lists them (nothing is
+    # patched before a module's first patch; the interpreter only ever replaces builtins, never adds
+    # them), and every call still checks that each one is a builtin right now, as the original does.
+    builtin_names: dict[int, tuple] = {}
+
+    def patch_builtin(pkg, builder, scope):
+        entry = builtin_names.get(id(pkg))
+        if entry is None or entry[0] is not pkg:
+            names = [name for name, member in inspect.getmembers(pkg) if tl.core.is_builtin(member)]
+            entry = builtin_names[id(pkg)] = (pkg, names)
+        for name in entry[1]:
+            member = getattr(pkg, name, None)
+            if tl.core.is_builtin(member):
+                interpreter._patch_attr(pkg, name, member, builder, scope)
+
     patches.set(interpreter, "_patch_lang", patch_lang)
     patches.set(interpreter.GridExecutor, "__call__", launch)
+    patches.set(interpreter, "_patch_builtin", patch_builtin)
 
 
 def _skip_integer_overflow_checks(patches: _Patches) -> None:
@@ -212,8 +240,22 @@ def _memoise_type_work(patches: _Patches) -> None:
     # so this one stays once set, and outside the fast paths it only makes a plain object.
     if "__new__" not in vars(block_type):
         block_type.__new__ = block_new
+    original_with_element_ty = block_type.with_element_ty
+
+    def with_element_ty(self, scalar_ty):
+        # same shape, another element type: the interned type, remembered on this one
+        key = element_key(scalar_ty)
+        if key is None or "_pk_interned" not in self.__dict__:
+            return original_with_element_ty(self, scalar_ty)
+        siblings = self.__dict__.setdefault("_pk_siblings", {})
+        found = siblings.get(key)
+        if found is None:
+            found = siblings[key] = original_with_element_ty(self, scalar_ty)
+        return found
+
     patches.set(_Interning, "on", True)
     patches.set(block_type, "__init__", block_init)
+    patches.set(block_type, "with_element_ty", with_element_ty)
 
     # -- tensors: shape and numel constants shared per interned type --------------------------
     original_tensor_init = tensor.__init__
@@ -330,8 +372,11 @@ def _memoise_type_work(patches: _Patches) -> None:
         if common is no_arithmetic:
             lhs, rhs = semantic.to_tensor(lhs), semantic.to_tensor(rhs)
         else:
-            lhs = semantic._cast_to_computation_type(lhs, common)
-            rhs = semantic._cast_to_computation_type(rhs, common)
+            # (a tensor already of the common type is what the cast would return)
+            if type(lhs) is not tensor or lhs.dtype is not common:
+                lhs = semantic._cast_to_computation_type(lhs, common)
+            if type(rhs) is not tensor or rhs.dtype is not common:
+                rhs = semantic._cast_to_computation_type(rhs, common)
         return broadcast_impl_value(lhs, rhs)
 
     patches.set(semantic, "binary_op_type_checking_impl", binary_op_type_checking_impl)
