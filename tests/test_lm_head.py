@@ -3,8 +3,12 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from philox_reference import gumbel_keys
 
 import precision_kernels as pk
 from precision_kernels import profiles
@@ -32,11 +36,29 @@ def _bits(t):
     return t.view(torch.int32)
 
 
+def _seeds(n, seed=0):
+    """n distinct-looking int64 seeds spread over the whole range (drawn on the CPU, moved to the backend)."""
+    return torch.randint(-(2**63), 2**63 - 1, (n,), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.int64).to(DEV)
+
+
+def _chi2_pvalue(chi2: float, dof: int) -> float:
+    """P(X >= chi2) for X ~ chi-square(dof): 1 - P(dof/2, chi2/2), the lower regularised gamma by its series."""
+    a, x = dof / 2.0, chi2 / 2.0
+    term = total = 1.0 / a
+    n = 0
+    while term > 1e-17 * total:
+        n += 1
+        term *= x / (a + n)
+        total += term
+    return max(0.0, 1.0 - math.exp(a * math.log(x) - x - math.lgamma(a)) * total) if x > 0 else 1.0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_i5_sample_equals_score(dtype, temperature):
     h, w = _head(70, 48, 300, dtype, scale=3.0)
-    tokens, lp_sample = linear_sample(h, w, temperature, generator=_gen(1))
+    tokens, lp_sample = linear_sample(h, w, temperature, seeds=_seeds(70))
     lp_score = linear_logprobs(h, w, tokens, temperature, return_entropy=True)[0]
     assert torch.equal(_bits(lp_sample), _bits(lp_score))
     assert torch.equal(_bits(linear_logprobs(h, w, tokens, temperature)), _bits(lp_score))  # entropy off: same bits
@@ -107,20 +129,151 @@ def test_accuracy_against_fp64_on_the_same_rounded_logits(dtype, vocab, scale):
     assert torch.all((ent.double() - ref_ent).abs() <= 2e-5 + 2**-20 * ref_ent.abs())
 
 
+def test_chi2_pvalue_matches_known_quantiles():
+    # 99.9% quantiles of chi-square (standard tables): dof 1 -> 10.828, 5 -> 20.515, 11 -> 31.264
+    for dof, q in ((1, 10.828), (5, 20.515), (11, 31.264)):
+        assert abs(_chi2_pvalue(q, dof) - 1e-3) < 2e-6
+    assert abs(_chi2_pvalue(2.0, 2) - math.exp(-1.0)) < 1e-12  # dof 2: exp(-x/2)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_sample_frequencies_match_softmax_chi_square(temperature):
+@pytest.mark.parametrize("seeds", ["consecutive", "spread"])
+def test_sample_frequencies_match_softmax_chi_square(temperature, seeds):
+    """One row repeated with a distinct seed per copy: one launch gives `draws` independent samples."""
     vocab, draws = 12, 4000
     h, w = _head(1, 16, vocab, torch.float32, seed=6, scale=4.0)
     hs = h.expand(draws, -1).contiguous()
-    tokens, _ = linear_sample(hs, w, temperature, generator=_gen(7))
-    p = torch.softmax((h.double() @ w.double().T)[0] / temperature, -1)
-    counts = torch.bincount(tokens, minlength=vocab).double()
+    row_seeds = torch.arange(draws, dtype=torch.int64, device=DEV) if seeds == "consecutive" else _seeds(draws, 7)
+    tokens, _ = linear_sample(hs, w, temperature, seeds=row_seeds)
+    p = torch.softmax((h.double() @ w.double().T)[0] / temperature, -1).cpu()
+    counts = torch.bincount(tokens.cpu(), minlength=vocab).double()
     expected = p * draws
-    keep = expected >= 5
-    chi2 = float((((counts - expected) ** 2) / expected)[keep].sum())
-    dof = int(keep.sum()) - 1
-    # 99.9% quantile of chi-square with dof <= 11 is below 32
-    assert chi2 < 32, f"chi2={chi2:.1f} with {dof} degrees of freedom"
+    small = expected < 5  # cells too rare for the chi-square approximation are pooled into one
+    if small.any():
+        counts = torch.cat([counts[~small], counts[small].sum()[None]])
+        expected = torch.cat([expected[~small], expected[small].sum()[None]])
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    dof = len(counts) - 1
+    assert dof >= 4
+    assert _chi2_pvalue(chi2, dof) > 1e-3, f"chi2={chi2:.1f} with {dof} degrees of freedom"
+
+
+# ---- seeded sampling: the noise is a function of (seed, column) ------------------------------------
+
+_POOL_ROWS, _POOL_VOCAB = 300, 150
+
+
+def _pool(dtype):
+    """300 rows (two interpreter programs of 256), their seeds, and the whole pool sampled once in order."""
+    h, w = _head(_POOL_ROWS, 24, _POOL_VOCAB, dtype, seed=20, scale=2.0)
+    seeds = _seeds(_POOL_ROWS, 21)
+    tokens, logprobs = linear_sample(h, w, 0.9, seeds=seeds)
+    return h, w, seeds, tokens, logprobs
+
+
+_POOLS = {}
+
+
+def _cached_pool(dtype):
+    if dtype not in _POOLS:
+        _POOLS[dtype] = _pool(dtype)
+    return _POOLS[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@given(data=st.data())
+def test_a_seeded_row_samples_the_same_alone_and_in_any_batch_in_any_order(dtype, data):
+    """I2 for sampling: bitwise token and log-prob, whatever rows share the launch and in what order."""
+    h, w, seeds, tokens, logprobs = _cached_pool(dtype)
+    n = data.draw(st.integers(1, _POOL_ROWS), label="batch rows")
+    idx = torch.tensor(data.draw(st.permutations(range(_POOL_ROWS)), label="order")[:n], device=DEV)
+    batch_tokens, batch_lp = linear_sample(h[idx], w, 0.9, seeds=seeds[idx])
+    assert torch.equal(batch_tokens, tokens[idx])
+    assert torch.equal(_bits(batch_lp), _bits(logprobs[idx]))
+    j = int(idx[data.draw(st.integers(0, n - 1), label="row alone")])
+    alone_token, alone_lp = linear_sample(h[j:j + 1], w, 0.9, seeds=seeds[j:j + 1])
+    assert torch.equal(alone_token, tokens[j:j + 1]) and torch.equal(_bits(alone_lp), _bits(logprobs[j:j + 1]))
+
+
+@pytest.mark.cuda_configs
+def test_seeded_rows_are_batch_invariant_with_cuda_configs():
+    """The CUDA table's 64-row programs: a row alone, in the first program or in a later one."""
+    h, w = _head(150, 64, 300, torch.float16, seed=22, scale=3.0)
+    seeds = _seeds(150, 23)
+    with profiles.config_backend("cuda"):
+        tokens, lp = linear_sample(h, w, 0.7, seeds=seeds)
+        perm = torch.randperm(150, generator=torch.Generator().manual_seed(24)).to(DEV)
+        p_tokens, p_lp = linear_sample(h[perm], w, 0.7, seeds=seeds[perm])
+        one_token, one_lp = linear_sample(h[130:131], w, 0.7, seeds=seeds[130:131])
+    assert torch.equal(p_tokens, tokens[perm]) and torch.equal(_bits(p_lp), _bits(lp[perm]))
+    assert torch.equal(one_token, tokens[130:131]) and torch.equal(_bits(one_lp), _bits(lp[130:131]))
+
+
+def test_same_seeds_same_samples_other_seeds_other_samples():
+    h, w = _head(64, 16, 1000, torch.float16, seed=25, scale=0.5)  # near-uniform over 1000 tokens
+    seeds = _seeds(64, 26)
+    first = linear_sample(h, w, seeds=seeds)
+    again = linear_sample(h, w, seeds=seeds.clone())
+    assert torch.equal(first[0], again[0]) and torch.equal(_bits(first[1]), _bits(again[1]))
+    other = linear_sample(h, w, seeds=seeds + 1)
+    assert (other[0] != first[0]).sum() > 48, "a new seed should redraw nearly every row"
+    # changing one row's seed redraws that row only
+    one = seeds.clone()
+    one[5] ^= 1 << 40  # a bit of the key's high word
+    moved = linear_sample(h, w, seeds=one)
+    keep = torch.arange(64, device=DEV) != 5
+    assert torch.equal(moved[0][keep], first[0][keep]) and torch.equal(_bits(moved[1][keep]), _bits(first[1][keep]))
+    assert moved[0][5] != first[0][5]
+
+
+@pytest.mark.skipif(not pk.backend.INTERPRETED,
+                    reason="bitwise only under the interpreter, whose tl.log is numpy's; on GPU tl.log is approximate")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sampled_token_is_the_argmax_of_z_plus_the_documented_noise(dtype):
+    """token = argmax(logit / T - log(-log(u))), u = open_uniform(Philox(seed, column)), all in float32."""
+    h, w = _head(40, 16, 300, dtype, seed=27, scale=3.0)
+    seeds = _seeds(40, 28)
+    tokens, _ = linear_sample(h, w, 0.8, seeds=seeds)
+    z = (linear(h, w).float() / torch.tensor(0.8, dtype=torch.float32)).cpu().numpy()
+    keys = gumbel_keys(z, seeds.cpu().numpy())
+    np.testing.assert_array_equal(tokens.cpu().numpy(), keys.argmax(axis=1))
+
+
+def test_sample_allocates_nothing_of_rows_by_vocab():
+    """The noise is made in the kernel: no torch op inside linear_sample produces a tensor of rows x V elements.
+
+    (The interpreter hands the kernel byte views of its arguments; the weight's 400 x 16 x 2 bytes stay below
+    rows x V = 20,000, which the old (rows x V) uniform buffer reached.)
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    h, w = _head(50, 16, 400, torch.float16, seed=29)
+    largest = []
+
+    class LargestOutput(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            largest.extend(t.numel() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    for kwargs in ({"seeds": _seeds(50)}, {"generator": _gen(1)}, {}):
+        largest.clear()
+        with LargestOutput():
+            linear_sample(h, w, **kwargs)
+        assert largest and max(largest) < 50 * 400, (kwargs.keys(), max(largest))
+
+
+def test_generator_draws_one_seed_per_row():
+    """With a generator the wrapper draws int64 seeds (torch.randint) and samples exactly as with those seeds."""
+    h, w = _head(12, 16, 40, torch.float32, seed=30)
+    drawn = torch.randint(-(2**63), 2**63 - 1, (12,), generator=_gen(5), dtype=torch.int64, device=DEV)
+    via_generator = linear_sample(h, w, generator=_gen(5))
+    via_seeds = linear_sample(h, w, seeds=drawn)
+    assert torch.equal(via_generator[0], via_seeds[0]) and torch.equal(_bits(via_generator[1]), _bits(via_seeds[1]))
+    torch.manual_seed(5)
+    default_drawn = torch.randint(-(2**63), 2**63 - 1, (12,), dtype=torch.int64, device=DEV)
+    torch.manual_seed(5)
+    assert torch.equal(linear_sample(h, w)[0], linear_sample(h, w, seeds=default_drawn)[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -184,3 +337,19 @@ def test_bad_inputs():
         linear_logprobs(h, w, torch.tensor([0, 1, 2], device=DEV))
     with pytest.raises(TypeError, match="integer"):
         linear_logprobs(h, w, torch.tensor([0.0, 1.0, 2.0, 3.0], device=DEV))
+
+
+def test_bad_seeds():
+    h, w = _head(4, 16, 10, torch.float16)
+    with pytest.raises(TypeError, match="seeds must be a torch.Tensor"):
+        linear_sample(h, w, seeds=[1, 2, 3, 4])
+    with pytest.raises(TypeError, match="seeds must be int64"):
+        linear_sample(h, w, seeds=torch.arange(4, dtype=torch.int32, device=DEV))
+    with pytest.raises(ValueError, match=r"seeds has shape \(2, 2\), expected one seed per row: \(4,\)"):
+        linear_sample(h, w, seeds=torch.arange(4, device=DEV).view(2, 2))
+    with pytest.raises(ValueError, match="seeds is on meta"):
+        linear_sample(h, w, seeds=torch.arange(4, device="meta"))
+    with pytest.raises(ValueError, match="not both"):
+        linear_sample(h, w, seeds=torch.arange(4, device=DEV), generator=_gen(0))
+    with pytest.raises(TypeError, match="positional"):
+        linear_sample(h, w, 1.0, _gen(0))  # seeds and generator are keyword-only
