@@ -4,13 +4,18 @@
 
 1. runs the test suite on the GPU (`--tests quick`: the invariants and the fused kernel's I5) and checks the
    RL model's matched sampler/learner equality on the GPU;
-2. matmul TFLOP/s of pk.matmul against cuBLAS (torch.matmul) at decode and
-   prefill shapes, fp16/bf16, in the matched and engine profiles. Every time is the median of
-   do_bench after a warm-up; where both profiles run the same kernel (M above the engine's
-   split_m) and their times differ by more than 10%, the rows are flagged "noisy";
-3. fused linear->log-prob (pk.linear_logprobs) time and peak memory against the
-   unfused torch path (F.linear + log_softmax + gather), and against Liger's fused
-   linear cross-entropy where it is installed.
+2. matmul TFLOP/s of pk.matmul against cuBLAS (torch.matmul), N = K = 4096, M in
+   ``MATMUL_M`` (decode to prefill), fp16/bf16, in the matched and engine profiles. Every
+   time is the median of do_bench after a warm-up, in the same run as its baseline; where
+   both profiles run the same kernel (M above the engine's split_m) and their times differ
+   by more than 10%, the rows are flagged "noisy";
+3. fused SCORE (pk.linear_logprobs) at ``SCORE_SHAPES``, forward and forward+backward,
+   time and extra peak memory against the unfused torch path (F.linear + log_softmax +
+   gather), and against Liger's fused linear cross-entropy where it is installed.
+
+Results are recorded as ratios against the baseline of the same run, beside issue 13's
+targets: matmul as the fraction of cuBLAS's speed (``cublas_ms / pk_ms``, ``matmul_target``),
+fused SCORE as pk's time over torch's (``pk_ms / torch_ms``, ``SCORE_TARGETS``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ import torch.nn.functional as F
 
 # Identical kernels timed twice may differ by this much before the report flags the pair as noise.
 NOISE_TOLERANCE = 0.10
+# Row counts of the matmul table (N = K = 4096): decode, small batch, and prefill sizes.
+MATMUL_M = (1, 16, 256, 2048, 4096)
+# Fused SCORE shapes (rows, d, V): a small model's head and a Qwen-sized one.
+SCORE_SHAPES = ((4096, 1024, 32768), (4096, 4096, 151936))
+# Issue 13 section 4: pk's time over torch's unfused time, at most, per pass.
+SCORE_TARGETS = {"forward": 1.0, "forward+backward": 1.3}
+
+
+def matmul_target(m: int) -> float:
+    """Issue 13 section 4: the fraction of cuBLAS's speed the matched matmul must reach at M rows."""
+    if m >= 2048:
+        return 0.90
+    if m <= 16:
+        return 0.50
+    return 0.40
 
 
 def _bench(fn) -> float:
@@ -65,7 +85,7 @@ def matmul_figures() -> list[dict]:
     rows = []
     n = k = 4096
     for dtype in (torch.float16, torch.bfloat16):
-        for m in (1, 16, 256, 4096):
+        for m in MATMUL_M:
             a = torch.randn(m, k, device="cuda", dtype=dtype)
             b = torch.randn(k, n, device="cuda", dtype=dtype)
             flops = 2 * m * n * k
@@ -73,42 +93,86 @@ def matmul_figures() -> list[dict]:
             for profile in ("matched", "engine"):
                 with pk.use_profile(profile):
                     t_pk = _bench(lambda: pk.matmul(a, b))
-                rows.append({"dtype": str(dtype).removeprefix("torch."), "M": m, "N": n, "K": k, "profile": profile,
-                             "pk_ms": t_pk, "cublas_ms": t_cublas, "pk_tflops": flops / t_pk / 1e9,
-                             "cublas_tflops": flops / t_cublas / 1e9, "ratio": t_cublas / t_pk})
+                rows.append(matmul_row(str(dtype).removeprefix("torch."), m, n, k, profile, t_pk, t_cublas,
+                                       flops))
     return flag_identical_kernel_noise(rows)
 
 
-def logprob_figures(rows_n: int = 4096, d: int = 1024, vocab: int = 32768) -> list[dict]:
+def matmul_row(dtype: str, m: int, n: int, k: int, profile: str, pk_ms: float, cublas_ms: float,
+               flops: float) -> dict:
+    """One matmul record: ratio = the fraction of cuBLAS's speed; the target applies to the matched profile."""
+    ratio = cublas_ms / pk_ms
+    row = {"dtype": dtype, "M": m, "N": n, "K": k, "profile": profile, "pk_ms": pk_ms, "cublas_ms": cublas_ms,
+           "pk_tflops": flops / pk_ms / 1e9, "cublas_tflops": flops / cublas_ms / 1e9, "ratio": ratio}
+    if profile == "matched":
+        row["target_min_ratio"] = matmul_target(m)
+        row["meets_target"] = ratio >= row["target_min_ratio"]
+    return row
+
+
+def score_row(dtype: str, shape: tuple, pass_name: str, pk_ms: float, torch_ms: float, pk_extra_bytes: int,
+              torch_extra_bytes: int) -> dict:
+    """One fused SCORE record: ratio = pk's time over torch's unfused time (lower is better), with the target."""
+    rows_n, d, vocab = shape
+    ratio = pk_ms / torch_ms
+    return {"dtype": dtype, "rows": rows_n, "d": d, "V": vocab, "pass": pass_name, "pk_ms": pk_ms,
+            "torch_ms": torch_ms, "ratio": ratio, "target_max_ratio": SCORE_TARGETS[pass_name],
+            "meets_target": ratio <= SCORE_TARGETS[pass_name], "pk_extra_MiB": pk_extra_bytes / 2**20,
+            "torch_extra_MiB": torch_extra_bytes / 2**20,
+            "memory_ratio": pk_extra_bytes / torch_extra_bytes if torch_extra_bytes else None}
+
+
+def _extra_peak_bytes(fn) -> int:
+    """Peak memory allocated by one call of fn above what was allocated before it."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def score_figures(shapes=SCORE_SHAPES) -> tuple[list[dict], list[dict]]:
+    """Fused SCORE vs torch unfused, forward and forward+backward -> (ratio records, Liger rows where installed)."""
     import precision_kernels as pk
 
-    out = []
-    for dtype in (torch.float16, torch.bfloat16):
-        h = torch.randn(rows_n, d, device="cuda", dtype=dtype)
-        w = (torch.randn(vocab, d, device="cuda") / d**0.5).to(dtype)
-        t = torch.randint(0, vocab, (rows_n,), device="cuda")
-        variants = {
-            "pk.linear_logprobs (fused)": lambda: pk.linear_logprobs(h, w, t),
-            "torch unfused": lambda: torch.log_softmax(F.linear(h, w).float(), -1).gather(-1, t[:, None]),
-        }
-        try:
-            from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+    records, liger_rows = [], []
+    for shape in shapes:
+        rows_n, d, vocab = shape
+        for dtype in (torch.float16, torch.bfloat16):
+            name = str(dtype).removeprefix("torch.")
+            h = torch.randn(rows_n, d, device="cuda", dtype=dtype, requires_grad=True)
+            w = (torch.randn(vocab, d, device="cuda") / d**0.5).to(dtype).requires_grad_(True)
+            t = torch.randint(0, vocab, (rows_n,), device="cuda")
 
-            variants["liger fused linear CE"] = lambda: LigerFusedLinearCrossEntropyFunction.apply(h, w, t)
-        except Exception:
-            pass
-        for name, fn in variants.items():
-            fn()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            fn()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-            out.append({"dtype": str(dtype).removeprefix("torch."), "variant": name, "rows": rows_n, "d": d,
-                        "V": vocab, "ms": _bench(fn), "peak_extra_MiB": peak / 2**20,
-                        "logits_MiB": rows_n * vocab * h.element_size() / 2**20})
-    return out
+            def torch_forward():
+                return torch.log_softmax(F.linear(h, w).float(), -1).gather(-1, t[:, None]).squeeze(-1)
+
+            def pk_forward():
+                return pk.linear_logprobs(h, w, t)
+
+            passes = {
+                "forward": (pk_forward, torch_forward),
+                "forward+backward": (lambda: torch.autograd.grad(pk_forward().sum(), (h, w)),
+                                     lambda: torch.autograd.grad(torch_forward().sum(), (h, w))),
+            }
+            for pass_name, (pk_fn, torch_fn) in passes.items():
+                with torch.no_grad() if pass_name == "forward" else torch.enable_grad():
+                    t_torch, t_pk = _bench(torch_fn), _bench(pk_fn)
+                    mem_torch, mem_pk = _extra_peak_bytes(torch_fn), _extra_peak_bytes(pk_fn)
+                records.append(score_row(name, shape, pass_name, t_pk, t_torch, mem_pk, mem_torch))
+            try:
+                from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+                def liger():
+                    return LigerFusedLinearCrossEntropyFunction.apply(h, w, t)
+
+                liger_rows.append({"dtype": name, "rows": rows_n, "d": d, "V": vocab, "ms": _bench(liger),
+                                   "extra_MiB": _extra_peak_bytes(liger) / 2**20})
+            except Exception:
+                pass
+    return records, liger_rows
 
 
 # A quick selection (the invariants and the fused kernel's I5) for `--tests quick`; by default the
@@ -165,7 +229,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_report needs a CUDA device; none found.")
         return 2
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    import triton
+
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "cuda": torch.version.cuda}
     if not args.skip_tests:
         report["tests"] = run_tests(GPU_TESTS if args.tests == "quick" else ["tests"], args.test_timeout)
     report["rl_matched"] = rl_matched_check()
@@ -175,17 +242,21 @@ def main(argv=None) -> int:
               f"tokens differing {r['frac_tokens_differ']:.2%}  k3 {r['kl_k3']:.3g}")
     report["matmul"] = matmul_figures()
     print(f"\nmatmul on {report['device']} (N = K = 4096)")
-    print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9}")
+    print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9} {'target':>7}")
     for r in report["matmul"]:
         note = "  NOISY: same kernel as the other profile, >10% apart" if r.get("noisy") else ""
+        target = f">={r['target_min_ratio']:.2f}{'' if r['meets_target'] else '!'}" if "meets_target" in r else ""
         print(f"{r['dtype']:<9} {r['M']:>5} {r['profile']:<8} {r['pk_tflops']:>10.2f} {r['cublas_tflops']:>8.2f} "
-              f"{r['ratio']:>9.2f}{note}")
-    report["logprob"] = logprob_figures()
-    print("\nfused log-prob (rows 4096, d 1024, V 32768)")
-    print(f"{'dtype':<9} {'variant':<28} {'ms':>8} {'peak extra MiB':>15} {'logits MiB':>11}")
-    for r in report["logprob"]:
-        print(f"{r['dtype']:<9} {r['variant']:<28} {r['ms']:>8.3f} {r['peak_extra_MiB']:>15.1f} "
-              f"{r['logits_MiB']:>11.1f}")
+              f"{r['ratio']:>9.2f} {target:>7}{note}")
+    report["fused_score"], report["liger"] = score_figures()
+    print("\nfused SCORE (pk.linear_logprobs) vs torch unfused (linear + log_softmax + gather)")
+    print(f"{'dtype':<9} {'rows x d x V':<20} {'pass':<17} {'pk ms':>8} {'torch ms':>8} {'pk/torch':>8} "
+          f"{'target':>7} {'pk MiB':>8} {'torch MiB':>9}")
+    for r in report["fused_score"]:
+        shape = f"{r['rows']}x{r['d']}x{r['V']}"
+        target = f"<={r['target_max_ratio']:.1f}{'' if r['meets_target'] else '!'}"
+        print(f"{r['dtype']:<9} {shape:<20} {r['pass']:<17} {r['pk_ms']:>8.3f} {r['torch_ms']:>8.3f} "
+              f"{r['ratio']:>8.2f} {target:>7} {r['pk_extra_MiB']:>8.1f} {r['torch_extra_MiB']:>9.1f}")
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(f"\nwrote {args.json}")

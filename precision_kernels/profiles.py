@@ -1,4 +1,9 @@
-"""Tile configs, chosen only by backend, dtype and profile (never by shape or data).
+"""Tile configs, chosen only by backend, dtype and profile (never by data; by shape only through M buckets).
+
+The one shape-dependent choice: the 2-D matmul's entry may be a small fixed table of M
+buckets (``MBucket``) that picks BLOCK_M / BLOCK_N / warps from the call's row count.
+Every bucket keeps the same BLOCK_K, hence the same K order (``check_m_buckets``), and
+one instruction family (compile check), so a row's bits do not depend on its bucket.
 
 Two profiles:
 
@@ -40,6 +45,15 @@ class MatmulConfig:
 
 
 @dataclass(frozen=True)
+class MBucket:
+    """One row of an M-bucket table: a 2-D matmul call with ``M <= max_rows`` rows (any M when
+    ``max_rows`` is None, the last bucket) is tiled with ``config``."""
+
+    max_rows: int | None
+    config: MatmulConfig
+
+
+@dataclass(frozen=True)
 class RowConfig:
     """Row reductions (softmax, log-softmax, RMSNorm, token log-probs)."""
 
@@ -54,7 +68,8 @@ class EngineConfig:
     splits: int = 4               # number of partial sums, each rounded to the output dtype
 
 
-# (backend table, dtype) -> (2-D config, batched config).  Only these keys decide a tile.
+# (backend table, dtype) -> (2-D config or M-bucket table, batched config). Only these keys (and,
+# through a bucket table, the call's row count M) decide a tile.
 # The 2-D and batched configs of one backend and dtype share block_k, so K is cut into the
 # same blocks and a batched product equals the 2-D product of each item, bitwise.
 # Interpreter: few, large programs (each tile operation is a Python-level step).
@@ -65,13 +80,18 @@ _CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num
 _CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
 _CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
 _CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2)
+# M buckets of the CUDA 2-D matmul (``check_m_buckets`` states the rules). One bucket until a GPU
+# run shows, in fp16, bf16 and fp32, that a row's bits are the same in a launch of every bucket
+# (tests/test_profiles.py::test_rows_equal_in_every_m_bucket_gpu).
+_CUDA16_BUCKETS = (MBucket(None, _CUDA16_2D),)
+_CUDA32_BUCKETS = (MBucket(None, _CUDA32_2D),)
 _MATMUL_TABLE = {
     ("interpreter", "fp32"): (_INTERP_2D, _INTERP_BATCHED),
     ("interpreter", "fp16"): (_INTERP_2D, _INTERP_BATCHED),
     ("interpreter", "bf16"): (_INTERP_2D, _INTERP_BATCHED),
-    ("cuda", "fp32"): (_CUDA32_2D, _CUDA32_BATCHED),
-    ("cuda", "fp16"): (_CUDA16_2D, _CUDA16_BATCHED),
-    ("cuda", "bf16"): (_CUDA16_2D, _CUDA16_BATCHED),
+    ("cuda", "fp32"): (_CUDA32_BUCKETS, _CUDA32_BATCHED),
+    ("cuda", "fp16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
+    ("cuda", "bf16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
 }
 _DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ROWS = {
@@ -126,14 +146,76 @@ def table_backend() -> str:
     return "interpreter" if backend.INTERPRETED else "cuda"
 
 
-def matmul_config_for(table: str, dtype_name: str, batched: bool = False) -> MatmulConfig:
-    """The matmul tiles of one table ("interpreter" or "cuda") and dtype name ("fp32", "fp16", "bf16")."""
+def check_m_buckets(buckets: tuple, block_k: int | None = None) -> tuple[MBucket, ...]:
+    """Validate an M-bucket table of the 2-D matmul and return it; ValueError/TypeError otherwise.
+
+    A row's bits may not depend on which bucket served its launch, so every bucket keeps
+    the same BLOCK_K (the kernel walks K in BLOCK_K blocks in index order: one BLOCK_K is
+    one K order); only BLOCK_M, BLOCK_N, GROUP_M, warps and stages may differ. ``block_k``,
+    when given, is the BLOCK_K they must all have (the batched config's: a batched product
+    equals the 2-D product of each item). Bounds are ints >= 1, strictly increasing; the
+    last bucket, and only it, has ``max_rows=None`` (every larger M). That the buckets also
+    compile to one tensor-core instruction family is the compile check's audit
+    (``compile_check.instruction_family``), and that a row's bits are equal in every bucket
+    is a GPU test.
+    """
+    if not isinstance(buckets, tuple) or not buckets or not all(isinstance(b, MBucket) for b in buckets):
+        raise TypeError(f"buckets must be a non-empty tuple of MBucket, got {buckets!r}")
+    bounds = [b.max_rows for b in buckets]
+    if bounds[-1] is not None or any(m is None for m in bounds[:-1]):
+        raise ValueError(f"buckets: only the last bucket may (and must) have max_rows=None, got bounds {bounds}")
+    finite = bounds[:-1]
+    if any(not isinstance(m, int) or m < 1 for m in finite) or finite != sorted(set(finite)):
+        raise ValueError(f"buckets: max_rows must be ints >= 1 in strictly increasing order, got {finite}")
+    want = buckets[0].config.block_k if block_k is None else block_k
+    for i, b in enumerate(buckets):
+        if b.config.block_k != want:
+            raise ValueError(f"buckets: bucket {i} (max_rows={b.max_rows}) has BLOCK_K={b.config.block_k}, "
+                             f"expected {want}: every bucket must keep one BLOCK_K (one K order)")
+    return buckets
+
+
+def pick_m_bucket(buckets: tuple[MBucket, ...], m: int) -> MatmulConfig:
+    """The config of the first bucket whose bound holds ``m`` rows."""
+    for b in buckets:
+        if b.max_rows is None or m <= b.max_rows:
+            return b.config
+    raise AssertionError("unreachable: the last bucket has no bound")
+
+
+def matmul_buckets_for(table: str, dtype_name: str) -> tuple[MBucket, ...]:
+    """The 2-D matmul's M-bucket table for one backend table and dtype name (one bucket for a plain config)."""
     two_d, batched_cfg = _MATMUL_TABLE[(table, dtype_name)]
-    return batched_cfg if batched else two_d
+    buckets = (MBucket(None, two_d),) if isinstance(two_d, MatmulConfig) else two_d
+    return check_m_buckets(buckets, block_k=batched_cfg.block_k)
 
 
-def matmul_config(dtype: torch.dtype, batched: bool = False) -> MatmulConfig:
-    return matmul_config_for(table_backend(), _DTYPE_NAME[dtype], batched)
+def matmul_config_for(table: str, dtype_name: str, batched: bool = False, m: int | None = None) -> MatmulConfig:
+    """The matmul tiles of one table ("interpreter" or "cuda") and dtype name ("fp32", "fp16", "bf16").
+
+    The 2-D config comes from the table's M buckets for a call with ``m`` rows; ``m`` may be
+    left out only where the table has a single bucket.
+    """
+    if batched:
+        return _MATMUL_TABLE[(table, dtype_name)][1]
+    buckets = matmul_buckets_for(table, dtype_name)
+    if m is None:
+        if len(buckets) > 1:
+            raise ValueError(f"m (the call's row count) is required: the {table} {dtype_name} matmul has "
+                             f"{len(buckets)} M buckets")
+        return buckets[0].config
+    if not isinstance(m, int) or isinstance(m, bool) or m < 0:
+        raise ValueError(f"m must be a row count (int >= 0), got {m!r}")
+    return pick_m_bucket(buckets, m)
+
+
+def matmul_config(dtype: torch.dtype, batched: bool = False, m: int | None = None) -> MatmulConfig:
+    return matmul_config_for(table_backend(), _DTYPE_NAME[dtype], batched, m)
+
+
+# A malformed bucket table is refused at import, not at the first call whose M reaches it.
+for _key in _MATMUL_TABLE:
+    matmul_buckets_for(*_key)
 
 
 def row_config_for(table: str) -> RowConfig:
@@ -174,17 +256,25 @@ class LMHeadConfig:
     num_stages: int = 2
 
 
-_LM_HEAD_BLOCK_M = {"interpreter": 256, "cuda": 64}
-_LM_HEAD_BLOCK_V_CUDA = 128
+_LM_HEAD_BLOCK_M = {"interpreter": 256}
+# CUDA tiles per dtype: (block_m, block_v, num_warps), one config for SCORE, SAMPLE and the
+# backward (I5). Sized so that every variant compiles without register spills on sm_80 and
+# sm_90 (``compile_check --all --only lm_head``; tests/test_compile_check.py): 64 x 128
+# tiles over 8 warps spilled 8-1080 bytes in SAMPLE, where the Philox state and the Gumbel
+# keys are live beside the logits tile, and fp32 (FMA dots) spilled in SCORE too.
+_LM_HEAD_CUDA = {"fp32": (32, 64, 8), "fp16": (64, 64, 8), "bf16": (64, 64, 8)}
 # Vocab columns per backward chunk: the dlogits buffer is (rows x this) at most.
 LM_HEAD_BWD_CHUNK = 8192
 
 
 def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
-    two_d = matmul_config_for(table, dtype_name)
-    block_v = _ROWS[table].block_cols if table == "interpreter" else _LM_HEAD_BLOCK_V_CUDA
-    return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=block_v, block_k=two_d.block_k,
-                        num_warps=4 if table == "interpreter" else 8)
+    # every M bucket has the same BLOCK_K, so the logits tiles equal pk.linear's for any M
+    block_k = matmul_buckets_for(table, dtype_name)[0].config.block_k
+    if table == "interpreter":
+        return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=_ROWS[table].block_cols, block_k=block_k,
+                            num_warps=4)
+    block_m, block_v, num_warps = _LM_HEAD_CUDA[dtype_name]
+    return LMHeadConfig(block_m=block_m, block_v=block_v, block_k=block_k, num_warps=num_warps)
 
 
 def lm_head_config(dtype: torch.dtype) -> LMHeadConfig:

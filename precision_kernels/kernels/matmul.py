@@ -32,12 +32,15 @@ Numerics (DESIGN.md section 2):
   ``np.matmul``) gives an element different bits depending on its row/column
   position in the tile. See ``_dot_k_range``.
 * Offsets are 64-bit: row/column/batch indices are int64 before they meet a stride.
+* The row count M and batch size are never specialised (``tile_kernel``): a batch-1
+  decode (M = 1) runs the same compiled kernel as the batched pass.
 """
 
 import triton
 import triton.language as tl
 
 from .rounding import round_fp32, to_fp32
+from .specialization import tile_kernel
 
 
 @triton.jit
@@ -188,7 +191,7 @@ def linear_tile(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
     return to_fp32(round_fp32(total, KIND), KIND)
 
 
-@triton.jit
+@tile_kernel(batch_args=("M",))
 def matmul_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_chunk,
                   stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                   KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
@@ -214,7 +217,7 @@ def matmul_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_chunk,
     tl.store(c_ptrs, round_fp32(total, KIND), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
-@triton.jit
+@tile_kernel(batch_args=("BATCH", "M"))
 def bmm_kernel(a_ptr, b_ptr, c_ptr, BATCH, M, N, K, k_chunk,
                stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn, stride_cb, stride_cm, stride_cn,
                KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_BATCH: tl.constexpr,

@@ -17,7 +17,7 @@ from .rounding import round_fp32, to_fp32
 from .specialization import row_kernel
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def rms_norm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, stride_x, eps,
                         KIND: tl.constexpr, W_KIND: tl.constexpr,
                         BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -49,7 +49,7 @@ def rms_norm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, stride_x,
     tl.store(rstd_ptr + rows, rstd, mask=row_mask)
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_part_ptr, n_rows, n_cols, stride_x, stride_dy,
                         KIND: tl.constexpr, W_KIND: tl.constexpr, DY_KIND: tl.constexpr,
                         BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -86,7 +86,7 @@ def rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_part_ptr, n_r
         tl.store(dw_part_ptr + pid * n_cols + cols, dw, mask=col_mask)
 
 
-@row_kernel
+@row_kernel(batch_args=("n_parts",))  # one partial row per row block
 def col_sum_kernel(part_ptr, out_ptr, n_parts, n_cols, OUT_KIND: tl.constexpr,
                    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """out[c] = sum over p of part[p, c], in index order (chunks of BLOCK_ROWS rows, chunks in order)."""

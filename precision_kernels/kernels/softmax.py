@@ -26,7 +26,7 @@ def _probs(z, mask, run_max, run_sum):
 # ----------------------------------------------------------------------------------------
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def softmax_fwd_kernel(x_ptr, y_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x, scale,
                        KIND: tl.constexpr, LOG: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -65,7 +65,7 @@ def softmax_fwd_kernel(x_ptr, y_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x,
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def softmax_bwd_kernel(x_ptr, dy_ptr, dx_ptr, max_ptr, sum_ptr, n_rows, n_cols, stride_x, stride_dy, scale,
                        KIND: tl.constexpr, DY_KIND: tl.constexpr, LOG: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):

@@ -26,7 +26,7 @@ from .specialization import row_kernel
 # ----------------------------------------------------------------------------------------
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def token_logprobs_fwd_kernel(logits_ptr, tokens_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
                               n_rows, n_cols, stride_l, temperature,
                               KIND: tl.constexpr, WITH_ENTROPY: tl.constexpr,
@@ -55,7 +55,7 @@ def token_logprobs_fwd_kernel(logits_ptr, tokens_ptr, logprob_ptr, entropy_ptr, 
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
 
 
-@row_kernel
+@row_kernel(batch_args=("n_rows",))
 def token_logprobs_bwd_kernel(logits_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr,
                               max_ptr, sum_ptr, dlogits_ptr, n_rows, n_cols, stride_l, temperature,
                               KIND: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,

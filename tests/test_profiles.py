@@ -1,0 +1,136 @@
+"""Tile tables (profiles.py): the M-bucket mechanism of the 2-D matmul (issue 13 section 3).
+
+A bucket table may pick BLOCK_M / BLOCK_N / warps from a call's row count, but never BLOCK_K
+(the K order). ``check_m_buckets`` refuses a table that breaks that; the rows of a matrix
+must have the same bits whichever bucket served their launch: by construction under the
+interpreter (no tl.dot there), and only a GPU run can show it for the CUDA buckets.
+"""
+
+import pytest
+import torch
+
+import precision_kernels as pk
+from precision_kernels import profiles
+from precision_kernels.ops._common import observe_launches
+from precision_kernels.profiles import MatmulConfig, MBucket, check_m_buckets, pick_m_bucket
+
+DEV = pk.backend.device()
+ON_GPU = not pk.backend.INTERPRETED
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _cfg(block_m, block_k=32, num_warps=4):
+    return MatmulConfig(block_m=block_m, block_n=32, block_k=block_k, num_warps=num_warps)
+
+
+THREE = (MBucket(16, _cfg(16, num_warps=1)), MBucket(256, _cfg(64, num_warps=2)), MBucket(None, _cfg(256)))
+
+
+def test_check_m_buckets_refuses_buckets_that_differ_in_block_k():
+    bad = (MBucket(16, _cfg(16, block_k=16)), MBucket(None, _cfg(256, block_k=32)))
+    with pytest.raises(ValueError, match=r"bucket 1 \(max_rows=None\) has BLOCK_K=32, expected 16"):
+        check_m_buckets(bad)
+    with pytest.raises(ValueError, match="bucket 0 .* has BLOCK_K=32, expected 64"):
+        check_m_buckets(THREE, block_k=64)  # the batched config's BLOCK_K differs
+    assert check_m_buckets(THREE, block_k=32) is THREE
+
+
+@pytest.mark.parametrize("bounds, message", [
+    ((16, 8, None), "strictly increasing"),
+    ((16, 16, None), "strictly increasing"),
+    ((0, None), "ints >= 1"),
+    ((16, 64), "only the last bucket may"),
+    ((None, 64, None), "only the last bucket may"),
+])
+def test_check_m_buckets_refuses_malformed_bounds(bounds, message):
+    with pytest.raises(ValueError, match=message):
+        check_m_buckets(tuple(MBucket(b, _cfg(16)) for b in bounds))
+
+
+def test_check_m_buckets_refuses_what_is_not_a_bucket_table():
+    for bad in ((), [MBucket(None, _cfg(16))], (_cfg(16),)):
+        with pytest.raises(TypeError, match="non-empty tuple of MBucket"):
+            check_m_buckets(bad)
+
+
+def test_pick_m_bucket_takes_the_first_bound_that_holds_m():
+    picked = [pick_m_bucket(THREE, m).block_m for m in (0, 1, 16, 17, 256, 257, 10**6)]
+    assert picked == [16, 16, 16, 64, 64, 256, 256]
+
+
+def test_a_bad_table_is_refused_where_it_is_looked_up(monkeypatch):
+    batched = profiles.matmul_config_for("interpreter", "fp32", batched=True)
+    bad = (MBucket(16, _cfg(16, block_k=16)), MBucket(None, _cfg(256, block_k=batched.block_k)))
+    monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (bad, batched))
+    with pytest.raises(ValueError, match="every bucket must keep one BLOCK_K"):
+        profiles.matmul_config_for("interpreter", "fp32", m=4)
+
+
+def test_the_shipped_tables_have_one_block_k_per_dtype():
+    for table in ("interpreter", "cuda"):
+        for name in DTYPES:
+            buckets = profiles.matmul_buckets_for(table, name)
+            assert {b.config.block_k for b in buckets} == {profiles.matmul_config_for(table, name, True).block_k}
+            # no m needed while a table has one bucket; with several, m is required
+            if len(buckets) == 1:
+                assert profiles.matmul_config_for(table, name) == buckets[0].config
+
+
+def test_m_is_required_once_a_table_has_several_buckets(monkeypatch):
+    batched = profiles.matmul_config_for("interpreter", "fp32", batched=True)
+    monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (THREE, batched))
+    with pytest.raises(ValueError, match="m .* is required: the interpreter fp32 matmul has 3 M buckets"):
+        profiles.matmul_config_for("interpreter", "fp32")
+    with pytest.raises(ValueError, match="m must be a row count"):
+        profiles.matmul_config_for("interpreter", "fp32", m=-1)
+    assert profiles.matmul_config_for("interpreter", "fp32", m=17).block_m == 64
+
+
+def _bucket_sizes(buckets):
+    """Row counts that land in every bucket: 1, each bound, each bound + 1."""
+    sizes = {1}
+    for b in buckets[:-1]:
+        sizes |= {b.max_rows, b.max_rows + 1}
+    return sorted(sizes)
+
+
+def _rows_in_every_bucket(dtype, buckets, n, k):
+    """pk.linear of the first M rows of one matrix for M in every bucket; row r must have the same bits in all.
+    Returns the num_warps each launch ran with (to see which buckets served)."""
+    sizes = _bucket_sizes(buckets)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(max(sizes), k, generator=g).to(dtype).to(DEV)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype).to(DEV)
+    full = pk.linear(x, w)
+    warps = []
+    for m in sizes:
+        with observe_launches() as launches:
+            part = pk.linear(x[:m], w)
+        warps.append(launches[0].options["num_warps"])
+        view = torch.int32 if dtype == torch.float32 else torch.int16
+        assert torch.equal(part.view(view), full[:m].view(view)), f"rows of an M={m} launch differ"
+    return sizes, warps
+
+
+@pytest.mark.parametrize("name", list(DTYPES))
+def test_rows_equal_in_every_m_bucket_interpreter(name, monkeypatch):
+    """The mechanism end to end: a three-bucket table (same BLOCK_K) reaches pk.linear through the call's M,
+    and the rows come out bitwise equal in launches of every bucket."""
+    table = profiles.table_backend()
+    batched = profiles.matmul_config_for(table, name, batched=True)
+    three = tuple(MBucket(b.max_rows, MatmulConfig(block_m=b.config.block_m, block_n=32, block_k=batched.block_k,
+                                                   num_warps=b.config.num_warps)) for b in THREE)
+    monkeypatch.setitem(profiles._MATMUL_TABLE, (table, name), (three, batched))
+    sizes, warps = _rows_in_every_bucket(DTYPES[name], three, n=40, k=70)
+    assert dict(zip(sizes, warps, strict=True)) == {1: 1, 16: 1, 17: 2, 256: 2, 257: 4}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="GPU-only: the interpreter never uses tl.dot, so its buckets agree by "
+                                       "construction; whether wgmma/mma.sync tiles of different shapes sum a row "
+                                       "the same way only a GPU can show")
+@pytest.mark.parametrize("name", list(DTYPES))
+def test_rows_equal_in_every_m_bucket_gpu(name):
+    """The shipped CUDA buckets: the same rows computed in launches of every bucket have the same bits."""
+    buckets = profiles.matmul_buckets_for("cuda", name)
+    _rows_in_every_bucket(DTYPES[name], buckets, n=4096, k=4096)
