@@ -129,7 +129,7 @@ def resolve_device(flag: str) -> torch.device:
                              "precision_kernels was imported); to run on CPU set TRITON_INTERPRET=1 in the "
                              "environment before starting (the Triton interpreter then runs the kernels)")
         raise ValueError(f"--device cuda: the kernels run under the Triton interpreter in this process "
-                         f"(backend {pk.backend.name()!r}: no CUDA device, or TRITON_INTERPRET=1 was set); "
+                         f"(backend {pk.backend.active_backend()!r}: no CUDA device, or TRITON_INTERPRET=1 was set); "
                          f"use --device cpu or auto")
     return backend
 

@@ -5,7 +5,7 @@ import torch
 
 import precision_kernels as pk
 from rl.model import ModelConfig, TinyGPT
-from rl.sampler import generate, greedy
+from rl.sampler import generate, greedy, mix_seed, splitmix64
 
 DEVICE = pk.backend.device()
 V = 13
@@ -88,3 +88,54 @@ def test_valid_edges_are_accepted(model):
     assert ro.tokens.shape == (1, 9)
     resp, mask = greedy(model, prompts, 5, V - 1, 0)
     assert resp.shape == (1, 5) and mask[0, 0]
+
+
+# ---- keyed sampling: seed=, first_index= --------------------------------------------------
+
+def test_splitmix64_known_answers():
+    """splitmix64's first two outputs from state 0 (Steele, Lea & Flood 2014 / Vigna's reference code)."""
+    assert splitmix64(0) == 0xE220A8397B1DCDAF
+    assert splitmix64(0x9E3779B97F4A7C15) == 0x6E789E6AA1B965F4
+    assert mix_seed(0) == splitmix64(0) >> 1
+    assert mix_seed(3, 5, 7) == splitmix64(splitmix64(splitmix64(3) ^ 5) ^ 7) >> 1
+    assert 0 <= mix_seed(-1, 2**70) < 2**63
+
+
+@pytest.fixture(scope="module")
+def peaked_model():
+    return TinyGPT(ModelConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, max_seq_len=8, precision="fp16"),
+                   seed=3, init="torch").to(DEVICE)
+
+
+def _equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_batch_sampled_in_pieces_equals_one_call_bitwise(peaked_model):
+    prompts = torch.randint(0, V, (6, 3), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    kw = {"seed": 12345, "eos_id": 0, "pad_id": 1, "temperature": 1.0}
+    whole = generate(peaked_model, prompts, 4, **kw)
+    first = generate(peaked_model, prompts[:2], 4, **kw)
+    rest = generate(peaked_model, prompts[2:], 4, first_index=2, **kw)
+    joined = [torch.cat([a, b]) for a, b in zip(first, rest)]
+    assert _equal(whole, joined)
+    # a row's draw depends on its global index, not its place in the call
+    alone = generate(peaked_model, prompts[4:5], 4, first_index=4, **kw)
+    assert _equal([x[4:5] for x in whole], alone)
+    # and on the seed and the index: other keys draw other tokens somewhere
+    assert not torch.equal(generate(peaked_model, prompts, 4, **{**kw, "seed": 54321}).tokens, whole.tokens)
+    assert not torch.equal(generate(peaked_model, prompts, 4, first_index=6, **kw).tokens, whole.tokens)
+
+
+@pytest.mark.parametrize("kwargs,error,fragment", [
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 2**63}, ValueError, "seed"),
+    ({"seed": 1.0}, ValueError, "seed"),
+    ({"seed": True}, ValueError, "seed"),
+    ({"seed": 1, "generator": torch.Generator(device=DEVICE)}, ValueError, "generator"),
+    ({"seed": 1, "first_index": -1}, ValueError, "first_index"),
+    ({"seed": 1, "first_index": 0.5}, ValueError, "first_index"),
+])
+def test_bad_seed_arguments(model, kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        generate(model, ok_prompts(), 2, **kwargs)

@@ -7,9 +7,18 @@ flag named on stderr, and the output directory is not even created.
 import json
 
 import pytest
+import torch
 
 from rl.checkpoint import save_checkpoint
-from rl.train import RESUME_MAY_DIFFER, _drop_records_after, build_parser, check_args, main, resume_conflicts
+from rl.train import (
+    RESUME_MAY_DIFFER,
+    _drop_records_after,
+    build_parser,
+    check_args,
+    main,
+    resolve_device,
+    resume_conflicts,
+)
 
 # (bad flags, the flag the error must name)
 BAD_FLAGS = [
@@ -70,6 +79,17 @@ BAD_FLAGS = [
     (["--no-progress", "1"], "1"),
     (["--resume", "--overwrite"], "--overwrite"),
     (["--resume"], "--resume"),                               # no checkpoint to resume from
+    (["--device", "gpu"], "--device"),
+    (["--algo", "gspo", "--agg", "token-mean"], "--agg"),     # gspo is sequence-level
+    (["--algo", "gspo", "--tis-cap", "2"], "--tis-cap"),      # a ppo/grpo option
+    (["--algo", "tis", "--ratio", "sampler"], "--ratio"),
+    (["--kl-coef", "-0.1"], "--kl-coef"),
+    (["--kl-coef", "nan"], "--kl-coef"),
+    (["--kl-coef", "inf"], "--kl-coef"),
+    (["--kl-estimator", "k2"], "--kl-estimator"),             # without --kl-coef
+    (["--kl-coef", "0.1", "--kl-estimator", "k4"], "--kl-estimator"),
+    (["--eval-prompts", "0"], "--eval-prompts"),
+    (["--eval-prompts", "513"], "--eval-prompts"),            # more than --dataset-size 512
 ]
 
 
@@ -81,6 +101,29 @@ def test_bad_flag_is_refused_before_any_work(tmp_path, capsys, flags, flag):
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_device_the_backend_cannot_serve_is_refused(tmp_path, capsys, monkeypatch):
+    """--device cpu on a CUDA backend names TRITON_INTERPRET; --device cuda under the interpreter is refused."""
+    import precision_kernels as pk
+
+    wrong = "cuda" if pk.backend.device().type == "cpu" else "cpu"
+    with pytest.raises(SystemExit):
+        main(["--device", wrong, "--out", str(tmp_path / "run")])
+    assert "--device" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    monkeypatch.setattr(pk.backend, "device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(pk.backend, "active_backend", lambda: "cuda")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        resolve_device("cpu")
+    assert resolve_device("auto") == torch.device("cuda") == resolve_device("cuda")
+
+
+def test_batch_must_split_into_whole_groups_per_process(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit):
+        main(["--batch", "8", "--out", str(tmp_path / "run")])
+    assert "--batch" in capsys.readouterr().err
+    check_args(build_parser().parse_args(["--batch", "9", "--out", str(tmp_path / "run")]))  # no error
 
 
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
