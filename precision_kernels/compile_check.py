@@ -2,6 +2,16 @@
 
     python -m precision_kernels.compile_check          # first config of one kernel per family
     python -m precision_kernels.compile_check --all    # every registered config
+    python -m precision_kernels.compile_check --all --only lm_head --json out.json   # one family's variants
+
+``--json`` writes one record per kernel variant and target: ``kernel``, ``variant`` (its
+constexprs and launch options), ``target`` ("sm_80"/"sm_90"), ``registers``,
+``spill_bytes`` and ``shared_bytes``, plus the config, the instruction family and the
+audit outcome. Offline, registers and spill bytes come from the bundled
+``cuobjdump --dump-resource-usage`` (``REG`` and ``STACK``: a Triton kernel has no local
+arrays, so its stack frame is its register spills; ``CompiledKernel.n_spills`` is only
+filled in when a GPU driver loads the kernel); shared bytes are the compiled kernel's
+``metadata.shared`` (Triton's dynamic shared memory).
 
 Each kernel is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``
 in a process where ``PK_COMPILE_ONLY=1`` makes ``backend.py`` define compiled (not
@@ -10,6 +20,8 @@ interpreted) kernels. Audits:
 * PTX: no atomics or reductions to memory (an instruction regex, not a substring:
   ``"red." in ptx`` would match ``st.shared.b16``);
 * PTX of fp16/bf16 matmul-family kernels contains ``mma``/``wgmma`` instructions;
+* one instruction family (``wgmma``, ``mma.sync`` or none) in every config of a kernel,
+  per target: the configs of the M buckets must not change how a dot product is summed;
 * TTGIR (invariant I5): kernels registered in one ``reduce_layout_group`` (the
   fused LM-head kernel's SCORE and SAMPLE modes) must run their order-sensitive
   (summing) reductions on operands of the same layouts, config by config. Max/min
@@ -33,20 +45,39 @@ TARGETS = (80, 90)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 MEMORY_REDUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(atom|red|cp\.reduce\.async\.bulk|multimem\.red)\.", re.M)
 MMA_INSTRUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(mma|wgmma)\.", re.M)
+# Config keys that say how a kernel is tiled, not what it computes (left out of the family/variant keys).
+_SKIP_IN_VARIANT = ("NATIVE_DOT", "KIND")
+_MODE_NAMES = {0: "SCORE", 1: "SAMPLE"}
 _LAYOUT_ALIAS = re.compile(r"^(#[\w.]+)\s*=\s*(.+)$", re.M)
 
 
 @dataclass
 class CheckResult:
+    """One kernel variant compiled for one target (one JSON record)."""
+
     kernel: str
-    config: dict
+    variant: str
     target: str
-    ok: bool
-    seconds: float = 0.0
     registers: int | None = None
-    spills: int | None = None
+    spill_bytes: int | None = None
+    shared_bytes: int | None = None
+    instruction_family: str | None = None
+    config: dict = field(default_factory=dict)
+    ok: bool = False
+    seconds: float = 0.0
     reduce_layouts: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+
+
+def variant_name(config: dict) -> str:
+    """A config as a short unique string: MODE by name, the dtype (in the kernel's name) left out."""
+    return ",".join(f"{k}={_MODE_NAMES.get(v, v) if k == 'MODE' else v}" for k, v in config.items()
+                    if k not in _SKIP_IN_VARIANT)
+
+
+def family_of(kernel_name: str) -> str:
+    """Kernel family: the registered name without its _fp32/_fp16/_bf16 suffix."""
+    return re.sub(r"_(fp32|fp16|bf16)$", "", kernel_name)
 
 
 def memory_reductions(ptx: str) -> list[str]:
@@ -56,6 +87,14 @@ def memory_reductions(ptx: str) -> list[str]:
 
 def has_mma(ptx: str) -> bool:
     return MMA_INSTRUCTION.search(ptx) is not None
+
+
+def instruction_family(ptx: str) -> str:
+    """How the kernel's dot products run: "wgmma" (sm_90 warp-group MMA), "mma.sync" (warp MMA) or "none"
+    (FMA, e.g. fp32 with input_precision="ieee"). A kernel mixing both reports "wgmma+mma.sync"."""
+    kinds = {m.group(2) for m in MMA_INSTRUCTION.finditer(ptx)}
+    names = [name for key, name in (("wgmma", "wgmma"), ("mma", "mma.sync")) if key in kinds]
+    return "+".join(names) or "none"
 
 
 def reduce_operand_layouts(ttgir: str, order_sensitive_only: bool = False) -> list[str]:
@@ -86,7 +125,7 @@ def _load_kernels() -> dict:
 
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
-    """Registers and spill bytes from cuobjdump, when Triton ships it."""
+    """Registers and spill bytes (the stack frame) from the bundled cuobjdump; None where it is missing."""
     try:
         import triton.backends.nvidia as nv
 
@@ -110,7 +149,7 @@ def compile_one(spec, config: dict, cc: int) -> CheckResult:
 
     from . import backend
 
-    result = CheckResult(spec.name, config, f"sm_{cc}", ok=False)
+    result = CheckResult(spec.name, variant_name(config), f"sm_{cc}", config=dict(config))
     start = time.perf_counter()
     try:
         constexprs = {k: v for k, v in config.items() if k in spec.fn.arg_names}
@@ -127,8 +166,10 @@ def compile_one(spec, config: dict, cc: int) -> CheckResult:
             result.problems.append(f"atomics/reductions to memory: {bad[:3]}")
         if spec.expects_mma and not has_mma(ptx):
             result.problems.append("no mma/wgmma instruction in a tensor-core kernel")
+        result.instruction_family = instruction_family(ptx)
         result.reduce_layouts = reduce_operand_layouts(compiled.asm["ttgir"], order_sensitive_only=True)
-        result.registers, result.spills = _resource_usage(compiled.asm["cubin"])
+        result.registers, result.spill_bytes = _resource_usage(compiled.asm["cubin"])
+        result.shared_bytes = compiled.metadata.shared
         result.ok = not result.problems
     except Exception as exc:  # report, keep checking the rest
         result.problems.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
@@ -154,18 +195,49 @@ def audit_reduce_layouts(results: list[CheckResult], kernels: dict) -> list[str]
     return problems
 
 
-def run(all_configs: bool, only: str | None = None) -> tuple[list[CheckResult], list[str]]:
+def audit_instruction_families(results: list[CheckResult]) -> list[str]:
+    """Every config of a kernel (M buckets, modes, splits) runs its dots in one instruction family per target."""
+    families: dict[tuple, dict[str, str]] = {}
+    for r in results:
+        if r.ok:
+            families.setdefault((r.kernel, r.target), {})[r.variant] = r.instruction_family
+    return [f"{kernel} {target}: instruction families differ between configs: {found}"
+            for (kernel, target), found in families.items() if len(set(found.values())) > 1]
+
+
+def _selected(name: str, kernel_filter: str | None, only: list[str] | None) -> bool:
+    if kernel_filter and kernel_filter not in name:
+        return False
+    family = family_of(name)
+    return not only or any(family == f or family.startswith(f + "_") for f in only)
+
+
+def run(all_configs: bool, kernel_filter: str | None = None, only: list[str] | None = None,
+        matched_only: bool = False) -> tuple[list[CheckResult], list[str]]:
+    """Compile the selected kernels for every target -> (results, audit problems across configs).
+
+    ``only``: families (``family_of``) to keep, a family also covering its sub-families
+    (``lm_head`` covers ``lm_head_dlogits``); ``kernel_filter``: a substring of the kernel name;
+    ``matched_only``: leave out the engine profile's split-K configs (SPLITS > 1).
+    """
     kernels = _load_kernels()
+    if only:
+        unknown = [f for f in only if not any(_selected(n, None, [f]) for n in kernels)]
+        if unknown:
+            known = sorted({family_of(n) for n in kernels})
+            raise ValueError(f"--only: no kernel family {unknown}; families: {known}")
     results = []
     specs = list(kernels.values()) if all_configs else _one_per_family(kernels)
     for spec in specs:
-        if only and only not in spec.name:
+        if not _selected(spec.name, kernel_filter, only):
             continue
         configs = spec.configs if all_configs else _first_per_group(spec)
+        if matched_only:
+            configs = [c for c in configs if c.get("SPLITS", 1) == 1]
         for config in configs:
             for cc in TARGETS:
                 results.append(compile_one(spec, config, cc))
-    return results, audit_reduce_layouts(results, kernels)
+    return results, audit_reduce_layouts(results, kernels) + audit_instruction_families(results)
 
 
 def _one_per_family(kernels: dict) -> list:
@@ -173,7 +245,7 @@ def _one_per_family(kernels: dict) -> list:
     a tensor-core one where the family has any."""
     families: dict[str, list] = {}
     for spec in kernels.values():
-        families.setdefault(re.sub(r"_(fp32|fp16|bf16)$", "", spec.name), []).append(spec)
+        families.setdefault(family_of(spec.name), []).append(spec)
     return [next((s for s in members if s.expects_mma), members[0]) for members in families.values()]
 
 
@@ -186,25 +258,30 @@ def _first_per_group(spec) -> list[dict]:
     return [c for c in spec.configs if {k: v for k, v in c.items() if k != "MODE"} == rest]
 
 
-def _print_table(results: list[CheckResult], layout_problems: list[str]) -> None:
-    print(f"{'kernel':<28} {'config':<56} {'target':<6} {'regs':>5} {'spill':>5} {'secs':>5}  ok")
+def _print_table(results: list[CheckResult], audit_problems: list[str]) -> None:
+    print(f"{'kernel':<24} {'variant':<60} {'target':<6} {'regs':>4} {'spill':>5} {'smem':>6} {'secs':>5}  ok")
     for r in results:
-        cfg = ",".join(f"{k}={v}" for k, v in r.config.items() if k not in ("NATIVE_DOT",))
         regs = "-" if r.registers is None else str(r.registers)
-        spills = "-" if r.spills is None else str(r.spills)
-        print(f"{r.kernel:<28} {cfg[:56]:<56} {r.target:<6} {regs:>5} {spills:>5} {r.seconds:5.1f}  "
+        spills = "-" if r.spill_bytes is None else str(r.spill_bytes)
+        smem = "-" if r.shared_bytes is None else str(r.shared_bytes)
+        print(f"{r.kernel:<24} {r.variant[:60]:<60} {r.target:<6} {regs:>4} {spills:>5} {smem:>6} {r.seconds:5.1f}  "
               f"{'ok' if r.ok else 'FAIL: ' + '; '.join(r.problems)}")
-    for p in layout_problems:
-        print(f"I5 layout audit FAIL: {p}")
+    for p in audit_problems:
+        print(f"audit FAIL: {p}")
     n_ok = sum(r.ok for r in results)
-    print(f"{n_ok}/{len(results)} compiled and passed the PTX audits; "
-          f"I5 layout audit: {'ok' if not layout_problems else 'FAIL'}")
+    spilling = sum(bool(r.spill_bytes) for r in results)
+    print(f"{n_ok}/{len(results)} compiled and passed the PTX audits; {spilling} with register spills; "
+          f"I5 layout and instruction-family audits: {'ok' if not audit_problems else 'FAIL'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--all", action="store_true", help="compile every registered config")
     parser.add_argument("--kernel", help="only kernels whose name contains this")
+    parser.add_argument("--only", action="append", metavar="FAMILY",
+                        help="only this kernel family, e.g. lm_head (its dtypes and sub-families; repeatable)")
+    parser.add_argument("--matched-only", action="store_true",
+                        help="leave out the engine profile's split-K configs (SPLITS > 1)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -215,12 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, "-m", "precision_kernels.compile_check", *(argv or sys.argv[1:])],
                                env=env)
 
-    results, layout_problems = run(args.all, args.kernel)
-    _print_table(results, layout_problems)
+    try:
+        results, audit_problems = run(args.all, args.kernel, args.only, args.matched_only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    _print_table(results, audit_problems)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": [asdict(r) for r in results], "layout_problems": layout_problems}, f, indent=1)
-    return 0 if results and all(r.ok for r in results) and not layout_problems else 1
+            json.dump({"records": [asdict(r) for r in results], "audit_problems": audit_problems}, f, indent=1)
+    return 0 if results and all(r.ok for r in results) and not audit_problems else 1
 
 
 if __name__ == "__main__":

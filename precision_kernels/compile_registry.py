@@ -63,14 +63,15 @@ def _register_rounding(table: dict) -> None:
 
 
 def _register_matmul(table: dict) -> None:
-    """2-D and batched matmul per dtype, SPLITS = 1 (matched) and the engine's splits, with/without bias.
-    The first config of each kernel is the matched one."""
+    """2-D and batched matmul per dtype, SPLITS = 1 (matched) and the engine's splits, with/without bias;
+    the 2-D kernel in the tiles of every M bucket (the compile check audits that they share one
+    instruction family). The first config of each kernel is the matched one of the first bucket."""
     from .kernels.matmul import bmm_kernel, matmul_kernel
-    from .profiles import engine_config, matmul_config_for
+    from .profiles import engine_config, matmul_buckets_for, matmul_config_for
 
     engine_splits = engine_config().splits
     for name, kind, ptr in FORMATS:
-        cfg2 = matmul_config_for("cuda", name)
+        bucket_cfgs = list(dict.fromkeys(b.config for b in matmul_buckets_for("cuda", name)))
         cfg3 = matmul_config_for("cuda", name, batched=True)
         register(
             table, f"matmul_{name}", matmul_kernel,
@@ -81,7 +82,7 @@ def _register_matmul(table: dict) -> None:
             configs=[{"KIND": kind, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
                       "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
                       "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
-                     for splits in (1, engine_splits) for bias in (False, True)],
+                     for cfg2 in bucket_cfgs for splits in (1, engine_splits) for bias in (False, True)],
             expects_mma=kind != 0,
         )
         register(

@@ -58,7 +58,8 @@ from .specialization import row_kernel
 
 # The hidden/weight pointers and strides keep their alignment facts: they only feed tl.dot, whose
 # accumulation order is fixed by the MMA shape. Everything else (per-row buffers, row and vocab
-# counts) reaches a reduction and carries none (kernels/specialization.py).
+# counts) reaches a reduction and carries none, and the row count M is not specialised at all (a
+# batch-1 decode step runs the kernel the batched pass runs; kernels/specialization.py).
 MATMUL_OPERANDS = ("h_ptr", "w_ptr", "K", "k_chunk", "stride_hm", "stride_hk", "stride_wv", "stride_wk",
                    "temperature")
 
@@ -76,7 +77,7 @@ def open_uniform(bits):
     return (k * 2.0 + 1.0) * 5.9604644775390625e-08  # 2^-24; exact with or without FMA contraction
 
 
-@row_kernel(keep_alignment=MATMUL_OPERANDS)
+@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
 def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
                    M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
                    MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
@@ -131,7 +132,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
         tl.store(tokens_ptr + rows, target, mask=row_mask)
 
 
-@row_kernel(keep_alignment=MATMUL_OPERANDS)
+@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
 def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr,
                            dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv, stride_wk,
                            temperature,

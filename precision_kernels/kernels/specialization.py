@@ -52,7 +52,7 @@ def row_kernel(fn=None, *, batch_args: tuple[str, ...] = ("n_rows",), keep_align
     """
 
     def wrap(f):
-        batch = _checked_batch_args(f, tuple(a for a in batch_args if a in _runtime_args(f)))  # TRANSITION
+        batch = _checked_batch_args(f, batch_args)
         no_alignment = [name for name in _runtime_args(f) if name not in keep_alignment]
         return triton.jit(do_not_specialize=batch, do_not_specialize_on_alignment=no_alignment)(f)
 
