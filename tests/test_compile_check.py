@@ -4,7 +4,25 @@ import json
 import subprocess
 import sys
 
-from precision_kernels.compile_check import has_mma, memory_reductions, reduce_operand_layouts
+import pytest
+
+from precision_kernels.compile_check import (
+    has_mma,
+    instruction_family,
+    memory_reductions,
+    reduce_operand_layouts,
+    variant_name,
+)
+
+RECORD_KEYS = {"kernel", "variant", "target", "registers", "spill_bytes", "shared_bytes"}
+
+
+def _compile_check(tmp_path, *args) -> dict:
+    out = tmp_path / "cc.json"
+    proc = subprocess.run([sys.executable, "-m", "precision_kernels.compile_check", *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
 
 
 def test_ptx_audit_is_an_instruction_regex_not_a_substring():
@@ -33,16 +51,67 @@ def test_reduce_layouts_are_resolved_through_aliases():
 
 
 def test_every_kernel_family_compiles_for_sm80_and_sm90(tmp_path):
-    out = tmp_path / "cc.json"
-    proc = subprocess.run([sys.executable, "-m", "precision_kernels.compile_check", "--json", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    targets = {(r["kernel"], r["target"]) for r in report["results"]}
+    report = _compile_check(tmp_path)
+    targets = {(r["kernel"], r["target"]) for r in report["records"]}
     kernels = {k for k, _ in targets}
     assert "round_to" in kernels
     assert all((k, t) in targets for k in kernels for t in ("sm_80", "sm_90"))
-    assert report["layout_problems"] == []
+    assert report["audit_problems"] == []
+    for r in report["records"]:
+        assert RECORD_KEYS <= set(r)
+        assert r["registers"] > 0 and r["shared_bytes"] >= 0 and r["spill_bytes"] >= 0, r  # cuobjdump was read
+
+
+def test_lm_head_variants_do_not_spill_registers(tmp_path):
+    """Every fused LM-head variant of the matched profile (SCORE and SAMPLE, with and without entropy, forward and
+    backward; every dtype) compiles for sm_80 and sm_90 without register spills (cuobjdump's stack frame is 0).
+    The engine's split-K variants are in ``compile_check --all --only lm_head`` (checked spill-free too, not here:
+    time)."""
+    report = _compile_check(tmp_path, "--all", "--only", "lm_head", "--matched-only")
+    records = report["records"]
+    variants = {(r["kernel"], r["config"].get("MODE"), r["config"].get("WITH_ENTROPY", r["config"].get(
+        "HAS_G_ENTROPY")), r["target"]) for r in records}
+    for dtype in ("fp32", "fp16", "bf16"):
+        for target in ("sm_80", "sm_90"):
+            for entropy in (False, True):
+                assert (f"lm_head_dlogits_{dtype}", None, entropy, target) in variants
+                for mode in (0, 1):
+                    assert (f"lm_head_{dtype}", mode, entropy, target) in variants
+    spilling = {(r["kernel"], r["variant"], r["target"]): r["spill_bytes"] for r in records if r["spill_bytes"] != 0}
+    assert not spilling, f"register spills (bytes): {spilling}"
+    assert report["audit_problems"] == []  # I5: SCORE and SAMPLE still reduce in the same layouts
+
+
+def test_instruction_family_names_how_dots_run():
+    assert instruction_family("\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2;\n") == "wgmma"
+    assert instruction_family("\t@%p1 mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%f1};\n") == "mma.sync"
+    assert instruction_family("\tfma.rn.f32 %f1, %f2, %f3, %f1;\n\tst.shared.b16 [%r1], %rs1;\n") == "none"
+
+
+def test_variant_names_are_unique_per_config():
+    a = {"MODE": 1, "KIND": 2, "SPLITS": 1, "NATIVE_DOT": True, "WITH_ENTROPY": True, "BLOCK_M": 64, "num_warps": 8}
+    assert variant_name(a) == "MODE=SAMPLE,SPLITS=1,WITH_ENTROPY=True,BLOCK_M=64,num_warps=8"
+    assert variant_name(a) != variant_name({**a, "BLOCK_M": 128})
+
+
+def test_only_refuses_an_unknown_family(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "precision_kernels.compile_check", "--only", "lm_haed"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no kernel family ['lm_haed']" in proc.stderr
+
+
+@pytest.mark.parametrize("families, expect", [
+    (["lm_head"], {"lm_head_fp32", "lm_head_dlogits_bf16"}),
+    (["lm_head_dlogits"], {"lm_head_dlogits_fp16"}),
+])
+def test_only_selects_a_family_and_its_sub_families(families, expect):
+    from precision_kernels.compile_check import _selected
+
+    names = ["lm_head_fp32", "lm_head_dlogits_bf16", "lm_head_dlogits_fp16", "matmul_fp16", "bmm_bf16", "round_to"]
+    chosen = {n for n in names if _selected(n, None, families)}
+    assert expect <= chosen and not chosen & {"matmul_fp16", "bmm_bf16", "round_to"}
+    if families == ["lm_head_dlogits"]:
+        assert "lm_head_fp32" not in chosen
 
 
 def test_layout_audit_can_ignore_order_insensitive_reductions():
