@@ -353,3 +353,135 @@ def test_bad_seeds():
         linear_sample(h, w, seeds=torch.arange(4, device=DEV), generator=_gen(0))
     with pytest.raises(TypeError, match="positional"):
         linear_sample(h, w, 1.0, _gen(0))  # seeds and generator are keyword-only
+
+
+# ---- custom ops: pk::linear_logprobs (+ backward) and pk::linear_sample ------------------------------
+
+
+def _opcheck_cases():
+    """(id, op, args) on tiny inputs: each real call is one interpreter launch."""
+    cases = []
+    for dtype, entropy, temperature in ((torch.float32, False, 0.7), (torch.bfloat16, True, 1.0)):
+        h, w = _head(3, 8, 7, dtype, seed=40)
+        cases.append((f"linear_logprobs/{dtype}/entropy={entropy}", torch.ops.pk.linear_logprobs,
+                      (h.requires_grad_(), w.requires_grad_(), torch.tensor([0, 6, 2], device=DEV), temperature,
+                       entropy)))
+    h, w = _head(3, 8, 7, torch.float16, seed=41)
+    tokens = torch.tensor([1, 6, 0], device=DEV)
+    with torch.no_grad():
+        _, entropy, row_max, row_sum = torch.ops.pk.linear_logprobs(h, w, tokens, 0.8, True)
+    g = torch.randn(3, generator=torch.Generator().manual_seed(42)).to(DEV)
+    table = profiles.table_backend()
+    cases += [
+        ("linear_logprobs_backward", torch.ops.pk.linear_logprobs_backward,
+         (h, w, tokens, g, g * 0.5, entropy, row_max, row_sum, 0.8, table, True, True)),
+        ("linear_logprobs_backward/no-entropy/only-weight", torch.ops.pk.linear_logprobs_backward,
+         (h, w, tokens, g, None, entropy, row_max, row_sum, 0.8, table, False, True)),
+    ]
+    for dtype in (torch.float32, torch.float16):
+        h, w = _head(3, 8, 7, dtype, seed=43)
+        cases.append((f"linear_sample/{dtype}", torch.ops.pk.linear_sample, (h, w, _seeds(3, 44), 0.9)))
+    return cases
+
+
+_OPCHECK = _opcheck_cases()
+
+
+@pytest.mark.parametrize("op,args", [c[1:] for c in _OPCHECK], ids=[c[0] for c in _OPCHECK])
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def _pk_ops_called(fn):
+    """The pk:: ops that fn dispatches, in order (ops called inside an op's implementation are not seen)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "pk":
+                seen.append(func._schema.name.split("::")[1])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
+def test_public_functions_call_the_custom_ops():
+    h, w = _head(6, 8, 11, torch.bfloat16, seed=45)
+    hh, ww = h.view(2, 3, 8).clone().requires_grad_(), w.clone().requires_grad_()
+    tokens = torch.tensor([[0, 10, 3], [4, 4, 9]], device=DEV)
+    assert _pk_ops_called(lambda: linear_logprobs(hh, ww, tokens, return_entropy=True)[1].sum().backward()) == [
+        "linear_logprobs", "linear_logprobs_backward"]
+    assert hh.grad.shape == (2, 3, 8) and ww.grad.shape == w.shape
+    assert _pk_ops_called(lambda: linear_sample(h, w, seeds=_seeds(6))) == ["linear_sample"]
+    assert _pk_ops_called(lambda: linear_sample(h, w, generator=_gen(0))) == ["linear_sample"]
+
+
+def test_gradients_with_one_output_or_one_input_differentiated():
+    """Either output alone, or both; the hidden gradient is the same bits whether or not the weight needs one."""
+    h, w = _head(5, 8, 20, torch.float16, seed=46)
+    tokens = torch.tensor([0, 19, 3, 3, 7], device=DEV)
+    grads = {}
+    for which in ("logprob", "entropy", "both"):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        lp, ent = linear_logprobs(hh, ww, tokens, 0.9, return_entropy=True)
+        {"logprob": lp, "entropy": ent, "both": lp + ent}[which].sum().backward()
+        grads[which] = (hh.grad, ww.grad)
+    hh = h.clone().requires_grad_()
+    linear_logprobs(hh, w, tokens, 0.9).sum().backward()  # weight not differentiated
+    assert torch.equal(hh.grad.view(torch.int16), grads["logprob"][0].view(torch.int16))
+    assert not torch.equal(grads["entropy"][0], grads["logprob"][0])
+
+
+def test_token_range_is_checked_inside_the_custom_op():
+    from precision_kernels.ops._common import observe_launches
+
+    h, w = _head(3, 8, 7, torch.float32)
+    with observe_launches() as launches, pytest.raises(ValueError, match="tokens holds id 7"):
+        torch.ops.pk.linear_logprobs(h, w, torch.tensor([0, 7, 1], device=DEV), 1.0, False)
+    assert launches == []
+
+
+def test_public_functions_trace_on_fake_tensors_without_data():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from precision_kernels.ops._common import observe_launches
+
+    with observe_launches() as launches, FakeTensorMode():
+        h = torch.empty(2, 3, 8, dtype=torch.bfloat16, device=DEV)
+        w = torch.empty(11, 8, dtype=torch.bfloat16, device=DEV)
+        lp, ent = linear_logprobs(h, w, torch.empty(2, 3, dtype=torch.int64, device=DEV), 0.7, return_entropy=True)
+        tokens, slp = linear_sample(h, w, seeds=torch.empty(2, 3, dtype=torch.int64, device=DEV))
+    assert launches == []
+    assert (lp.shape, ent.shape, tokens.shape, tokens.dtype, slp.dtype) == ((2, 3), (2, 3), (2, 3), torch.int64,
+                                                                              torch.float32)
+
+
+def test_torch_compile_fullgraph_aot_eager_is_bitwise_eager():
+    """One graph (no breaks) holding the LM-head ops; outputs and gradients bitwise equal to eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def head(h, w, tokens, seeds):
+        lp, ent = linear_logprobs(h, w, tokens, 0.8, return_entropy=True)
+        drawn, drawn_lp = linear_sample(h.detach(), w.detach(), 0.8, seeds=seeds)
+        return lp, ent, drawn, drawn_lp
+
+    h, w = _head(6, 8, 13, torch.bfloat16, seed=47)
+    tokens = torch.tensor([[0, 12, 5], [5, 1, 7]], device=DEV)
+    seeds = _seeds(6, 48).view(2, 3)
+
+    def run(fn):
+        hh, ww = h.view(2, 3, 8).clone().requires_grad_(), w.clone().requires_grad_()
+        lp, ent, drawn, drawn_lp = fn(hh, ww, tokens, seeds)
+        (lp * 2.0 + ent).sum().backward()
+        return lp, ent, drawn, drawn_lp, hh.grad, ww.grad
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = run(torch.compile(head, backend=counter, fullgraph=True))
+    eager = run(head)
+    assert counter.frame_count == 1
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))

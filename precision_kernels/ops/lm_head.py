@@ -7,6 +7,15 @@ chunk of ``LM_HEAD_BWD_CHUNK`` columns at a time and multiplies them out with th
 matmul kernels, always in the matched profile: grad_hidden = dlogits @ W and
 grad_W = dlogits^T @ hidden. Across several chunks, grad_hidden is the fp32 sum of the
 per-chunk products (each rounded to the compute format), added in chunk order.
+
+Sampling noise is counter-based (kernels/lm_head.py): a function of (seeds[row], column), so a
+seeded row samples the same token in any batch. A ``generator`` only draws those seeds.
+
+Custom ops (ops/_custom.py): ``pk::linear_logprobs(h2, weight, tokens, temperature, with_entropy)
+-> (logprob, entropy, row_max, row_sum)`` with ``pk::linear_logprobs_backward``, and
+``pk::linear_sample(h2, weight, seeds, temperature) -> (tokens, logprob)`` (no autograd; it takes
+seeds, never a generator). The public functions validate from metadata, merge leading dims into
+rows and call them.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ._common import (
     launch,
     logprob_outputs,
 )
+from ._custom import fp32_value, op_name
 from .matmul import _k_chunk, _mm
 from .rounding import round_to
 
@@ -78,60 +88,131 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, seeds:
     return logprob, entropy, row_max, row_sum
 
 
-class _LinearLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, with_entropy):
-        lead = hidden.shape[:-1]
-        h2 = _rows(hidden)
-        t = tokens
-        check_token_range("tokens", t, weight.shape[0])
-        logprob, entropy, row_max, row_sum = _launch(h2, weight, t, None, temperature, SCORE, with_entropy)
-        ctx.save_for_backward(h2, weight, t, entropy, row_max, row_sum)
-        ctx.temperature, ctx.with_entropy, ctx.lead = temperature, with_entropy, lead
-        if with_entropy:
-            return logprob.view(lead), entropy.view(lead)
-        return logprob.view(lead)
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, g_logprob, g_entropy=None):
-        h2, weight, t, entropy, row_max, row_sum = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        m, k = h2.shape
-        v = weight.shape[0]
-        g_lp = (torch.zeros(m, device=h2.device) if g_logprob is None
-                else g_logprob.reshape(-1).to(torch.float32).contiguous())
-        has_ge = ctx.with_entropy and g_entropy is not None
-        g_ent = g_entropy.reshape(-1).to(torch.float32).contiguous() if has_ge else g_lp
-        with profiles.use_profile("matched"):
-            cfg = profiles.lm_head_config(h2.dtype)
-            chunk = triton.cdiv(profiles.LM_HEAD_BWD_CHUNK, cfg.block_v) * cfg.block_v
-            grad_h32 = None
-            grad_w = torch.empty_like(weight) if need_w else None
-            hv, wv = kernel_view(h2), kernel_view(weight)
-            for v0 in range(0, v, chunk):
-                n = min(chunk, v - v0)
-                dlogits = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
-                if m:
-                    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v))
-                    launch(
-                        lm_head_dlogits_kernel, grid,
-                        hv, wv, t, g_lp, g_ent, entropy if has_ge else g_lp, row_max, row_sum, kernel_view(dlogits),
-                        m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
-                        float(ctx.temperature),
-                        config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=NATIVE_DOT, HAS_G_ENTROPY=has_ge,
-                        BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
-                    )
-                w_chunk = weight[v0:v0 + n]
-                if need_h:
-                    part = _mm(dlogits, w_chunk)
-                    grad_h32 = part if grad_h32 is None else (grad_h32.float() + part.float())
-                if need_w:
-                    grad_w[v0:v0 + n] = _mm(dlogits.t(), h2)
-        grad_h = None
-        if need_h:
-            grad_h = round_to(grad_h32, h2.dtype) if grad_h32.dtype != h2.dtype else grad_h32
-            grad_h = grad_h.view(*ctx.lead, k)
-        return grad_h, grad_w, None, None, None
+
+@torch.library.custom_op(op_name("linear_logprobs"), mutates_args=())
+def _linear_logprobs_op(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                        with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCORE: h2 (rows, d), weight (V, d), int64 ids (rows,) -> (logprob, entropy, row_max, row_sum), fp32 (rows,).
+
+    entropy is empty without ``with_entropy``; row_max and row_sum feed the backward. The ids'
+    range is checked here (it reads the data), before any kernel reads memory at them.
+    """
+    temperature = check_temperature(temperature)
+    check_token_range("tokens", tokens, weight.shape[0])
+    return _launch(h2, weight, tokens, None, temperature, SCORE, with_entropy)
+
+
+@_linear_logprobs_op.register_fake
+def _(h2, weight, tokens, temperature, with_entropy):
+    rows = h2.shape[0]
+
+    def buffer(n):
+        return h2.new_empty(n, dtype=torch.float32)
+
+    return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
+
+
+@torch.library.custom_op(op_name("linear_logprobs_backward"), mutates_args=())
+def _linear_logprobs_backward_op(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                                 g_logprob: torch.Tensor, g_entropy: torch.Tensor | None, entropy: torch.Tensor,
+                                 row_max: torch.Tensor, row_sum: torch.Tensor, temperature: float, table: str,
+                                 need_hidden: bool, need_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_h2, grad_weight) in the inputs' dtype from fp32 g_logprob (rows,) and, when not None, g_entropy (rows,).
+
+    Matched profile on tile table ``table`` (the forward's). Per vocab chunk of ``LM_HEAD_BWD_CHUNK``
+    columns: ``lm_head_dlogits_kernel`` recomputes the logits tiles and writes d(loss)/d(logits)
+    rounded to the compute format, then grad_h2 += dlogits @ W[chunk] (fp32 sum of the rounded
+    per-chunk products, in chunk order) and grad_weight[chunk] = dlogits^T @ h2. An unneeded
+    gradient comes back empty.
+    """
+    m, k = h2.shape
+    v = weight.shape[0]
+    has_g_entropy = g_entropy is not None
+    g_lp = g_logprob.to(torch.float32).contiguous()
+    g_ent = g_entropy.to(torch.float32).contiguous() if has_g_entropy else g_lp
+    grad_h32 = None
+    grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight \
+        else weight.new_empty(0)
+    with profiles.use_profile("matched"), profiles.config_backend(table):
+        cfg = profiles.lm_head_config(h2.dtype)
+        chunk = triton.cdiv(profiles.LM_HEAD_BWD_CHUNK, cfg.block_v) * cfg.block_v
+        hv, wv = kernel_view(h2), kernel_view(weight)
+        for v0 in range(0, v, chunk):
+            n = min(chunk, v - v0)
+            dlogits = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
+            launch(
+                lm_head_dlogits_kernel, (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v)),
+                hv, wv, tokens, g_lp, g_ent, entropy if has_g_entropy else g_lp, row_max, row_sum,
+                kernel_view(dlogits), m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
+                fp32_value(temperature),
+                config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=NATIVE_DOT, HAS_G_ENTROPY=has_g_entropy,
+                BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
+            )
+            if need_hidden:
+                part = _mm(dlogits, weight[v0:v0 + n])
+                grad_h32 = part if grad_h32 is None else (grad_h32.float() + part.float())
+            if need_weight:
+                grad_w[v0:v0 + n] = _mm(dlogits.t(), h2)
+    if not need_hidden:
+        return h2.new_empty(0), grad_w
+    grad_h = round_to(grad_h32, h2.dtype) if grad_h32.dtype != h2.dtype else grad_h32
+    return grad_h, grad_w
+
+
+@_linear_logprobs_backward_op.register_fake
+def _(h2, weight, tokens, g_logprob, g_entropy, entropy, row_max, row_sum, temperature, table, need_hidden,
+      need_weight):
+    return h2.new_empty(h2.shape if need_hidden else 0), weight.new_empty(weight.shape if need_weight else 0)
+
+
+def _setup_context(ctx, inputs, output):
+    h2, weight, tokens, temperature, with_entropy = inputs
+    _, entropy, row_max, row_sum = output
+    ctx.save_for_backward(h2, weight, tokens, entropy, row_max, row_sum)
+    ctx.temperature, ctx.with_entropy = temperature, with_entropy
+    ctx.table = profiles.table_backend()
+    # An output nobody differentiates arrives as None (not zeros), so its term is left out exactly.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, g_logprob, g_entropy, _d_row_max, _d_row_sum):
+    h2, weight, tokens, entropy, row_max, row_sum = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not ctx.with_entropy:
+        g_entropy = None
+    if (g_logprob is None and g_entropy is None) or not (need_h or need_w):
+        return None, None, None, None, None
+    if g_logprob is None:
+        g_logprob = torch.zeros(h2.shape[0], dtype=torch.float32, device=h2.device)
+    grad_h, grad_w = torch.ops.pk.linear_logprobs_backward(h2, weight, tokens, g_logprob, g_entropy, entropy,
+                                                           row_max, row_sum, ctx.temperature, ctx.table,
+                                                           need_h, need_w)
+    return (grad_h if need_h else None), (grad_w if need_w else None), None, None, None
+
+
+_linear_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op(op_name("linear_sample"), mutates_args=())
+def _linear_sample_op(h2: torch.Tensor, weight: torch.Tensor, seeds: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAMPLE: h2 (rows, d), weight (V, d), int64 seeds (rows,) -> (tokens int64 (rows,), logprob fp32 (rows,)).
+
+    Not differentiable: for gradients, score the drawn tokens with ``pk::linear_logprobs``
+    (the same bits, I5).
+    """
+    temperature = check_temperature(temperature)
+    tokens = torch.empty(h2.shape[0], dtype=torch.int64, device=h2.device)
+    logprob, _, _, _ = _launch(h2, weight, tokens, seeds, temperature, SAMPLE, False)
+    return tokens, logprob
+
+
+@_linear_sample_op.register_fake
+def _(h2, weight, seeds, temperature):
+    rows = h2.shape[0]
+    return h2.new_empty(rows, dtype=torch.int64), h2.new_empty(rows, dtype=torch.float32)
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
@@ -144,9 +225,15 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
     of the same distribution. Differentiable with respect to hidden and weight.
     """
     _check_head(hidden, weight)
-    temperature = check_temperature(temperature)
-    tokens = check_token_ids("tokens", tokens, hidden.shape[:-1])
-    return _LinearLogprobs.apply(hidden, weight, tokens, temperature, bool(return_entropy))
+    t32 = check_temperature(temperature)
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
+    ids = check_token_ids("tokens", tokens, hidden.shape[:-1])
+    logprob, entropy, _, _ = torch.ops.pk.linear_logprobs(_rows(hidden), weight, ids, t32, return_entropy)
+    lead = hidden.shape[:-1]
+    if return_entropy:
+        return logprob.reshape(lead), entropy.reshape(lead)
+    return logprob.reshape(lead)
 
 
 def _check_seeds(seeds: object, leading_shape: torch.Size) -> torch.Tensor:
@@ -194,7 +281,7 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     (no distribution to sample) token 0 with log-prob NaN.
     """
     _check_head(hidden, weight)
-    temperature = check_temperature(temperature)
+    t32 = check_temperature(temperature)
     lead = hidden.shape[:-1]
     h2 = _rows(hidden)
     if seeds is not None:
@@ -203,6 +290,5 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
         seeds = _check_seeds(seeds, lead)
     else:
         seeds = _seeds_from_generator(generator, h2.shape[0], hidden.device)
-    tokens = torch.empty(h2.shape[0], dtype=torch.int64, device=hidden.device)
-    logprob, _, _, _ = _launch(h2, weight, tokens, seeds, temperature, SAMPLE, False)
-    return tokens.view(lead), logprob.view(lead)
+    tokens, logprob = torch.ops.pk.linear_sample(h2, weight, seeds, t32)
+    return tokens.reshape(lead), logprob.reshape(lead)
