@@ -183,6 +183,26 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
 
 
+def test_gspo_with_a_kl_penalty_resumes_bit_for_bit(tmp_path):
+    """The frozen reference travels in the checkpoint: a resumed run ends where the full run does."""
+    flags = ["--algo", "gspo", "--kl-coef", "0.05", "--kl-estimator", "k2", "--strict"]
+    a = _args(tmp_path / "full", *flags)
+    a.steps = 2
+    train(a, log=lambda *_: None)
+    b = _args(tmp_path / "part", *flags)
+    b.steps = 1
+    train(b, log=lambda *_: None)
+    c = _args(tmp_path / "part", *flags, "--resume")
+    c.steps = 2
+    train(c, log=lambda *_: None)
+    w_full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
+    w_part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["kl_k2"] == 0.0 < records[1]["kl_k2"]  # the reference is the policy before step 1
+    assert "gspo_clip_frac" in records[0]
+
+
 def test_matched_training_reports_zero_mismatch_and_strict_passes(tmp_path):
     summary = train(_args(tmp_path, "--strict", "--precision", "bf16"), log=lambda *_: None)
     assert summary["frac_tokens_differ"] == 0.0 and summary["mean_abs_dlogp"] == 0.0
