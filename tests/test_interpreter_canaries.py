@@ -12,39 +12,9 @@ import triton
 import triton.language as tl
 
 import precision_kernels as pk
-from precision_kernels.kernels.rounding import round_fp32, to_dot_operand, to_fp32
+from precision_kernels.kernels.rounding import round_fp32, to_fp32
 
 pytestmark = pytest.mark.skipif(pk.active_backend() != "interpreter", reason="interpreter defects only")
-
-
-@triton.jit
-def _dot_kernel(a_ptr, b_ptr, out_ptr, RAW_BF16_DOT: tl.constexpr):
-    r = tl.arange(0, 16)
-    a_raw = tl.load(a_ptr + r[:, None] * 16 + r[None, :])
-    b_raw = tl.load(b_ptr + r[:, None] * 16 + r[None, :])
-    if RAW_BF16_DOT:
-        acc = tl.dot(a_raw.to(tl.bfloat16, bitcast=True), b_raw.to(tl.bfloat16, bitcast=True))
-    else:
-        acc = tl.dot(to_dot_operand(a_raw, 2, False), to_dot_operand(b_raw, 2, False), input_precision="ieee")
-    tl.store(out_ptr + r[:, None] * 16 + r[None, :], acc)
-
-
-def _bf16_dot(raw: bool) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(16, 16, generator=g).to(torch.bfloat16)
-    b = torch.randn(16, 16, generator=g).to(torch.bfloat16)
-    out = torch.empty(16, 16)
-    _dot_kernel[(1,)](a.view(torch.int16), b.view(torch.int16), out, RAW_BF16_DOT=raw)
-    return out, (a.double() @ b.double())
-
-
-def test_bf16_dot_workaround_and_canary():
-    out, ref = _bf16_dot(raw=False)
-    assert (out.double() - ref).abs().max() < 1e-4
-    raw, _ = _bf16_dot(raw=True)
-    still_broken = not torch.isfinite(raw).all() or (raw.double() - ref).abs().max() > 1e-1
-    warnings.warn(f"interpreter defect 'bf16 tl.dot multiplies raw bits': "
-                  f"{'still present' if still_broken else 'FIXED upstream'}", stacklevel=1)
 
 
 @triton.jit

@@ -1,61 +1,55 @@
-"""Round-to-nearest-even from fp32 to fp16/bf16 bits, with integer operations only.
+"""Round-to-nearest-even from fp32 to fp16/bf16 bits, with integer operations and one fp32 addition.
 
 Triton's own downcasts cannot be trusted under the interpreter (its bf16 cast
 truncates), so every kernel in the project rounds through these helpers. They use
-uint32 arithmetic with shift amounts clamped to [0, 31] (numpy defines over-wide
-shifts, LLVM makes them poison), so the interpreter and the compiled kernel agree.
+uint32 arithmetic with constant shift amounts (numpy defines over-wide shifts, LLVM
+makes them poison) and one IEEE fp32 addition, so the interpreter and the compiled
+kernel agree. Every helper call runs on whole tiles, and each tile operation is a
+Python-level step under the interpreter, so they use as few operations as they can;
+they were checked against ``torch.Tensor.to`` by hand over fp32 bit patterns (issue 14's
+note says which), and ``make test`` keeps hypothesis and edge tables (tests/test_rounding.py).
 """
 
 import triton
 import triton.language as tl
-
-from ..registry import register
-
-OUT_FP32: tl.constexpr = tl.constexpr(0)
-OUT_FP16: tl.constexpr = tl.constexpr(1)
-OUT_BF16: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
 def fp32_to_bf16_bits(x):
     """fp32 -> bf16 bit pattern (uint32 holding 16 bits), round-to-nearest-even."""
     bits = x.to(tl.uint32, bitcast=True)
+    high = bits >> 16
     # Adding 0x7FFF plus the kept lsb rounds half to even; a carry out of the
     # mantissa bumps the exponent, and from 0x7F7F8000 up it lands exactly on inf.
-    keep_lsb = (bits >> 16) & 1
-    rounded = (bits + 0x7FFF + keep_lsb) >> 16
+    rounded = (bits + 0x7FFF + (high & 1)) >> 16
     # NaN becomes a quiet NaN with its sign kept.
     is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    quiet_nan = ((bits >> 16) & 0x8000) | 0x7FC0
-    return tl.where(is_nan, quiet_nan, rounded)
+    return tl.where(is_nan, (high & 0x8000) | 0x7FC0, rounded)
 
 
 @triton.jit
 def fp32_to_fp16_bits(x):
-    """fp32 -> fp16 bit pattern (uint32 holding 16 bits), round-to-nearest-even."""
+    """fp32 -> fp16 bit pattern (uint32 holding 16 bits), round-to-nearest-even.
+
+    ~20 tile operations (each one is a Python-level step under the interpreter).
+    """
     bits = x.to(tl.uint32, bitcast=True)
-    sign = (bits >> 16) & 0x8000
     mag = bits & 0x7FFFFFFF
-    exp32 = mag >> 23
-    # Normal range (|x| >= 2^-14): rebias the exponent, then drop 13 mantissa bits
-    # with ties to even. The carry may bump the exponent; at 65520 it reaches inf.
-    rebased = mag - (112 << 23)
-    normal = (rebased + 0xFFF + ((rebased >> 13) & 1)) >> 13
-    normal = tl.minimum(normal, 0x7C00)
-    # Subnormal range: shift the full significand right by (126 - exp); a shift of
-    # 25 or more leaves nothing, and clamping at 31 keeps the shift defined.
-    significand = (mag & 0x7FFFFF) | 0x800000
-    shift = tl.minimum(tl.maximum(126 - exp32.to(tl.int32), 1), 31).to(tl.uint32)
-    kept = significand >> shift
-    remainder = significand & ((1 << shift) - 1)
-    half = 1 << (shift - 1)
-    round_up = (remainder > half) | ((remainder == half) & ((kept & 1) == 1))
-    subnormal = kept + round_up.to(tl.uint32)
-    out = tl.where(exp32 >= 113, normal, subnormal)
-    # inf stays inf; NaN becomes a quiet NaN with its sign kept.
-    out = tl.where(mag >= 0x7F800000, 0x7C00, out)
+    # Normal range (|x| >= 2^-14): rebias the exponent, then drop 13 mantissa bits with
+    # ties to even. The carry may bump the exponent: from 65520 up the result reaches
+    # inf (0x7C00), and clamping there also sends every larger value and inf to inf.
+    # (Below 2^-14 the subtraction wraps around; that lane takes the subnormal value.)
+    normal = tl.minimum((mag - (112 << 23) + 0xFFF + ((mag >> 13) & 1)) >> 13, 0x7C00)
+    # Subnormal range (|x| < 2^-14): 0.5 + |x| in fp32 has an ulp of 2^-24, the fp16
+    # subnormal step, so the fp32 addition itself rounds |x| to a multiple of 2^-24,
+    # to nearest even; subtracting 0.5's bits leaves that multiple, the fp16 bits.
+    # Exact on every backend: one IEEE fp32 add, and fp32 subnormal inputs (< 2^-126)
+    # round to 0 whether or not the hardware flushes them.
+    subnormal = (mag.to(tl.float32, bitcast=True) + 0.5).to(tl.uint32, bitcast=True) - 0x3F000000
+    out = tl.where(mag < (113 << 23), subnormal, normal)
+    # NaN becomes a quiet NaN; the sign is put back last.
     out = tl.where(mag > 0x7F800000, 0x7E00, out)
-    return out | sign
+    return out | ((bits >> 16) & 0x8000)
 
 
 @triton.jit
@@ -89,20 +83,6 @@ def to_fp32(raw, KIND: tl.constexpr):
 
 
 @triton.jit
-def to_dot_operand(raw, KIND: tl.constexpr, NATIVE_DOT: tl.constexpr):
-    """Operand for tl.dot: native fp16/bf16 on GPU (tensor cores), exact fp32 under the interpreter.
-
-    The interpreter's bf16 tl.dot multiplies raw bit patterns, so it gets fp32.
-    """
-    if NATIVE_DOT and KIND == 1:
-        return raw.to(tl.float16, bitcast=True)
-    elif NATIVE_DOT and KIND == 2:
-        return raw.to(tl.bfloat16, bitcast=True)
-    else:
-        return to_fp32(raw, KIND)
-
-
-@triton.jit
 def round_to_kernel(x_ptr, out_ptr, n_elements, OUT_KIND: tl.constexpr, BLOCK: tl.constexpr):
     """Elementwise fp32 -> fp16/bf16 bits over a flat contiguous buffer."""
     pid = tl.program_id(0).to(tl.int64)
@@ -113,9 +93,3 @@ def round_to_kernel(x_ptr, out_ptr, n_elements, OUT_KIND: tl.constexpr, BLOCK: t
     # round, store
     tl.store(out_ptr + offsets, round_fp32(x, OUT_KIND), mask=mask)
 
-
-register(
-    "round_to", round_to_kernel,
-    signature={"x_ptr": "*fp32", "out_ptr": "*i16", "n_elements": "i64"},
-    configs=[{"OUT_KIND": 1, "BLOCK": 1024}, {"OUT_KIND": 2, "BLOCK": 1024}],
-)
