@@ -108,6 +108,27 @@ def test_edge_table(fmt):
     assert _u16(pk.round_to(x, DTYPES[fmt])) == [rne_bits(float(v), fmt) for v in x.tolist()]
 
 
+def _fp16_subnormal_ties() -> list[int]:
+    """fp32 patterns at, and one fp32 ulp either side of, every kind of fp16-subnormal tie:
+    (k + 1/2) * 2^-24 for even and odd k across the subnormal range, both signs, plus the
+    largest values that round up to the smallest normal 2^-14."""
+    bits = []
+    for k in (0, 1, 2, 3, 4, 5, 255, 256, 511, 512, 1021, 1022, 1023):
+        centre = struct.unpack("<I", struct.pack("<f", (k + 0.5) * 2**-24))[0]
+        for d in (-1, 0, 1):
+            bits += [centre + d, (centre + d) | (1 << 31)]
+    below_normal = struct.unpack("<I", struct.pack("<f", 2**-14))[0]
+    return bits + [below_normal - d for d in range(1, 5)]
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_fp16_subnormal_ties_round_to_even(fmt):
+    # the fp16 helper rounds its subnormal range with an fp32 addition; ties there sit at other bits
+    bits = _fp16_subnormal_ties()
+    check_against_torch(_bits_tensor(bits), fmt)
+    assert _u16(pk.round_to(_bits_tensor(bits), DTYPES[fmt])) == [rne_bits(f32_from_bits(b), fmt) for b in bits]
+
+
 @pytest.mark.parametrize("fmt", ["fp16", "bf16"])
 def test_nan_becomes_quiet_nan_with_sign(fmt):
     x = _bits_tensor([0x7F800001, 0xFF800001, 0x7FC00000, 0xFFFFFFFF, 0x7FBFFFFF])
