@@ -445,6 +445,27 @@ def _drop_records_after(metrics_path: Path, step: int) -> None:
         metrics_path.write_text("".join(line + "\n" for line in kept))
 
 
+PER_STEP_KEYS = ("step", "reward", "mean_abs_dlogp", "max_abs_dlogp", "frac_tokens_differ", "sample_s", "learn_s",
+                 "skipped")
+
+
+def short_run(precision: str, profile: str, out: str, *, steps: int = 20, device: str = "auto",
+              extra: tuple[str, ...] = ()) -> dict:
+    """One fresh ``rl.train`` run for reports (e.g. gpu_report's short CUDA run); OUT is overwritten.
+
+    Returns the run's summary (``steps_per_s``, ``mean_abs_dlogp``, ``max_abs_dlogp``,
+    ``frac_tokens_differ``, ...) plus ``per_step``: for every step the ``PER_STEP_KEYS``
+    figures. Accuracy is evaluated once, after the last step. ``extra`` holds further flags.
+    """
+    args = build_parser().parse_args(["--precision", precision, "--profile", profile, "--steps", str(steps),
+                                      "--device", device, "--eval-every", str(steps), "--no-progress",
+                                      "--overwrite", "--out", out, *extra])
+    summary = train(args, log=lambda *_: None)
+    records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    per_step = [{k: r.get(k) for k in PER_STEP_KEYS} for r in records]
+    return {**summary, "per_step": per_step}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

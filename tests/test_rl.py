@@ -10,7 +10,7 @@ from rl.learner import StepConfig, learner_step, sequence_logprobs
 from rl.model import ModelConfig, TinyGPT
 from rl.sampler import generate
 from rl.tasks import get_task
-from rl.train import build_parser, train
+from rl.train import build_parser, short_run, train
 
 TASK = get_task("reverse")
 DEVICE = pk.backend.device()  # the kernels' device: the suite also runs on a GPU machine
@@ -201,6 +201,16 @@ def test_gspo_with_a_kl_penalty_resumes_bit_for_bit(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["kl_k2"] == 0.0 < records[1]["kl_k2"]  # the reference is the policy before step 1
     assert "gspo_clip_frac" in records[0]
+
+
+def test_short_run_reports_speed_and_per_step_mismatch(tmp_path):
+    """rl.train.short_run, the entry point gpu_report's short CUDA run calls; here on the backend's device."""
+    res = short_run("bf16", "engine", str(tmp_path), steps=2,
+                    extra=("--batch", "2", "--group", "2", "--d-model", "32", "--dataset-size", "8",
+                           "--warmup-target", "0.0"))
+    assert res["device"] == str(DEVICE) and res["steps_per_s"] > 0
+    assert [r["step"] for r in res["per_step"]] == [1, 2]
+    assert all(r["mean_abs_dlogp"] > 0 for r in res["per_step"])  # the engine sampler differs from the learner
 
 
 def test_matched_training_reports_zero_mismatch_and_strict_passes(tmp_path):
