@@ -187,3 +187,38 @@ def test_fp32_value_equals_torch_float32_rounding():
         got = fp32_value(v)
         assert got == want and math.copysign(1, got) == math.copysign(1, want), (v, got, want)
     assert math.isnan(fp32_value(math.nan))
+
+
+BAD_DIRECT_CALLS = [
+    ("matmul/K", lambda: torch.ops.pk.matmul(rand(3, 4), rand(5, 2)), "pk::matmul"),
+    ("matmul/ranks", lambda: torch.ops.pk.matmul(rand(2, 3, 4), rand(4, 2)), "pk::matmul"),
+    ("matmul/dtypes", lambda: torch.ops.pk.matmul(rand(3, 4), rand(4, 2, dtype=F16)), "pk::matmul"),
+    ("linear/K", lambda: torch.ops.pk.linear(rand(3, 4), rand(5, 3), None), "pk::linear"),
+    ("linear/bias", lambda: torch.ops.pk.linear(rand(3, 4), rand(5, 4), rand(4)), "pk::linear"),
+    ("softmax/rank", lambda: torch.ops.pk.softmax(rand(2, 3, 4), 1.0), "pk::softmax"),
+    ("rms_norm/weight", lambda: torch.ops.pk.rms_norm(rand(3, 4), rand(5), 1e-6), "pk::rms_norm"),
+    ("layer_norm/bias", lambda: torch.ops.pk.layer_norm(rand(3, 4), None, rand(3), 1e-5), "pk::layer_norm"),
+    ("token_logprobs/tokens", lambda: torch.ops.pk.token_logprobs(rand(3, 4), ids(0, 1), 1.0, False),
+     "pk::token_logprobs"),
+    ("round_to/dtype", lambda: torch.ops.pk.round_to(rand(3), F32), "pk::round_to"),
+    ("round_to/input", lambda: torch.ops.pk.round_to(rand(3, dtype=F16), BF16), "pk::round_to"),
+]
+
+
+@pytest.mark.parametrize("call,message", [c[1:] for c in BAD_DIRECT_CALLS], ids=[c[0] for c in BAD_DIRECT_CALLS])
+def test_direct_op_calls_check_their_layout_before_any_launch(call, message):
+    """torch.ops.pk callers skip the public wrappers, so each implementation checks what its kernels rely on."""
+    with observe_launches() as launches, pytest.raises(ValueError, match=message):
+        call()
+    assert launches == []
+
+
+def test_direct_op_calls_accept_a_strided_last_dim():
+    x, w = rand(6, 3, grad=False), rand(6, grad=False, seed=1)
+    xt = x.t()                                       # (3, 6) with column stride 3
+    for op, args in [(torch.ops.pk.softmax, (0.5,)), (torch.ops.pk.rms_norm, (w, 1e-6)),
+                     (torch.ops.pk.layer_norm, (w, w, 1e-5))]:
+        assert torch.equal(op(xt, *args)[0], op(xt.contiguous(), *args)[0]), op
+    tokens = ids(0, 5, 2)
+    assert torch.equal(torch.ops.pk.token_logprobs(xt, tokens, 1.0, False)[0],
+                       torch.ops.pk.token_logprobs(xt.contiguous(), tokens, 1.0, False)[0])

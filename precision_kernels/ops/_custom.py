@@ -12,7 +12,9 @@ The pattern, per op family (module ``ops/<family>.py``):
    reads the active profile and tile table itself (``profiles`` is consulted at run time, so a
    compiled graph follows ``pk.use_profile`` like eager code does), launches through
    ``_common.launch`` and returns fresh, contiguous tensors (never views of its inputs).
-   Checks that read tensor *values* (token-id ranges) run here, so tracing never needs data.
+   Checks that read tensor *values* (token-id ranges) run here, so tracing never needs data,
+   and so does a short layout check (``require``) for callers of ``torch.ops.pk`` who skip
+   the wrapper; row inputs with a strided last dim are copied (``as_rows``), as the wrappers do.
    Ops whose backward needs statistics of the forward (row max/sum, mean, rstd) return them
    as extra outputs after the result, as ``aten.native_layer_norm`` does.
 2. ``@_<op>_op.register_fake``: the same output shapes, dtypes and strides from metadata only
@@ -50,6 +52,17 @@ NAMESPACE = "pk"
 # The smallest magnitude that float32 rounds to infinity: max float32 (2^128 - 2^104) plus half
 # an ulp (2^103); the tie goes to the even neighbour, which is infinity.
 _FP32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def require(condition: bool, op: str, what: str) -> None:
+    """An op implementation's own layout check: ``ValueError("pk::<op>: <what>")`` unless ``condition``.
+
+    Callers of ``torch.ops.pk.<op>`` skip the public wrapper's validation, so each real
+    implementation checks the layout it relies on (ranks, matching sizes, dtypes) before
+    any kernel reads memory.
+    """
+    if not condition:
+        raise ValueError(f"{op_name(op)}: {what}")
 
 
 def op_name(name: str) -> str:

@@ -16,7 +16,7 @@ from .. import profiles
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
 from ..kernels.norm import col_sum_kernel
 from ._common import check_float, kernel_view, kind, launch
-from ._custom import fp32_value, op_name
+from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
 
 
@@ -79,7 +79,10 @@ def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_
 def _layer_norm_op(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of the rows of x2 (rows, n) -> (y, mean, rstd); mean and rstd (fp32, per row) feed the backward."""
-    return _launch_fwd(x2, weight, bias, fp32_value(eps))
+    require(x2.dim() == 2 and all(t is None or tuple(t.shape) == (x2.shape[1],) for t in (weight, bias)),
+            "layer_norm", f"x2 must be (rows, n) and weight, bias (n,) or None, got {tuple(x2.shape)}")
+    weight, bias = (None if t is None else t.contiguous() for t in (weight, bias))
+    return _launch_fwd(as_rows(x2), weight, bias, fp32_value(eps))
 
 
 @_layer_norm_op.register_fake
@@ -95,7 +98,8 @@ def _layer_norm_backward_op(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.T
     """(dx, dweight, dbias); dweight/dbias are empty when not needed (or absent), else in weight's / bias_dtype."""
     want_dw = weight is not None and need_weight
     want_db = bias_dtype is not None and need_bias
-    dx, dw, db = _launch_bwd(x2, weight, dy2, mean, rstd, want_dw, want_db, bias_dtype)
+    weight = None if weight is None else weight.contiguous()
+    dx, dw, db = _launch_bwd(as_rows(x2), weight, as_rows(dy2), mean, rstd, want_dw, want_db, bias_dtype)
     return (dx, dw if want_dw else x2.new_empty(0), db if want_db else x2.new_empty(0))
 
 

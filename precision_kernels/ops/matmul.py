@@ -23,7 +23,7 @@ import triton
 from .. import profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
 from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
-from ._custom import op_name
+from ._custom import op_name, require
 
 # Engine split-K chunks are rounded up to a multiple of this many K elements.
 ENGINE_K_ALIGN = 16
@@ -87,6 +87,10 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op(op_name("matmul"), mutates_args=())
 def _matmul_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (M, K) @ b (K, N), or batched a (B, M, K) @ b (B, K, N), in the active profile (engine split-K at small M)."""
+    require(a.dim() in (2, 3) and b.dim() == a.dim(), "matmul", f"a and b must be both 2-D or both 3-D, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}")
+    require(a.shape[-1] == b.shape[-2] and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype, "matmul",
+            f"a {tuple(a.shape)} {a.dtype} and b {tuple(b.shape)} {b.dtype} do not multiply")
     if a.dim() == 3:
         return _bmm(a, b, splits=profiles.engine_splits_for(a.shape[1]))
     return _mm(a, b, None, splits=profiles.engine_splits_for(a.shape[0]))
@@ -134,6 +138,10 @@ _matmul_op.register_autograd(_matmul_backward, setup_context=_matmul_setup_conte
 @torch.library.custom_op(op_name("linear"), mutates_args=())
 def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T + bias (N,), weight read transposed through its strides; active profile."""
+    require(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1] and x.dtype == weight.dtype,
+            "linear", f"x {tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype} do not multiply")
+    require(bias is None or (tuple(bias.shape) == (weight.shape[0],) and bias.dtype == x.dtype), "linear",
+            f"bias must be ({weight.shape[0]},) {x.dtype}")
     return _mm(x, weight.mT, bias, splits=profiles.engine_splits_for(x.shape[0]))
 
 

@@ -14,7 +14,7 @@ import triton
 from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
 from ._common import check_device, check_float, kernel_view, kind, launch
-from ._custom import fp32_value, op_name
+from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
 
 
@@ -57,7 +57,9 @@ def _launch_bwd(x2, weight, dy2, rstd):
 @torch.library.custom_op(op_name("rms_norm"), mutates_args=())
 def _rms_norm_op(x2: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm of the rows of x2 (rows, n) -> (y, rstd); rstd (fp32, one per row) feeds the backward."""
-    return _launch_fwd(x2, weight, fp32_value(eps))
+    require(x2.dim() == 2 and tuple(weight.shape) == (x2.shape[1],), "rms_norm",
+            f"x2 must be (rows, n) and weight (n,), got {tuple(x2.shape)} and {tuple(weight.shape)}")
+    return _launch_fwd(as_rows(x2), weight.contiguous(), fp32_value(eps))
 
 
 @_rms_norm_op.register_fake
@@ -69,7 +71,7 @@ def _(x2, weight, eps):
 def _rms_norm_backward_op(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor,
                           rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx in x's dtype, dweight in weight's dtype) from x, weight and the forward's rstd."""
-    return _launch_bwd(x2, weight, dy2, rstd)
+    return _launch_bwd(as_rows(x2), weight.contiguous(), as_rows(dy2), rstd)
 
 
 @_rms_norm_backward_op.register_fake

@@ -8,7 +8,7 @@ import triton
 from .. import backend
 from ..kernels.rounding import round_to_kernel
 from ._common import check_device, kind, launch
-from ._custom import op_name
+from ._custom import op_name, require
 
 # Elements per program: one tile op is one numpy call under the interpreter, so its
 # programs are made large; on GPU a 1024-wide block keeps every SM busy.
@@ -21,6 +21,8 @@ _BLOCK = 1 << 16 if backend.INTERPRETED else 1024
 @torch.library.custom_op(op_name("round_to"), mutates_args=())
 def _round_to_op(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp32 x -> dtype (fp16 or bf16), round to nearest even; a new contiguous tensor of x's shape."""
+    require(x.dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16), "round_to",
+            f"rounds float32 to float16 or bfloat16, got {x.dtype} -> {dtype}")
     # The kernel walks a flat buffer, so strided input is copied once here.
     flat = x.contiguous()
     out = torch.empty(x.shape, dtype=dtype, device=x.device)

@@ -28,7 +28,7 @@ import triton
 from .. import profiles
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
 from ._common import check_float, kernel_view, kind, launch
-from ._custom import fp32_value, op_name
+from ._custom import fp32_value, op_name, require
 
 
 def _check_scale(scale) -> float:
@@ -83,6 +83,8 @@ def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
 
 
 def _softmax_impl(x2: torch.Tensor, scale: float, log: bool):
+    require(x2.dim() == 2, "log_softmax" if log else "softmax", f"x2 must be (rows, n), got {tuple(x2.shape)}")
+    x2 = as_rows(x2)
     # The kernel multiplies by the fp32 value of scale (rounded here, so eager and compiled agree).
     return _launch_fwd(x2, fp32_value(scale), log)
 
@@ -109,7 +111,7 @@ def _log_softmax_op(x2: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch
 def _softmax_backward_op(dy2: torch.Tensor, x2: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor,
                          scale: float, log: bool) -> torch.Tensor:
     """dx of softmax (log=False) or log_softmax (log=True), from x and the forward's row max and sum."""
-    return _launch_bwd(x2, dy2, row_max, row_sum, fp32_value(scale), log)
+    return _launch_bwd(as_rows(x2), as_rows(dy2), row_max, row_sum, fp32_value(scale), log)
 
 
 _softmax_op.register_fake(_softmax_fake)

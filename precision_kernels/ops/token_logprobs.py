@@ -32,7 +32,7 @@ from ._common import (
     launch,
     logprob_outputs,
 )
-from ._custom import fp32_value, op_name
+from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
 
 # ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
@@ -46,6 +46,10 @@ def _token_logprobs_op(logits2: torch.Tensor, tokens: torch.Tensor, temperature:
     entropy is empty without ``with_entropy``; row_max and row_sum feed the backward. The ids'
     range is checked here (it reads the data), before any kernel reads memory at them.
     """
+    require(logits2.dim() == 2 and tuple(tokens.shape) == (logits2.shape[0],) and tokens.dtype == torch.int64,
+            "token_logprobs", f"logits2 must be (rows, V) and tokens int64 (rows,), got {tuple(logits2.shape)} and "
+            f"{tuple(tokens.shape)} {tokens.dtype}")
+    logits2, tokens = as_rows(logits2), tokens.contiguous()
     rows, n = logits2.shape
     temperature = check_temperature(temperature)
     check_token_range("tokens", tokens, n)
@@ -75,6 +79,7 @@ def _token_logprobs_backward_op(logits2: torch.Tensor, tokens: torch.Tensor, g_l
                                 g_entropy: torch.Tensor | None, entropy: torch.Tensor, row_max: torch.Tensor,
                                 row_sum: torch.Tensor, temperature: float) -> torch.Tensor:
     """dlogits (the logits' dtype) from fp32 g_logprob (rows,) and, when not None, g_entropy (rows,)."""
+    logits2, tokens = as_rows(logits2), tokens.contiguous()
     rows, n = logits2.shape
     has_g_entropy = g_entropy is not None
     g_logprob = g_logprob.to(torch.float32).contiguous()
