@@ -16,6 +16,9 @@ Semantics worth knowing:
   returned as a view in the caller's dimension order (not necessarily contiguous).
 * The backward recomputes the probabilities in fp32 from x and the saved per-row
   max and sum (it does not use the rounded output), and rounds the gradient to x's dtype.
+
+Custom ops (ops/_custom.py): ``pk::softmax(x2, scale)`` and ``pk::log_softmax(x2, scale)`` on
+rows, each ``-> (y, row_max, row_sum)``, and ``pk::softmax_backward``.
 """
 
 from __future__ import annotations
