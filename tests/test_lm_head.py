@@ -353,6 +353,11 @@ def test_bad_seeds():
         linear_sample(h, w, seeds=torch.arange(4, device=DEV), generator=_gen(0))
     with pytest.raises(TypeError, match="positional"):
         linear_sample(h, w, 1.0, _gen(0))  # seeds and generator are keyword-only
+    # the custom op itself refuses seeds the kernel would read out of bounds
+    with pytest.raises(ValueError, match=r"seeds must be a contiguous int64 tensor of shape \(4,\)"):
+        torch.ops.pk.linear_sample(h, w, torch.arange(3, device=DEV), 1.0)
+    with pytest.raises(ValueError, match=r"seeds must be a contiguous int64 tensor of shape \(4,\)"):
+        torch.ops.pk.linear_sample(h, w, torch.arange(8, device=DEV)[::2], 1.0)
 
 
 # ---- custom ops: pk::linear_logprobs (+ backward) and pk::linear_sample ------------------------------

@@ -30,6 +30,11 @@ Seeded noise (SAMPLE). The Gumbel noise of (row r, vocab column v) is a pure fun
   [2^-24, 1 - 2^-24]: never 0 or 1, and ``-log(-log(u))`` is finite (in [-2.82, 16.64]).
   (``tl.rand`` is not used: it rounds a 31-bit integer to fp32 and can return exactly 0.)
 
+The integers and u are the same bits on every backend (tests/test_philox.py); the noise
+``-log(-log(u))`` uses ``tl.log``, approximate on NVIDIA GPUs, so the drawn tokens, like
+every result, are reproducible within a backend (DESIGN.md section 3). Only word 0 of each
+Philox block is used: one 10-round block per (row, column), no state, no rows x V buffer.
+
 SAMPLE always writes an id in [0, V): a row whose logits are all -inf (no mass) gets
 token 0 with log-prob -inf, a row with a NaN or +inf logit gets token 0 with log-prob NaN.
 

@@ -204,6 +204,10 @@ def _linear_sample_op(h2: torch.Tensor, weight: torch.Tensor, seeds: torch.Tenso
     (the same bits, I5).
     """
     temperature = check_temperature(temperature)
+    if seeds.dtype != torch.int64 or tuple(seeds.shape) != (h2.shape[0],) or not seeds.is_contiguous():
+        # metadata only; the kernel reads one int64 per row at unit stride
+        raise ValueError(f"seeds must be a contiguous int64 tensor of shape ({h2.shape[0]},), "
+                         f"got {seeds.dtype} of shape {tuple(seeds.shape)}")
     tokens = torch.empty(h2.shape[0], dtype=torch.int64, device=h2.device)
     logprob, _, _, _ = _launch(h2, weight, tokens, seeds, temperature, SAMPLE, False)
     return tokens, logprob
