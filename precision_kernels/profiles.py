@@ -261,8 +261,10 @@ _LM_HEAD_BLOCK_M = {"interpreter": 256}
 # backward (I5). Sized so that every variant compiles without register spills on sm_80 and
 # sm_90 (``compile_check --all --only lm_head``; tests/test_compile_check.py): 64 x 128
 # tiles over 8 warps spilled 8-1080 bytes in SAMPLE, where the Philox state and the Gumbel
-# keys are live beside the logits tile, and fp32 (FMA dots) spilled in SCORE too.
-_LM_HEAD_CUDA = {"fp32": (32, 64, 8), "fp16": (64, 64, 8), "bf16": (64, 64, 8)}
+# keys are live beside the logits tile, and fp32 (FMA dots) spilled in SCORE too. fp32 needs
+# 16-row tiles: at 32 or 64 rows ptxas kept some variant at an occupancy step (80/128/168
+# registers) and spilled 4-16 bytes.
+_LM_HEAD_CUDA = {"fp32": (16, 64, 8), "fp16": (64, 64, 8), "bf16": (64, 64, 8)}
 # Vocab columns per backward chunk: the dlogits buffer is (rows x this) at most.
 LM_HEAD_BWD_CHUNK = 8192
 
