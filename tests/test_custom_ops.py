@@ -225,3 +225,23 @@ def test_direct_op_calls_accept_a_strided_last_dim():
     tokens = ids(0, 5, 2)
     assert torch.equal(torch.ops.pk.token_logprobs(xt, tokens, 1.0, False)[0],
                        torch.ops.pk.token_logprobs(xt.contiguous(), tokens, 1.0, False)[0])
+
+
+def test_validate_temperature_accepts_what_check_temperature_accepts():
+    """The wrappers' comparison-only rule (traceable on symbolic floats) equals the float32 rule, at its edges."""
+    from precision_kernels.ops._common import check_temperature, validate_temperature
+
+    def accepted(check, t):
+        try:
+            check(t)
+            return True
+        except ValueError:
+            return False
+
+    edges = [2.0**-128, 2.0**-128 + 2.0**-150, 2.0**-128 + 2.0**-149, 2.0**128 - 2.0**103, 2.0**128 - 2.0**104]
+    values = FP32_EDGES + [math.nextafter(e, d) for e in edges for d in (-math.inf, math.inf)] + edges
+    for t in values + [-t for t in values] + [math.nan]:
+        t32 = fp32_value(t)
+        inv32 = fp32_value(1.0 / t32) if t32 not in (0.0, math.inf, -math.inf) and t32 == t32 else math.inf
+        want = 0.0 < t32 < math.inf and 0.0 < inv32 < math.inf
+        assert accepted(validate_temperature, t) == accepted(check_temperature, t) == want, t

@@ -219,3 +219,24 @@ def test_tinygpt_hidden_states_fullgraph_aot_eager_bitwise():
     got = compiled(tokens)
     assert counter.frame_count == 1
     assert_bitwise(got, model.hidden_states(tokens), "hidden states")
+
+
+# ---- scalars and shapes that change between calls ------------------------------------------------
+
+
+def scalar_ops(x, w, norm_w, tokens, scale, eps, temperature):
+    h = pk.layer_norm(pk.rms_norm(pk.linear(x, w), norm_w, eps=eps), norm_w, None, eps=eps)
+    return pk.token_logprobs(pk.softmax(h, scale=scale), tokens, temperature=temperature)
+
+
+def test_changing_scalars_and_shapes_compile_without_breaks():
+    """A scale, eps or temperature that changes between calls becomes a symbolic float in the recompiled
+    graph (so do sizes); the wrappers check them with comparisons only, so fullgraph still holds."""
+    compiled, counter = compile_once(scalar_ops, "aot_eager")
+    w, norm_w = rand(8, 8, dtype=F16, seed=1), rand(8, dtype=F16, seed=2)
+    calls = [(3, 0.5, 1e-6, 0.7), (3, 0.25, 1e-5, 0.9), (5, 0.3, 1e-3, 1.3), (2, 0.3, 1e-3, 3e-39)]
+    for rows, scale, eps, temperature in calls:
+        x, tokens = rand(rows, 8, dtype=F16, seed=rows), torch.arange(rows, device=DEVICE) % 8
+        args = (x, w, norm_w, tokens, scale, eps, temperature)
+        assert_bitwise(compiled(*args), scalar_ops(*args), f"rows={rows}")   # fullgraph: a break would raise
+    assert counter.frame_count >= 2                                            # it did recompile

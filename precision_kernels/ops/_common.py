@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import backend
-from ._custom import fp32_value
+from ._custom import FP32_OVERFLOW, fp32_value
 
 # tl.dot on native operands only when compiled: the interpreter's tl.dot (OpenBLAS) depends on
 # an element's position in the tile and mis-multiplies bf16.
@@ -117,12 +117,18 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
     return next(iter(dtypes.values()))
 
 
-def check_temperature(temperature) -> float:
-    """The one temperature rule: returns the fp32 value T32 that every kernel divides logits by.
+# The temperature rule as bounds on the Python float t: float32(t) is finite below FP32_OVERFLOW,
+# and float32(t) > 2^-128 (the smallest float32 T whose float32 1/T is finite; every T32 above it is
+# >= 2^-128 + 2^-149) exactly when t > 2^-128 + 2^-150 (the midpoint, which ties to 2^-128).
+_T_LOWER = 2.0**-128 + 2.0**-150
 
-    T32 = float32(temperature) and float32(1 / T32) must both be finite and > 0. That rejects 0,
-    negatives, NaN and inf, and also values such as 1e-50 (T32 = 0: log-probs of -inf) and 1e39
-    (T32 = inf: a silently uniform distribution), and a subnormal T32 whose reciprocal overflows.
+
+def validate_temperature(temperature) -> float:
+    """The one temperature rule, checked with comparisons only; returns float(temperature), not rounded.
+
+    Accepts exactly the temperatures ``check_temperature`` accepts. Comparisons (no ``math``
+    calls, no struct) also work on the symbolic float that torch.compile makes of a temperature
+    that changes between calls, so public wrappers call this and the op rounds to float32 inside.
     """
     t = None
     if not isinstance(temperature, (bool, str, bytes, complex)):
@@ -132,14 +138,43 @@ def check_temperature(temperature) -> float:
             pass
     if t is None:
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
-    # Pure Python (no tensors), so the wrappers stay traceable by torch.compile. 1/T32 is divided
-    # in double and rounded once to float32: for float32 operands that equals float32 division.
-    t32 = fp32_value(t)
-    inv32 = fp32_value(1.0 / t32) if t32 != 0.0 else math.copysign(math.inf, t32)
-    if not (math.isfinite(t32) and t32 > 0.0 and math.isfinite(inv32) and inv32 > 0.0):
+    if not (t - t == 0.0 and _T_LOWER < t < FP32_OVERFLOW):       # t - t == 0: neither NaN nor inf
+        t32 = fp32_value(t)
+        # 1/T32 divided in double and rounded once to float32 equals float32 division of float32 operands.
+        inv32 = fp32_value(1.0 / t32) if t32 != 0.0 else math.copysign(math.inf, t32)
         raise ValueError(f"temperature must have a float32 value T and a float32 1/T that are both finite and > 0, "
                          f"got {temperature!r} (float32 T = {t32!r}, 1/T = {inv32!r})")
-    return t32
+    return t
+
+
+def check_temperature(temperature) -> float:
+    """The one temperature rule: returns the fp32 value T32 that every kernel divides logits by.
+
+    T32 = float32(temperature) and float32(1 / T32) must both be finite and > 0. That rejects 0,
+    negatives, NaN and inf, and also values such as 1e-50 (T32 = 0: log-probs of -inf) and 1e39
+    (T32 = inf: a silently uniform distribution), and a subnormal T32 whose reciprocal overflows.
+    Pure Python (no tensors); op implementations call it, wrappers ``validate_temperature``.
+    """
+    return fp32_value(validate_temperature(temperature))
+
+
+def check_real(name: str, value, *, nonnegative: bool = False) -> float:
+    """A finite real number (``>= 0`` with ``nonnegative``) -> float(value), not rounded to float32.
+
+    Comparisons only, so it also works on the symbolic floats of torch.compile (see
+    ``validate_temperature``); the op rounds to float32 inside.
+    """
+    v = None
+    if not isinstance(value, (bool, str, bytes, complex)):
+        try:
+            v = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if v is None:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (v - v == 0.0 and (v >= 0.0 or not nonnegative)):      # v - v == 0: neither NaN nor inf
+        raise ValueError(f"{name} must be a finite number{' >= 0' if nonnegative else ''}, got {value!r}")
+    return v
 
 
 def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> torch.Tensor:

@@ -51,7 +51,7 @@ NAMESPACE = "pk"
 
 # The smallest magnitude that float32 rounds to infinity: max float32 (2^128 - 2^104) plus half
 # an ulp (2^103); the tie goes to the even neighbour, which is infinity.
-_FP32_OVERFLOW = 2.0**128 - 2.0**103
+FP32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 def require(condition: bool, op: str, what: str) -> None:
@@ -80,6 +80,6 @@ def fp32_value(x: float) -> float:
     x = float(x)
     if math.isnan(x) or math.isinf(x):
         return x
-    if abs(x) >= _FP32_OVERFLOW:
+    if abs(x) >= FP32_OVERFLOW:
         return math.copysign(math.inf, x)
     return struct.unpack("<f", struct.pack("<f", x))[0]

@@ -6,14 +6,12 @@ Custom ops (ops/_custom.py): ``pk::rms_norm(x2, weight, eps) -> (y, rstd)`` on r
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 
 from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
-from ._common import check_device, check_float, kernel_view, kind, launch
+from ._common import check_device, check_float, check_real, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
 
@@ -59,6 +57,7 @@ def _rms_norm_op(x2: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[to
     """RMSNorm of the rows of x2 (rows, n) -> (y, rstd); rstd (fp32, one per row) feeds the backward."""
     require(x2.dim() == 2 and tuple(weight.shape) == (x2.shape[1],), "rms_norm",
             f"x2 must be (rows, n) and weight (n,), got {tuple(x2.shape)} and {tuple(weight.shape)}")
+    eps = check_real("eps", eps, nonnegative=True)
     return _launch_fwd(as_rows(x2), weight.contiguous(), fp32_value(eps))
 
 
@@ -113,12 +112,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     if weight.shape != (n,):
         raise ValueError(f"rms_norm: weight has shape {tuple(weight.shape)}, expected ({n},) "
                          f"to match the last dimension of x {tuple(x.shape)}")
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
-    if not (math.isfinite(e) and e >= 0.0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    e = check_real("eps", eps, nonnegative=True)   # comparisons only: traceable (see check_real)
     w = weight if weight.is_contiguous() else weight.contiguous()
-    y2 = torch.ops.pk.rms_norm(as_rows(x), w, fp32_value(e))[0]
+    y2 = torch.ops.pk.rms_norm(as_rows(x), w, e)[0]
     return y2.reshape(x.shape)

@@ -35,14 +35,18 @@ from ._custom import fp32_value, op_name, require
 
 
 def _check_scale(scale) -> float:
+    """A finite real scale -> float(scale); the op rounds it to float32 (the value the kernel multiplies by).
+
+    Comparisons only (``s - s == 0``: neither NaN nor inf), so a scale that torch.compile
+    traces as a symbolic float passes without a graph break.
+    """
     try:
         s = float(scale)
     except (TypeError, ValueError):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}") from None
-    if not math.isfinite(s):
+    if not s - s == 0.0:
         raise ValueError(f"scale must be finite, got {scale!r}")
-    # The kernel multiplies by the fp32 value of scale.
-    return fp32_value(s)
+    return s
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -87,6 +91,7 @@ def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
 
 def _softmax_impl(x2: torch.Tensor, scale: float, log: bool):
     require(x2.dim() == 2, "log_softmax" if log else "softmax", f"x2 must be (rows, n), got {tuple(x2.shape)}")
+    scale = _check_scale(scale)
     x2 = as_rows(x2)
     # The kernel multiplies by the fp32 value of scale (rounded here, so eager and compiled agree).
     return _launch_fwd(x2, fp32_value(scale), log)

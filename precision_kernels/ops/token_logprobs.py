@@ -31,6 +31,7 @@ from ._common import (
     kind,
     launch,
     logprob_outputs,
+    validate_temperature,
 )
 from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
@@ -141,11 +142,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     vocab = logits.shape[-1]
     if vocab == 0:
         raise ValueError("token_logprobs: the vocabulary dimension of logits is empty")
-    t32 = check_temperature(temperature)
+    t = validate_temperature(temperature)       # comparisons only; the op rounds T to float32
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
     ids = check_token_ids("tokens", tokens, logits.shape[:-1])
-    logprob, entropy, _, _ = torch.ops.pk.token_logprobs(as_rows(logits), ids, t32, return_entropy)
+    logprob, entropy, _, _ = torch.ops.pk.token_logprobs(as_rows(logits), ids, t, return_entropy)
     lead = logits.shape[:-1]
     if return_entropy:
         return logprob.reshape(lead), entropy.reshape(lead)
