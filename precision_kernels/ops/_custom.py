@@ -31,8 +31,12 @@ The pattern, per op family (module ``ops/<family>.py``):
    validates from metadata only (types, dtypes, devices, shapes, Python numbers), moves the
    reduced dim last (``movedim`` is a view), merges leading dims into rows and calls
    ``torch.ops.pk.<op>``. It must stay traceable by dynamo without graph breaks: no
-   ``.item()``, no ``float(tensor)``, no tensors built from Python numbers for checks
-   (``fp32_value`` below rounds a Python float to float32 in pure Python).
+   ``.item()``, no ``float(tensor)``, no tensors built from Python numbers for checks.
+   Scalars are checked by comparisons only (``_common.validate_temperature``,
+   ``_common.check_real``; ``x - x == 0`` for finiteness): a scale, eps or temperature that
+   changes between calls becomes a symbolic float when torch.compile recompiles, and
+   ``math.isfinite`` or ``struct`` on it is a graph break. The wrapper passes the unrounded
+   float; the implementation checks it again and rounds it with ``fp32_value`` below.
 
 Ops and their backward ops: ``pk::matmul`` / ``pk::matmul_backward``, ``pk::linear`` /
 ``pk::linear_backward``, ``pk::softmax`` and ``pk::log_softmax`` / ``pk::softmax_backward``,
