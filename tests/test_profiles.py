@@ -86,18 +86,18 @@ def test_m_is_required_once_a_table_has_several_buckets(monkeypatch):
     assert profiles.matmul_config_for("interpreter", "fp32", m=17).block_m == 64
 
 
-def _bucket_sizes(buckets):
-    """Row counts that land in every bucket: 1, each bound, each bound + 1."""
-    sizes = {1}
+def _bucket_sizes(buckets, extra=()):
+    """Row counts that land in every bucket: 1, each bound, each bound + 1 (and ``extra``)."""
+    sizes = {1, *extra}
     for b in buckets[:-1]:
         sizes |= {b.max_rows, b.max_rows + 1}
     return sorted(sizes)
 
 
-def _rows_in_every_bucket(dtype, buckets, n, k):
+def _rows_in_every_bucket(dtype, buckets, n, k, extra=()):
     """pk.linear of the first M rows of one matrix for M in every bucket; row r must have the same bits in all.
     Returns the num_warps each launch ran with (to see which buckets served)."""
-    sizes = _bucket_sizes(buckets)
+    sizes = _bucket_sizes(buckets, extra)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(max(sizes), k, generator=g).to(dtype).to(DEV)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype).to(DEV)
@@ -131,6 +131,7 @@ def test_rows_equal_in_every_m_bucket_interpreter(name, monkeypatch):
                                        "the same way only a GPU can show")
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_rows_equal_in_every_m_bucket_gpu(name):
-    """The shipped CUDA buckets: the same rows computed in launches of every bucket have the same bits."""
+    """The shipped CUDA buckets: the same rows computed in launches of every bucket have the same bits (with one
+    bucket, still rows of launches of 1 to 2048 rows: M == 1 and M % 16 == 0 must not change a row either)."""
     buckets = profiles.matmul_buckets_for("cuda", name)
-    _rows_in_every_bucket(DTYPES[name], buckets, n=4096, k=4096)
+    _rows_in_every_bucket(DTYPES[name], buckets, n=4096, k=4096, extra=(2, 16, 17, 64, 256, 1024, 2048))
