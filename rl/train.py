@@ -269,9 +269,17 @@ def train(args, log=print) -> dict:
     """Run ``args`` (a ``build_parser()`` namespace); raises ``ValueError`` naming a bad flag before any work."""
     check_args(args)
     dist = distributed.init(resolve_device(args.device))
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    if dist.device.type == "cuda":
+        # On the GPU the embedding-gradient scatter and the warm-up's cuBLAS calls pick atomic or
+        # workspace-dependent algorithms unless deterministic ones are asked for (for this run only).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(args, dist, log if dist.is_main else (lambda *_: None))
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         distributed.shutdown()
 
 
