@@ -352,13 +352,10 @@ def test_strided_tokens_and_batched_views():
 
 
 def test_token_range_is_checked_inside_the_op_implementation(launches):
-    """The id-range check reads tensor data, so it lives in the autograd Functions' forward (what a custom op
-    or torch.compile will call), not only in the Python wrappers."""
-    from precision_kernels.ops.lm_head import _LinearLogprobs
-    from precision_kernels.ops.token_logprobs import _TokenLogprobs
-
+    """The id-range check reads tensor data, so it lives in the custom ops themselves (what torch.compile
+    calls), not only in the Python wrappers."""
     with pytest.raises(ValueError, match="tokens holds id -1"):
-        _TokenLogprobs.apply(rand(3, 5), ids(0, -1, 2), 1.0, False)
+        torch.ops.pk.token_logprobs(rand(3, 5), ids(0, -1, 2), 1.0, False)
     with pytest.raises(ValueError, match="tokens holds id 5"):
-        _LinearLogprobs.apply(X(), W(), ids(0, 5, 2), 1.0, False)
+        torch.ops.pk.linear_logprobs(X(), W(), ids(0, 5, 2), 1.0, False)
     assert launches == []

@@ -39,6 +39,7 @@ from ._common import (
     kind,
     launch,
     logprob_outputs,
+    validate_temperature,
 )
 from ._custom import fp32_value, op_name
 from .matmul import _k_chunk, _mm
@@ -229,7 +230,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
     of the same distribution. Differentiable with respect to hidden and weight.
     """
     _check_head(hidden, weight)
-    t32 = check_temperature(temperature)
+    t32 = validate_temperature(temperature)  # the op rounds it to float32
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
     ids = check_token_ids("tokens", tokens, hidden.shape[:-1])
@@ -285,7 +286,7 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     (no distribution to sample) token 0 with log-prob NaN.
     """
     _check_head(hidden, weight)
-    t32 = check_temperature(temperature)
+    t32 = validate_temperature(temperature)  # the op rounds it to float32
     lead = hidden.shape[:-1]
     h2 = _rows(hidden)
     if seeds is not None:
