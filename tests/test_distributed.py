@@ -11,7 +11,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from rl.distributed import Dist
+from rl.metrics import mismatch_metrics
+from rl.train import reduce_mismatch
 
 FLAGS = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--dataset-size", "32",
          "--warmup-target", "0.0", "--eval-prompts", "2", "--no-progress", "--strict"]
@@ -53,3 +58,41 @@ def test_two_process_runs_repeat_bit_for_bit_and_resume(tmp_path):
         assert (two["n_tokens"], two["reward"]) == (one["n_tokens"], one["reward"])
     w1 = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.allclose(wa[k], w1[k], rtol=0, atol=1e-6) for k in wa)
+
+
+class _Recorder(Dist):
+    """A 2-rank stand-in: records what this rank contributes to each collective, returns it unreduced."""
+
+    def __init__(self, peer_calls=None):
+        super().__init__(rank=0, world_size=2)
+        object.__setattr__(self, "calls", [])
+        object.__setattr__(self, "peer", list(peer_calls or []))
+
+    def _combine(self, values, op):
+        self.calls.append(list(values))
+        if not self.peer:
+            return list(values)
+        other = self.peer.pop(0)
+        return [op(a, b) for a, b in zip(values, other)]
+
+    def sum(self, *values):
+        return self._combine(values, lambda a, b: a + b)
+
+    def max(self, *values):
+        return self._combine(values, max)
+
+
+def test_reduced_mismatch_of_two_ranks_is_the_whole_batch_figure():
+    """Token-weighted means, maxima and counts over two ranks' halves equal the figures of the whole batch."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(6, 5, generator=g)
+    pi = mu + torch.randn(6, 5, generator=g) * 1e-3 * (torch.rand(6, 5, generator=g) < 0.5)
+    mask = torch.rand(6, 5, generator=g) < 0.7
+    halves = [mismatch_metrics(mu[s], pi[s], mask[s]) for s in (slice(0, 2), slice(2, 6))]
+    peer = _Recorder()
+    reduce_mismatch(halves[1], peer)
+    combined = reduce_mismatch(halves[0], _Recorder(peer.calls))
+    whole = mismatch_metrics(mu, pi, mask)
+    for key in ("n_tokens", "n_seqs", "mean_abs_dlogp", "max_abs_dlogp", "frac_tokens_differ", "k1", "k2", "k3",
+                "seq_k1", "seq_k2", "seq_k3", "seq_max_abs_dlogp", "dp_max"):
+        assert combined[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-15), key
