@@ -4,10 +4,15 @@
     python -m precision_kernels.compile_check --all    # every registered config
     python -m precision_kernels.compile_check --all --only lm_head --json out.json   # one family's variants
 
+Kernels whose registration names a runtime call specialisation (``compile_registry.
+CallSpecialization``: arguments equal to 1, arguments divisible by 16) are compiled both
+generic and so specialised, since Triton's JIT compiles the specialised kernel for such a
+call (the fused LM head on contiguous operands: other registers, other spills).
+
 ``--json`` writes one record per kernel variant and target: ``kernel``, ``variant`` (its
-constexprs and launch options), ``target`` ("sm_80"/"sm_90"), ``registers``,
-``spill_bytes`` and ``shared_bytes``, plus the config, the instruction family and the
-audit outcome. Offline, registers and spill bytes come from the bundled
+constexprs and launch options, and ``CALL=`` a call specialisation), ``target``
+("sm_80"/"sm_90"), ``registers``, ``spill_bytes`` and ``shared_bytes``, plus the call,
+config, instruction family and audit outcome. Offline, registers and spill bytes come from the bundled
 ``cuobjdump --dump-resource-usage`` (``REG`` and ``STACK``: a Triton kernel has no local
 arrays, so its stack frame is its register spills; ``CompiledKernel.n_spills`` is only
 filled in when a GPU driver loads the kernel); shared bytes are the compiled kernel's
@@ -58,6 +63,7 @@ class CheckResult:
     kernel: str
     variant: str
     target: str
+    call: str = "generic"         # the runtime specialisation compiled ("generic": none)
     registers: int | None = None
     spill_bytes: int | None = None
     shared_bytes: int | None = None
@@ -142,22 +148,29 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
         return None, None
 
 
-def compile_one(spec, config: dict, cc: int) -> CheckResult:
+def compile_one(spec, config: dict, cc: int, call=None) -> CheckResult:
+    """Compile one config for sm_{cc}: the generic signature, or as the JIT specialises ``call``
+    (a compile_registry.CallSpecialization); audit the PTX; read registers, spills and shared memory."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from . import backend
 
-    result = CheckResult(spec.name, variant_name(config), f"sm_{cc}", config=dict(config))
+    variant = variant_name(config) + (f",CALL={call.name}" if call else "")
+    result = CheckResult(spec.name, variant, f"sm_{cc}", call.name if call else "generic", config=dict(config))
     start = time.perf_counter()
     try:
         constexprs = {k: v for k, v in config.items() if k in spec.fn.arg_names}
+        attrs = {}
+        if call:
+            constexprs.update({name: 1 for name in call.ones})
+            attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in call.divisible}
         # num_warps / num_stages in a config are launch options, compiled as the launch uses them
         options = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
         signature = {name: ("constexpr" if name in constexprs else spec.signature[name])
                      for name in spec.fn.arg_names}
-        compiled = triton.compile(ASTSource(spec.fn, signature, constexprs=constexprs),
+        compiled = triton.compile(ASTSource(spec.fn, signature, constexprs=constexprs, attrs=attrs),
                                   target=GPUTarget("cuda", cc, 32),
                                   options={"enable_fp_fusion": backend.FP_FUSION, **options})
         ptx = compiled.asm["ptx"]
@@ -185,13 +198,14 @@ def audit_reduce_layouts(results: list[CheckResult], kernels: dict) -> list[str]
         if spec.reduce_layout_group is None or not r.ok:
             continue
         shared = tuple(sorted((k, v) for k, v in r.config.items() if k != "MODE"))
-        key = (spec.reduce_layout_group, r.target, shared)
+        key = (spec.reduce_layout_group, r.target, r.call, shared)
         groups.setdefault(key, {})[f"{r.kernel}{r.config.get('MODE', '')}"] = set(r.reduce_layouts)
     problems = []
-    for (group, target, shared), members in groups.items():
+    for (group, target, call, shared), members in groups.items():
         distinct = {frozenset(v) for v in members.values()}
         if len(distinct) > 1:
-            problems.append(f"{group} {target} {dict(shared)}: reduce layouts differ between {sorted(members)}")
+            problems.append(f"{group} {target} {call} {dict(shared)}: reduce layouts differ between "
+                            f"{sorted(members)}")
     return problems
 
 
@@ -235,8 +249,9 @@ def run(all_configs: bool, kernel_filter: str | None = None, only: list[str] | N
         if matched_only:
             configs = [c for c in configs if c.get("SPLITS", 1) == 1]
         for config in configs:
-            for cc in TARGETS:
-                results.append(compile_one(spec, config, cc))
+            for call in (None, *spec.calls):
+                for cc in TARGETS:
+                    results.append(compile_one(spec, config, cc, call))
     return results, audit_reduce_layouts(results, kernels) + audit_instruction_families(results)
 
 

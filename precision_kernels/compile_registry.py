@@ -19,6 +19,24 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class CallSpecialization:
+    """How Triton's JIT specialises a typical launch: ``ones`` are integer arguments equal to 1 there (compiled
+    as constexprs), ``divisible`` are pointers 16-byte aligned / integers divisible by 16 (``tt.divisibility``).
+    The compile check compiles each config this way too, besides the generic signature, because the kernel a
+    GPU runs is the specialised one (other registers, other spills)."""
+
+    name: str
+    ones: tuple = ()
+    divisible: tuple = ()
+
+
+# The fused LM head called on contiguous hidden states and weight with K % 16 == 0 (a model's usual call):
+# only its tl.dot operands keep Triton's specialisation (kernels/lm_head.py: MATMUL_OPERANDS).
+CONTIGUOUS_HEAD = CallSpecialization("contiguous", ones=("stride_hk", "stride_wk"),
+                                     divisible=("h_ptr", "w_ptr", "K", "k_chunk", "stride_hm", "stride_wv"))
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     name: str
     fn: object
@@ -27,6 +45,8 @@ class KernelSpec:
     # Name of a family whose TTGIR tt.reduce layouts must match config by config (I5 audit).
     reduce_layout_group: str | None = None
     expects_mma: bool = False
+    # Runtime specialisations compiled besides the generic signature.
+    calls: tuple = ()
 
 
 # (dtype name, storage kind, pointer type of its tensors inside a kernel)
@@ -37,11 +57,15 @@ ROW_FORMAT_GROUPS = (("", "*i16", (2, 1)), ("_fp32", "*fp32", (0,)))
 
 
 def register(table: dict, name: str, fn, signature: dict, configs: list, *, reduce_layout_group: str | None = None,
-             expects_mma: bool = False) -> None:
+             expects_mma: bool = False, calls: tuple = ()) -> None:
     if name in table:
         raise ValueError(f"kernel {name!r} is registered twice")
+    for call in calls:
+        unknown = [a for a in (*call.ones, *call.divisible) if a not in signature]
+        if unknown:
+            raise ValueError(f"kernel {name!r}: call specialisation {call.name!r} names unknown arguments {unknown}")
     table[name] = KernelSpec(name, fn, dict(signature), [dict(c) for c in configs], reduce_layout_group,
-                             expects_mma)
+                             expects_mma, tuple(calls))
 
 
 def kernel_specs() -> dict[str, KernelSpec]:
@@ -156,7 +180,8 @@ def _register_rows(table: dict) -> None:
 
 
 def _register_lm_head(table: dict) -> None:
-    """The fused LM head: SCORE and SAMPLE modes in one reduce-layout group (I5 audit), and its backward."""
+    """The fused LM head: SCORE and SAMPLE modes in one reduce-layout group (I5 audit), and its backward;
+    each compiled generic and as a contiguous-operand call specialises it."""
     from .kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
     from .profiles import engine_config, lm_head_config_for
 
@@ -173,6 +198,7 @@ def _register_lm_head(table: dict) -> None:
                        "M": "i32", "V": "i32", "K": "i32", "k_chunk": "i32", "stride_hm": "i64", "stride_hk": "i64",
                        "stride_wv": "i64", "stride_wk": "i64", "temperature": "fp32"},
             configs=configs, reduce_layout_group="lm_head", expects_mma=kind != 0,
+            calls=(CONTIGUOUS_HEAD,),
         )
         register(
             table, f"lm_head_dlogits_{name}", lm_head_dlogits_kernel,
@@ -182,5 +208,6 @@ def _register_lm_head(table: dict) -> None:
                        "stride_hm": "i64", "stride_hk": "i64", "stride_wv": "i64", "stride_wk": "i64",
                        "temperature": "fp32"},
             configs=[{"KIND": kind, "NATIVE_DOT": True, "HAS_G_ENTROPY": g, **blocks} for g in (False, True)],
-            expects_mma=kind != 0,
+            expects_mma=kind != 0, calls=(CallSpecialization("contiguous", ones=CONTIGUOUS_HEAD.ones, divisible=tuple(
+                a for a in CONTIGUOUS_HEAD.divisible if a != "k_chunk")),),
         )

@@ -76,6 +76,12 @@ class EngineConfig:
 # CUDA: tensor-core tiles (every tl.dot dimension >= 16, powers of two).
 _INTERP_2D = MatmulConfig(block_m=256, block_n=128, block_k=32)
 _INTERP_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64)
+# Interpreter M buckets: calls of <= 64 rows (decode steps, weight gradients of narrow layers) in
+# 64 x 256 tiles instead of wasting 3/4 of a 256-row tile (~15% of an RL step's CPU time). Under
+# the interpreter BLOCK_M/BLOCK_N do not change a bit: every element adds its BLOCK_K products in
+# K order (tests/test_interpreter_tiles.py runs tables against each other), as long as
+# BLOCK_N >= 2 (at 1 the reduced axis becomes the contiguous one and numpy sums it pairwise).
+_INTERP_BUCKETS = (MBucket(64, MatmulConfig(block_m=64, block_n=256, block_k=32)), MBucket(None, _INTERP_2D))
 _CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
 _CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
 _CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
@@ -86,9 +92,9 @@ _CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2
 _CUDA16_BUCKETS = (MBucket(None, _CUDA16_2D),)
 _CUDA32_BUCKETS = (MBucket(None, _CUDA32_2D),)
 _MATMUL_TABLE = {
-    ("interpreter", "fp32"): (_INTERP_2D, _INTERP_BATCHED),
-    ("interpreter", "fp16"): (_INTERP_2D, _INTERP_BATCHED),
-    ("interpreter", "bf16"): (_INTERP_2D, _INTERP_BATCHED),
+    ("interpreter", "fp32"): (_INTERP_BUCKETS, _INTERP_BATCHED),
+    ("interpreter", "fp16"): (_INTERP_BUCKETS, _INTERP_BATCHED),
+    ("interpreter", "bf16"): (_INTERP_BUCKETS, _INTERP_BATCHED),
     ("cuda", "fp32"): (_CUDA32_BUCKETS, _CUDA32_BATCHED),
     ("cuda", "fp16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
     ("cuda", "bf16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
@@ -257,14 +263,15 @@ class LMHeadConfig:
 
 
 _LM_HEAD_BLOCK_M = {"interpreter": 256}
-# CUDA tiles per dtype: (block_m, block_v, num_warps), one config for SCORE, SAMPLE and the
-# backward (I5). Sized so that every variant compiles without register spills on sm_80 and
-# sm_90 (``compile_check --all --only lm_head``; tests/test_compile_check.py): 64 x 128
-# tiles over 8 warps spilled 8-1080 bytes in SAMPLE, where the Philox state and the Gumbel
-# keys are live beside the logits tile, and fp32 (FMA dots) spilled in SCORE too. fp32 needs
-# 16-row tiles: at 32 or 64 rows ptxas kept some variant at an occupancy step (80/128/168
-# registers) and spilled 4-16 bytes.
-_LM_HEAD_CUDA = {"fp32": (16, 64, 8), "fp16": (64, 64, 8), "bf16": (64, 64, 8)}
+# CUDA tiles per dtype: (block_m, block_v, num_warps, num_stages), one config for SCORE, SAMPLE
+# and the backward (I5). Chosen so that every variant compiles without register spills on
+# sm_80 and sm_90, generic and as the JIT specialises a contiguous call
+# (``compile_check --all --only lm_head``; tests/test_compile_check.py). 64 x 128 tiles over
+# 8 warps spilled 16-1080 bytes (SAMPLE keeps the Philox state and the Gumbel keys beside the
+# logits tile; fp32's FMA dots spilled in SCORE too). Smaller tiles alone were not enough:
+# ptxas lands on an occupancy step (64/80/128/168 registers) and spills 4-24 bytes for it when
+# the demand is just above one, so these were searched variant by variant.
+_LM_HEAD_CUDA = {"fp32": (16, 32, 4, 2), "fp16": (64, 64, 8, 3), "bf16": (64, 64, 8, 3)}
 # Vocab columns per backward chunk: the dlogits buffer is (rows x this) at most.
 LM_HEAD_BWD_CHUNK = 8192
 
@@ -275,8 +282,9 @@ def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
     if table == "interpreter":
         return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=_ROWS[table].block_cols, block_k=block_k,
                             num_warps=4)
-    block_m, block_v, num_warps = _LM_HEAD_CUDA[dtype_name]
-    return LMHeadConfig(block_m=block_m, block_v=block_v, block_k=block_k, num_warps=num_warps)
+    block_m, block_v, num_warps, num_stages = _LM_HEAD_CUDA[dtype_name]
+    return LMHeadConfig(block_m=block_m, block_v=block_v, block_k=block_k, num_warps=num_warps,
+                        num_stages=num_stages)
 
 
 def lm_head_config(dtype: torch.dtype) -> LMHeadConfig:

@@ -64,19 +64,20 @@ def test_every_kernel_family_compiles_for_sm80_and_sm90(tmp_path):
 
 def test_lm_head_variants_do_not_spill_registers(tmp_path):
     """Every fused LM-head variant of the matched profile (SCORE and SAMPLE, with and without entropy, forward and
-    backward; every dtype) compiles for sm_80 and sm_90 without register spills (cuobjdump's stack frame is 0).
-    The engine's split-K variants are in ``compile_check --all --only lm_head`` (checked spill-free too, not here:
-    time)."""
+    backward; every dtype), compiled generic and as the JIT specialises a contiguous call, has no register spills
+    on sm_80 and sm_90 (cuobjdump's stack frame is 0). The engine's split-K variants are in
+    ``compile_check --all --only lm_head`` (checked spill-free too, not here: time)."""
     report = _compile_check(tmp_path, "--all", "--only", "lm_head", "--matched-only")
     records = report["records"]
     variants = {(r["kernel"], r["config"].get("MODE"), r["config"].get("WITH_ENTROPY", r["config"].get(
-        "HAS_G_ENTROPY")), r["target"]) for r in records}
+        "HAS_G_ENTROPY")), r["call"], r["target"]) for r in records}
     for dtype in ("fp32", "fp16", "bf16"):
         for target in ("sm_80", "sm_90"):
             for entropy in (False, True):
-                assert (f"lm_head_dlogits_{dtype}", None, entropy, target) in variants
-                for mode in (0, 1):
-                    assert (f"lm_head_{dtype}", mode, entropy, target) in variants
+                for call in ("generic", "contiguous"):
+                    assert (f"lm_head_dlogits_{dtype}", None, entropy, call, target) in variants
+                    for mode in (0, 1):
+                        assert (f"lm_head_{dtype}", mode, entropy, call, target) in variants
     spilling = {(r["kernel"], r["variant"], r["target"]): r["spill_bytes"] for r in records if r["spill_bytes"] != 0}
     assert not spilling, f"register spills (bytes): {spilling}"
     assert report["audit_problems"] == []  # I5: SCORE and SAMPLE still reduce in the same layouts
