@@ -74,7 +74,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both sides (default 1, as rl.train runs; on a shared machine "
+                             "multi-threaded torch waits on busy cores and its time swings 10x)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     task = get_task("reverse")
     cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, precision=args.precision)
     model = TinyGPT(cfg, seed=0, init="torch")  # a non-uniform policy: sequences of every length occur
@@ -95,12 +99,12 @@ def main(argv=None) -> int:
         baseline.append(_baseline_step(ref, ref_opt, task, prompts, torch.Generator().manual_seed(1)))
     ks, kl, kc = (statistics.median(step[i] for step in kernel) for i in range(3))
     bs, bl, bc = (statistics.median(step[i] for step in baseline) for i in range(3))
-    report = {"precision": args.precision, "launches_per_decode_token": per_decode,
+    report = {"precision": args.precision, "torch_threads": args.threads, "launches_per_decode_token": per_decode,
               "launches_per_learner_step": learn_launches, "kernel_sample_s": ks, "kernel_learn_s": kl,
               "kernel_step_s": ks + kl, "kernel_step_cpu_s": kc, "torch_sample_s": bs, "torch_learn_s": bl,
               "torch_step_s": bs + bl, "torch_step_cpu_s": bc, "ratio": (ks + kl) / (bs + bl)}
     print(f"demo configuration (d_model 64, 2 layers, 2 heads, 8 x 8 samples, {args.precision}, matched), "
-          f"median of {args.steps} steps")
+          f"median of {args.steps} steps, {args.threads} torch thread(s)")
     print(f"launches per decode token  {per_decode:>6}   (budget 25)")
     print(f"launches per learner step  {learn_launches:>6}   (budget 70)")
     print(f"{'':<26} {'sampling':>9} {'learning':>9} {'RL step':>9} {'CPU time':>9}")
