@@ -93,6 +93,17 @@ def logprob_outputs(rows: int, with_entropy: bool, device: torch.device):
     return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
 
 
+def logprob_grad_inputs(g_logprob: torch.Tensor, g_entropy: torch.Tensor | None):
+    """A log-prob backward kernel's incoming gradients: (g_logprob, g_entropy, has_g_entropy), fp32 contiguous.
+
+    Without an entropy gradient, g_logprob stands in for its pointer (HAS_G_ENTROPY=False: never read).
+    """
+    g_logprob = g_logprob.to(torch.float32).contiguous()
+    if g_entropy is None:
+        return g_logprob, g_logprob, False
+    return g_logprob, g_entropy.to(torch.float32).contiguous(), True
+
+
 def check_float(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -117,6 +128,16 @@ def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
     return next(iter(dtypes.values()))
 
 
+def _real_number(name: str, value) -> float:
+    """float(value) for a real number (not bool, str, bytes or complex); TypeError naming ``name`` otherwise."""
+    if not isinstance(value, (bool, str, bytes, complex)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+
+
 # The temperature rule as bounds on the Python float t: float32(t) is finite below FP32_OVERFLOW,
 # and float32(t) > 2^-128 (the smallest float32 T whose float32 1/T is finite; every T32 above it is
 # >= 2^-128 + 2^-149) exactly when t > 2^-128 + 2^-150 (the midpoint, which ties to 2^-128).
@@ -130,14 +151,7 @@ def validate_temperature(temperature) -> float:
     calls, no struct) also work on the symbolic float that torch.compile makes of a temperature
     that changes between calls, so public wrappers call this and the op rounds to float32 inside.
     """
-    t = None
-    if not isinstance(temperature, (bool, str, bytes, complex)):
-        try:
-            t = float(temperature)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    if t is None:
-        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    t = _real_number("temperature", temperature)
     if not (t - t == 0.0 and _T_LOWER < t < FP32_OVERFLOW):       # t - t == 0: neither NaN nor inf
         t32 = fp32_value(t)
         # 1/T32 divided in double and rounded once to float32 equals float32 division of float32 operands.
@@ -164,14 +178,7 @@ def check_real(name: str, value, *, nonnegative: bool = False) -> float:
     Comparisons only, so it also works on the symbolic floats of torch.compile (see
     ``validate_temperature``); the op rounds to float32 inside.
     """
-    v = None
-    if not isinstance(value, (bool, str, bytes, complex)):
-        try:
-            v = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    if v is None:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = _real_number(name, value)
     if not (v - v == 0.0 and (v >= 0.0 or not nonnegative)):      # v - v == 0: neither NaN nor inf
         raise ValueError(f"{name} must be a finite number{' >= 0' if nonnegative else ''}, got {value!r}")
     return v

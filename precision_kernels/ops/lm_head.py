@@ -20,8 +20,6 @@ rows and call them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 
@@ -38,20 +36,16 @@ from ._common import (
     kernel_view,
     kind,
     launch,
+    logprob_grad_inputs,
     logprob_outputs,
     validate_temperature,
 )
 from ._custom import fp32_value, op_name
-from .matmul import _k_chunk, _mm
+from .matmul import _k_chunk, _mm, _rows
 from .rounding import round_to
 
 # lm_head_kernel's MODE: score given tokens, or sample them.
 SCORE, SAMPLE = 0, 1
-
-
-def _rows(hidden: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (rows, d): a view where the strides allow (the kernel takes any strides); d may be 0."""
-    return hidden.reshape(math.prod(hidden.shape[:-1]), hidden.shape[-1])
 
 
 def _check_head(hidden: torch.Tensor, weight: torch.Tensor) -> None:
@@ -107,12 +101,7 @@ def _linear_logprobs_op(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
 
 @_linear_logprobs_op.register_fake
 def _(h2, weight, tokens, temperature, with_entropy):
-    rows = h2.shape[0]
-
-    def buffer(n):
-        return h2.new_empty(n, dtype=torch.float32)
-
-    return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
+    return logprob_outputs(h2.shape[0], with_entropy, h2.device)
 
 
 @torch.library.custom_op(op_name("linear_logprobs_backward"), mutates_args=())
@@ -130,9 +119,7 @@ def _linear_logprobs_backward_op(h2: torch.Tensor, weight: torch.Tensor, tokens:
     """
     m, k = h2.shape
     v = weight.shape[0]
-    has_g_entropy = g_entropy is not None
-    g_lp = g_logprob.to(torch.float32).contiguous()
-    g_ent = g_entropy.to(torch.float32).contiguous() if has_g_entropy else g_lp
+    g_lp, g_ent, has_g_entropy = logprob_grad_inputs(g_logprob, g_entropy)
     grad_h32 = None
     grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight \
         else weight.new_empty(0)

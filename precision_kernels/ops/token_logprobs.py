@@ -30,6 +30,7 @@ from ._common import (
     kernel_view,
     kind,
     launch,
+    logprob_grad_inputs,
     logprob_outputs,
     validate_temperature,
 )
@@ -67,12 +68,7 @@ def _token_logprobs_op(logits2: torch.Tensor, tokens: torch.Tensor, temperature:
 
 @_token_logprobs_op.register_fake
 def _(logits2, tokens, temperature, with_entropy):
-    rows = logits2.shape[0]
-
-    def buffer(n):
-        return logits2.new_empty(n, dtype=torch.float32)
-
-    return buffer(rows), buffer(rows if with_entropy else 0), buffer(rows), buffer(rows)
+    return logprob_outputs(logits2.shape[0], with_entropy, logits2.device)
 
 
 @torch.library.custom_op(op_name("token_logprobs_backward"), mutates_args=())
@@ -82,9 +78,7 @@ def _token_logprobs_backward_op(logits2: torch.Tensor, tokens: torch.Tensor, g_l
     """dlogits (the logits' dtype) from fp32 g_logprob (rows,) and, when not None, g_entropy (rows,)."""
     logits2, tokens = as_rows(logits2), tokens.contiguous()
     rows, n = logits2.shape
-    has_g_entropy = g_entropy is not None
-    g_logprob = g_logprob.to(torch.float32).contiguous()
-    g_entropy = g_entropy.to(torch.float32).contiguous() if has_g_entropy else g_logprob
+    g_logprob, g_entropy, has_g_entropy = logprob_grad_inputs(g_logprob, g_entropy)
     dlogits = torch.empty((rows, n), dtype=logits2.dtype, device=logits2.device)
     if rows and n:
         cfg = profiles.row_config(logits2.dtype)
