@@ -13,9 +13,9 @@ import triton
 
 from .. import profiles
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
-from ..kernels.norm import col_sum_kernel
 from ._common import check_float, kernel_view, kind, launch
 from ._custom import FP32_OVERFLOW, fp32_value, op_name, require
+from .norm import col_sum
 from .softmax import as_rows
 
 
@@ -38,14 +38,6 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
     return y, mean, rstd
 
 
-def _col_sum(partials: torch.Tensor, out: torch.Tensor, cfg) -> None:
-    """out = sum of the partials' rows, in index order, rounded to out's dtype."""
-    n_parts, n = partials.shape
-    launch(col_sum_kernel, (triton.cdiv(n, cfg.block_cols),),
-           partials, kernel_view(out), n_parts, n,
-           config=cfg, OUT_KIND=kind(out.dtype), BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
-
-
 def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_dtype):
     rows, n = x2.shape
     dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
@@ -65,9 +57,9 @@ def _launch_bwd(x2, weight, dy2, mean, rstd, want_dw: bool, want_db: bool, bias_
                DY_KIND=kind(dy2.dtype), HAS_W=weight is not None, WANT_DW=want_dw, WANT_DB=want_db,
                BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
         if want_dw:
-            _col_sum(dw_part, dw, cfg)
+            col_sum(dw_part, dw, cfg)
         if want_db:
-            _col_sum(db_part, db, cfg)
+            col_sum(db_part, db, cfg)
     return dx, dw, db
 
 

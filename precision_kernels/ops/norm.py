@@ -29,6 +29,14 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float):
     return y, rstd
 
 
+def col_sum(partials: torch.Tensor, out: torch.Tensor, cfg) -> None:
+    """out = sum of the partials' rows (one per program of a norm backward), in index order, rounded to out's dtype."""
+    n_parts, n = partials.shape
+    launch(col_sum_kernel, (triton.cdiv(n, cfg.block_cols),),
+           partials, kernel_view(out), n_parts, n,
+           config=cfg, OUT_KIND=kind(out.dtype), BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
+
+
 def _launch_bwd(x2, weight, dy2, rstd):
     rows, n = x2.shape
     dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
@@ -43,9 +51,7 @@ def _launch_bwd(x2, weight, dy2, rstd):
                rows, n, x2.stride(0), dy2.stride(0),
                config=cfg, KIND=kind(x2.dtype), W_KIND=kind(weight.dtype), DY_KIND=kind(dy2.dtype),
                BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
-        launch(col_sum_kernel, (triton.cdiv(n, cfg.block_cols),),
-               partials, kernel_view(dw), n_parts, n,
-               config=cfg, OUT_KIND=kind(weight.dtype), BLOCK_ROWS=cfg.block_rows, BLOCK_COLS=cfg.block_cols)
+        col_sum(partials, dw, cfg)
     return dx, dw
 
 
