@@ -78,10 +78,10 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from . import backend, profiles
 from .ops import linear as pk_linear
 from .ops import log_softmax, matmul, rms_norm, softmax
+from .ops._common import FLOAT_DTYPES
 
 aten = torch.ops.aten
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Vector-path elementwise: pad the flattened input to a multiple of this many elements
 # (a multiple of every CPU SIMD loop's step: 2 vectors of up to 64 bytes of 16-bit lanes)...
 LANE_PAD = 128
@@ -162,6 +162,11 @@ def _check_tensors(*tensors: torch.Tensor | None) -> None:
 def _last_dim(x: torch.Tensor, dim: int) -> None:
     if x.dim() == 0 or not -x.dim() <= dim < x.dim() or dim % x.dim() != x.dim() - 1:
         raise _Decline(f"dim {dim} is not the last dim of a {x.dim()}-d tensor")
+
+
+def _one_norm_dim(normalized_shape, what: str) -> None:
+    if len(normalized_shape) != 1:
+        raise _Decline(f"{what} over {len(normalized_shape)} dims (pk serves the last one)")
 
 
 def _row_sums(x2: torch.Tensor) -> torch.Tensor:
@@ -245,24 +250,25 @@ def _log_softmax(x, dim, half_to_float):
     return _softmax_common(x, dim, half_to_float, log=True)
 
 
-def _softmax_backward_data(grad, out, dim, input_dtype):
-    # torch's formula dx = y * (g - sum(g * y)), in fp32, with the row sum on pk.
+def _softmax_grad_inputs(grad, out, dim, input_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks of a softmax backward op; -> (grad, out) in fp32."""
     _check_tensors(grad, out)
     _last_dim(out, dim)
     if input_dtype not in FLOAT_DTYPES:
         raise _Decline(f"input_dtype {input_dtype} is not served")
-    g, y = grad.to(torch.float32), out.to(torch.float32)
+    return grad.to(torch.float32), out.to(torch.float32)
+
+
+def _softmax_backward_data(grad, out, dim, input_dtype):
+    # torch's formula dx = y * (g - sum(g * y)), in fp32, with the row sum on pk.
+    g, y = _softmax_grad_inputs(grad, out, dim, input_dtype)
     s = _row_sums((g * y).reshape(-1, y.shape[-1])).reshape(*y.shape[:-1], 1)
     return (y * (g - s)).to(input_dtype)
 
 
 def _log_softmax_backward_data(grad, out, dim, input_dtype):
     # torch's formula dx = g - exp(y) * sum(g), in fp32; exp on the vector path, row sum on pk.
-    _check_tensors(grad, out)
-    _last_dim(out, dim)
-    if input_dtype not in FLOAT_DTYPES:
-        raise _Decline(f"input_dtype {input_dtype} is not served")
-    g, y = grad.to(torch.float32), out.to(torch.float32)
+    g, y = _softmax_grad_inputs(grad, out, dim, input_dtype)
     s = _row_sums(g.reshape(-1, g.shape[-1])).reshape(*g.shape[:-1], 1)
     p = _vector_path(aten.exp.default, (y,), {}) if y.device.type == "cpu" else torch.exp(y)
     return (g - p * s).to(input_dtype)
@@ -322,8 +328,7 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     pk_layer_norm = getattr(importlib.import_module(__package__), "layer_norm", None)
     if pk_layer_norm is None:
         raise _Decline("pk.layer_norm is not available in this version of precision_kernels")
-    if len(normalized_shape) != 1:
-        raise _Decline(f"layer norm over {len(normalized_shape)} dims (pk serves the last one)")
+    _one_norm_dim(normalized_shape, "layer norm")
     _check_tensors(x, weight, bias)
     out = pk_layer_norm(x, weight, bias, eps)
     mean, rstd = _norm_stats(x, centre=True, eps=eps)
@@ -344,19 +349,18 @@ def _col_sums(t2: torch.Tensor) -> torch.Tensor:
 def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, output_mask):
     # torch's formula in fp32 from the saved statistics, row and column sums on pk:
     # dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w; dw = sum(g * xhat); db = sum(g).
-    if len(normalized_shape) != 1:
-        raise _Decline(f"layer norm over {len(normalized_shape)} dims (pk serves the last one)")
+    _one_norm_dim(normalized_shape, "layer norm")
     _check_tensors(grad, x, mean, rstd, weight, bias)
     n = x.shape[-1]
     g = grad.reshape(-1, n).to(torch.float32)
-    xhat = (x.reshape(-1, n).to(torch.float32) - mean.reshape(-1, 1).to(torch.float32)) \
-        * rstd.reshape(-1, 1).to(torch.float32)
+    rstd32 = rstd.reshape(-1, 1).to(torch.float32)
+    xhat = (x.reshape(-1, n).to(torch.float32) - mean.reshape(-1, 1).to(torch.float32)) * rstd32
     gw = g if weight is None else g * weight.to(torch.float32)
     dx = dw = db = None
     if output_mask[0]:
         mean_gw = (_row_sums(gw) / n)[:, None]
         mean_gw_xhat = (_row_sums(gw * xhat) / n)[:, None]
-        dx = (rstd.reshape(-1, 1).to(torch.float32) * (gw - mean_gw - xhat * mean_gw_xhat)).to(x.dtype)
+        dx = (rstd32 * (gw - mean_gw - xhat * mean_gw_xhat)).to(x.dtype)
         dx = dx.reshape(x.shape)
     if output_mask[1] and weight is not None:
         dw = _col_sums(g * xhat).to(weight.dtype)
@@ -366,8 +370,7 @@ def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, b
 
 
 def _fused_rms_norm(x, normalized_shape, weight, eps):
-    if len(normalized_shape) != 1:
-        raise _Decline(f"rms norm over {len(normalized_shape)} dims (pk serves the last one)")
+    _one_norm_dim(normalized_shape, "rms norm")
     _check_tensors(x, weight)
     e = torch.finfo(x.dtype).eps if eps is None else eps
     w = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device) if weight is None else weight
