@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_softmax import (
     DTYPES,
     assert_bitwise,
     assert_correctly_rounded_mostly,
     assert_within,
+    batches,
+    check_batch_invariance,
     check_rounded_output,
     on_backend_device,  # noqa: F401  (autouse fixture)
     randn,
@@ -79,29 +80,12 @@ def test_deterministic_and_strided():
 # ---- I2 ---------------------------------------------------------------------------------------
 
 def _check_rows(x, w, idx, other):
-    full = pk.rms_norm(x, w)
-    assert_bitwise(pk.rms_norm(x[idx], w), full[idx])
-    assert_bitwise(pk.rms_norm(torch.cat([other, x[idx]]), w)[other.shape[0]:], full[idx])
     # dx of a row depends only on that row (dw sums over the batch, by definition)
-    dy = randn(x.shape, x.dtype, seed=3)
-    xg = x.clone().requires_grad_()
-    pk.rms_norm(xg, w).backward(dy)
-    xs = x[idx].clone().requires_grad_()
-    pk.rms_norm(xs, w).backward(dy[idx])
-    assert_bitwise(xs.grad, xg.grad[idx])
-
-
-@st.composite
-def cases(draw, max_rows, max_cols):
-    rows = draw(st.integers(1, max_rows))
-    cols = draw(st.integers(1, max_cols))
-    idx = draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=min(rows, 9)))
-    return rows, cols, DTYPES[draw(st.sampled_from(list(DTYPES)))], draw(st.integers(0, 999)), \
-        torch.tensor(idx), draw(st.integers(0, 5))
+    check_batch_invariance(lambda t: pk.rms_norm(t, w), x, idx, other, backward=True)
 
 
 @settings(max_examples=15)
-@given(case=cases(max_rows=700, max_cols=300))
+@given(case=batches(max_rows=700, max_cols=300))
 def test_batch_invariance_interpreter_table(case):
     rows, cols, dtype, seed, idx, n_other = case
     _check_rows(randn((rows, cols), dtype, 2.0, seed), _weight(cols, dtype, seed), idx,
@@ -116,7 +100,7 @@ def test_rows_across_program_boundaries():
 
 @pytest.mark.cuda_configs
 @settings(max_examples=10)
-@given(case=cases(max_rows=11, max_cols=1100))
+@given(case=batches(max_rows=11, max_cols=1100))
 def test_batch_invariance_cuda_table(case):
     rows, cols, dtype, seed, idx, n_other = case
     with profiles.config_backend("cuda"):

@@ -1,6 +1,7 @@
 """pk.softmax / pk.log_softmax: accuracy vs FP64, invariants I1-I3, masking, dim handling, backward, errors.
 
-The small helpers at the top are shared with test_norm.py and test_token_logprobs.py.
+The small helpers at the top, and ``check_batch_invariance`` with its ``batches`` strategy, are shared with
+test_norm.py, test_layer_norm.py and test_token_logprobs.py.
 """
 
 from __future__ import annotations
@@ -163,7 +164,9 @@ def test_deterministic(op):
     assert_bitwise(fn(x, scale=0.3), fn(x, scale=0.3))
 
 
-def _check_batch_invariance(fn, x, idx, other, backward):
+def check_batch_invariance(fn, x, idx, other, backward):
+    """I2 for a row op ``fn``: rows ``idx`` of x alone, and after the unrelated rows ``other``, give the bits
+    they have in the full batch; with ``backward``, so does a row's gradient."""
     full = fn(x)
     alone = fn(x[idx])
     assert_bitwise(alone, full[idx])
@@ -195,7 +198,7 @@ def batches(draw, max_rows, max_cols):
 def test_batch_invariance_interpreter_table(case, op, backward):
     rows, cols, dtype, seed, idx, n_other = case
     x = randn((rows, cols), dtype, 4.0, seed)
-    _check_batch_invariance(OPS[op][0], x, idx, randn((n_other, cols), dtype, 4.0, seed + 1), backward)
+    check_batch_invariance(OPS[op][0], x, idx, randn((n_other, cols), dtype, 4.0, seed + 1), backward)
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -203,7 +206,7 @@ def test_rows_across_program_boundaries(op):
     """Rows at the edges of the 512-row interpreter tiles, alone and in other positions, fwd and bwd."""
     x = randn((1100, 150), torch.float16, 4.0, seed=13)
     idx = torch.tensor([0, 511, 512, 1023, 1024, 1099])
-    _check_batch_invariance(OPS[op][0], x, idx, randn((300, 150), torch.float16, 4.0, seed=14), backward=True)
+    check_batch_invariance(OPS[op][0], x, idx, randn((300, 150), torch.float16, 4.0, seed=14), backward=True)
 
 
 @pytest.mark.cuda_configs
@@ -213,7 +216,7 @@ def test_batch_invariance_cuda_table(case, op, backward):
     rows, cols, dtype, seed, idx, n_other = case
     x = randn((rows, cols), dtype, 4.0, seed)
     with profiles.config_backend("cuda"):
-        _check_batch_invariance(OPS[op][0], x, idx, randn((n_other, cols), dtype, 4.0, seed + 1), backward)
+        check_batch_invariance(OPS[op][0], x, idx, randn((n_other, cols), dtype, 4.0, seed + 1), backward)
 
 
 # ---- I3: -inf padding, fully masked blocks and rows ----------------------------------------
