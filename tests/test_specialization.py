@@ -35,9 +35,7 @@ BATCH_VARYING = {
     "col_sum_kernel": {"n_parts"},        # one partial row per block of rows
     "layer_norm_fwd_kernel": {"n_rows"},
     "layer_norm_bwd_kernel": {"n_rows"},
-    # Elementwise (no reduction, so no summation tree to change); kernels/rounding.py is not
-    # this issue's file. Its n_elements varies with the batch: see the issue 13 note.
-    "round_to_kernel": set(),
+    "round_to_kernel": {"n_elements"},   # elementwise: no summation tree, but batch-varying all the same
 }
 
 

@@ -13,6 +13,8 @@ note says which), and ``make test`` keeps hypothesis and edge tables (tests/test
 import triton
 import triton.language as tl
 
+from .specialization import tile_kernel
+
 
 @triton.jit
 def fp32_to_bf16_bits(x):
@@ -82,7 +84,9 @@ def to_fp32(raw, KIND: tl.constexpr):
         return raw
 
 
-@triton.jit
+# Elementwise, so no summation tree can change; n_elements still varies with the batch and is
+# left unspecialised like every other kernel's batch-varying argument.
+@tile_kernel(batch_args=("n_elements",))
 def round_to_kernel(x_ptr, out_ptr, n_elements, OUT_KIND: tl.constexpr, BLOCK: tl.constexpr):
     """Elementwise fp32 -> fp16/bf16 bits over a flat contiguous buffer."""
     pid = tl.program_id(0).to(tl.int64)
