@@ -204,7 +204,7 @@ class TinyGPT(nn.Module):
         S = scores.shape[-1]
         query_pos = torch.arange(start, start + T, device=x.device)[:, None]
         future = torch.arange(S, device=x.device)[None, :] > query_pos
-        if future.any():
+        if T > 1:  # a future key exists only for a multi-token query; a shape test, not a data one (torch.compile)
             scores = scores.masked_fill(future, float("-inf"))
         probs = pk.softmax(scores, scale=1.0 / math.sqrt(hd))               # scale applied in fp32 in the kernel
         att = pk.matmul(probs, v)                                            # (B*H, T, hd)

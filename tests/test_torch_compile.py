@@ -9,10 +9,8 @@ changes only the torch glue between them. Two backends:
   torch does after each op (measured: 1,491 of 4,096 elements differed), so these tests set
   ``torch._inductor.config.emulate_precision_casts = True``, which rounds after every op as eager does.
 
-TinyGPT (rl.model) does not compile with fullgraph=True yet: ``_attention`` branches on tensor
-data (``if future.any():``), a graph break. Its test is a strict xfail until rl/model.py
-branches on the shape instead; the same layers, written branch-free here (``_Block``), are
-tested meanwhile.
+TinyGPT (rl.model) compiles with fullgraph=True too: its causal mask branches on the query
+length (a shape), not on tensor data.
 """
 
 from __future__ import annotations
@@ -208,8 +206,6 @@ def test_pk_block_inductor_bitwise(dtype, inductor_with_rounding):
 # ---- TinyGPT itself ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="rl/model.py TinyGPT._attention branches on data (`if future.any():`): a graph break")
 def test_tinygpt_hidden_states_fullgraph_aot_eager_bitwise():
     from rl.model import ModelConfig, TinyGPT
 
