@@ -219,6 +219,21 @@ def rl_matched_check() -> list[dict]:
     return rows
 
 
+def rl_training_runs(steps: int = 20, out_dir: str = "runs/gpu_report", device: str = "cuda") -> list[dict]:
+    """Short CUDA runs of ``rl.train`` (the sanity recipe): fp16 and bf16, matched and engine sampler,
+    ``steps`` RL steps each; steps/s and the per-step sampler-learner mismatch."""
+    from rl.train import short_run
+
+    rows = []
+    for precision in ("fp16", "bf16"):
+        for profile in ("matched", "engine"):
+            run = short_run(precision, profile, f"{out_dir}/{precision}-{profile}", steps=steps, device=device)
+            rows.append({"precision": precision, "profile": profile, "steps": steps,
+                         "steps_per_s": run.get("steps_per_s"), "final_accuracy": run.get("final_accuracy"),
+                         "per_step": run["per_step"]})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", default="gpu_report.json")
@@ -240,6 +255,12 @@ def main(argv=None) -> int:
     for r in report["rl_matched"]:
         print(f"{r['precision']:<5} {r['profile']:<8} mean|dlogp| {r['mean_abs_dlogp']:.3g}  "
               f"tokens differing {r['frac_tokens_differ']:.2%}  k3 {r['kl_k3']:.3g}")
+    report["rl_train"] = rl_training_runs()
+    print("\nrl.train on the GPU (sanity recipe, 20 RL steps)")
+    for r in report["rl_train"]:
+        worst = max((s["max_abs_dlogp"] or 0.0) for s in r["per_step"])
+        print(f"{r['precision']:<5} {r['profile']:<8} {r['steps_per_s']:.2f} steps/s  "
+              f"greedy acc {r['final_accuracy']:.1%}  max |dlogp| over steps {worst:.3g}")
     report["matmul"] = matmul_figures()
     print(f"\nmatmul on {report['device']} (N = K = 4096)")
     print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9} {'target':>7}")
@@ -261,6 +282,8 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=1)
     print(f"\nwrote {args.json}")
     matched_ok = all(r["frac_tokens_differ"] == 0 for r in report["rl_matched"] if r["profile"] == "matched")
+    matched_ok &= all((s["frac_tokens_differ"] or 0) == 0 for r in report["rl_train"] if r["profile"] == "matched"
+                      for s in r["per_step"])
     return 0 if report.get("tests", {}).get("returncode", 0) == 0 and matched_ok else 1
 
 
