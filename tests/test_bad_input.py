@@ -113,7 +113,7 @@ ERRORS = [
     ("rms_norm/weight device", lambda: pk.rms_norm(X(), meta(4)), ValueError, "weight is on meta"),
     ("rms_norm/0-d", lambda: pk.rms_norm(rand(()), rand(1)), ValueError, "at least one dimension"),
     *[(f"rms_norm/eps {eps}", lambda eps=eps: pk.rms_norm(X(), rand(4), eps=eps), ValueError, "eps must be")
-      for eps in (-1e-6, NAN, INF)],
+      for eps in (-1e-6, NAN, INF, 1e39)],
     ("rms_norm/eps None", lambda: pk.rms_norm(X(), rand(4), eps=None), TypeError, "eps must be a real number"),
     # layer_norm
     ("layer_norm/None x", lambda: pk.layer_norm(None, rand(4), rand(4)), TypeError, "x must be a torch.Tensor"),
@@ -123,7 +123,7 @@ ERRORS = [
     ("layer_norm/weight dtype", lambda: pk.layer_norm(X(), rand(4).long(), None), TypeError, "weight must be"),
     ("layer_norm/0-d", lambda: pk.layer_norm(rand(()), None, None), ValueError, "at least one dimension"),
     *[(f"layer_norm/eps {eps}", lambda eps=eps: pk.layer_norm(X(), None, None, eps=eps), ValueError, "eps must be")
-      for eps in (-1e-5, NAN, INF)],
+      for eps in (-1e-5, NAN, INF, 1e39)],
     # token_logprobs
     ("token_logprobs/None logits", lambda: pk.token_logprobs(None, T()), TypeError, "logits must be a torch.Tensor"),
     ("token_logprobs/None tokens", lambda: pk.token_logprobs(rand(3, 5), None), TypeError, "tokens must be a torch"),

@@ -184,6 +184,17 @@ def check_real(name: str, value, *, nonnegative: bool = False) -> float:
     return v
 
 
+def check_eps(value) -> float:
+    """A norm's eps: a real number, finite and >= 0, whose float32 value is finite -> float(value).
+
+    Comparisons only (traceable, like ``check_real``); the op divides by sqrt of its float32 value.
+    """
+    e = check_real("eps", value, nonnegative=True)
+    if not e < FP32_OVERFLOW:
+        raise ValueError(f"eps must be finite in float32, got {value!r}")
+    return e
+
+
 def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> torch.Tensor:
     """Token ids: an integer tensor of shape ``leading_shape`` on the backend's device -> flat int64, contiguous.
 

@@ -6,15 +6,13 @@ rows and ``pk::layer_norm_backward``.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import triton
 
 from .. import profiles
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
-from ._common import check_float, kernel_view, kind, launch
-from ._custom import FP32_OVERFLOW, fp32_value, op_name, require
+from ._common import check_eps, check_float, kernel_view, kind, launch
+from ._custom import fp32_value, op_name, require
 from .norm import col_sum
 from .softmax import as_rows
 
@@ -73,7 +71,7 @@ def _layer_norm_op(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     require(x2.dim() == 2 and all(t is None or tuple(t.shape) == (x2.shape[1],) for t in (weight, bias)),
             "layer_norm", f"x2 must be (rows, n) and weight, bias (n,) or None, got {tuple(x2.shape)}")
     weight, bias = (None if t is None else t.contiguous() for t in (weight, bias))
-    return _launch_fwd(as_rows(x2), weight, bias, fp32_value(_check_eps(eps)))
+    return _launch_fwd(as_rows(x2), weight, bias, fp32_value(check_eps(eps)))
 
 
 @_layer_norm_op.register_fake
@@ -123,22 +121,6 @@ def _backward(ctx, dy, _d_mean, _d_rstd):
 _layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_eps(eps) -> float:
-    """A real eps, finite and >= 0, finite in fp32 -> float(eps); the op uses its fp32 value.
-
-    Comparisons only (``e - e == 0``: neither NaN nor inf), so an eps that torch.compile
-    traces as a symbolic float passes without a graph break.
-    """
-    if isinstance(eps, bool) or not isinstance(eps, (numbers.Real, torch.SymFloat)):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    e = float(eps)
-    if not (e - e == 0.0 and e >= 0.0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not e < FP32_OVERFLOW:
-        raise ValueError(f"eps must be finite in fp32, got {eps!r}")
-    return e
-
-
 def _check_affine(name: str, t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     if t is None:
         return None
@@ -167,6 +149,6 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
         raise ValueError("layer_norm: x must have at least one dimension")
     w = _check_affine("weight", weight, x)
     b = _check_affine("bias", bias, x)
-    e = _check_eps(eps)
+    e = check_eps(eps)
     y2 = torch.ops.pk.layer_norm(as_rows(x), w, b, e)[0]
     return y2.reshape(x.shape)

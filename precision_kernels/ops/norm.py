@@ -11,7 +11,7 @@ import triton
 
 from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
-from ._common import check_device, check_float, check_real, kernel_view, kind, launch
+from ._common import check_device, check_eps, check_float, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
 from .softmax import as_rows
 
@@ -63,7 +63,7 @@ def _rms_norm_op(x2: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[to
     """RMSNorm of the rows of x2 (rows, n) -> (y, rstd); rstd (fp32, one per row) feeds the backward."""
     require(x2.dim() == 2 and tuple(weight.shape) == (x2.shape[1],), "rms_norm",
             f"x2 must be (rows, n) and weight (n,), got {tuple(x2.shape)} and {tuple(weight.shape)}")
-    eps = check_real("eps", eps, nonnegative=True)
+    eps = check_eps(eps)
     return _launch_fwd(as_rows(x2), weight.contiguous(), fp32_value(eps))
 
 
@@ -118,7 +118,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     if weight.shape != (n,):
         raise ValueError(f"rms_norm: weight has shape {tuple(weight.shape)}, expected ({n},) "
                          f"to match the last dimension of x {tuple(x.shape)}")
-    e = check_real("eps", eps, nonnegative=True)   # comparisons only: traceable (see check_real)
+    e = check_eps(eps)   # comparisons only: traceable (see check_real)
     w = weight if weight.is_contiguous() else weight.contiguous()
     y2 = torch.ops.pk.rms_norm(as_rows(x), w, e)[0]
     return y2.reshape(x.shape)
