@@ -101,8 +101,11 @@ ERRORS = [
         (f"{op.__name__}/device", lambda op=op: op(meta(3, 4)), ValueError, "x is on meta"),
         (f"{op.__name__}/dim range", lambda op=op: op(X(), dim=2), IndexError, "dim 2 is out of range"),
         (f"{op.__name__}/dim type", lambda op=op: op(X(), dim=1.0), TypeError, "dim must be an int"),
-        (f"{op.__name__}/scale nan", lambda op=op: op(X(), scale=NAN), ValueError, "scale must be finite"),
-        (f"{op.__name__}/scale inf", lambda op=op: op(X(), scale=INF), ValueError, "scale must be finite"),
+        (f"{op.__name__}/scale nan", lambda op=op: op(X(), scale=NAN), ValueError, "scale must be a finite number"),
+        (f"{op.__name__}/scale inf", lambda op=op: op(X(), scale=INF), ValueError, "scale must be a finite number"),
+        (f"{op.__name__}/scale 1e39", lambda op=op: op(X(), scale=1e39), ValueError, "scale must be finite in float32"),
+        (f"{op.__name__}/scale True", lambda op=op: op(X(), scale=True), TypeError, "scale must be a real number"),
+        (f"{op.__name__}/scale '2'", lambda op=op: op(X(), scale="2"), TypeError, "scale must be a real number"),
         (f"{op.__name__}/scale None", lambda op=op: op(X(), scale=None), TypeError, "scale must be a real number"),
     ]],
     # rms_norm

@@ -184,15 +184,18 @@ def check_real(name: str, value, *, nonnegative: bool = False) -> float:
     return v
 
 
-def check_eps(value) -> float:
-    """A norm's eps: a real number, finite and >= 0, whose float32 value is finite -> float(value).
+def check_fp32_real(name: str, value, *, nonnegative: bool = False) -> float:
+    """``check_real`` for a scalar the kernel uses as float32 (an eps, a scale): its float32 value must be
+    finite too (1e39 is a finite Python float but inf in float32). Comparisons only (traceable)."""
+    v = check_real(name, value, nonnegative=nonnegative)
+    if not -FP32_OVERFLOW < v < FP32_OVERFLOW:
+        raise ValueError(f"{name} must be finite in float32, got {value!r}")
+    return v
 
-    Comparisons only (traceable, like ``check_real``); the op divides by sqrt of its float32 value.
-    """
-    e = check_real("eps", value, nonnegative=True)
-    if not e < FP32_OVERFLOW:
-        raise ValueError(f"eps must be finite in float32, got {value!r}")
-    return e
+
+def check_eps(value) -> float:
+    """A norm's eps: a real number >= 0 whose float32 value is finite -> float(value)."""
+    return check_fp32_real("eps", value, nonnegative=True)
 
 
 def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> torch.Tensor:

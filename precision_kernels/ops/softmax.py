@@ -30,23 +30,14 @@ import triton
 
 from .. import profiles
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
-from ._common import check_float, kernel_view, kind, launch
+from ._common import check_float, check_fp32_real, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
 
 
 def _check_scale(scale) -> float:
-    """A finite real scale -> float(scale); the op rounds it to float32 (the value the kernel multiplies by).
-
-    Comparisons only (``s - s == 0``: neither NaN nor inf), so a scale that torch.compile
-    traces as a symbolic float passes without a graph break.
-    """
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"scale must be a real number, got {type(scale).__name__}") from None
-    if not s - s == 0.0:
-        raise ValueError(f"scale must be finite, got {scale!r}")
-    return s
+    """A real scale whose float32 value is finite -> float(scale); the op rounds it to float32 (the value
+    the kernel multiplies by). Comparisons only, so a symbolic float from torch.compile passes."""
+    return check_fp32_real("scale", scale)
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
