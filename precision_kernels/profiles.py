@@ -1,7 +1,7 @@
 """Tile configs, chosen only by backend, dtype and profile (never by data; by shape only through M buckets).
 
-The one shape-dependent choice: the 2-D matmul's entry may be a small fixed table of M
-buckets (``MBucket``) that picks BLOCK_M / BLOCK_N / warps from the call's row count.
+The one shape-dependent choice: a matmul entry (2-D or batched) may be a small fixed table of M
+buckets (``MBucket``) that picks BLOCK_M / BLOCK_N / batch items / warps from the call's row count.
 Every bucket keeps the same BLOCK_K, hence the same K order (``check_m_buckets``), and
 one instruction family (compile check), so a row's bits do not depend on its bucket.
 
@@ -46,8 +46,8 @@ class MatmulConfig:
 
 @dataclass(frozen=True)
 class MBucket:
-    """One row of an M-bucket table: a 2-D matmul call with ``M <= max_rows`` rows (any M when
-    ``max_rows`` is None, the last bucket) is tiled with ``config``."""
+    """One row of an M-bucket table: a matmul call (2-D, or batched with M rows per item) with
+    ``M <= max_rows`` rows (any M when ``max_rows`` is None, the last bucket) is tiled with ``config``."""
 
     max_rows: int | None
     config: MatmulConfig
@@ -68,8 +68,8 @@ class EngineConfig:
     splits: int = 4               # number of partial sums, each rounded to the output dtype
 
 
-# (backend table, dtype) -> (2-D config or M-bucket table, batched config). Only these keys (and,
-# through a bucket table, the call's row count M) decide a tile.
+# (backend table, dtype) -> (2-D config or M-bucket table, batched config or M-bucket table). Only
+# these keys (and, through a bucket table, the call's row count M) decide a tile.
 # The 2-D and batched configs of one backend and dtype share block_k, so K is cut into the
 # same blocks and a batched product equals the 2-D product of each item, bitwise.
 # Interpreter: few, large programs (each tile operation is a Python-level step).
@@ -82,19 +82,27 @@ _INTERP_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=6
 # K order (tests/test_interpreter_tiles.py runs tables against each other), as long as
 # BLOCK_N >= 2 (at 1 the reduced axis becomes the contiguous one and numpy sums it pairwise).
 _INTERP_BUCKETS = (MBucket(64, MatmulConfig(block_m=64, block_n=256, block_k=32)), MBucket(None, _INTERP_2D))
+# Batched M buckets: a decode step's attention products (q @ k^T, probs @ v) have one query row per
+# (batch, head) item and used 1/16 of a 16-row tile. One row per item, 128 items per program (the
+# demo's 64 sequences x 2 heads in one program) halves their cost (benchmarks: 167 -> 74 ms per
+# layer and rollout); 256 items or BLOCK_N 8 or 64 were slower (more masked or more programs).
+# Same BLOCK_K and BLOCK_N >= 2: tests/test_interpreter_tiles.py runs batched tables against each other.
+_INTERP_BATCHED_BUCKETS = (MBucket(1, MatmulConfig(block_m=1, block_n=32, block_k=32, block_batch=128)),
+                           MBucket(None, _INTERP_BATCHED))
 _CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
 _CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
 _CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
 _CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2)
-# M buckets of the CUDA 2-D matmul (``check_m_buckets`` states the rules). One bucket until a GPU
+# M buckets of the CUDA matmuls (``check_m_buckets`` states the rules). One bucket (and one batched
+# config, whose tiles the compile check compiles) until a GPU
 # run shows, in fp16, bf16 and fp32, that a row's bits are the same in a launch of every bucket
 # (tests/test_profiles.py::test_rows_equal_in_every_m_bucket_gpu).
 _CUDA16_BUCKETS = (MBucket(None, _CUDA16_2D),)
 _CUDA32_BUCKETS = (MBucket(None, _CUDA32_2D),)
 _MATMUL_TABLE = {
-    ("interpreter", "fp32"): (_INTERP_BUCKETS, _INTERP_BATCHED),
-    ("interpreter", "fp16"): (_INTERP_BUCKETS, _INTERP_BATCHED),
-    ("interpreter", "bf16"): (_INTERP_BUCKETS, _INTERP_BATCHED),
+    ("interpreter", "fp32"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
+    ("interpreter", "fp16"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
+    ("interpreter", "bf16"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
     ("cuda", "fp32"): (_CUDA32_BUCKETS, _CUDA32_BATCHED),
     ("cuda", "fp16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
     ("cuda", "bf16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
@@ -153,13 +161,13 @@ def table_backend() -> str:
 
 
 def check_m_buckets(buckets: tuple, block_k: int | None = None) -> tuple[MBucket, ...]:
-    """Validate an M-bucket table of the 2-D matmul and return it; ValueError/TypeError otherwise.
+    """Validate an M-bucket table of a matmul (2-D or batched) and return it; ValueError/TypeError otherwise.
 
     A row's bits may not depend on which bucket served its launch, so every bucket keeps
     the same BLOCK_K (the kernel walks K in BLOCK_K blocks in index order: one BLOCK_K is
-    one K order); only BLOCK_M, BLOCK_N, GROUP_M, warps and stages may differ. ``block_k``,
-    when given, is the BLOCK_K they must all have (the batched config's: a batched product
-    equals the 2-D product of each item). Bounds are ints >= 1, strictly increasing; the
+    one K order); only BLOCK_M, BLOCK_N, BLOCK_BATCH, GROUP_M, warps and stages may differ.
+    ``block_k``, when given, is the BLOCK_K they must all have (the other form's: a batched
+    product equals the 2-D product of each item). Bounds are ints >= 1, strictly increasing; the
     last bucket, and only it, has ``max_rows=None`` (every larger M). That the buckets also
     compile to one tensor-core instruction family is the compile check's audit
     (``compile_check.instruction_family``), and that a row's bits are equal in every bucket
@@ -189,25 +197,30 @@ def pick_m_bucket(buckets: tuple[MBucket, ...], m: int) -> MatmulConfig:
     raise AssertionError("unreachable: the last bucket has no bound")
 
 
-def matmul_buckets_for(table: str, dtype_name: str) -> tuple[MBucket, ...]:
-    """The 2-D matmul's M-bucket table for one backend table and dtype name (one bucket for a plain config)."""
-    two_d, batched_cfg = _MATMUL_TABLE[(table, dtype_name)]
-    buckets = (MBucket(None, two_d),) if isinstance(two_d, MatmulConfig) else two_d
-    return check_m_buckets(buckets, block_k=batched_cfg.block_k)
+def _as_buckets(entry) -> tuple:
+    return (MBucket(None, entry),) if isinstance(entry, MatmulConfig) else entry
+
+
+def matmul_buckets_for(table: str, dtype_name: str, batched: bool = False) -> tuple[MBucket, ...]:
+    """The M-bucket table of the 2-D (or, with ``batched``, the batched) matmul for one backend table
+    and dtype name (one bucket for a plain config). Both forms keep one BLOCK_K."""
+    two_d, batched_entry = (_as_buckets(e) for e in _MATMUL_TABLE[(table, dtype_name)])
+    check_m_buckets(two_d)
+    check_m_buckets(batched_entry, block_k=two_d[0].config.block_k)
+    return batched_entry if batched else two_d
 
 
 def matmul_config_for(table: str, dtype_name: str, batched: bool = False, m: int | None = None) -> MatmulConfig:
     """The matmul tiles of one table ("interpreter" or "cuda") and dtype name ("fp32", "fp16", "bf16").
 
-    The 2-D config comes from the table's M buckets for a call with ``m`` rows; ``m`` may be
-    left out only where the table has a single bucket.
+    The config comes from the table's M buckets (of the 2-D or the batched form) for a call with
+    ``m`` rows (per batch item); ``m`` may be left out only where the table has a single bucket.
     """
-    if batched:
-        return _MATMUL_TABLE[(table, dtype_name)][1]
-    buckets = matmul_buckets_for(table, dtype_name)
+    buckets = matmul_buckets_for(table, dtype_name, batched)
     if m is None:
         if len(buckets) > 1:
-            raise ValueError(f"m (the call's row count) is required: the {table} {dtype_name} matmul has "
+            raise ValueError(f"m (the call's row count) is required: the {table} {dtype_name} "
+                             f"{'batched ' if batched else ''}matmul has "
                              f"{len(buckets)} M buckets")
         return buckets[0].config
     if not isinstance(m, int) or isinstance(m, bool) or m < 0:

@@ -1,5 +1,6 @@
 """Interpreter tile tables change no bit (issue 14): BLOCK_M / BLOCK_N / M buckets / batch items
-per program are free under the interpreter, BLOCK_K is not.
+per program are free under the interpreter, BLOCK_K is not. Both forms: the 2-D matmul and the
+batched one (whose M = 1 bucket serves a decode step's attention).
 
 Under the interpreter a matmul element is the ordered fp32 sum of its BLOCK_K products per K
 block, whatever the tile around it, provided the tile keeps BLOCK_N >= 2: with one column the
@@ -25,15 +26,19 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SINGLE = (MBucket(None, MatmulConfig(block_m=256, block_n=128, block_k=32)),)
 NARROW = (MBucket(40, MatmulConfig(block_m=16, block_n=2, block_k=32)),
           MBucket(None, MatmulConfig(block_m=32, block_n=16, block_k=32)))
-NARROW_BATCHED = MatmulConfig(block_m=16, block_n=8, block_k=32, block_batch=2)
-# Calls of <= 64 rows (decode steps) in 64 x 256 tiles: ~15% less CPU per RL step than SINGLE. Not in
-# profiles.py yet: tests/test_matmul.py asks the interpreter table for a config without m.
+# Batched: one row per item with BLOCK_N = 2 (two items a program), then small odd tiles.
+NARROW_BATCHED = (MBucket(1, MatmulConfig(block_m=1, block_n=2, block_k=32, block_batch=2)),
+                  MBucket(None, MatmulConfig(block_m=16, block_n=8, block_k=32, block_batch=2)))
+# The batched table before its M buckets (16-row tiles for every M), and the 2-D table that
+# profiles.py ships: calls of <= 64 rows (decode steps) in 64 x 256 tiles.
+SINGLE_BATCHED = (MBucket(None, MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64)),)
 BUCKETED = (MBucket(64, MatmulConfig(block_m=64, block_n=256, block_k=32)), SINGLE[0])
 
 
 @contextlib.contextmanager
 def interpreter_matmul_table(buckets, batched=None):
-    """Run the block with another interpreter matmul table (same BLOCK_K), then restore it."""
+    """Run the block with another interpreter matmul table (same BLOCK_K), then restore it.
+    ``batched`` (a bucket table) replaces the batched form's table too."""
     saved = {name: profiles._MATMUL_TABLE[("interpreter", name)] for name in DTYPES}
     try:
         for name, (_, batched_cfg) in saved.items():
@@ -49,28 +54,64 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
 
 
-def _matmul_family(dtype, m, n, k, seed):
-    """linear forward and both gradients (their matmuls have M = m, n and k rows), and a batched matmul."""
+def _matmul_family(dtype, m, n, k, seed, nb=3):
+    """linear forward and both gradients (their matmuls have M = m, n and k rows), and a batched matmul of
+    nb items with both gradients (M = m, m and k rows per item)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g).to(dtype).requires_grad_()
     w = torch.randn(n, k, generator=g).to(dtype).requires_grad_()
     y = pk.linear(x, w)
     dx, dw = torch.autograd.grad(y, [x, w], torch.randn(m, n, generator=g).to(dtype))
-    a, b = torch.randn(5, m, k, generator=g).to(dtype), torch.randn(5, k, n, generator=g).to(dtype)
-    return [y, dx, dw, pk.matmul(a, b)]
+    a = torch.randn(nb, m, k, generator=g).to(dtype).requires_grad_()
+    b = torch.randn(nb, k, n, generator=g).to(dtype).requires_grad_()
+    c = pk.matmul(a, b)
+    da, db = torch.autograd.grad(c, [a, b], torch.randn(nb, m, n, generator=g).to(dtype))
+    return [y, dx, dw, c, da, db]
+
+
+# The active tables against: the tables before M buckets (2-D and batched), the 2-D buckets alone,
+# and narrow tiles (BLOCK_N = 2, two items a program) for both forms.
+TABLES = ((SINGLE, SINGLE_BATCHED), (BUCKETED, SINGLE_BATCHED), (NARROW, NARROW_BATCHED))
 
 
 @settings(max_examples=4)
 @given(dtype=st.sampled_from(sorted(DTYPES)), m=st.integers(1, 100), n=st.integers(1, 100), k=st.integers(1, 80),
        seed=st.integers(0, 2**16))
 @example(dtype="fp32", m=30, n=24, k=70, seed=0)  # every product in NARROW's BLOCK_N = 2 bucket, many K terms
+@example(dtype="fp16", m=1, n=13, k=32, seed=1)   # a decode step's q @ k^T: the batched M = 1 bucket
+@example(dtype="fp32", m=1, n=40, k=70, seed=0)   # probs @ v with more than one K block (fp32 sums show any
+#                                                   change of summation order: a BLOCK_N = 1 table fails here)
+@example(dtype="fp32", m=1, n=1, k=1, seed=3)     # one output column (BLOCK_N well above N) and K = 1
 def test_interpreter_tables_agree_bitwise(dtype, m, n, k, seed):
     active = _matmul_family(DTYPES[dtype], m, n, k, seed)
-    for buckets, batched in ((SINGLE, None), (BUCKETED, None), (NARROW, NARROW_BATCHED)):
+    for buckets, batched in TABLES:
         with interpreter_matmul_table(buckets, batched):
             other = _matmul_family(DTYPES[dtype], m, n, k, seed)
-        for i, (a, b) in enumerate(zip(active, other)):
-            assert torch.equal(_bits(a), _bits(b)), f"output {i} differs with table {buckets}"
+        for i, (a, b) in enumerate(zip(active, other, strict=True)):
+            assert torch.equal(_bits(a), _bits(b)), f"output {i} differs with tables {buckets} / {batched}"
+
+
+@settings(max_examples=4)
+@given(dtype=st.sampled_from(sorted(DTYPES)), nb=st.integers(1, 300), s=st.integers(1, 40),
+       hd=st.sampled_from([8, 32, 48]), seed=st.integers(0, 2**16))
+@example(dtype="fp16", nb=128, s=13, hd=32, seed=0)  # the demo's decode step: 64 sequences x 2 heads
+@example(dtype="fp32", nb=129, s=40, hd=48, seed=1)  # items past one program of 128, keys past one K block
+def test_decode_attention_equals_the_full_pass_rows(dtype, nb, s, hd, seed):
+    """A decode step's attention products (one query row per item, M = 1 bucket) equal the last row of the
+    full pass (s query rows, the 16-row bucket), bitwise, in the active and the narrow tables."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(nb, s, hd, generator=g).to(DTYPES[dtype]) for _ in range(3))
+    probs = torch.rand(nb, s, s, generator=g).tril().to(DTYPES[dtype])
+    # the narrow table runs two items a program: a few items keep it fast
+    for buckets, batched, items in ((None, None, nb), (NARROW, NARROW_BATCHED, 3)):
+        q, k, v, probs = q[:items], k[:items], v[:items], probs[:items]
+        with interpreter_matmul_table(buckets, batched) if buckets else contextlib.nullcontext():
+            assert profiles.matmul_config(q.dtype, batched=True, m=1) != profiles.matmul_config(q.dtype, batched=True,
+                                                                                                 m=2)
+            scores_full, att_full = pk.matmul(q, k.mT), pk.matmul(probs, v)
+            scores_step, att_step = pk.matmul(q[:, -1:], k.mT), pk.matmul(probs[:, -1:], v)
+        assert torch.equal(_bits(scores_step), _bits(scores_full[:, -1:]))
+        assert torch.equal(_bits(att_step), _bits(att_full[:, -1:]))
 
 
 @settings(max_examples=6)
@@ -82,7 +123,7 @@ def test_rows_equal_in_every_interpreter_bucket(dtype, m, n, k, data):
     x, w = torch.randn(m, k, generator=g).to(DTYPES[dtype]), torch.randn(n, k, generator=g).to(DTYPES[dtype])
     rows = data.draw(st.integers(1, BUCKETED[0].max_rows))
     start = data.draw(st.integers(0, m - rows))
-    with interpreter_matmul_table(BUCKETED):
+    with interpreter_matmul_table(BUCKETED, SINGLE_BATCHED):
         whole = pk.linear(x, w)
         alone = pk.linear(x[start:start + rows], w)
     assert torch.equal(_bits(alone), _bits(whole[start:start + rows]))
@@ -90,8 +131,8 @@ def test_rows_equal_in_every_interpreter_bucket(dtype, m, n, k, data):
 
 def test_interpreter_tiles_keep_block_n_at_least_two():
     for name in DTYPES:
-        configs = [b.config for b in profiles.matmul_buckets_for("interpreter", name)]
-        configs.append(profiles.matmul_config_for("interpreter", name, batched=True))
+        configs = [b.config for batched in (False, True)
+                   for b in profiles.matmul_buckets_for("interpreter", name, batched)]
         assert all(c.block_n >= 2 for c in configs), configs
         assert profiles.lm_head_config_for("interpreter", name).block_v >= 2
 
@@ -100,5 +141,10 @@ def test_narrow_table_really_differs_in_tiles():
     # the comparison above is only worth something if the tables tile differently
     with interpreter_matmul_table(NARROW, NARROW_BATCHED):
         assert profiles.matmul_config(torch.float32, m=5) == NARROW[0].config
-        assert profiles.matmul_config(torch.float32, batched=True).block_batch == 2
+        assert profiles.matmul_config(torch.float32, batched=True, m=1) == NARROW_BATCHED[0].config
+        assert profiles.matmul_config(torch.float32, batched=True, m=2) == NARROW_BATCHED[1].config
+    with interpreter_matmul_table(SINGLE, SINGLE_BATCHED):
+        assert profiles.matmul_config(torch.float32, batched=True, m=1) == SINGLE_BATCHED[0].config
     assert profiles.matmul_config(torch.float32, m=5) != NARROW[0].config
+    assert profiles.matmul_config(torch.float32, batched=True, m=1) not in (NARROW_BATCHED[0].config,
+                                                                            SINGLE_BATCHED[0].config)

@@ -1,6 +1,7 @@
-"""Tile tables (profiles.py): the M-bucket mechanism of the 2-D matmul (issue 13 section 3).
+"""Tile tables (profiles.py): the M-bucket mechanism of the 2-D and batched matmuls (issue 13 section 3,
+issue 14).
 
-A bucket table may pick BLOCK_M / BLOCK_N / warps from a call's row count, but never BLOCK_K
+A bucket table may pick BLOCK_M / BLOCK_N / batch items / warps from a call's row count, but never BLOCK_K
 (the K order). ``check_m_buckets`` refuses a table that breaks that; the rows of a matrix
 must have the same bits whichever bucket served their launch: by construction under the
 interpreter (no tl.dot there), and only a GPU run can show it for the CUDA buckets.
@@ -59,25 +60,58 @@ def test_pick_m_bucket_takes_the_first_bound_that_holds_m():
 
 
 def test_a_bad_table_is_refused_where_it_is_looked_up(monkeypatch):
-    batched = profiles.matmul_config_for("interpreter", "fp32", batched=True)
-    bad = (MBucket(16, _cfg(16, block_k=16)), MBucket(None, _cfg(256, block_k=batched.block_k)))
+    batched = profiles.matmul_buckets_for("interpreter", "fp32", batched=True)
+    block_k = batched[0].config.block_k
+    bad = (MBucket(16, _cfg(16, block_k=16)), MBucket(None, _cfg(256, block_k=block_k)))
     monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (bad, batched))
     with pytest.raises(ValueError, match="every bucket must keep one BLOCK_K"):
         profiles.matmul_config_for("interpreter", "fp32", m=4)
+
+
+def test_a_batched_table_with_another_block_k_is_refused(monkeypatch):
+    """A batched bucket whose BLOCK_K differs from the 2-D table's would give a batched item other bits than
+    the 2-D product of that item: refused for either form's lookup."""
+    two_d = profiles.matmul_buckets_for("interpreter", "fp32")
+    block_k = two_d[0].config.block_k
+    bad = (MBucket(1, MatmulConfig(block_m=1, block_n=32, block_k=2 * block_k, block_batch=128)),
+           MBucket(None, MatmulConfig(block_m=16, block_n=32, block_k=block_k, block_batch=64)))
+    monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (two_d, bad))
+    for batched in (True, False):
+        with pytest.raises(ValueError, match=f"bucket 0 \\(max_rows=1\\) has BLOCK_K={2 * block_k}"):
+            profiles.matmul_config_for("interpreter", "fp32", batched=batched, m=1)
 
 
 def test_the_shipped_tables_have_one_block_k_per_dtype():
     for table in ("interpreter", "cuda"):
         for name in DTYPES:
             buckets = profiles.matmul_buckets_for(table, name)
-            assert {b.config.block_k for b in buckets} == {profiles.matmul_config_for(table, name, True).block_k}
+            batched = profiles.matmul_buckets_for(table, name, batched=True)
+            assert {b.config.block_k for b in buckets + batched} == {buckets[0].config.block_k}
             # no m needed while a table has one bucket; with several, m is required
-            if len(buckets) == 1:
-                assert profiles.matmul_config_for(table, name) == buckets[0].config
+            for form, table_buckets in ((False, buckets), (True, batched)):
+                if len(table_buckets) == 1:
+                    assert profiles.matmul_config_for(table, name, form) == table_buckets[0].config
+
+
+@pytest.mark.parametrize("name", list(DTYPES))
+def test_batched_buckets_interpreter_and_cuda(name):
+    """Interpreter: a one-row-per-item bucket (decode attention) before the 16-row tiles; CUDA: one batched
+    config, the one the compile check compiles, looked up without m."""
+    interp = profiles.matmul_buckets_for("interpreter", name, batched=True)
+    assert [b.max_rows for b in interp] == [1, None]
+    assert profiles.matmul_config_for("interpreter", name, batched=True, m=1).block_m == 1
+    assert profiles.matmul_config_for("interpreter", name, batched=True, m=2) == interp[-1].config
+    assert profiles.matmul_config_for("interpreter", name, batched=True, m=0) == interp[0].config
+    with pytest.raises(ValueError, match=f"m .* is required: the interpreter {name} batched matmul has 2 M bucket"):
+        profiles.matmul_config_for("interpreter", name, batched=True)
+    cuda = profiles.matmul_buckets_for("cuda", name, batched=True)
+    assert len(cuda) == 1
+    assert profiles.matmul_config_for("cuda", name, batched=True) == cuda[0].config
+    assert profiles.matmul_config_for("cuda", name, batched=True, m=1) == cuda[0].config
 
 
 def test_m_is_required_once_a_table_has_several_buckets(monkeypatch):
-    batched = profiles.matmul_config_for("interpreter", "fp32", batched=True)
+    batched = profiles.matmul_buckets_for("interpreter", "fp32", batched=True)
     monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (THREE, batched))
     with pytest.raises(ValueError, match="m .* is required: the interpreter fp32 matmul has 3 M buckets"):
         profiles.matmul_config_for("interpreter", "fp32")
@@ -117,8 +151,9 @@ def test_rows_equal_in_every_m_bucket_interpreter(name, monkeypatch):
     """The mechanism end to end: a three-bucket table (same BLOCK_K) reaches pk.linear through the call's M,
     and the rows come out bitwise equal in launches of every bucket."""
     table = profiles.table_backend()
-    batched = profiles.matmul_config_for(table, name, batched=True)
-    three = tuple(MBucket(b.max_rows, MatmulConfig(block_m=b.config.block_m, block_n=32, block_k=batched.block_k,
+    batched = profiles.matmul_buckets_for(table, name, batched=True)
+    block_k = batched[0].config.block_k
+    three = tuple(MBucket(b.max_rows, MatmulConfig(block_m=b.config.block_m, block_n=32, block_k=block_k,
                                                    num_warps=b.config.num_warps)) for b in THREE)
     monkeypatch.setitem(profiles._MATMUL_TABLE, (table, name), (three, batched))
     sizes, warps = _rows_in_every_bucket(DTYPES[name], three, n=40, k=70)
