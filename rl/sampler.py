@@ -69,12 +69,15 @@ class Rollout(NamedTuple):
 
 
 def fp32_temperature_ok(temperature) -> bool:
-    """The kernels' rule for a temperature: its fp32 value and that value's reciprocal are finite and > 0."""
+    """The kernels' rule for a temperature (``pk.check_temperature``): its fp32 value and that value's
+    reciprocal are finite and > 0."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         return False
-    t32 = torch.tensor(float(temperature), dtype=torch.float32)
-    inv = 1.0 / t32
-    return bool(torch.isfinite(t32) and t32 > 0 and torch.isfinite(inv) and inv > 0)
+    try:
+        pk.check_temperature(temperature)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_int(value) -> bool:

@@ -6,6 +6,7 @@ families can be worked on independently). Every public op is a custom op in name
 formula; ops/_custom.py describes the pattern.
 """
 
+from ._common import check_temperature
 from .layer_norm import layer_norm
 from .lm_head import linear_logprobs, linear_sample
 from .matmul import linear, matmul
@@ -15,6 +16,6 @@ from .softmax import log_softmax, softmax
 from .token_logprobs import token_logprobs
 
 __all__ = [
-    "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "round_to",
-    "softmax", "token_logprobs",
+    "check_temperature", "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul",
+    "rms_norm", "round_to", "softmax", "token_logprobs",
 ]
