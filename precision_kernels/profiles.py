@@ -1,9 +1,15 @@
-"""Tile configs, chosen only by backend, dtype and profile (never by data; by shape only through M buckets).
+"""Tile configs, chosen only by backend, dtype and profile (never by data; by shape only as below).
 
-The one shape-dependent choice: a matmul entry (2-D or batched) may be a small fixed table of M
-buckets (``MBucket``) that picks BLOCK_M / BLOCK_N / batch items / warps from the call's row count.
-Every bucket keeps the same BLOCK_K, hence the same K order (``check_m_buckets``), and
-one instruction family (compile check), so a row's bits do not depend on its bucket.
+The shape-dependent choices, none of which changes a bit:
+
+* A CUDA matmul entry (2-D or batched) may be a small fixed table of M buckets (``MBucket``)
+  that picks BLOCK_M / BLOCK_N / batch items / warps from the call's row count. Every bucket
+  keeps the same BLOCK_K, hence the same K order (``check_m_buckets``), and one instruction
+  family (compile check), so a row's bits do not depend on its bucket.
+* The interpreter's matmul entries are ``FittedTiles``: each call's tiles are fitted to its
+  (items, M, N, K), because there an element is the ordered fp32 sum of its products whatever
+  the tile around it (``FittedTiles`` says why, and tests/test_interpreter_tiles.py runs fixed
+  tables against it bitwise).
 
 Two profiles:
 
@@ -68,27 +74,56 @@ class EngineConfig:
     splits: int = 4               # number of partial sums, each rounded to the output dtype
 
 
-# (backend table, dtype) -> (2-D config or M-bucket table, batched config or M-bucket table). Only
-# these keys (and, through a bucket table, the call's row count M) decide a tile.
+@dataclass(frozen=True)
+class FittedTiles:
+    """Interpreter matmul tiles fitted to each call's shape: as few, as full programs as the product tile allows.
+
+    Under the interpreter there is no ``tl.dot``: a C element is the sum of its BLOCK_K products per
+    K block, added by numpy along the product tile's K axis in index order, then into an fp32
+    accumulator that starts at +0 (kernels/matmul.py). Hence:
+
+    * BLOCK_M, BLOCK_N and the items per program change no bit, as long as BLOCK_N >= 2 (with one
+      column the K axis becomes numpy's contiguous axis and numpy sums it pairwise);
+    * BLOCK_K is the K order and stays ``block_k`` for every call with K > ``block_k``. A call whose K
+      fits one block may use any power of two >= K: its one block sums the same products in the
+      same order, the padding lanes only add +0 (exact; a -0 sum turns +0, as the +0 accumulator
+      makes it anyway), and the engine's split chunks (<= K) each still fit one block.
+
+    So a call gets BLOCK_K = min(``block_k``, pow2 >= K), BLOCK_N = pow2 >= N within
+    [``min_block_n``, ``max_block_n``], then as many rows, then items, as keep the
+    (items, BLOCK_M, BLOCK_K, BLOCK_N) product tile within ``max_product`` elements: numeric work
+    grows with padding, Python work with programs.
+    """
+
+    block_k: int
+    max_block_n: int = 256
+    min_block_n: int = 2
+    max_product: int = 1 << 20   # Triton's largest tile (TRITON_MAX_TENSOR_NUMEL)
+
+    def fit(self, m: int, n: int, k: int, items: int | None = None) -> MatmulConfig:
+        """The tiles of a call with ``m`` rows, ``n`` columns and depth ``k`` (``items`` batch items when batched)."""
+        block_k = min(self.block_k, _pow2_at_least(k))
+        block_n = min(max(_pow2_at_least(n), self.min_block_n), self.max_block_n)
+        per_k_lane = self.max_product // block_k
+        block_m = min(_pow2_at_least(m), max(per_k_lane // block_n, 1))
+        if items is None:
+            return MatmulConfig(block_m=block_m, block_n=block_n, block_k=block_k)
+        block_batch = min(_pow2_at_least(items), max(per_k_lane // (block_n * block_m), 1))
+        return MatmulConfig(block_m=block_m, block_n=block_n, block_k=block_k, block_batch=block_batch)
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+# (backend table, dtype) -> (2-D entry, batched entry); an entry is a config, an M-bucket table or
+# (interpreter) FittedTiles. Only these keys and the call's shape as the entry allows decide a tile.
 # The 2-D and batched configs of one backend and dtype share block_k, so K is cut into the
 # same blocks and a batched product equals the 2-D product of each item, bitwise.
 # Interpreter: few, large programs (each tile operation is a Python-level step).
 # CUDA: tensor-core tiles (every tl.dot dimension >= 16, powers of two).
-_INTERP_2D = MatmulConfig(block_m=256, block_n=128, block_k=32)
-_INTERP_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64)
-# Interpreter M buckets: calls of <= 64 rows (decode steps, weight gradients of narrow layers) in
-# 64 x 256 tiles instead of wasting 3/4 of a 256-row tile (~10% of an RL step's CPU time). Under
-# the interpreter BLOCK_M/BLOCK_N do not change a bit: every element adds its BLOCK_K products in
-# K order (tests/test_interpreter_tiles.py runs tables against each other), as long as
-# BLOCK_N >= 2 (at 1 the reduced axis becomes the contiguous one and numpy sums it pairwise).
-_INTERP_BUCKETS = (MBucket(64, MatmulConfig(block_m=64, block_n=256, block_k=32)), MBucket(None, _INTERP_2D))
-# Batched M buckets: a decode step's attention products (q @ k^T, probs @ v) have one query row per
-# (batch, head) item and used 1/16 of a 16-row tile. One row per item, 128 items per program (the
-# demo's 64 sequences x 2 heads in one program) halves their cost (benchmarks: 167 -> 74 ms per
-# layer and rollout); 256 items or BLOCK_N 8 or 64 were slower (more masked or more programs).
-# Same BLOCK_K and BLOCK_N >= 2: tests/test_interpreter_tiles.py runs batched tables against each other.
-_INTERP_BATCHED_BUCKETS = (MBucket(1, MatmulConfig(block_m=1, block_n=32, block_k=32, block_batch=128)),
-                           MBucket(None, _INTERP_BATCHED))
+# Interpreter: tiles fitted to each call (FittedTiles); BLOCK_K 32 is the K order of every dtype.
+_INTERP_FITTED = FittedTiles(block_k=32)
 _CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
 _CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
 _CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
@@ -100,9 +135,9 @@ _CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2
 _CUDA16_BUCKETS = (MBucket(None, _CUDA16_2D),)
 _CUDA32_BUCKETS = (MBucket(None, _CUDA32_2D),)
 _MATMUL_TABLE = {
-    ("interpreter", "fp32"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
-    ("interpreter", "fp16"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
-    ("interpreter", "bf16"): (_INTERP_BUCKETS, _INTERP_BATCHED_BUCKETS),
+    ("interpreter", "fp32"): (_INTERP_FITTED, _INTERP_FITTED),
+    ("interpreter", "fp16"): (_INTERP_FITTED, _INTERP_FITTED),
+    ("interpreter", "bf16"): (_INTERP_FITTED, _INTERP_FITTED),
     ("cuda", "fp32"): (_CUDA32_BUCKETS, _CUDA32_BATCHED),
     ("cuda", "fp16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
     ("cuda", "bf16"): (_CUDA16_BUCKETS, _CUDA16_BATCHED),
@@ -201,40 +236,82 @@ def _as_buckets(entry) -> tuple:
     return (MBucket(None, entry),) if isinstance(entry, MatmulConfig) else entry
 
 
-def matmul_buckets_for(table: str, dtype_name: str, batched: bool = False) -> tuple[MBucket, ...]:
-    """The M-bucket table of the 2-D (or, with ``batched``, the batched) matmul for one backend table
-    and dtype name (one bucket for a plain config). Both forms keep one BLOCK_K."""
-    two_d, batched_entry = (_as_buckets(e) for e in _MATMUL_TABLE[(table, dtype_name)])
-    check_m_buckets(two_d)
-    check_m_buckets(batched_entry, block_k=two_d[0].config.block_k)
+def _checked_entry(entry, block_k: int | None = None):
+    """An entry as a bucket table or FittedTiles, checked (bucket rules; one BLOCK_K, ``block_k`` when given)."""
+    if isinstance(entry, FittedTiles):
+        if block_k is not None and entry.block_k != block_k:
+            raise ValueError(f"fitted tiles have BLOCK_K={entry.block_k}, expected {block_k}: both matmul forms "
+                             f"must keep one BLOCK_K (one K order)")
+        return entry
+    return check_m_buckets(_as_buckets(entry), block_k)
+
+
+def _entry_block_k(entry) -> int:
+    return entry.block_k if isinstance(entry, FittedTiles) else entry[0].config.block_k
+
+
+def matmul_entry_for(table: str, dtype_name: str, batched: bool = False):
+    """The 2-D (or, with ``batched``, the batched) matmul entry of one backend table and dtype name: an
+    M-bucket table (one bucket for a plain config) or ``FittedTiles``. Both forms keep one BLOCK_K."""
+    two_d, batched_entry = _MATMUL_TABLE[(table, dtype_name)]
+    two_d = _checked_entry(two_d)
+    batched_entry = _checked_entry(batched_entry, block_k=_entry_block_k(two_d))
     return batched_entry if batched else two_d
 
 
-def matmul_config_for(table: str, dtype_name: str, batched: bool = False, m: int | None = None) -> MatmulConfig:
+def matmul_buckets_for(table: str, dtype_name: str, batched: bool = False) -> tuple[MBucket, ...]:
+    """The M-bucket table of the 2-D (or batched) matmul of a bucketed table (TypeError for fitted tiles)."""
+    entry = matmul_entry_for(table, dtype_name, batched)
+    if isinstance(entry, FittedTiles):
+        raise TypeError(f"the {table} {dtype_name} matmul tiles are fitted to each call, not M buckets")
+    return entry
+
+
+def matmul_block_k_for(table: str, dtype_name: str) -> int:
+    """The BLOCK_K (the K order) of one table and dtype, shared by both matmul forms and the fused LM head."""
+    return _entry_block_k(matmul_entry_for(table, dtype_name))
+
+
+def _count(name: str, value) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"{name} must be a count (int >= 0), got {value!r}")
+    return value
+
+
+def matmul_config_for(table: str, dtype_name: str, batched: bool = False, m: int | None = None,
+                      n: int | None = None, k: int | None = None, items: int | None = None) -> MatmulConfig:
     """The matmul tiles of one table ("interpreter" or "cuda") and dtype name ("fp32", "fp16", "bf16").
 
-    The config comes from the table's M buckets (of the 2-D or the batched form) for a call with
-    ``m`` rows (per batch item); ``m`` may be left out only where the table has a single bucket.
+    A bucketed entry picks by ``m`` (rows per batch item); ``m`` may be left out only where it has a
+    single bucket. Fitted tiles (interpreter) need the call's whole shape: ``m``, ``n``, ``k`` and,
+    batched, ``items``.
     """
-    buckets = matmul_buckets_for(table, dtype_name, batched)
+    entry = matmul_entry_for(table, dtype_name, batched)
+    m, n, k, items = (_count(name, v) for name, v in (("m", m), ("n", n), ("k", k), ("items", items)))
+    form = "batched " if batched else ""
+    if isinstance(entry, FittedTiles):
+        missing = [name for name, v in (("m", m), ("n", n), ("k", k)) + ((("items", items),) if batched else ())
+                   if v is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required: the {table} {dtype_name} {form}matmul fits its tiles "
+                             f"to each call's shape")
+        return entry.fit(m, n, k, items if batched else None)
     if m is None:
-        if len(buckets) > 1:
-            raise ValueError(f"m (the call's row count) is required: the {table} {dtype_name} "
-                             f"{'batched ' if batched else ''}matmul has "
-                             f"{len(buckets)} M buckets")
-        return buckets[0].config
-    if not isinstance(m, int) or isinstance(m, bool) or m < 0:
-        raise ValueError(f"m must be a row count (int >= 0), got {m!r}")
-    return pick_m_bucket(buckets, m)
+        if len(entry) > 1:
+            raise ValueError(f"m (the call's row count) is required: the {table} {dtype_name} {form}matmul has "
+                             f"{len(entry)} M buckets")
+        return entry[0].config
+    return pick_m_bucket(entry, m)
 
 
-def matmul_config(dtype: torch.dtype, batched: bool = False, m: int | None = None) -> MatmulConfig:
-    return matmul_config_for(table_backend(), _DTYPE_NAME[dtype], batched, m)
+def matmul_config(dtype: torch.dtype, batched: bool = False, m: int | None = None, n: int | None = None,
+                  k: int | None = None, items: int | None = None) -> MatmulConfig:
+    return matmul_config_for(table_backend(), _DTYPE_NAME[dtype], batched, m, n, k, items)
 
 
-# A malformed bucket table is refused at import, not at the first call whose M reaches it.
+# A malformed table is refused at import, not at the first call whose M reaches it.
 for _key in _MATMUL_TABLE:
-    matmul_buckets_for(*_key)
+    matmul_entry_for(*_key)
 
 
 def row_config_for(table: str) -> RowConfig:
@@ -290,8 +367,9 @@ LM_HEAD_BWD_CHUNK = 8192
 
 
 def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
-    # every M bucket has the same BLOCK_K, so the logits tiles equal pk.linear's for any M
-    block_k = matmul_buckets_for(table, dtype_name)[0].config.block_k
+    # the matmuls' K order (every bucket, or fitted tile of a K > BLOCK_K call, keeps it), so the logits
+    # tiles equal pk.linear's for any M
+    block_k = matmul_block_k_for(table, dtype_name)
     if table == "interpreter":
         return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=_ROWS[table].block_cols, block_k=block_k,
                             num_warps=4)

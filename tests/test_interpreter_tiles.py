@@ -1,6 +1,8 @@
 """Interpreter tile tables change no bit (issue 14): BLOCK_M / BLOCK_N / M buckets / batch items
-per program are free under the interpreter, BLOCK_K is not. Both forms: the 2-D matmul and the
-batched one (whose M = 1 bucket serves a decode step's attention).
+per program are free under the interpreter, BLOCK_K is not, except for a call whose K fits one
+block. The shipped interpreter tables fit each call's tiles to its shape (``FittedTiles``); they are
+run here against fixed tables (the 256 x 128 tile they replace, the M buckets before them, narrow
+odd tiles). Both forms: the 2-D matmul and the batched one (a decode step's attention).
 
 Under the interpreter a matmul element is the ordered fp32 sum of its BLOCK_K products per K
 block, whatever the tile around it, provided the tile keeps BLOCK_N >= 2: with one column the
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 
 import precision_kernels as pk
 from precision_kernels import profiles
-from precision_kernels.profiles import MatmulConfig, MBucket
+from precision_kernels.profiles import FittedTiles, MatmulConfig, MBucket
 
 pytestmark = pytest.mark.skipif(pk.active_backend() != "interpreter", reason="interpreter tile tables only")
 
@@ -69,8 +71,9 @@ def _matmul_family(dtype, m, n, k, seed, nb=3):
     return [y, dx, dw, c, da, db]
 
 
-# The active tables against: the tables before M buckets (2-D and batched), the 2-D buckets alone,
-# and narrow tiles (BLOCK_N = 2, two items a program) for both forms.
+# The active (fitted) tables against: the tables before M buckets (2-D and batched), the 2-D buckets
+# alone, and narrow tiles (BLOCK_N = 2, two items a program) for both forms. All fixed tables walk K in
+# blocks of 32, so a fitted call with K <= 32 (one shorter block) is checked against a full one too.
 TABLES = ((SINGLE, SINGLE_BATCHED), (BUCKETED, SINGLE_BATCHED), (NARROW, NARROW_BATCHED))
 
 
@@ -82,6 +85,9 @@ TABLES = ((SINGLE, SINGLE_BATCHED), (BUCKETED, SINGLE_BATCHED), (NARROW, NARROW_
 @example(dtype="fp32", m=1, n=40, k=70, seed=0)   # probs @ v with more than one K block (fp32 sums show any
 #                                                   change of summation order: a BLOCK_N = 1 table fails here)
 @example(dtype="fp32", m=1, n=1, k=1, seed=3)     # one output column (BLOCK_N well above N) and K = 1
+@example(dtype="fp32", m=3, n=2, k=13, seed=4)    # fitted: BLOCK_N = 2, BLOCK_K = 16 (one block, 3 padding lanes)
+@example(dtype="fp16", m=70, n=5, k=32, seed=5)   # fitted: K exactly one block; BLOCK_N 8
+@example(dtype="bf16", m=100, n=64, k=33, seed=6)  # fitted: K one past a block keeps BLOCK_K = 32
 def test_interpreter_tables_agree_bitwise(dtype, m, n, k, seed):
     active = _matmul_family(DTYPES[dtype], m, n, k, seed)
     for buckets, batched in TABLES:
@@ -106,8 +112,8 @@ def test_decode_attention_equals_the_full_pass_rows(dtype, nb, s, hd, seed):
     for buckets, batched, items in ((None, None, nb), (NARROW, NARROW_BATCHED, 3)):
         q, k, v, probs = q[:items], k[:items], v[:items], probs[:items]
         with interpreter_matmul_table(buckets, batched) if buckets else contextlib.nullcontext():
-            assert profiles.matmul_config(q.dtype, batched=True, m=1) != profiles.matmul_config(q.dtype, batched=True,
-                                                                                                 m=2)
+            step_cfg = profiles.matmul_config(q.dtype, batched=True, m=1, n=s, k=hd, items=len(q))
+            assert s == 1 or step_cfg != profiles.matmul_config(q.dtype, batched=True, m=s, n=s, k=hd, items=len(q))
             scores_full, att_full = pk.matmul(q, k.mT), pk.matmul(probs, v)
             scores_step, att_step = pk.matmul(q[:, -1:], k.mT), pk.matmul(probs[:, -1:], v)
         assert torch.equal(_bits(scores_step), _bits(scores_full[:, -1:]))
@@ -129,22 +135,51 @@ def test_rows_equal_in_every_interpreter_bucket(dtype, m, n, k, data):
     assert torch.equal(_bits(alone), _bits(whole[start:start + rows]))
 
 
-def test_interpreter_tiles_keep_block_n_at_least_two():
+def test_engine_split_chunks_agree_with_fixed_tables():
+    """Engine profile (K cut into rounded chunks at small M): a fitted call whose K fits one block (shorter
+    BLOCK_K) and one with several blocks give the fixed table's bits."""
+    g = torch.Generator().manual_seed(7)
+    for k in (13, 32, 70):
+        x, w = torch.randn(5, k, generator=g).half(), torch.randn(24, k, generator=g).half()
+        with profiles.use_profile("engine"):
+            assert profiles.engine_splits_for(5) > 1
+            fitted = pk.linear(x, w)
+            with interpreter_matmul_table(SINGLE, SINGLE_BATCHED):
+                fixed = pk.linear(x, w)
+        assert torch.equal(_bits(fitted), _bits(fixed)), f"K={k}"
+
+
+def test_fitted_tiles_keep_block_n_at_least_two_and_block_k_for_long_k():
     for name in DTYPES:
-        configs = [b.config for batched in (False, True)
-                   for b in profiles.matmul_buckets_for("interpreter", name, batched)]
-        assert all(c.block_n >= 2 for c in configs), configs
+        for batched in (False, True):
+            entry = profiles.matmul_entry_for("interpreter", name, batched)
+            assert isinstance(entry, FittedTiles) and entry.min_block_n >= 2
+            items = 3 if batched else None
+            for m, n, k in ((1, 1, 1), (832, 64, 256), (64, 64, 33), (7, 300, 13), (10**5, 3, 10**4)):
+                cfg = profiles.matmul_config_for("interpreter", name, batched, m=m, n=n, k=k, items=items)
+                assert cfg.block_n >= 2
+                assert cfg.block_k == (entry.block_k if k > entry.block_k else max(1 << (k - 1).bit_length(), 1))
+                tile = cfg.block_batch * cfg.block_m * cfg.block_k * cfg.block_n
+                assert tile <= entry.max_product
+                for size in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.block_batch):
+                    assert size & (size - 1) == 0  # tl.arange needs powers of two
         assert profiles.lm_head_config_for("interpreter", name).block_v >= 2
+        assert profiles.lm_head_config_for("interpreter", name).block_k == profiles.matmul_block_k_for("interpreter",
+                                                                                                      name)
 
 
-def test_narrow_table_really_differs_in_tiles():
-    # the comparison above is only worth something if the tables tile differently
+def test_fitted_tiles_really_differ_from_the_fixed_tables():
+    # the comparisons above are only worth something if the tables tile differently: the demo's learner
+    # (832 rows, d_model 64, MLP 256) and a decode step (64 rows)
+    fitted = profiles.matmul_config(torch.float16, m=832, n=64, k=256)
+    assert (fitted.block_m, fitted.block_n) == (512, 64)
+    assert profiles.matmul_config(torch.float16, m=64, n=64, k=256).block_n == 64
+    assert profiles.matmul_config(torch.float16, m=13, n=32, k=13, batched=True, items=128).block_k == 16
+    for table in (SINGLE, BUCKETED, NARROW):
+        assert all(b.config.block_n != 64 for b in table)
     with interpreter_matmul_table(NARROW, NARROW_BATCHED):
         assert profiles.matmul_config(torch.float32, m=5) == NARROW[0].config
         assert profiles.matmul_config(torch.float32, batched=True, m=1) == NARROW_BATCHED[0].config
         assert profiles.matmul_config(torch.float32, batched=True, m=2) == NARROW_BATCHED[1].config
     with interpreter_matmul_table(SINGLE, SINGLE_BATCHED):
         assert profiles.matmul_config(torch.float32, batched=True, m=1) == SINGLE_BATCHED[0].config
-    assert profiles.matmul_config(torch.float32, m=5) != NARROW[0].config
-    assert profiles.matmul_config(torch.float32, batched=True, m=1) not in (NARROW_BATCHED[0].config,
-                                                                            SINGLE_BATCHED[0].config)

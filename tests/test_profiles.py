@@ -60,8 +60,8 @@ def test_pick_m_bucket_takes_the_first_bound_that_holds_m():
 
 
 def test_a_bad_table_is_refused_where_it_is_looked_up(monkeypatch):
-    batched = profiles.matmul_buckets_for("interpreter", "fp32", batched=True)
-    block_k = batched[0].config.block_k
+    batched = profiles.matmul_entry_for("interpreter", "fp32", batched=True)
+    block_k = profiles.matmul_block_k_for("interpreter", "fp32")
     bad = (MBucket(16, _cfg(16, block_k=16)), MBucket(None, _cfg(256, block_k=block_k)))
     monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (bad, batched))
     with pytest.raises(ValueError, match="every bucket must keep one BLOCK_K"):
@@ -71,8 +71,8 @@ def test_a_bad_table_is_refused_where_it_is_looked_up(monkeypatch):
 def test_a_batched_table_with_another_block_k_is_refused(monkeypatch):
     """A batched bucket whose BLOCK_K differs from the 2-D table's would give a batched item other bits than
     the 2-D product of that item: refused for either form's lookup."""
-    two_d = profiles.matmul_buckets_for("interpreter", "fp32")
-    block_k = two_d[0].config.block_k
+    two_d = profiles.matmul_entry_for("interpreter", "fp32")
+    block_k = profiles.matmul_block_k_for("interpreter", "fp32")
     bad = (MBucket(1, MatmulConfig(block_m=1, block_n=32, block_k=2 * block_k, block_batch=128)),
            MBucket(None, MatmulConfig(block_m=16, block_n=32, block_k=block_k, block_batch=64)))
     monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (two_d, bad))
@@ -82,28 +82,35 @@ def test_a_batched_table_with_another_block_k_is_refused(monkeypatch):
 
 
 def test_the_shipped_tables_have_one_block_k_per_dtype():
-    for table in ("interpreter", "cuda"):
-        for name in DTYPES:
-            buckets = profiles.matmul_buckets_for(table, name)
-            batched = profiles.matmul_buckets_for(table, name, batched=True)
-            assert {b.config.block_k for b in buckets + batched} == {buckets[0].config.block_k}
-            # no m needed while a table has one bucket; with several, m is required
-            for form, table_buckets in ((False, buckets), (True, batched)):
-                if len(table_buckets) == 1:
-                    assert profiles.matmul_config_for(table, name, form) == table_buckets[0].config
+    for name in DTYPES:
+        buckets = profiles.matmul_buckets_for("cuda", name)
+        batched = profiles.matmul_buckets_for("cuda", name, batched=True)
+        assert {b.config.block_k for b in buckets + batched} == {profiles.matmul_block_k_for("cuda", name)}
+        # no m needed while a table has one bucket; with several, m is required
+        for form, table_buckets in ((False, buckets), (True, batched)):
+            if len(table_buckets) == 1:
+                assert profiles.matmul_config_for("cuda", name, form) == table_buckets[0].config
+        # interpreter: fitted tiles, both forms with the same BLOCK_K
+        fitted = [profiles.matmul_entry_for("interpreter", name, form) for form in (False, True)]
+        assert {f.block_k for f in fitted} == {profiles.matmul_block_k_for("interpreter", name)}
+        with pytest.raises(TypeError, match="fitted to each call, not M buckets"):
+            profiles.matmul_buckets_for("interpreter", name)
 
 
 @pytest.mark.parametrize("name", list(DTYPES))
-def test_batched_buckets_interpreter_and_cuda(name):
-    """Interpreter: a one-row-per-item bucket (decode attention) before the 16-row tiles; CUDA: one batched
-    config, the one the compile check compiles, looked up without m."""
-    interp = profiles.matmul_buckets_for("interpreter", name, batched=True)
-    assert [b.max_rows for b in interp] == [1, None]
-    assert profiles.matmul_config_for("interpreter", name, batched=True, m=1).block_m == 1
-    assert profiles.matmul_config_for("interpreter", name, batched=True, m=2) == interp[-1].config
-    assert profiles.matmul_config_for("interpreter", name, batched=True, m=0) == interp[0].config
-    with pytest.raises(ValueError, match=f"m .* is required: the interpreter {name} batched matmul has 2 M bucket"):
-        profiles.matmul_config_for("interpreter", name, batched=True)
+def test_batched_tiles_interpreter_and_cuda(name):
+    """Interpreter: batched tiles fitted to the call (a decode step's attention gets one row per item and all
+    of its items in one program); CUDA: one batched config, the one the compile check compiles, looked up
+    without m."""
+    step = profiles.matmul_config_for("interpreter", name, batched=True, m=1, n=13, k=32, items=128)
+    assert (step.block_m, step.block_n, step.block_batch) == (1, 16, 128)
+    assert profiles.matmul_config_for("interpreter", name, batched=True, m=0, n=0, k=0, items=0).block_m == 1
+    with pytest.raises(ValueError, match=f"items required: the interpreter {name} batched matmul fits its tiles"):
+        profiles.matmul_config_for("interpreter", name, batched=True, m=1, n=13, k=32)
+    with pytest.raises(ValueError, match=f"n, k required: the interpreter {name} matmul fits its tiles"):
+        profiles.matmul_config_for("interpreter", name, m=1)
+    with pytest.raises(ValueError, match="k must be a count"):
+        profiles.matmul_config_for("interpreter", name, m=1, n=1, k=-1)
     cuda = profiles.matmul_buckets_for("cuda", name, batched=True)
     assert len(cuda) == 1
     assert profiles.matmul_config_for("cuda", name, batched=True) == cuda[0].config
@@ -111,11 +118,11 @@ def test_batched_buckets_interpreter_and_cuda(name):
 
 
 def test_m_is_required_once_a_table_has_several_buckets(monkeypatch):
-    batched = profiles.matmul_buckets_for("interpreter", "fp32", batched=True)
+    batched = profiles.matmul_entry_for("interpreter", "fp32", batched=True)
     monkeypatch.setitem(profiles._MATMUL_TABLE, ("interpreter", "fp32"), (THREE, batched))
     with pytest.raises(ValueError, match="m .* is required: the interpreter fp32 matmul has 3 M buckets"):
         profiles.matmul_config_for("interpreter", "fp32")
-    with pytest.raises(ValueError, match="m must be a row count"):
+    with pytest.raises(ValueError, match="m must be a count"):
         profiles.matmul_config_for("interpreter", "fp32", m=-1)
     assert profiles.matmul_config_for("interpreter", "fp32", m=17).block_m == 64
 
@@ -151,8 +158,8 @@ def test_rows_equal_in_every_m_bucket_interpreter(name, monkeypatch):
     """The mechanism end to end: a three-bucket table (same BLOCK_K) reaches pk.linear through the call's M,
     and the rows come out bitwise equal in launches of every bucket."""
     table = profiles.table_backend()
-    batched = profiles.matmul_buckets_for(table, name, batched=True)
-    block_k = batched[0].config.block_k
+    batched = profiles.matmul_entry_for(table, name, batched=True)
+    block_k = profiles.matmul_block_k_for(table, name)
     three = tuple(MBucket(b.max_rows, MatmulConfig(block_m=b.config.block_m, block_n=32, block_k=block_k,
                                                    num_warps=b.config.num_warps)) for b in THREE)
     monkeypatch.setitem(profiles._MATMUL_TABLE, (table, name), (three, batched))

@@ -1,8 +1,9 @@
 """pk.matmul and pk.linear: batch-invariant, deterministic, with autograd.
 
 Forward picks its tile config from the profile table (backend, dtype, 2-D or
-batched, and the M bucket of the call's row count) and, in the engine profile, the
-number of rounded K partials from the call's row count. Backward always runs the matched profile:
+batched, and the call's shape as the table allows: M buckets on CUDA, tiles fitted to the
+call under the interpreter) and, in the engine profile, the number of rounded K partials
+from the call's row count. Backward always runs the matched profile:
 grad_a = grad @ b^T and grad_b = a^T @ grad go through the same kernels with
 transposed strides (no copies), and grad_b reduces over the rows in index order
 inside the kernel's K loop, so gradients are deterministic and come back in the
@@ -42,7 +43,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, spli
     out = torch.empty((m, n), dtype=a.dtype, device=a.device)
     if m == 0 or n == 0:
         return out
-    cfg = profiles.matmul_config(a.dtype, m=m)
+    cfg = profiles.matmul_config(a.dtype, m=m, n=n, k=k)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
     # The kernel reads the bias with unit stride: a strided bias (N elements) is copied here.
@@ -63,7 +64,7 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
     out = torch.empty((nb, m, n), dtype=a.dtype, device=a.device)
     if nb == 0 or m == 0 or n == 0:
         return out
-    cfg = profiles.matmul_config(a.dtype, batched=True, m=m)
+    cfg = profiles.matmul_config(a.dtype, batched=True, m=m, n=n, k=k, items=nb)
     grid = (triton.cdiv(nb, cfg.block_batch) * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
     launch(
