@@ -1,17 +1,51 @@
-"""Owned rounding (I4): pk.round_to against torch's cast and an exact rational oracle."""
+"""Owned rounding (I4): pk.round_to against torch's cast and an exact rational oracle.
+
+The fp16 integer helper ``fp32_to_fp16_bits`` also runs through a test-only kernel that stores
+its bits, so the same tables check it directly, whatever path pk.round_to takes.
+"""
 
 import struct
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given
 from hypothesis import strategies as st
 from rne_oracle import f32_from_bits, rne_bits
 
 import precision_kernels as pk
+from precision_kernels.kernels.rounding import fp32_to_fp16_bits
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 QUIET_NAN = {"fp16": 0x7E00, "bf16": 0x7FC0}
+
+
+@triton.jit
+def _integer_fp16_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """Stores ``fp32_to_fp16_bits`` as int16, whichever fp16 path round_fp32 takes on this backend."""
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, fp32_to_fp16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
+
+
+def integer_helper_fp16(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 -> fp16 through the integer helper (the compiled kernels' rounding); same contract as pk.round_to."""
+    assert x.dtype == torch.float32 and dtype == torch.float16
+    flat = x.contiguous().view(-1)
+    out = torch.empty(flat.shape, dtype=torch.int16, device=x.device)
+    block = 1 << 12
+    if flat.numel():
+        _integer_fp16_kernel[(triton.cdiv(flat.numel(), block),)](flat, out, flat.numel(), BLOCK=block,
+                                                                  **pk.backend.launch_options())
+    return out.view(torch.float16).view(x.shape)
+
+
+# (format, rounding function): the library's op for both formats, and the fp16 integer helper itself.
+ROUNDERS = pytest.mark.parametrize("fmt, round_fn", [
+    ("fp16", pk.round_to), ("bf16", pk.round_to), ("fp16", integer_helper_fp16),
+], ids=["fp16", "bf16", "fp16-integer_helper"])
 
 
 def _bits_tensor(bits: list[int]) -> torch.Tensor:
@@ -22,9 +56,9 @@ def _u16(t: torch.Tensor) -> list[int]:
     return [v & 0xFFFF for v in t.view(torch.int16).tolist()]
 
 
-def check_against_torch(x: torch.Tensor, fmt: str) -> None:
+def check_against_torch(x: torch.Tensor, fmt: str, round_fn=pk.round_to) -> None:
     dtype = DTYPES[fmt]
-    got = pk.round_to(x, dtype)
+    got = round_fn(x, dtype)
     assert got.dtype == dtype and got.shape == x.shape
     nan = torch.isnan(x)
     want = x.to(dtype)
@@ -39,10 +73,10 @@ def check_against_torch(x: torch.Tensor, fmt: str) -> None:
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+@ROUNDERS
 @given(bits=st.lists(u32, min_size=1, max_size=512))
-def test_arbitrary_bit_patterns_match_torch(fmt, bits):
-    check_against_torch(_bits_tensor(bits), fmt)
+def test_arbitrary_bit_patterns_match_torch(fmt, round_fn, bits):
+    check_against_torch(_bits_tensor(bits), fmt, round_fn)
 
 
 def _near_ties(fmt: str):
@@ -72,20 +106,23 @@ def _overflow_thresholds():
                      st.sampled_from([0, 1 << 31]))
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
-@given(data=st.data())
-def test_targeted_edges_match_torch(fmt, data):
-    strategy = st.one_of(_near_ties(fmt), _binade_edges(), _fp16_subnormal_range(), _overflow_thresholds())
-    bits = data.draw(st.lists(strategy, min_size=1, max_size=256))
-    check_against_torch(_bits_tensor(bits), fmt)
+def _all_edges(fmt: str):
+    return st.one_of(_near_ties(fmt), _binade_edges(), _fp16_subnormal_range(), _overflow_thresholds())
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+@ROUNDERS
 @given(data=st.data())
-def test_matches_exact_rational_oracle(fmt, data):
-    strategy = st.one_of(u32, _near_ties(fmt), _binade_edges(), _fp16_subnormal_range(), _overflow_thresholds())
+def test_targeted_edges_match_torch(fmt, round_fn, data):
+    bits = data.draw(st.lists(_all_edges(fmt), min_size=1, max_size=256))
+    check_against_torch(_bits_tensor(bits), fmt, round_fn)
+
+
+@ROUNDERS
+@given(data=st.data())
+def test_matches_exact_rational_oracle(fmt, round_fn, data):
+    strategy = st.one_of(u32, _all_edges(fmt))
     bits = data.draw(st.lists(strategy.filter(lambda b: (b & 0x7FFFFFFF) <= 0x7F800000), min_size=1, max_size=64))
-    got = _u16(pk.round_to(_bits_tensor(bits), DTYPES[fmt]))
+    got = _u16(round_fn(_bits_tensor(bits), DTYPES[fmt]))
     want = [rne_bits(f32_from_bits(b), fmt) for b in bits]
     assert got == want
 
@@ -101,11 +138,11 @@ EDGES = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
-def test_edge_table(fmt):
+@ROUNDERS
+def test_edge_table(fmt, round_fn):
     x = torch.tensor(EDGES, dtype=torch.float32)
-    check_against_torch(x, fmt)
-    assert _u16(pk.round_to(x, DTYPES[fmt])) == [rne_bits(float(v), fmt) for v in x.tolist()]
+    check_against_torch(x, fmt, round_fn)
+    assert _u16(round_fn(x, DTYPES[fmt])) == [rne_bits(float(v), fmt) for v in x.tolist()]
 
 
 def _fp16_subnormal_ties() -> list[int]:
@@ -121,41 +158,21 @@ def _fp16_subnormal_ties() -> list[int]:
     return bits + [below_normal - d for d in range(1, 5)]
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
-def test_fp16_subnormal_ties_round_to_even(fmt):
+@ROUNDERS
+def test_fp16_subnormal_ties_round_to_even(fmt, round_fn):
     # the fp16 helper rounds its subnormal range with an fp32 addition; ties there sit at other bits
     bits = _fp16_subnormal_ties()
-    check_against_torch(_bits_tensor(bits), fmt)
-    assert _u16(pk.round_to(_bits_tensor(bits), DTYPES[fmt])) == [rne_bits(f32_from_bits(b), fmt) for b in bits]
+    check_against_torch(_bits_tensor(bits), fmt, round_fn)
+    assert _u16(round_fn(_bits_tensor(bits), DTYPES[fmt])) == [rne_bits(f32_from_bits(b), fmt) for b in bits]
 
 
-@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
-def test_nan_becomes_quiet_nan_with_sign(fmt):
-    x = _bits_tensor([0x7F800001, 0xFF800001, 0x7FC00000, 0xFFFFFFFF, 0x7FBFFFFF])
-    got = _u16(pk.round_to(x, DTYPES[fmt]))
+# signalling and quiet NaNs, both signs, payloads in the bits fp16 keeps (22..13) and drops (12..0)
+NANS = [0x7F800001, 0xFF800001, 0x7FC00000, 0xFFC00000, 0xFFFFFFFF, 0x7FBFFFFF, 0x7F802000, 0xFFA00000,
+        0x7F801FFF, 0xFF9FE000]
+
+
+@ROUNDERS
+def test_nan_becomes_quiet_nan_with_sign(fmt, round_fn):
+    got = _u16(round_fn(_bits_tensor(NANS), DTYPES[fmt]))
     q = QUIET_NAN[fmt]
-    assert got == [q, q | 0x8000, q, q | 0x8000, q]
-
-
-def test_any_shape_and_strides():
-    x = torch.randn(6, 10, 4, generator=torch.Generator().manual_seed(0)).transpose(0, 2)[:, ::3]
-    assert not x.is_contiguous()
-    for dtype in DTYPES.values():
-        assert torch.equal(pk.round_to(x, dtype).view(torch.int16), x.to(dtype).view(torch.int16))
-    assert pk.round_to(torch.empty(0, 3), torch.float16).shape == (0, 3)
-
-
-def test_gradient_passes_straight_through_as_fp32():
-    x = torch.randn(5, 3, requires_grad=True)
-    y = pk.round_to(x, torch.bfloat16)
-    g = torch.randn(5, 3).to(torch.bfloat16)
-    (grad,) = torch.autograd.grad(y, x, g)
-    assert grad.dtype == torch.float32
-    assert torch.equal(grad, g.float())
-
-
-def test_rejects_non_fp32_input():
-    with pytest.raises(TypeError, match="float32"):
-        pk.round_to(torch.ones(3, dtype=torch.float16), torch.bfloat16)
-    with pytest.raises(TypeError, match="dtype"):
-        pk.round_to(torch.ones(3), torch.int8)
+    assert got == [q | 0x8000 if b >> 31 else q for b in NANS]
