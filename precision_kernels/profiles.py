@@ -79,11 +79,11 @@ class FittedTiles:
     """Interpreter matmul tiles fitted to each call's shape: as few, as full programs as the product tile allows.
 
     Under the interpreter there is no ``tl.dot``: a C element is the sum of its BLOCK_K products per
-    K block, added by numpy along the product tile's K axis in index order, then into an fp32
-    accumulator that starts at +0 (kernels/matmul.py). Hence:
+    K block, added by numpy along the product tile's outer K axis one slice at a time, in index
+    order, then into an fp32 accumulator that starts at +0 (kernels/matmul.py). Hence:
 
-    * BLOCK_M, BLOCK_N and the items per program change no bit, as long as BLOCK_N >= 2 (with one
-      column the K axis becomes numpy's contiguous axis and numpy sums it pairwise);
+    * BLOCK_M, BLOCK_N and the items per program change no bit, as long as BLOCK_N >= 2 (a K slice
+      of one element would make K numpy's contiguous axis, which it sums pairwise);
     * BLOCK_K is the K order and stays ``block_k`` for every call with K > ``block_k``. A call whose K
       fits one block may use any power of two >= K: its one block sums the same products in the
       same order, the padding lanes only add +0 (exact; a -0 sum turns +0, as the +0 accumulator

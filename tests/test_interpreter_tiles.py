@@ -5,9 +5,9 @@ run here against fixed tables (the 256 x 128 tile they replace, the M buckets be
 odd tiles). Both forms: the 2-D matmul and the batched one (a decode step's attention).
 
 Under the interpreter a matmul element is the ordered fp32 sum of its BLOCK_K products per K
-block, whatever the tile around it, provided the tile keeps BLOCK_N >= 2: with one column the
-reduced K axis becomes numpy's contiguous axis and numpy sums it pairwise (checked by hand:
-a BLOCK_N=1 table changes pk.linear's bits). So tables are run against each other here.
+block, whatever the tile around it, provided the tile keeps BLOCK_N >= 2: a K slice of one element
+makes K numpy's contiguous axis, which numpy sums pairwise (checked by hand on the earlier K-inner
+layout, where a BLOCK_N=1 table changed pk.linear's bits). So tables are run against each other here.
 """
 
 import contextlib
