@@ -1,10 +1,12 @@
 """Owned rounding (I4): pk.round_to against torch's cast and an exact rational oracle.
 
-The fp16 integer helper ``fp32_to_fp16_bits`` also runs through a test-only kernel that stores
-its bits, so the same tables check it directly, whatever path pk.round_to takes.
+Under the interpreter pk.round_to rounds fp16 with numpy's cast (kernels/rounding.py), while
+compiled kernels use the integer helper ``fp32_to_fp16_bits``; a test-only kernel that stores
+the helper's bits keeps it under the same tables here, and the two are compared bitwise.
 """
 
 import struct
+import warnings
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from rne_oracle import f32_from_bits, rne_bits
 
 import precision_kernels as pk
+from precision_kernels.kernels import rounding
 from precision_kernels.kernels.rounding import fp32_to_fp16_bits
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -54,6 +57,10 @@ def _bits_tensor(bits: list[int]) -> torch.Tensor:
 
 def _u16(t: torch.Tensor) -> list[int]:
     return [v & 0xFFFF for v in t.view(torch.int16).tolist()]
+
+
+def _int16(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)
 
 
 def check_against_torch(x: torch.Tensor, fmt: str, round_fn=pk.round_to) -> None:
@@ -176,3 +183,62 @@ def test_nan_becomes_quiet_nan_with_sign(fmt, round_fn):
     got = _u16(round_fn(_bits_tensor(NANS), DTYPES[fmt]))
     q = QUIET_NAN[fmt]
     assert got == [q | 0x8000 if b >> 31 else q for b in NANS]
+
+
+# ---- the interpreter's fp16 path (numpy's cast) against the integer helper, bit for bit ----
+
+
+def test_fp16_path_follows_backend():
+    # the comparisons below only test the numpy path where it is active: under the interpreter
+    assert bool(rounding.NUMPY_FP16_CAST) == pk.backend.INTERPRETED
+
+
+@given(data=st.data())
+def test_round_to_fp16_equals_integer_helper(data):
+    bits = data.draw(st.lists(st.one_of(u32, _all_edges("fp16"), st.sampled_from(NANS)), min_size=1, max_size=512))
+    x = _bits_tensor(bits)
+    assert torch.equal(_int16(pk.round_to(x, torch.float16)), _int16(integer_helper_fp16(x, torch.float16)))
+
+
+def test_round_to_fp16_equals_integer_helper_on_a_sweep():
+    # every 4097th fp32 pattern (all exponents, both signs, NaNs, subnormals) and the tables above,
+    # through pk.round_to's 2^16-wide programs, the last one ragged
+    sweep = list(range(0, 1 << 32, 4097)) + _fp16_subnormal_ties() + NANS
+    x = torch.cat([_bits_tensor(sweep), torch.tensor(EDGES, dtype=torch.float32)])
+    got = _int16(pk.round_to(x, torch.float16))
+    assert torch.equal(got, _int16(integer_helper_fp16(x, torch.float16)))
+    nan = torch.isnan(x)
+    assert torch.equal(got[~nan], _int16(x[~nan].to(torch.float16)))
+
+
+def test_round_to_fp16_warns_about_nothing():
+    # numpy warns when its cast overflows to inf; the numpy path makes those lanes inf first
+    x = _bits_tensor([0x477FF000, 0xC77FF000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0x00000001, 0x33000001] + NANS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = pk.round_to(x, torch.float16)
+    assert torch.equal(_int16(got), _int16(integer_helper_fp16(x, torch.float16)))
+
+
+def test_any_shape_and_strides():
+    x = torch.randn(6, 10, 4, generator=torch.Generator().manual_seed(0)).transpose(0, 2)[:, ::3]
+    assert not x.is_contiguous()
+    for dtype in DTYPES.values():
+        assert torch.equal(pk.round_to(x, dtype).view(torch.int16), x.to(dtype).view(torch.int16))
+    assert pk.round_to(torch.empty(0, 3), torch.float16).shape == (0, 3)
+
+
+def test_gradient_passes_straight_through_as_fp32():
+    x = torch.randn(5, 3, requires_grad=True)
+    y = pk.round_to(x, torch.bfloat16)
+    g = torch.randn(5, 3).to(torch.bfloat16)
+    (grad,) = torch.autograd.grad(y, x, g)
+    assert grad.dtype == torch.float32
+    assert torch.equal(grad, g.float())
+
+
+def test_rejects_non_fp32_input():
+    with pytest.raises(TypeError, match="float32"):
+        pk.round_to(torch.ones(3, dtype=torch.float16), torch.bfloat16)
+    with pytest.raises(TypeError, match="dtype"):
+        pk.round_to(torch.ones(3), torch.int8)
