@@ -8,8 +8,8 @@
 Not part of ``make test`` (minutes, not seconds); run it by hand after touching
 kernels/rounding.py, with ``nice`` on a shared machine. Paths:
 
-* ``kernel``: ``pk.round_to(x, dtype)``, what every kernel stores (under the interpreter,
-  fp16 goes through numpy's cast; compiled, through the integer helper).
+* ``kernel``: ``pk.round_to(x, dtype)``, what every kernel stores (the integer helpers, in
+  ``round_to_kernel``'s wide programs).
 * ``integer``: a one-program kernel that stores ``fp32_to_fp16_bits`` / ``fp32_to_bf16_bits``
   directly, i.e. the compiled kernels' formulation, run on the active backend.
 

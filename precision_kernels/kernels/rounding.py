@@ -6,30 +6,17 @@ uint32 arithmetic with constant shift amounts (numpy defines over-wide shifts, L
 makes them poison) and one IEEE fp32 addition, so the interpreter and the compiled
 kernel agree. Every helper call runs on whole tiles, and each tile operation is a
 Python-level step under the interpreter, so they use as few operations as they can;
-they were checked against ``torch.Tensor.to`` by hand over fp32 bit patterns (issue 14's
-note says which), and ``make test`` keeps hypothesis and edge tables (tests/test_rounding.py).
-
-Under the interpreter only, fp16 is rounded by numpy instead (``NUMPY_FP16_CAST``): Triton
-lowers ``x.to(tl.float16)`` there to numpy's ``astype(float16)``, which rounds to nearest
-even, subnormals and overflow included, so ``numpy_fp16_bits`` needs 10 tile operations
-instead of ~22. Compiled kernels (GPU, and the compile-only check) keep the integer helper.
-Both give the same bits for all 2^32 fp32 patterns (benchmarks/exhaustive_rounding.py), and
-tests/test_rounding.py compares them on every run. The cost moves with the data: numpy
-spends ~65 ns on each lane whose fp16 result is an inexact subnormal or zero (0 < |x| <
-2^-14, off the 2^-24 grid: it raises the underflow flag lane by lane), ~25x an ordinary
-lane, so tiles full of such values (fp16 probabilities over a large vocabulary) round ~3x
-slower than with the integer helper, while the RL step's tiles (few such lanes) round ~30%
-faster.
+they were checked against ``torch.Tensor.to`` by hand over all 2^32 fp32 bit patterns
+(benchmarks/exhaustive_rounding.py), and ``make test`` keeps hypothesis and edge tables
+(tests/test_rounding.py). (numpy's own fp16 cast, 10 tile operations with the NaN and overflow
+fix-ups, was tried under the interpreter: same bits, ~3% of an RL step faster, but ~30x slower per
+lane on tiles of inexact fp16 subnormals, e.g. fp16 probabilities over a large vocabulary; not kept.)
 """
 
 import triton
 import triton.language as tl
 
-from ..backend import INTERPRETED
 from .specialization import tile_kernel
-
-# A constexpr, so compiled kernels never see the numpy path (only the taken branch is compiled).
-NUMPY_FP16_CAST = tl.constexpr(INTERPRETED)
 
 
 @triton.jit
@@ -71,26 +58,6 @@ def fp32_to_fp16_bits(x):
 
 
 @triton.jit
-def numpy_fp16_bits(x):
-    """fp32 -> fp16 bit pattern as int16, the same bits as ``fp32_to_fp16_bits``; interpreter only.
-
-    There ``x.to(tl.float16)`` is numpy's cast, which rounds every finite value and inf to
-    nearest even. Two things are fixed around it (10 tile operations in all).
-    """
-    # numpy warns "overflow encountered in cast" (and spends ~40 ns a lane) when it rounds a
-    # finite value to inf, so the lanes that round to +-inf are made inf before the cast:
-    # |x| >= 65520, halfway between 65504 and 2^16, where ties-to-even goes up. NaN fails both
-    # comparisons and passes through.
-    x = tl.where(x >= 65520.0, float("inf"), x)
-    x = tl.where(x <= -65520.0, float("-inf"), x)
-    bits = x.to(tl.float16).to(tl.int16, bitcast=True)
-    # numpy keeps a NaN's payload bits; the integer helper gives the quiet NaN 0x7E00 with the
-    # input's sign. The int16 constants stay int16 (a Python int scalar does not widen an
-    # integer tensor), and (sign | 0x7FFF) ^ 0x01FF == sign | 0x7E00 for either sign.
-    return tl.where(x != x, (bits | 0x7FFF) ^ 0x01FF, bits)
-
-
-@triton.jit
 def round_fp32(x, OUT_KIND: tl.constexpr):
     """Round fp32 values to the output format; returns what to store.
 
@@ -98,10 +65,7 @@ def round_fp32(x, OUT_KIND: tl.constexpr):
     through an int16 view of the output, which avoids every interpreter bf16 defect.
     """
     if OUT_KIND == 1:
-        if NUMPY_FP16_CAST:
-            return numpy_fp16_bits(x)
-        else:
-            return fp32_to_fp16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True)
+        return fp32_to_fp16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True)
     elif OUT_KIND == 2:
         return fp32_to_bf16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True)
     else:
