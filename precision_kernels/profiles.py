@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -314,13 +315,24 @@ for _key in _MATMUL_TABLE:
     matmul_entry_for(*_key)
 
 
-def row_config_for(table: str) -> RowConfig:
-    """The row-reduction tiles of one table ("interpreter" or "cuda"); the same for every dtype."""
-    return _ROWS[table]
+def row_config_for(table: str, rows: int | None = None) -> RowConfig:
+    """The row-reduction tiles of one table ("interpreter" or "cuda"); the same for every dtype.
+
+    ``rows``: the call's row count, given only by kernels whose rows are independent (forward
+    passes, softmax and log-prob backward; not the norm backward, whose per-program partial sums
+    over rows make ``block_rows`` part of its summation order). Under the interpreter such a call's
+    ``block_rows`` is fitted down to ``rows`` (a power of two): a row's reductions run along its own
+    ``block_cols`` blocks, so no bit changes (tests/test_interpreter_tiles.py), and a decode step's
+    64 rows no longer pay for 512-row tiles of numpy work.
+    """
+    cfg = _ROWS[table]
+    if rows is None or table != "interpreter":
+        return cfg
+    return dataclasses.replace(cfg, block_rows=min(cfg.block_rows, _pow2_at_least(_count("rows", rows))))
 
 
-def row_config(dtype: torch.dtype) -> RowConfig:
-    return row_config_for(table_backend())
+def row_config(dtype: torch.dtype, rows: int | None = None) -> RowConfig:
+    return row_config_for(table_backend(), rows)
 
 
 def engine_config() -> EngineConfig:

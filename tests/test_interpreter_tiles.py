@@ -11,6 +11,7 @@ layout, where a BLOCK_N=1 table changed pk.linear's bits). So tables are run aga
 """
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -183,3 +184,62 @@ def test_fitted_tiles_really_differ_from_the_fixed_tables():
         assert profiles.matmul_config(torch.float32, batched=True, m=2) == NARROW_BATCHED[1].config
     with interpreter_matmul_table(SINGLE, SINGLE_BATCHED):
         assert profiles.matmul_config(torch.float32, batched=True, m=1) == SINGLE_BATCHED[0].config
+
+
+# ---- row reductions: block_rows fitted to a call's rows ----------------------------------------
+
+
+@contextlib.contextmanager
+def interpreter_row_table(block_rows, fit=True):
+    """Run the block with another interpreter row table (same block_cols, the reduction order); with
+    ``fit=False`` every call gets the table's block_rows whatever its row count."""
+    saved, saved_lookup = profiles._ROWS["interpreter"], profiles.row_config
+    profiles._ROWS["interpreter"] = dataclasses.replace(saved, block_rows=block_rows)
+    if not fit:
+        profiles.row_config = lambda dtype, rows=None: saved_lookup(dtype)
+    try:
+        yield
+    finally:
+        profiles._ROWS["interpreter"], profiles.row_config = saved, saved_lookup
+
+
+def _row_family(dtype, rows, n, seed):
+    """Every row kernel whose rows are independent, forward and backward: rms_norm and layer_norm (x's
+    gradient; their weight gradients sum over rows per program, so block_rows is their order and they are
+    left out), softmax, log_softmax, token_logprobs with entropy."""
+    g = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(rows, n, generator=g)).to(dtype).requires_grad_()
+    w, b = torch.randn(n, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
+    dy = torch.randn(rows, n, generator=g).to(dtype)
+    tokens = torch.randint(0, n, (rows,), generator=g)
+    out = []
+    for y in (pk.rms_norm(x, w), pk.layer_norm(x, w, b), pk.softmax(x), pk.log_softmax(x)):
+        out += [y, torch.autograd.grad(y, x, dy)[0]]
+    lp, ent = pk.token_logprobs(x, tokens, temperature=0.7, return_entropy=True)
+    out += [lp, ent, torch.autograd.grad(lp.sum() + ent.sum(), x)[0]]
+    return out
+
+
+@settings(max_examples=4)
+@given(dtype=st.sampled_from(sorted(DTYPES)), rows=st.integers(1, 600), n=st.integers(1, 300),
+       seed=st.integers(0, 2**16))
+@example(dtype="fp16", rows=64, n=64, seed=0)    # a decode step's norms: fitted to 64 rows
+@example(dtype="fp32", rows=513, n=130, seed=1)  # past one 512-row program, two column blocks
+def test_fitted_block_rows_agree_bitwise(dtype, rows, n, seed):
+    fitted = _row_family(DTYPES[dtype], rows, n, seed)
+    assert profiles.row_config(DTYPES[dtype], rows=rows).block_rows == min(512, 1 << (rows - 1).bit_length())
+    # the table unfitted (512-row programs for every call), and small programs (fitted: min(4, rows))
+    for block_rows, fit in ((512, False), (4, True)):
+        with interpreter_row_table(block_rows, fit):
+            other = _row_family(DTYPES[dtype], rows, n, seed)
+        for i, (a, b) in enumerate(zip(fitted, other, strict=True)):
+            assert torch.equal(_bits(a), _bits(b)), f"output {i} differs with block_rows {block_rows}"
+
+
+def test_unfitted_row_calls_keep_the_table():
+    # the norm backward's weight gradient sums over the rows of a program: it asks without rows
+    assert profiles.row_config(torch.float32) == profiles.row_config_for("interpreter")
+    assert profiles.row_config(torch.float32, rows=3).block_rows == 4
+    assert profiles.row_config_for("cuda", rows=3) == profiles.row_config_for("cuda")
+    with pytest.raises(ValueError, match="rows must be a count"):
+        profiles.row_config(torch.float32, rows=-1)

@@ -23,7 +23,7 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
     mean = torch.empty(rows, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x2.device)
     if rows and n:
-        cfg = profiles.row_config(x2.dtype)
+        cfg = profiles.row_config(x2.dtype, rows=rows)  # rows are independent: block_rows may fit them
         xv = kernel_view(x2)
         # An absent weight or bias is never read (HAS_W / HAS_B); x stands in for its pointer.
         launch(layer_norm_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),

@@ -21,7 +21,7 @@ def _launch_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float):
     y = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x2.device)
     if rows and n:
-        cfg = profiles.row_config(x2.dtype)
+        cfg = profiles.row_config(x2.dtype, rows=rows)  # rows are independent: block_rows may fit them
         launch(rms_norm_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
                kernel_view(x2), kernel_view(weight), kernel_view(y), rstd, rows, n, x2.stride(0), eps,
                config=cfg, KIND=kind(x2.dtype), W_KIND=kind(weight.dtype),

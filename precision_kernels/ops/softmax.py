@@ -55,7 +55,7 @@ def _launch_fwd(x2: torch.Tensor, scale: float, log: bool):
     row_max = torch.empty(rows, dtype=torch.float32, device=x2.device)
     row_sum = torch.empty(rows, dtype=torch.float32, device=x2.device)
     if rows and n:
-        cfg = profiles.row_config(x2.dtype)
+        cfg = profiles.row_config(x2.dtype, rows=rows)  # independent rows
         grid = (triton.cdiv(rows, cfg.block_rows),)
         launch(softmax_fwd_kernel, grid,
                kernel_view(x2), kernel_view(y), row_max, row_sum, rows, n, x2.stride(0), scale,
@@ -67,7 +67,7 @@ def _launch_bwd(x2, dy2, row_max, row_sum, scale: float, log: bool):
     rows, n = x2.shape
     dx = torch.empty((rows, n), dtype=x2.dtype, device=x2.device)
     if rows and n:
-        cfg = profiles.row_config(x2.dtype)
+        cfg = profiles.row_config(x2.dtype, rows=rows)  # independent rows
         grid = (triton.cdiv(rows, cfg.block_rows),)
         launch(softmax_bwd_kernel, grid,
                kernel_view(x2), kernel_view(dy2), kernel_view(dx), row_max, row_sum, rows, n,

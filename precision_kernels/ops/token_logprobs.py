@@ -57,7 +57,7 @@ def _token_logprobs_op(logits2: torch.Tensor, tokens: torch.Tensor, temperature:
     check_token_range("tokens", tokens, n)
     logprob, entropy, row_max, row_sum = logprob_outputs(rows, with_entropy, logits2.device)
     if rows:
-        cfg = profiles.row_config(logits2.dtype)
+        cfg = profiles.row_config(logits2.dtype, rows=rows)  # independent rows
         launch(token_logprobs_fwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
                kernel_view(logits2), tokens, logprob, entropy if with_entropy else logprob, row_max, row_sum,
                rows, n, logits2.stride(0), temperature,
@@ -81,7 +81,7 @@ def _token_logprobs_backward_op(logits2: torch.Tensor, tokens: torch.Tensor, g_l
     g_logprob, g_entropy, has_g_entropy = logprob_grad_inputs(g_logprob, g_entropy)
     dlogits = torch.empty((rows, n), dtype=logits2.dtype, device=logits2.device)
     if rows and n:
-        cfg = profiles.row_config(logits2.dtype)
+        cfg = profiles.row_config(logits2.dtype, rows=rows)  # independent rows
         launch(token_logprobs_bwd_kernel, (triton.cdiv(rows, cfg.block_rows),),
                kernel_view(logits2), tokens, g_logprob, g_entropy, entropy if has_g_entropy else g_logprob,
                row_max, row_sum, kernel_view(dlogits), rows, n, logits2.stride(0), fp32_value(temperature),
