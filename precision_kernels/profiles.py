@@ -147,7 +147,8 @@ _DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 _ROWS = {
     # 512 x 128: an interpreter program costs ~1 ms per nested jit call plus ~4 ms per 64K
     # elements of tile work per block, so short rows (attention, small vocabularies) want many
-    # rows per program and long rows want few blocks; this balances the two.
+    # rows per program and long rows want few blocks; this balances the two. Calls with fewer rows
+    # and independent rows get block_rows fitted down to them (row_config_for).
     "interpreter": RowConfig(block_rows=512, block_cols=128),
     "cuda": RowConfig(block_rows=4, block_cols=1024, num_warps=4),
 }
