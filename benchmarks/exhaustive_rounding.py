@@ -1,17 +1,13 @@
 """Every fp32 bit pattern through the library's rounding, against torch's cast (issue 14, item 3).
 
-    python -m benchmarks.exhaustive_rounding                       # pk.round_to, fp16, all 2^32 patterns
-    python -m benchmarks.exhaustive_rounding --path integer        # the integer helper fp32_to_fp16_bits
-    python -m benchmarks.exhaustive_rounding --dtype bf16 --path kernel
+    python -m benchmarks.exhaustive_rounding                       # fp16, all 2^32 patterns
+    python -m benchmarks.exhaustive_rounding --dtype bf16
     python -m benchmarks.exhaustive_rounding --first-chunk 120 --chunks 8   # part of the range
 
 Not part of ``make test`` (minutes, not seconds); run it by hand after touching
-kernels/rounding.py, with ``nice`` on a shared machine. Paths:
-
-* ``kernel``: ``pk.round_to(x, dtype)``, what every kernel stores (the integer helpers, in
-  ``round_to_kernel``'s wide programs).
-* ``integer``: a one-program kernel that stores ``fp32_to_fp16_bits`` / ``fp32_to_bf16_bits``
-  directly, i.e. the compiled kernels' formulation, run on the active backend.
+kernels/rounding.py, with ``nice`` on a shared machine. It runs ``pk.round_to(x, dtype)``,
+i.e. the integer helpers every kernel rounds with (``fp32_to_fp16_bits`` / ``fp32_to_bf16_bits``),
+on the active backend.
 
 Expected bits: ``x.to(dtype)`` for every non-NaN pattern; for NaN, the quiet NaN
 (0x7E00 fp16, 0x7FC0 bf16) with the input's sign. Patterns are walked in chunks of
@@ -25,35 +21,12 @@ import sys
 import time
 
 import torch
-import triton
-import triton.language as tl
 
 import precision_kernels as pk
 from precision_kernels import backend
-from precision_kernels.kernels.rounding import fp32_to_bf16_bits, fp32_to_fp16_bits
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 QUIET_NAN = {"fp16": 0x7E00, "bf16": 0x7FC0}
-
-
-@triton.jit
-def _integer_helper_kernel(x_ptr, out_ptr, n, BF16: tl.constexpr, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
-    if BF16:
-        bits = fp32_to_bf16_bits(x)
-    else:
-        bits = fp32_to_fp16_bits(x)
-    tl.store(out_ptr + offsets, bits.to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
-
-
-def integer_helper(x: torch.Tensor, fmt: str, block: int) -> torch.Tensor:
-    """The integer helper's bits (int16) for a flat fp32 tensor."""
-    out = torch.empty(x.shape, dtype=torch.int16, device=x.device)
-    _integer_helper_kernel[(triton.cdiv(x.numel(), block),)](x, out, x.numel(), BF16=fmt == "bf16", BLOCK=block,
-                                                             **backend.launch_options())
-    return out
 
 
 def expected_bits(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -66,18 +39,16 @@ def expected_bits(x: torch.Tensor, fmt: str) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
-    parser.add_argument("--path", choices=["kernel", "integer"], default="kernel")
     parser.add_argument("--chunk-log2", type=int, default=24, help="patterns per chunk, as a power of two")
     parser.add_argument("--first-chunk", type=int, default=0)
     parser.add_argument("--chunks", type=int, default=None, help="how many chunks (default: to the end)")
-    parser.add_argument("--block", type=int, default=1 << 16, help="elements per program of the integer kernel")
     args = parser.parse_args(argv)
 
     chunk = 1 << args.chunk_log2
     total_chunks = (1 << 32) // chunk
     last = total_chunks if args.chunks is None else min(total_chunks, args.first_chunk + args.chunks)
     fmt, device = args.dtype, backend.device()
-    print(f"{args.path} path, fp32 -> {fmt}, backend {backend.BACKEND}, chunks {args.first_chunk}..{last - 1} "
+    print(f"pk.round_to, fp32 -> {fmt}, backend {backend.BACKEND}, chunks {args.first_chunk}..{last - 1} "
           f"of {total_chunks} (2^{args.chunk_log2} patterns each)", flush=True)
 
     checked = mismatches = 0
@@ -90,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         patterns = torch.arange(first, first + chunk, dtype=torch.int64)
         patterns = torch.where(patterns >= 1 << 31, patterns - (1 << 32), patterns)
         x = patterns.to(torch.int32).view(torch.float32).to(device)
-        if args.path == "kernel":
-            got = pk.round_to(x, DTYPES[fmt]).view(torch.int16)
-        else:
-            got = integer_helper(x, fmt, args.block)
+        got = pk.round_to(x, DTYPES[fmt]).view(torch.int16)
         want = expected_bits(x, fmt)
         bad = (got != want).nonzero().flatten()
         mismatches += bad.numel()
