@@ -1,9 +1,8 @@
 """Public functions and the torch.library custom ops behind them: validate, pick a config, launch, return.
 
-One module per kernel family (a package rather than DESIGN.md's single ops.py, so
-families can be worked on independently). Every public op is a custom op in namespace
-``pk`` (``torch.ops.pk.<name>``) with a fake implementation and a registered autograd
-formula; ops/_custom.py describes the pattern.
+One module per kernel family; each declares itself to the op registry (ops/registry.py) at its end.
+Every public op is a custom op in namespace ``pk`` (``torch.ops.pk.<name>``) with a fake
+implementation and a registered autograd formula; ops/_custom.py describes the pattern.
 """
 
 from ._common import check_temperature
@@ -14,6 +13,10 @@ from .norm import rms_norm
 from .rounding import round_to
 from .softmax import log_softmax, softmax
 from .token_logprobs import token_logprobs
+
+# The family modules (each registers the family of its own name), in the registry's order: the
+# order of generic test ids and benchmark rows. A new family module is appended here.
+FAMILY_MODULES = ("rounding", "matmul", "softmax", "norm", "layer_norm", "token_logprobs", "lm_head")
 
 __all__ = [
     "check_temperature", "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul",

@@ -14,6 +14,7 @@ from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
 from ._common import check_eps, check_float, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
 from .norm import col_sum
+from .registry import OpFamily, register_family
 from .softmax import as_rows
 
 
@@ -152,3 +153,16 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     e = check_eps(eps)
     y2 = torch.ops.pk.layer_norm(as_rows(x), w, b, e)[0]
     return y2.reshape(x.shape)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="layer_norm",
+    public=("layer_norm",),
+    custom_ops=("pk::layer_norm", "pk::layer_norm_backward"),
+    aten=(
+        "aten.native_layer_norm.default",
+        "aten.native_layer_norm_backward.default",
+    ),
+))

@@ -42,6 +42,7 @@ from ._common import (
 )
 from ._custom import fp32_value, op_name
 from .matmul import _k_chunk, _mm, _rows
+from .registry import OpFamily, register_family
 from .rounding import round_to
 
 # lm_head_kernel's MODE: score given tokens, or sample them.
@@ -284,3 +285,12 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
         seeds = _seeds_from_generator(generator, h2.shape[0], hidden.device)
     tokens, logprob = torch.ops.pk.linear_sample(h2, weight, seeds, t32)
     return tokens.reshape(lead), logprob.reshape(lead)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="lm_head",
+    public=("linear_logprobs", "linear_sample"),
+    custom_ops=("pk::linear_logprobs", "pk::linear_logprobs_backward", "pk::linear_sample"),
+))

@@ -25,6 +25,7 @@ from .. import profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
 from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
 from ._custom import op_name, require
+from .registry import OpFamily, register_family
 
 # Engine split-K chunks are rounded up to a multiple of this many K elements.
 ENGINE_K_ALIGN = 16
@@ -249,3 +250,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     out = torch.ops.pk.linear(_rows(x), weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="matmul",
+    public=("matmul", "linear"),
+    custom_ops=("pk::matmul", "pk::matmul_backward", "pk::linear", "pk::linear_backward"),
+    aten=(
+        "aten.mm.default",
+        "aten.bmm.default",
+        "aten.mv.default",
+        "aten.dot.default",
+        "aten.addmm.default",
+        "aten.mean.dim",
+        "aten.mean.default",
+        "aten.sum.dim_IntList",
+        "aten.sum.default",
+    ),
+))

@@ -13,6 +13,7 @@ from .. import profiles
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
 from ._common import check_device, check_eps, check_float, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
+from .registry import OpFamily, register_family
 from .softmax import as_rows
 
 
@@ -122,3 +123,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     w = weight if weight.is_contiguous() else weight.contiguous()
     y2 = torch.ops.pk.rms_norm(as_rows(x), w, e)[0]
     return y2.reshape(x.shape)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="norm",
+    public=("rms_norm",),
+    custom_ops=("pk::rms_norm", "pk::rms_norm_backward"),
+    # Only some torch versions have aten._fused_rms_norm; matched mode serves it where it exists.
+    aten=("aten._fused_rms_norm.default",) if hasattr(torch.ops.aten, "_fused_rms_norm") else (),
+))

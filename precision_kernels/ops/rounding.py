@@ -9,6 +9,7 @@ from .. import backend
 from ..kernels.rounding import round_to_kernel
 from ._common import check_device, kind, launch
 from ._custom import op_name, require
+from .registry import OpFamily, register_family
 
 # Elements per program: one tile op is one numpy call under the interpreter, so its
 # programs are made large; on GPU a 1024-wide block keeps every SM busy.
@@ -62,3 +63,12 @@ def round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     return torch.ops.pk.round_to(x, dtype)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="rounding",
+    public=("round_to",),
+    custom_ops=("pk::round_to",),
+))

@@ -32,6 +32,7 @@ from .. import profiles
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
 from ._common import check_float, check_fp32_real, kernel_view, kind, launch
 from ._custom import fp32_value, op_name, require
+from .registry import OpFamily, register_family
 
 
 def _check_scale(scale) -> float:
@@ -175,3 +176,18 @@ def softmax(x: torch.Tensor, dim: int = -1, scale: float = 1.0) -> torch.Tensor:
 def log_softmax(x: torch.Tensor, dim: int = -1, scale: float = 1.0) -> torch.Tensor:
     """log_softmax(x * scale) along ``dim``, in x's dtype; a fully masked row gives -inf. Differentiable."""
     return _apply(x, dim, scale, log=True)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="softmax",
+    public=("softmax", "log_softmax"),
+    custom_ops=("pk::softmax", "pk::log_softmax", "pk::softmax_backward"),
+    aten=(
+        "aten._softmax.default",
+        "aten._log_softmax.default",
+        "aten._softmax_backward_data.default",
+        "aten._log_softmax_backward_data.default",
+    ),
+))

@@ -35,6 +35,7 @@ from ._common import (
     validate_temperature,
 )
 from ._custom import fp32_value, op_name, require
+from .registry import OpFamily, register_family
 from .softmax import as_rows
 
 # ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------
@@ -145,3 +146,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     if return_entropy:
         return logprob.reshape(lead), entropy.reshape(lead)
     return logprob.reshape(lead)
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------
+
+register_family(OpFamily(
+    name="token_logprobs",
+    public=("token_logprobs",),
+    custom_ops=("pk::token_logprobs", "pk::token_logprobs_backward"),
+))

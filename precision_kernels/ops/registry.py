@@ -1,0 +1,174 @@
+"""The op registry: each op family declares itself once, and everything generic iterates over it.
+
+An ``ops/<family>.py`` module ends with one ``register_family(OpFamily(...))`` call. The compile
+check (``compile_registry``), matched mode's served table, the generic tests (custom ops and
+opcheck, torch.compile, launch options, interpreter fast paths and tiles, bad input, the
+registry's own consistency checks) and the ``precision_error`` benchmark read the families from
+here instead of keeping lists of their own. docs/DESIGN.md, "How to add an op", is the recipe.
+
+Everything that builds tensors (samples, bad inputs, error cases) is a function the record
+holds, called only by the test or benchmark that needs it: importing pk builds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Sample(NamedTuple):
+    """One public call for the generic tests: ``fn(*args)`` returns a tensor or a tuple of tensors.
+
+    Float tensors in ``args`` that require grad are the inputs whose gradients are checked; ``fn``
+    builds anything else it needs (a seeded generator, token ids) itself, so calling it twice gives
+    the same bits."""
+
+    id: str
+    fn: Callable
+    args: tuple
+
+
+class OpcheckCase(NamedTuple):
+    """``torch.library.opcheck(op, args)`` on a custom op (forward or backward) with these arguments."""
+
+    id: str
+    op: object
+    args: tuple
+
+
+class Raises(NamedTuple):
+    """``call()`` raises ``error`` with a message matching ``match`` (naming the argument), before any launch."""
+
+    id: str
+    call: Callable
+    error: type
+    match: str
+
+
+class MatchesTorch(NamedTuple):
+    """``ours()`` equals ``theirs()`` exactly: shape, dtype and values (empty inputs)."""
+
+    id: str
+    ours: Callable
+    theirs: Callable
+
+
+class NonFinite(NamedTuple):
+    """``ours(x)`` on rows holding NaN, +inf and -inf has torch's NaN/inf pattern (``theirs(x)``, FP64)."""
+
+    id: str
+    ours: Callable
+    theirs: Callable
+
+
+class ErrorCase(NamedTuple):
+    """A ``benchmarks/precision_error`` row: ``build(sample, scale, g) -> args``, where ``sample(shape, scale, g)``
+    draws fp32 values of the row's distribution; the pk op, torch's op and the FP64 oracle each run on them."""
+
+    kernel: str
+    build: Callable
+    pk_op: Callable
+    torch_op: Callable
+    oracle: Callable
+
+
+class ErrorSizes(NamedTuple):
+    """Shapes of the precision_error rows: rows per call, softmax width, vocabulary, hidden size."""
+
+    rows: int
+    width: int
+    vocab: int
+    d: int
+
+
+@dataclass(frozen=True)
+class OpFamily:
+    """One kernel family's declaration. Only ``name`` is required; each generic test uses what a family gives.
+
+    ``aten`` names the aten overloads matched mode serves with this family, as ``"aten.<op>.<overload>"``
+    strings; ``precision_kernels/matched/`` holds one handler per name."""
+
+    name: str
+    # Public functions exported as ``pk.<name>``.
+    public: tuple[str, ...] = ()
+    # torch.library custom ops, backward ops included: "pk::layer_norm", "pk::layer_norm_backward".
+    custom_ops: tuple[str, ...] = ()
+    # Matched-mode aten overloads served with this family.
+    aten: tuple[str, ...] = ()
+    # The family's @triton.jit kernels; ``batch_args()`` reads what each leaves unspecialised.
+    kernels: tuple = ()
+    # compile_kernels(table): one compile_registry.register(table, ...) per kernel and pointer type.
+    compile_kernels: Callable[[dict], None] | None = None
+    # Public name -> FP64 oracle (``precision_kernels.reference.<name>``).
+    reference: Mapping[str, Callable] = field(default_factory=dict)
+    # samples(dtype, rows, n, k, seed) -> [Sample]: small random calls at any shape (fast paths, launch
+    # options, torch.compile). n is the reduced/output width, k the contraction.
+    samples: Callable[..., list[Sample]] | None = None
+    # row_samples(dtype, rows, n, seed) -> [Tensor]: outputs and gradients whose rows are independent
+    # (the interpreter's block_rows may change nothing in them).
+    row_samples: Callable[..., list] | None = None
+    # opcheck() -> [OpcheckCase]: every custom op, forward and backward, optional arguments both ways.
+    opcheck: Callable[[], list[OpcheckCase]] | None = None
+    # bad_inputs() -> [Raises | MatchesTorch | NonFinite]: wrong arguments, empty inputs, non-finite rows.
+    bad_inputs: Callable[[], list] | None = None
+    # error_cases(ErrorSizes) -> [ErrorCase]: rows of benchmarks/precision_error.
+    error_cases: Callable[[ErrorSizes], list[ErrorCase]] | None = None
+
+    def batch_args(self) -> dict[str, frozenset[str]]:
+        """Kernel name -> the arguments it tells Triton not to specialise (its batch-varying ones)."""
+        from ..kernels.specialization import unspecialized_args
+
+        return {k.__name__: unspecialized_args(k) for k in self.kernels}
+
+
+_FAMILIES: dict[str, OpFamily] = {}
+
+
+def register_family(family: OpFamily) -> OpFamily:
+    if family.name in _FAMILIES:
+        raise ValueError(f"op family {family.name!r} is registered twice")
+    for name in family.custom_ops:
+        if not name.startswith("pk::"):
+            raise ValueError(f"op family {family.name!r}: custom op {name!r} is not in namespace pk")
+    for name in family.aten:
+        if not name.startswith("aten.") or name.count(".") != 2:
+            raise ValueError(f"op family {family.name!r}: {name!r} is not an 'aten.<op>.<overload>' name")
+    unknown = set(family.reference) - set(family.public)
+    if unknown:
+        raise ValueError(f"op family {family.name!r}: references for {sorted(unknown)}, which it does not export")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def all_families() -> dict[str, OpFamily]:
+    """Every family by name, in the order of ``ops.FAMILY_MODULES`` (each module registers the family of its name)."""
+    import importlib
+
+    from .. import ops
+
+    for module in ops.FAMILY_MODULES:
+        importlib.import_module(f"{ops.__name__}.{module}")
+    unlisted = sorted(set(_FAMILIES) - set(ops.FAMILY_MODULES))
+    if unlisted:
+        raise ValueError(f"op families {unlisted} are registered but not listed in ops.FAMILY_MODULES")
+    missing = [m for m in ops.FAMILY_MODULES if m not in _FAMILIES]
+    if missing:
+        raise ValueError(f"ops.FAMILY_MODULES lists {missing}, whose modules register no family of that name")
+    return {name: _FAMILIES[name] for name in ops.FAMILY_MODULES}
+
+
+def all_samples(dtype, rows: int, n: int, k: int, seed: int) -> dict[str, Sample]:
+    """Every family's samples at one shape, by id (ids are unique across families)."""
+    out: dict[str, Sample] = {}
+    for family in all_families().values():
+        for s in family.samples(dtype, rows, n, k, seed) if family.samples else ():
+            if s.id in out:
+                raise ValueError(f"sample id {s.id!r} is used twice")
+            out[s.id] = s
+    return out
+
+
+def references() -> dict[str, Callable]:
+    """Public op name -> its FP64 oracle, over every family."""
+    return {name: fn for family in all_families().values() for name, fn in family.reference.items()}
