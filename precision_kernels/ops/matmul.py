@@ -21,11 +21,13 @@ import math
 import torch
 import triton
 
-from .. import profiles
+from .. import compile_registry, profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
+from ..reference import f64
+from . import _samples as S
 from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
 from ._custom import op_name, require
-from .registry import OpFamily, register_family
+from .registry import ErrorCase, MatchesTorch, NonFinite, OpcheckCase, OpFamily, Raises, Sample, register_family
 
 # Engine split-K chunks are rounded up to a multiple of this many K elements.
 ENGINE_K_ALIGN = 16
@@ -254,10 +256,128 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 # ---- registration (ops/registry.py) ----------------------------------------------------------
 
+
+def _compile_kernels(table: dict) -> None:
+    """2-D and batched matmul per dtype, SPLITS = 1 (matched) and the engine's splits, with/without bias;
+    the 2-D kernel in the tiles of every M bucket (the compile check audits that they share one
+    instruction family). The first config of each kernel is the matched one of the first bucket."""
+    engine_splits = profiles.engine_config().splits
+    for name, kind_, ptr in compile_registry.FORMATS:
+        bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", name)))
+        cfg3 = profiles.matmul_config_for("cuda", name, batched=True)
+        compile_registry.register(
+            table, f"matmul_{name}", matmul_kernel,
+            signature={"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
+                       "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                       "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                       "stride_cm": "i64", "stride_cn": "i64"},
+            configs=[{"KIND": kind_, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
+                      "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
+                      "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
+                     for cfg2 in bucket_cfgs for splits in (1, engine_splits) for bias in (False, True)],
+            expects_mma=kind_ != 0,
+        )
+        compile_registry.register(
+            table, f"bmm_{name}", bmm_kernel,
+            signature={"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
+                       "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                       "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
+                       "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                       "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"},
+            configs=[{"KIND": kind_, "SPLITS": splits, "NATIVE_DOT": True, "BLOCK_BATCH": cfg3.block_batch,
+                      "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k}
+                     for splits in (1, engine_splits)],
+            expects_mma=kind_ != 0,
+        )
+
+
+def reference_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(f64(a), f64(b))
+
+
+def reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    out = torch.matmul(f64(x), f64(weight).transpose(-1, -2))
+    return out if bias is None else out + f64(bias)
+
+
+def _samples(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = S.leaf((rows, k), dtype, g), S.leaf((n, k), dtype, g), S.leaf((n,), dtype, g)
+    a3, b3, b2 = S.leaf((3, rows, k), dtype, g), S.leaf((3, k, n), dtype, g), S.leaf((k, n), dtype, g)
+    return [Sample("linear", linear, (x, w, b)), Sample("batched_matmul", matmul, (a3, b3)),
+            Sample("matmul", matmul, (x, b2))]
+
+
+def _opcheck():
+    r, ops = S.rand, torch.ops.pk
+    a, b = r(3, 4), r(4, 5, seed=1)
+    x, w = r(3, 4), r(5, 4, seed=1)
+    return [
+        OpcheckCase("matmul", ops.matmul, (r(3, 4, grad=True), r(4, 5, seed=1, grad=True))),
+        OpcheckCase("matmul/batched/bf16", ops.matmul,
+                    (r(2, 3, 4, dtype=S.BF16, grad=True), r(2, 4, 5, dtype=S.BF16, seed=1, grad=True))),
+        OpcheckCase("linear", ops.linear, (r(3, 4, grad=True), r(5, 4, seed=1, grad=True), r(5, seed=2, grad=True))),
+        OpcheckCase("linear/no-bias/fp16", ops.linear,
+                    (r(3, 4, dtype=S.F16, grad=True), r(5, 4, dtype=S.F16, seed=1, grad=True), None)),
+        OpcheckCase("matmul_backward", ops.matmul_backward, (r(3, 5, seed=3), a, b, "interpreter", True, True)),
+        OpcheckCase("matmul_backward/only-b", ops.matmul_backward, (r(3, 5, seed=3), a, b, "interpreter", False, True)),
+        OpcheckCase("linear_backward", ops.linear_backward, (r(3, 5, seed=3), x, w, "interpreter", True, True, True)),
+    ]
+
+
+def _bad_inputs():
+    r, meta, ops = S.rand, S.meta, torch.ops.pk
+    X, W = (lambda: r(3, 4)), (lambda: r(5, 4, seed=1))
+    return [
+        Raises("matmul/None a", lambda: matmul(None, X()), TypeError, "a must be a torch.Tensor"),
+        Raises("matmul/None b", lambda: matmul(X(), None), TypeError, "b must be a torch.Tensor"),
+        Raises("matmul/int", lambda: matmul(X().long(), X().t().long()), TypeError, "a must be float32"),
+        Raises("matmul/float64", lambda: matmul(X(), X().t().double()), TypeError, "b must be float32"),
+        Raises("matmul/mixed", lambda: matmul(X(), X().t().half()), TypeError, "dtype mismatch: a=.*b="),
+        Raises("matmul/device", lambda: matmul(X(), meta(4, 2)), ValueError, "b is on meta"),
+        Raises("matmul/rank a", lambda: matmul(r(4), X().t()), ValueError, "a must have shape"),
+        Raises("matmul/rank b", lambda: matmul(X(), r(4)), ValueError, "b must have shape"),
+        Raises("matmul/inner", lambda: matmul(X(), X()), ValueError, "inner dimensions"),
+        Raises("matmul/batch", lambda: matmul(r(2, 3, 4), r(3, 4, 2)), ValueError, "batch sizes differ"),
+        Raises("matmul/batched b", lambda: matmul(X(), r(2, 4, 2)), ValueError, "batched b"),
+        Raises("linear/None x", lambda: linear(None, W()), TypeError, "x must be a torch.Tensor"),
+        Raises("linear/None weight", lambda: linear(X(), None), TypeError, "weight must be a torch.Tensor"),
+        Raises("linear/weight rank", lambda: linear(X(), r(5, 4, 1)), ValueError, "weight must have shape"),
+        Raises("linear/inner", lambda: linear(X(), r(5, 3)), ValueError, "inner dimensions"),
+        Raises("linear/bias shape", lambda: linear(X(), W(), r(4)), ValueError, "bias must have shape"),
+        Raises("linear/bias dtype", lambda: linear(X(), W(), r(5).half()), TypeError, "dtype mismatch"),
+        Raises("linear/bias device", lambda: linear(X(), W(), meta(5)), ValueError, "bias is on meta"),
+        Raises("linear/0-d x", lambda: linear(r(()), W()), ValueError, "x must have shape"),
+        # torch.ops.pk callers skip the wrappers: each implementation checks what its kernels rely on
+        Raises("pk::matmul/K", lambda: ops.matmul(r(3, 4), r(5, 2)), ValueError, "pk::matmul"),
+        Raises("pk::matmul/ranks", lambda: ops.matmul(r(2, 3, 4), r(4, 2)), ValueError, "pk::matmul"),
+        Raises("pk::matmul/dtypes", lambda: ops.matmul(r(3, 4), r(4, 2, dtype=S.F16)), ValueError, "pk::matmul"),
+        Raises("pk::linear/K", lambda: ops.linear(r(3, 4), r(5, 3), None), ValueError, "pk::linear"),
+        Raises("pk::linear/bias", lambda: ops.linear(r(3, 4), r(5, 4), r(4)), ValueError, "pk::linear"),
+        MatchesTorch("matmul M=0", lambda: matmul(r(0, 4), r(4, 2)), lambda: r(0, 4) @ r(4, 2)),
+        MatchesTorch("matmul N=0", lambda: matmul(r(3, 4), r(4, 0)), lambda: r(3, 4) @ r(4, 0)),
+        MatchesTorch("matmul K=0", lambda: matmul(r(3, 0), r(0, 2)), lambda: r(3, 0) @ r(0, 2)),
+        MatchesTorch("matmul B=0", lambda: matmul(r(0, 3, 4), r(0, 4, 2)), lambda: r(0, 3, 4) @ r(0, 4, 2)),
+        MatchesTorch("linear K=0 bias", lambda: linear(r(3, 0), r(2, 0), r(2)),
+                     lambda: torch.nn.functional.linear(r(3, 0), r(2, 0), r(2))),
+        NonFinite("matmul", lambda x: matmul(x, r(6, 3)), lambda x: x.double() @ r(6, 3).double()),
+        NonFinite("linear", lambda x: linear(x, r(3, 6)),
+                  lambda x: torch.nn.functional.linear(x.double(), r(3, 6).double())),
+    ]
+
+
+def _error_cases(sizes):
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.d), scale, g), sample((sizes.d, sizes.rows), 1.0, g)
+
+    return [ErrorCase("matmul", build, matmul, torch.matmul, reference_matmul)]
+
+
 register_family(OpFamily(
     name="matmul",
     public=("matmul", "linear"),
     custom_ops=("pk::matmul", "pk::matmul_backward", "pk::linear", "pk::linear_backward"),
+    # mean and sum are row sums against a ones column: the matmul kernel's K loop.
     aten=(
         "aten.mm.default",
         "aten.bmm.default",
@@ -269,4 +389,11 @@ register_family(OpFamily(
         "aten.sum.dim_IntList",
         "aten.sum.default",
     ),
+    kernels=(matmul_kernel, bmm_kernel),
+    compile_kernels=_compile_kernels,
+    reference={"matmul": reference_matmul, "linear": reference_linear},
+    samples=_samples,
+    opcheck=_opcheck,
+    bad_inputs=_bad_inputs,
+    error_cases=_error_cases,
 ))
