@@ -217,7 +217,8 @@ def check_token_ids(name: str, tokens: object, leading_shape: torch.Size) -> tor
 def check_token_range(name: str, ids: torch.Tensor, vocab_size: int) -> None:
     """Every id in [0, vocab_size), checked before any kernel reads memory at it."""
     if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+        # One pass over the ids and one device-to-host copy for both bounds.
+        lo, hi = torch.stack(torch.aminmax(ids)).tolist()
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
