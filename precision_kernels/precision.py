@@ -1,4 +1,4 @@
-"""Facts about the three floating-point formats the library computes in."""
+"""Facts about the floating-point formats the library computes in (fp32, fp16, bf16) and quantises to (fp8)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import torch
 
 
 class Precision(enum.Enum):
-    """FP32, FP16 or BF16, with the facts that decide how each one rounds."""
+    """FP32, FP16, BF16 or one of the two FP8 formats, with the facts that decide how each one rounds.
+
+    The FP8 formats are storage formats only: ``pk.round_to``, ``pk.quantize_fp8`` and
+    ``pk.scaled_mm`` take them, no other op does. ``FP8_E4M3`` is ``torch.float8_e4m3fn``
+    (no infinity; 0x7F/0xFF are its only NaNs, so its top binade stops at 448), ``FP8_E5M2``
+    is ``torch.float8_e5m2`` (IEEE-style: infinities and several NaNs).
+    """
 
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
 
     @classmethod
     def parse(cls, value: str | torch.dtype | Precision) -> Precision:
-        """Accept "fp16"/"float16"/"half", "bf16"/"bfloat16", "fp32"/"float32" or a torch dtype."""
+        """Accept "fp16"/"float16"/"half", "bf16"/"bfloat16", "fp32"/"float32", "fp8_e4m3"/"float8_e4m3fn"/"e4m3",
+        "fp8_e5m2"/"float8_e5m2"/"e5m2" or a torch dtype. A bare "fp8" is refused: it names no one format."""
         if isinstance(value, Precision):
             return value
         if isinstance(value, torch.dtype):
@@ -54,13 +63,37 @@ class Precision(enum.Enum):
         return 2.0 ** (2 - 2 ** (self.exponent_bits - 1))
 
     @property
+    def smallest_subnormal(self) -> float:
+        """The smallest positive value: one step of the subnormal grid, smallest_normal * eps."""
+        return self.smallest_normal * self.eps
+
+    @property
+    def max_exponent(self) -> int:
+        """The exponent of the top binade: 2^(exponent_bits - 1) - 1, and one more for e4m3fn, which spends
+        its all-ones exponent field on numbers (bias 7, emax 8)."""
+        return 2 ** (self.exponent_bits - 1) - (1 if self.has_inf else 0)
+
+    @property
     def max_finite(self) -> float:
-        emax = 2 ** (self.exponent_bits - 1) - 1
-        return (2.0 - 2.0 ** (1 - self.significand_bits)) * 2.0**emax
+        emax = self.max_exponent
+        top = (2.0 - 2.0 ** (1 - self.significand_bits)) * 2.0**emax
+        if not self.has_inf:
+            # e4m3fn keeps the all-ones pattern (0x7F) for NaN: its top binade stops one step short (448, not 480).
+            top -= 2.0 ** (emax + 1 - self.significand_bits)
+        return top
+
+    @property
+    def has_inf(self) -> bool:
+        """Whether the format has infinities (every format but e4m3fn, which saturates instead)."""
+        return self is not Precision.FP8_E4M3
+
+    @property
+    def is_fp8(self) -> bool:
+        return self in (Precision.FP8_E4M3, Precision.FP8_E5M2)
 
     @property
     def bits(self) -> int:
-        return 32 if self is Precision.FP32 else 16
+        return 1 + self.exponent_bits + self.significand_bits - 1
 
     def __str__(self) -> str:
         return self.value
@@ -70,9 +103,14 @@ _FACTS = {
     Precision.FP32: (torch.float32, 24, 8),
     Precision.FP16: (torch.float16, 11, 5),
     Precision.BF16: (torch.bfloat16, 8, 8),
+    Precision.FP8_E4M3: (torch.float8_e4m3fn, 4, 4),
+    Precision.FP8_E5M2: (torch.float8_e5m2, 3, 5),
 }
 _ALIASES = {
     "fp32": Precision.FP32, "float32": Precision.FP32, "float": Precision.FP32,
     "fp16": Precision.FP16, "float16": Precision.FP16, "half": Precision.FP16,
     "bf16": Precision.BF16, "bfloat16": Precision.BF16,
+    "fp8_e4m3": Precision.FP8_E4M3, "fp8_e4m3fn": Precision.FP8_E4M3, "float8_e4m3fn": Precision.FP8_E4M3,
+    "e4m3": Precision.FP8_E4M3, "e4m3fn": Precision.FP8_E4M3,
+    "fp8_e5m2": Precision.FP8_E5M2, "float8_e5m2": Precision.FP8_E5M2, "e5m2": Precision.FP8_E5M2,
 }

@@ -28,4 +28,24 @@ def test_facts_match_torch_finfo(p):
     assert p.eps == info.eps
     assert p.smallest_normal == info.smallest_normal
     assert p.max_finite == info.max
-    assert p.significand_bits == {"fp32": 24, "fp16": 11, "bf16": 8}[p.value]
+    assert p.significand_bits == {"fp32": 24, "fp16": 11, "bf16": 8, "fp8_e4m3": 4, "fp8_e5m2": 3}[p.value]
+    assert p.bits == info.bits
+    assert p.smallest_subnormal == info.smallest_normal * info.eps
+    assert p.has_inf == (p is not Precision.FP8_E4M3)
+    assert p.is_fp8 == (info.bits == 8)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("fp8_e4m3", Precision.FP8_E4M3), ("float8_e4m3fn", Precision.FP8_E4M3), ("e4m3", Precision.FP8_E4M3),
+    ("fp8_e5m2", Precision.FP8_E5M2), ("e5m2", Precision.FP8_E5M2),
+    (torch.float8_e4m3fn, Precision.FP8_E4M3), (torch.float8_e5m2, Precision.FP8_E5M2),
+])
+def test_parse_fp8(name, expected):
+    assert Precision.parse(name) is expected
+
+
+def test_fp8_facts():
+    # e4m3fn: no inf, 0x7F is NaN, so its top binade stops at 448 (not 480); e5m2 is IEEE-style
+    e4, e5 = Precision.FP8_E4M3, Precision.FP8_E5M2
+    assert (e4.max_finite, e4.smallest_normal, e4.smallest_subnormal, e4.eps) == (448.0, 2.0**-6, 2.0**-9, 0.125)
+    assert (e5.max_finite, e5.smallest_normal, e5.smallest_subnormal, e5.eps) == (57344.0, 2.0**-14, 2.0**-16, 0.25)
