@@ -9,6 +9,9 @@ ifeq ($(HAS_GPU),1)
 TORCH_SPEC := torch
 else
 TORCH_SPEC := torch==2.13.0
+# The interpreter fast paths (precision_kernels/interpreter_fast) patch this Triton's internals;
+# any other version runs ~2x slower and fails `make test`. A GPU machine keeps its own Triton.
+TRITON_SPEC := triton==3.9.0
 endif
 
 .PHONY: test demo setup lint compile-check bench clean
@@ -17,7 +20,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)" $(TRITON_SPEC)
 	$(PIP) install -q -e ".[dev,plot]"
 	touch $(STAMP)
 
