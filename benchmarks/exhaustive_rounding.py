@@ -1,17 +1,19 @@
-"""Every fp32 bit pattern through the library's rounding, against torch's cast (issue 14, item 3).
+"""Every fp32 bit pattern through the library's rounding, against torch's cast.
 
     python -m benchmarks.exhaustive_rounding                       # fp16, all 2^32 patterns
     python -m benchmarks.exhaustive_rounding --dtype bf16
+    python -m benchmarks.exhaustive_rounding --dtype e4m3fn        # also e5m2
     python -m benchmarks.exhaustive_rounding --first-chunk 120 --chunks 8   # part of the range
 
 Not part of ``make test`` (minutes, not seconds); run it by hand after touching
 kernels/rounding.py, with ``nice`` on a shared machine. It runs ``pk.round_to(x, dtype)``,
-i.e. the integer helpers every kernel rounds with (``fp32_to_fp16_bits`` / ``fp32_to_bf16_bits``),
-on the active backend.
+i.e. the integer helpers every kernel rounds with (``fp32_to_fp16_bits`` / ``fp32_to_bf16_bits`` /
+``fp32_to_fp8_bits``), on the active backend.
 
 Expected bits: ``x.to(dtype)`` for every non-NaN pattern; for NaN, the quiet NaN
-(0x7E00 fp16, 0x7FC0 bf16) with the input's sign. Patterns are walked in chunks of
-2^chunk_log2 consecutive bit patterns; exits 1 on any mismatch.
+(0x7E00 fp16, 0x7FC0 bf16) with the input's sign, and 0x7F | sign for both fp8 formats. The fp8
+comparison needs torch >= 2.12, whose e4m3fn cast saturates as pk does (older torch gives NaN).
+Patterns are walked in chunks of 2^chunk_log2 consecutive bit patterns; exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ import torch
 import precision_kernels as pk
 from precision_kernels import backend
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-QUIET_NAN = {"fp16": 0x7E00, "bf16": 0x7FC0}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+QUIET_NAN = {"fp16": 0x7E00, "bf16": 0x7FC0, "e4m3fn": 0x7F, "e5m2": 0x7F}
+
+
+def _bits_view(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8).to(torch.int16) if t.element_size() == 1 else t.view(torch.int16)
 
 
 def expected_bits(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    """torch's cast for non-NaN patterns, the signed quiet NaN for NaN patterns (int16)."""
-    want = x.to(DTYPES[fmt]).view(torch.int16)
-    quiet = torch.where(x.view(torch.int32) < 0, (QUIET_NAN[fmt] | 0x8000) - 0x10000, QUIET_NAN[fmt]).to(torch.int16)
+    """torch's cast for non-NaN patterns, the signed NaN pk defines for NaN patterns (int16 holding the bits)."""
+    want = _bits_view(x.to(DTYPES[fmt]))
+    width = 8 * torch.empty((), dtype=DTYPES[fmt]).element_size()
+    sign = 1 << (width - 1)
+    negative_nan = (QUIET_NAN[fmt] | sign) - (1 << 16 if width == 16 else 0)
+    quiet = torch.where(x.view(torch.int32) < 0, negative_nan, QUIET_NAN[fmt]).to(torch.int16)
     return torch.where(torch.isnan(x), quiet, want)
 
 
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         patterns = torch.arange(first, first + chunk, dtype=torch.int64)
         patterns = torch.where(patterns >= 1 << 31, patterns - (1 << 32), patterns)
         x = patterns.to(torch.int32).view(torch.float32).to(device)
-        got = pk.round_to(x, DTYPES[fmt]).view(torch.int16)
+        got = _bits_view(pk.round_to(x, DTYPES[fmt]))
         want = expected_bits(x, fmt)
         bad = (got != want).nonzero().flatten()
         mismatches += bad.numel()
