@@ -222,7 +222,7 @@ def rl_matched_check() -> list[dict]:
 def rl_training_runs(steps: int = 20, out_dir: str = "runs/gpu_report", device: str = "cuda") -> list[dict]:
     """Short CUDA runs of ``rl.train`` (the sanity recipe): fp16 and bf16, matched and engine sampler,
     ``steps`` RL steps each; steps/s and the per-step sampler-learner mismatch."""
-    from rl.train import short_run
+    from benchmarks.short_run import short_run
 
     rows = []
     for precision in ("fp16", "bf16"):

@@ -1,9 +1,9 @@
 """Plain-PyTorch eager fp32 TinyGPT: the speed baseline for an RL step, and the sanity-recipe check.
 
-The model is ``rl.model.TinyGPT``'s parameters computed by ``rl.reference_model`` (plain
+The model is ``rl.model.TinyGPT``'s parameters computed by ``rl.torch_model`` (plain
 torch: ``F.rms_norm``, ``F.scaled_dot_product_attention``, ``F.linear``); decoding is
-``rl.reference_model.generate`` (KV cache, Gumbel-max on torch's random numbers) and
-``rl.sampler.greedy_decode``; the loss is ``rl.losses``. This file only runs the recipe
+``rl.torch_model.generate`` (KV cache, Gumbel-max on torch's random numbers) and
+``rl.decoding.greedy_decode``; the loss is ``rl.losses``. This file only runs the recipe
 and times it. Parameter layout (``rl.model.param_shapes``):
 
     tok_emb.weight (V, D), pos_emb.weight (T, D); per block: attn_norm.weight (D,),
@@ -50,11 +50,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rl import reference_model as ref
+from rl import torch_model as tm
 from rl.losses import ALGOS, compute_advantages, policy_loss
 from rl.metrics import mismatch_metrics
 from rl.model import INIT_SCHEMES, ModelConfig, TinyGPT
-from rl.sampler import Rollout
+from rl.rollout import Rollout
 from rl.tasks import TASKS, get_task
 from rl.warmup import greedy_accuracy, supervised_warmup
 
@@ -62,15 +62,15 @@ __all__ = ["ModelConfig", "TinyGPT", "generate", "sequence_logprobs", "run_recip
 
 
 def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, **kwargs) -> Rollout:
-    """``rl.reference_model.generate`` on ``model``'s fp32 master parameters."""
-    return ref.generate(dict(model.named_parameters()), model.cfg, prompts, max_new_tokens, **kwargs)
+    """``rl.torch_model.generate`` on ``model``'s fp32 master parameters."""
+    return tm.generate(dict(model.named_parameters()), model.cfg, prompts, max_new_tokens, **kwargs)
 
 
 def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
                       return_entropy: bool = False):
-    """``rl.reference_model.sequence_logprobs`` on ``model``'s fp32 master parameters."""
-    return ref.sequence_logprobs(dict(model.named_parameters()), model.cfg, tokens, prompt_len, temperature,
-                                 return_entropy)
+    """``rl.torch_model.sequence_logprobs`` on ``model``'s fp32 master parameters."""
+    return tm.sequence_logprobs(dict(model.named_parameters()), model.cfg, tokens, prompt_len, temperature,
+                                return_entropy)
 
 
 # ---- the sanity recipe ---------------------------------------------------------------------------
@@ -110,9 +110,9 @@ def run_recipe(rc: RecipeConfig, seed: int, verbose: bool = False) -> dict:
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=rc.d_model, n_layers=rc.n_layers,
                       n_heads=rc.n_heads, max_seq_len=max(rc.max_seq_len, task.seq_len), precision="fp32")
     torch.manual_seed(seed)
-    model = TinyGPT(cfg, seed=seed, init=rc.init)  # only its fp32 parameters are used, by rl.reference_model
-    wu = supervised_warmup(model, task, prompts, lr=rc.warmup_lr, batch_size=rc.warmup_batch,
-                           max_steps=rc.warmup_max_steps, stop_at=rc.warmup_stop_at,
+    model = TinyGPT(cfg, seed=seed, init=rc.init)  # only its fp32 parameters are used, by rl.torch_model
+    wu = supervised_warmup(tm.torch_forward(model), task, prompts, params=model.parameters(), lr=rc.warmup_lr,
+                           batch_size=rc.warmup_batch, max_steps=rc.warmup_max_steps, stop_at=rc.warmup_stop_at,
                            max_acc=rc.warmup_max_acc, seed=seed + 1000)
     if verbose:
         print(f"  seed {seed}: warm-up {wu.steps} steps -> {wu.accuracy:.1%} (lr {wu.lr:g}, {wu.seconds:.1f}s)")
@@ -147,7 +147,7 @@ def run_recipe(rc: RecipeConfig, seed: int, verbose: bool = False) -> dict:
         mm_mean.append(mm["mean_abs_dlogp"])
         mm_frac.append(mm["frac_tokens_differ"])
         if step % rc.eval_every == 0:
-            acc = greedy_accuracy(model.forward_reference, task, prompts)
+            acc = greedy_accuracy(tm.torch_forward(model), task, prompts)
         history.append({"step": step, "reward": float(reward.mean()), "accuracy": acc,
                         "grad_norm": float(gnorm), "mm_mean_abs_dlogp": mm["mean_abs_dlogp"]})
         if acc >= rc.target_acc:

@@ -1,28 +1,28 @@
-"""Atomic checkpoints: model, optimizer, loss scaler, every RNG state and the step.
+"""Atomic checkpoints: model, optimizer, loss scaler, the run's named generators and the step.
 
 A checkpoint is written to a temporary file in the destination's directory, flushed
 and fsync'ed, then moved over the destination with ``os.replace`` (atomic on POSIX
 within one filesystem). A crash or an exception mid-write leaves the previous
 checkpoint intact and no temporary file behind.
 
-Saved RNG states: torch's default CPU generator, CUDA generators when CUDA is
-initialised, Python's ``random``, NumPy's global ``np.random`` state, and any named
-``torch.Generator`` passed in (e.g. the sampler's), so a resumed run can continue
-bit for bit.
+Randomness: only the named ``torch.Generator`` states passed in are saved and restored. The
+global torch, NumPy and Python RNGs are not: a run here draws every random number from its own
+seeded generators (initialisation, warm-up batches, the data order; sampling is keyed by
+counter-based seeds), so the global states play no part in it, and torch seeds its default
+generator at random per process, so saving them would only record noise that differs between
+identical runs. ``rl.train``'s tests check that a run's bits do not depend on the global seeds.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -53,31 +53,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Snapshot of every RNG state this project uses (see module doc)."""
-    state: dict[str, Any] = {
-        "torch_cpu": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def generator_states(generators: dict[str, torch.Generator] | None) -> dict[str, torch.Tensor]:
+    """Each named generator's state (a CPU byte tensor, whatever the generator's device)."""
+    return {name: g.get_state() for name, g in (generators or {}).items()}
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Restore a ``rng_state`` snapshot; named ``generators`` are restored in place.
+def set_generator_states(saved: dict[str, torch.Tensor], generators: dict[str, torch.Generator] | None) -> None:
+    """Restore ``generators`` in place from ``generator_states``' output; a name missing from it is an error.
 
-    RNG states are CPU byte tensors whatever the generator's device; a checkpoint loaded with
-    ``map_location="cuda"`` has them on the GPU, so they are moved back first.
+    A checkpoint loaded with ``map_location="cuda"`` holds the states on the GPU; they are moved back first.
     """
-    torch.set_rng_state(state["torch_cpu"].cpu())
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
-    saved = state.get("generators", {})
     for name, g in (generators or {}).items():
         if name not in saved:
             raise KeyError(f"checkpoint holds no state for generator {name!r} (has {sorted(saved)})")
@@ -96,8 +81,8 @@ def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None
     """Write a checkpoint atomically and return its path.
 
     ``model``, ``optimizer`` and ``scaler`` may be objects with ``state_dict()`` or
-    state dicts already. ``generators`` are named torch Generators to save with the
-    global RNG states; ``extra`` is any picklable data (config, metrics history, ...).
+    state dicts already. ``generators`` are named torch Generators whose states are saved
+    (module doc); ``extra`` is any picklable data (config, metrics history, ...).
     """
     ckpt = {
         "format_version": FORMAT_VERSION,
@@ -105,24 +90,24 @@ def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None
         "model": _state_dict(model),
         "optimizer": _state_dict(optimizer),
         "scaler": _state_dict(scaler),
-        "rng": rng_state(generators),
+        "generators": generator_states(generators),
         "extra": extra or {},
     }
     return atomic_save(ckpt, path)
 
 
 def load_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scaler=None,
-                    generators: dict[str, torch.Generator] | None = None, restore_rng: bool = True,
+                    generators: dict[str, torch.Generator] | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; restore into whatever objects are given, and return the raw dict.
+    """Load a checkpoint; restore into whatever objects are given (named ``generators`` included), return the dict.
 
-    With ``restore_rng`` the global RNG states and the named ``generators`` are set to
-    the saved ones. The file is unpickled with ``weights_only=False`` (it holds Python
-    and NumPy RNG states): load only checkpoints you wrote yourself.
+    The file is unpickled with ``weights_only=False`` (``extra`` may hold any picklable data):
+    load only checkpoints you wrote yourself.
     """
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     if ckpt.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown checkpoint format {ckpt.get('format_version')!r}")
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format_version')!r}, this rl.checkpoint reads "
+                         f"format {FORMAT_VERSION} only")
     if model is not None:
         model.load_state_dict(ckpt["model"])
     if optimizer is not None:
@@ -133,6 +118,5 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scal
         if ckpt["scaler"] is None:
             raise ValueError(f"{path} holds no scaler state")
         scaler.load_state_dict(ckpt["scaler"])
-    if restore_rng:
-        set_rng_state(ckpt["rng"], generators)
+    set_generator_states(ckpt["generators"], generators)
     return ckpt

@@ -1,8 +1,8 @@
 """The learner: a full teacher-forced pass scored by the fused LM-head kernel, and one optimisation step.
 
 Notation: mu is the sampler's log-prob of each sampled token, pi the learner's current
-one, pi_old the learner's at the start of the step (DESIGN.md section 5, issue 5), pi_ref
-the frozen reference policy's (the KL penalty, ``rl.losses``).
+one, pi_old the learner's at the start of the step (DESIGN.md section 5), pi_anc the KL
+anchor's, a frozen copy of the policy (the KL penalty, ``rl.losses``).
 
 Under ``torchrun`` (``rl.distributed``) each rank runs this step on its whole prompt groups:
 each minibatch's loss is divided by the minibatch's *global* token (or sequence) count and
@@ -32,7 +32,7 @@ from .losses import (
     policy_loss,
 )
 from .model import TinyGPT
-from .sampler import Rollout
+from .rollout import Rollout
 
 
 def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
@@ -68,7 +68,7 @@ class StepConfig:
     ppo_eps: float = 0.2
     ratio: str = "old"            # ppo/grpo: r = exp(pi - pi_old) ("old") or exp(pi - mu) ("sampler")
     tis_cap: float | None = None  # ppo/grpo with ratio "old": weight min(exp(pi_old - mu), tis_cap)
-    kl_coef: float = 0.0          # beta of the KL penalty to the frozen reference (0: none)
+    kl_coef: float = 0.0          # beta of the KL penalty to the frozen KL anchor (0: none)
     kl_estimator: str = "k3"      # k1: in the reward; k2, k3: in the loss (rl.losses)
 
     def __post_init__(self) -> None:
@@ -106,21 +106,25 @@ class StepResult:
     rewards: torch.Tensor | None = None  # the rewards the advantages came from (k1-penalised with the KL)
 
 
-def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollout: Rollout, rewards: torch.Tensor,
-                 group_size: int, prompt_len: int, cfg: StepConfig, *, ref_logp: torch.Tensor | None = None,
-                 dist: Dist | None = None) -> StepResult:
+def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rollout: Rollout,
+                 rewards: torch.Tensor, group_size: int, prompt_len: int, cfg: StepConfig, *,
+                 anchor_logp: torch.Tensor | None = None, dist: Dist | None = None) -> StepResult:
     """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches.
 
-    ``ref_logp``: the frozen reference policy's log-probs of the rollout, needed when
-    ``cfg.kl_coef > 0``. ``dist``: this rank's place under torchrun (None: one process).
+    ``scaler``: a ``GradScaler``, enabled for dynamic loss scaling (fp16) or not (a plain step that is
+    skipped when the gradient norm is not finite). ``anchor_logp``: the KL anchor's log-probs of the
+    rollout, needed when ``cfg.kl_coef > 0``. ``dist``: this rank's place under torchrun (None: one process).
     Entropy, loss, grad norm and stats are averages over every minibatch and epoch, and over ranks.
     """
     dist = dist or Dist(device=rollout.tokens.device)
     B = rollout.tokens.shape[0]
     if cfg.minibatches > B:
         raise ValueError(f"minibatches={cfg.minibatches} exceeds the {B} sequences of the rollout")
-    if cfg.kl_coef > 0 and ref_logp is None:
-        raise ValueError("kl_coef > 0 needs ref_logp (the reference policy's log-probs of the rollout)")
+    if not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler (enabled=False for no loss scaling), "
+                        f"got {type(scaler).__name__}")
+    if cfg.kl_coef > 0 and anchor_logp is None:
+        raise ValueError("kl_coef > 0 needs anchor_logp (the KL anchor's log-probs of the rollout)")
     pi_old, entropy = None, float("nan")
     stats: dict[str, list[float]] = {}
     if cfg.minibatches > 1 or cfg.kl_coef > 0:
@@ -134,9 +138,9 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
     if cfg.kl_coef > 0:
         with torch.no_grad():
             for est in KL_ESTIMATORS:
-                stats[f"kl_{est}"] = [_global_masked_mean(kl_estimate(pi_old, ref_logp, est), rollout.mask, dist)]
+                stats[f"kl_{est}"] = [_global_masked_mean(kl_estimate(pi_old, anchor_logp, est), rollout.mask, dist)]
         if cfg.kl_estimator == "k1":
-            rewards = kl_penalised_rewards(rewards, pi_old, ref_logp, rollout.mask, cfg.kl_coef)
+            rewards = kl_penalised_rewards(rewards, pi_old, anchor_logp, rollout.mask, cfg.kl_coef)
     advantages = compute_advantages(rewards, group_size, cfg.algo)
     losses, norms, skipped = [], [], 0
     for _epoch in range(cfg.epochs):
@@ -156,19 +160,15 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
                                            clip_eps=cfg.ppo_eps, ratio=cfg.ratio, tis_cap=cfg.tis_cap,
                                            denominator=denominator)
             if cfg.kl_in_loss:
-                loss = loss + kl_loss(logp, ref_logp[idx], mask, cfg.kl_estimator, cfg.kl_coef, cfg.loss_agg,
+                loss = loss + kl_loss(logp, anchor_logp[idx], mask, cfg.kl_estimator, cfg.kl_coef, cfg.loss_agg,
                                       denominator)
             for key, value in loss_stats.items():
                 stats.setdefault(key, []).append(dist.sum(value)[0] / dist.world_size)
             optimizer.zero_grad(set_to_none=True)
-            scale_before = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(loss).backward()
-                dist.all_reduce_grads(model.parameters())
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-                dist.all_reduce_grads(model.parameters())
+            scale_before = scaler.get_scale()  # 1.0 when disabled
+            scaler.scale(loss).backward()  # a disabled scaler returns the loss itself
+            dist.all_reduce_grads(model.parameters())
+            scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             losses.append(dist.sum(float(loss.detach()))[0])
             norms.append(float(norm))
@@ -176,19 +176,16 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler, rollo
             if not any_signal and not cfg.kl_in_loss:
                 # Every advantage is zero (on every rank), so is the gradient; an AdamW step would still
                 # move the weights on stale momentum (seen to collapse a binary-reward run), so skip it.
-                if scaler is not None and scaler.is_enabled():
-                    scaler.update()  # close this iteration's unscale_; the scale moves as usual
+                scaler.update()  # close this iteration's unscale_; the scale moves as usual
                 continue
-            if scaler is not None and scaler.is_enabled():
-                scaler.step(optimizer)
-                scaler.update()
-                if scaler.get_scale() < scale_before:
-                    skipped += 1
-            elif math.isfinite(float(norm)):
-                optimizer.step()
-            else:
+            if not scaler.is_enabled() and not math.isfinite(float(norm)):
+                skipped += 1  # an enabled scaler skips such a step itself (and lowers the scale)
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() < scale_before:
                 skipped += 1
-    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    scale = scaler.get_scale()
     out_stats = {k: sum(v) / len(v) for k, v in stats.items()}
     out_stats["grad_norm_max"] = max(norms)
     return StepResult(pi_old=pi_old, entropy=entropy, loss=sum(losses) / len(losses),

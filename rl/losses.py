@@ -1,6 +1,6 @@
 """Policy-gradient losses as pure functions of log-prob tensors, masks and advantages.
 
-Notation (DESIGN.md §6, issue 5), for B sequences of N response tokens:
+Notation (DESIGN.md §6), for B sequences of N response tokens:
 
 * ``logp``     π      the learner's current log-probs of the sampled tokens, (B, N) fp32, with grad;
 * ``mu``       μ      the sampler's log-probs of the same tokens, (B, N);
@@ -44,15 +44,16 @@ Distributed runs pass ``denominator``: the global number of sampled tokens (toke
 sequences (seq-mean, gspo) that the rank's sum is divided by, so that the ranks' losses add up
 to the single-process loss. Without it the rank's own count is used.
 
-KL penalty to a frozen reference policy π_ref (``kl_estimate``; δ_t = π_ref,t − π_t, samples
-from the policy):
+KL penalty to the KL anchor π_anc, a frozen copy of the policy (the "reference policy" of the RL
+literature; ``rl.train`` freezes the post-warm-up policy). ``kl_estimate``; δ_t = π_anc,t − π_t,
+samples from the policy:
 
 * ``k1 = −δ``: subtracted from the reward, detached (``kl_penalised_rewards``): REINFORCE on
-  R_i − β Σ_t k1_t is the score-function estimate of the gradient of −β KL(π‖π_ref) over sequences;
-* ``k2 = ½ δ²``: added to the loss (``kl_loss``); its gradient −δ ∇π_t has expectation ∇KL(π‖π_ref),
+  R_i − β Σ_t k1_t is the score-function estimate of the gradient of −β KL(π‖π_anc) over sequences;
+* ``k2 = ½ δ²``: added to the loss (``kl_loss``); its gradient −δ ∇π_t has expectation ∇KL(π‖π_anc),
   the reverse KL's gradient, on-policy;
 * ``k3 = exp(δ) − 1 − δ``: added to the loss; its gradient (1 − exp(δ)) ∇π_t has expectation
-  −E_{π_ref}[∇ log π] = ∇KL(π_ref‖π), the *forward* KL's gradient (the value estimates the reverse KL
+  −E_{π_anc}[∇ log π] = ∇KL(π_anc‖π), the *forward* KL's gradient (the value estimates the reverse KL
   without bias, its gradient does not).
 """
 
@@ -154,9 +155,9 @@ def mis_weights(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
     return w, kept
 
 
-def ppo_ratio(logp: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """r_t = exp(π − reference) with gradient through π (reference: π_old or μ); exactly 1 where ``mask`` is False."""
-    return torch.exp(_masked_diff(logp, reference.detach(), mask))
+def ppo_ratio(logp: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """r_t = exp(π − base) with gradient through π (base: π_old or μ); exactly 1 where ``mask`` is False."""
+    return torch.exp(_masked_diff(logp, base.detach(), mask))
 
 
 def _ppo_terms(logp, mu, old_logp, mask, ratio, tis_cap):
@@ -222,10 +223,10 @@ def grpo_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, ma
                     denominator=denominator)
 
 
-def gspo_log_ratio(logp: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log s_i = mean over sequence i's sampled tokens of (π − reference), (B,); 0 for a sequence with none."""
+def gspo_log_ratio(logp: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log s_i = mean over sequence i's sampled tokens of (π − base), (B,); 0 for a sequence with none."""
     m = mask.bool()
-    return _masked_diff(logp, reference.detach(), m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+    return _masked_diff(logp, base.detach(), m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
 
 
 def gspo_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
@@ -248,13 +249,13 @@ def gspo_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, ma
     return per_seq.mean() if denominator is None else per_seq.sum() / denominator
 
 
-# ---- KL penalty to a frozen reference ------------------------------------------------------
+# ---- KL penalty to the frozen KL anchor ---------------------------------------------------
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token KL(π‖π_ref) estimate k1, k2 or k3 of the module doc; gradient flows through ``logp``."""
+def kl_estimate(logp: torch.Tensor, anchor_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(π‖π_anc) estimate k1, k2 or k3 of the module doc; gradient flows through ``logp``."""
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; choose from {KL_ESTIMATORS}")
-    delta = ref_logp.detach() - logp
+    delta = anchor_logp.detach() - logp
     if estimator == "k1":
         return -delta
     if estimator == "k2":
@@ -262,19 +263,19 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> t
     return torch.expm1(delta) - delta
 
 
-def kl_penalised_rewards(rewards: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor,
+def kl_penalised_rewards(rewards: torch.Tensor, old_logp: torch.Tensor, anchor_logp: torch.Tensor,
                          mask: torch.Tensor, coef: float) -> torch.Tensor:
-    """R_i − β Σ_t k1_t over sequence i's sampled tokens, with k1_t = π_old,t − π_ref,t (detached)."""
-    k1 = _masked_diff(old_logp.detach(), ref_logp.detach(), mask)
+    """R_i − β Σ_t k1_t over sequence i's sampled tokens, with k1_t = π_old,t − π_anc,t (detached)."""
+    k1 = _masked_diff(old_logp.detach(), anchor_logp.detach(), mask)
     return rewards.float() - coef * k1.sum(dim=1)
 
 
-def kl_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: str, coef: float,
+def kl_loss(logp: torch.Tensor, anchor_logp: torch.Tensor, mask: torch.Tensor, estimator: str, coef: float,
             agg: str = "token-mean", denominator: float | None = None) -> torch.Tensor:
     """β · aggregate of the k2 or k3 estimate (k1 goes into the reward, ``kl_penalised_rewards``)."""
     if estimator == "k1":
         raise ValueError("the k1 estimator is applied to the reward (kl_penalised_rewards), not the loss")
-    k = kl_estimate(logp, ref_logp, estimator)
+    k = kl_estimate(logp, anchor_logp, estimator)
     k = torch.where(mask.bool(), k, torch.zeros((), dtype=k.dtype, device=k.device))
     return coef * aggregate(k, mask, agg, denominator)
 

@@ -20,7 +20,8 @@ probabilities of the chosen token (p = exp(log p))
 counts
     n_tokens, n_seqs
 
-A matched sampler/learner pair gives 0 for every mismatch statistic.
+A matched sampler/learner pair gives 0 for every mismatch statistic. Under torchrun,
+``reduce_mismatch`` combines the ranks' figures.
 The step's other figures (reward, accuracy, entropy, grad norm, loss scale, skipped
 steps) belong to the trainer (``rl.train``), which writes them beside these.
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .distributed import Dist
 
 _QUANTILES = {"dp_p50": 0.5, "dp_p90": 0.9, "dp_p99": 0.99}
 MISMATCH_KEYS = (
@@ -101,3 +104,23 @@ def mismatch_metrics(mu: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
     out["dp_max"] = float(dp.max())
     return out
 
+
+def reduce_mismatch(m: dict[str, float], dist: Dist) -> dict[str, float]:
+    """The ranks' ``mismatch_metrics`` combined: counts summed, maxima maxed, the rest weighted means.
+
+    Token-level figures are weighted by the rank's token count, sequence-level ones (``seq_*``)
+    by its sequence count; the quantiles ``dp_p*`` become the token-weighted mean of the ranks'
+    quantiles (an approximation); ``rel_rms_*`` likewise.
+    """
+    if not dist.active:
+        return m
+    maxima = [k for k in MISMATCH_KEYS if "max" in k]
+    counts = ["n_tokens", "n_seqs"]
+    rest = [k for k in MISMATCH_KEYS if k not in maxima and k not in counts]
+    n_tok, n_seq = dist.sum(m["n_tokens"], m["n_seqs"])
+    weights = [m["n_seqs"] if k.startswith("seq_") else m["n_tokens"] for k in rest]
+    sums = dist.sum(*(m[k] * w for k, w in zip(rest, weights)))
+    out = {k: v / ((n_seq if k.startswith("seq_") else n_tok) or 1.0) for k, v in zip(rest, sums)}
+    out.update(zip(maxima, dist.max(*(m[k] for k in maxima))))
+    out.update(n_tokens=n_tok, n_seqs=n_seq)
+    return {k: out[k] for k in MISMATCH_KEYS}

@@ -14,8 +14,8 @@ Two entry points share all layer code:
   A decode step attends over cache plus the new token in one call; by the kernels'
   invariants (I2, I3, column invariance) its rows equal the full pass's bit for bit.
 
-``forward_reference(tokens)`` is the plain fp32 PyTorch path over the same parameters
-(``rl.reference_model``), used for the supervised warm-up (outside the invariant).
+The plain fp32 PyTorch path over the same parameters is ``rl.torch_model`` (the supervised
+warm-up and the speed baseline; outside the invariants).
 """
 
 from __future__ import annotations
@@ -248,11 +248,3 @@ class TinyGPT(nn.Module):
         h = self._layers(weights, tokens[:, None], cache, cache.length)
         cache.length += 1
         return h[:, 0]
-
-    # ---- plain PyTorch fp32 path (warm-up only) -------------------------------------------
-
-    def forward_reference(self, tokens: torch.Tensor) -> torch.Tensor:
-        """fp32 logits (B, T, V) in plain PyTorch (``rl.reference_model``); outside the invariant."""
-        from .reference_model import reference_logits  # here: reference_model imports this module
-
-        return reference_logits(dict(self.named_parameters()), self.cfg, tokens)

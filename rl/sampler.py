@@ -22,19 +22,15 @@ plain-torch logits function.
 
 from __future__ import annotations
 
-import inspect
-from typing import NamedTuple
-
 import torch
 
 import precision_kernels as pk
 
 from .decoding import greedy_decode
 from .model import TinyGPT
+from .rollout import Rollout
 
 _MASK64 = (1 << 64) - 1
-# Whether the kernels take per-row seeds (the kernel-API issue); without them ``seed=`` is refused.
-SEEDED_SAMPLING = "seeds" in inspect.signature(pk.linear_sample).parameters
 
 
 def splitmix64(x: int) -> int:
@@ -60,24 +56,6 @@ def sequence_seeds(seed: int, n_rows: int, n_positions: int, first_index: int = 
     """(n_rows, n_positions) int64: ``mix_seed(seed, first_index + r, t)`` for row r, position t."""
     values = [[mix_seed(seed, first_index + r, t) for t in range(n_positions)] for r in range(n_rows)]
     return torch.tensor(values, dtype=torch.int64, device=device)
-
-
-class Rollout(NamedTuple):
-    tokens: torch.Tensor    # (B, P+N) int64: prompt, then sampled tokens; pad id after EOS
-    logprobs: torch.Tensor  # (B, N) fp32: sampler log-prob of each sampled token; 0.0 after EOS
-    mask: torch.Tensor      # (B, N) bool: True up to and including EOS
-
-
-def fp32_temperature_ok(temperature) -> bool:
-    """The kernels' rule for a temperature (``pk.check_temperature``): its fp32 value and that value's
-    reciprocal are finite and > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        return False
-    try:
-        pk.check_temperature(temperature)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_int(value) -> bool:
@@ -134,17 +112,15 @@ def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temp
     kernels' fp32 rule).
     """
     check_decode_args(model, prompts, max_new_tokens, eos_id, pad_id)
-    if not fp32_temperature_ok(temperature):
-        raise ValueError(f"temperature must be a number whose fp32 value and reciprocal are finite and > 0, "
-                         f"got {temperature!r}")
+    try:
+        pk.check_temperature(temperature)
+    except TypeError as e:  # a bool or a string is a bad value here, like every other refused temperature
+        raise ValueError(str(e)) from None
     if seed is not None:
         if not _is_int(seed) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be None or an int in [0, 2^63), got {seed!r}")
         if generator is not None:
             raise ValueError("pass seed or generator, not both (seed keys each draw; generator streams them)")
-        if not SEEDED_SAMPLING:
-            raise NotImplementedError("seed= needs pk.linear_sample(..., seeds=) (per-row counter-based noise), "
-                                      "which this precision_kernels does not have; pass generator= instead")
     if not _is_int(first_index) or first_index < 0:
         raise ValueError(f"first_index must be an int >= 0, got {first_index!r}")
     B, P = prompts.shape

@@ -4,14 +4,11 @@ The sanity recipe starts RL from a policy that already solves part of the task: 
 model is trained by teacher forcing (cross-entropy on the answer digits and EOS) until
 greedy accuracy on the fixed training set reaches ``stop_at`` (default 35%).
 
-What is trained: the fp32 master parameters, through a plain-torch logits path. Pass
-
-* an ``nn.Module``: its ``forward_reference(tokens)`` is used when it has one (the
-  kernel model's plain-torch path), else its ``forward``; its ``parameters()`` are trained; or
-* a callable ``logits_fn(tokens)`` plus ``params``: an iterable or a dict of leaf fp32
-  tensors with ``requires_grad`` (e.g. a parameter dict and a functional forward).
-
-``logits_fn(tokens)`` maps int64 (B, T) to fp32 logits (B, T, V) with causal attention.
+What is trained: fp32 parameters through a plain-torch logits function, both handed in:
+``logits_fn(tokens)`` maps int64 (B, T) to fp32 logits (B, T, V) with causal attention, and
+``params`` (an iterable or a dict of leaf fp32 tensors with ``requires_grad``) are what it
+reads. For the kernel model that is ``rl.torch_model.torch_forward(model)`` and
+``model.parameters()``; a parameter dict and a functional forward work the same way.
 
 Accuracy can jump from under 30% to over 90% within a few steps at lr 3e-3, so accuracy
 is evaluated after every step (``eval_every=1``); if a step overshoots ``max_acc``, the
@@ -46,28 +43,16 @@ class WarmupResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve(model, params=None) -> tuple[LogitsFn, list[torch.Tensor]]:
-    """``(logits_fn, params)`` from a module or from a callable plus parameters (see module doc)."""
-    if isinstance(model, torch.nn.Module):
-        fn = getattr(model, "forward_reference", None) or model
-        plist = list(model.parameters()) if params is None else _as_list(params)
-    elif callable(model):
-        if params is None:
-            raise ValueError("a logits function needs params= (the tensors to train)")
-        fn, plist = model, _as_list(params)
-    else:
-        raise TypeError(f"expected an nn.Module or a logits function, got {type(model).__name__}")
-    if not plist:
-        raise ValueError("no parameters to train")
-    return fn, plist
-
-
 def _as_list(params) -> list[torch.Tensor]:
     if isinstance(params, dict):
-        return list(params.values())
-    if isinstance(params, Iterable):
-        return list(params)
-    raise TypeError(f"params must be a dict or an iterable of tensors, got {type(params).__name__}")
+        plist = list(params.values())
+    elif isinstance(params, Iterable):
+        plist = list(params)
+    else:
+        raise TypeError(f"params must be a dict or an iterable of tensors, got {type(params).__name__}")
+    if not plist:
+        raise ValueError("params holds no tensors to train")
+    return plist
 
 
 def teacher_forcing_loss(logits_fn: LogitsFn, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -97,7 +82,7 @@ def greedy_accuracy(logits_fn: LogitsFn, task: Task, prompts: torch.Tensor, chun
     return right / len(prompts)
 
 
-def supervised_warmup(model, task: Task, eval_prompts: torch.Tensor, *, params=None,
+def supervised_warmup(logits_fn: LogitsFn, task: Task, eval_prompts: torch.Tensor, *, params,
                       train_prompts: torch.Tensor | None = None, lr: float = 3e-3, batch_size: int = 64,
                       max_steps: int = 300, stop_at: float = 0.35, max_acc: float = 0.8,
                       eval_every: int = 1, max_retries: int = 6, weight_decay: float = 0.0, seed: int = 0,
@@ -115,13 +100,12 @@ def supervised_warmup(model, task: Task, eval_prompts: torch.Tensor, *, params=N
 
     The learning rate is constant; gradients are clipped to norm 1.
     """
-    fn, plist = resolve(model, params)
-    was_training = [m.training for m in [model] if isinstance(model, torch.nn.Module)]
-    if isinstance(model, torch.nn.Module):
-        model.train()
+    if not callable(logits_fn):
+        raise TypeError(f"logits_fn must be a callable tokens -> logits, got {type(logits_fn).__name__}")
+    plist = _as_list(params)
     opt = torch.optim.AdamW(plist, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    acc_fn = accuracy_fn or (lambda: greedy_accuracy(fn, task, eval_prompts))
+    acc_fn = accuracy_fn or (lambda: greedy_accuracy(logits_fn, task, eval_prompts))
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     acc, cur_lr, step, retries, reached = acc_fn(), lr, 0, 0, False
@@ -137,7 +121,7 @@ def supervised_warmup(model, task: Task, eval_prompts: torch.Tensor, *, params=N
             prompts = train_prompts[idx]
             answers = task.solve(prompts)
         tokens = task.teacher_forcing(prompts, answers)
-        loss = teacher_forcing_loss(fn, tokens, task.prompt_len)
+        loss = teacher_forcing_loss(logits_fn, tokens, task.prompt_len)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(plist, 1.0)
@@ -165,7 +149,5 @@ def supervised_warmup(model, task: Task, eval_prompts: torch.Tensor, *, params=N
                 history[-1]["rolled_back"] = 1.0
                 continue
             reached = True
-    if isinstance(model, torch.nn.Module) and was_training and not was_training[0]:
-        model.eval()
     return WarmupResult(steps=step, accuracy=acc, lr=cur_lr, seconds=time.perf_counter() - t0,
                         reached=reached, history=history)

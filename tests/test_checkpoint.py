@@ -1,4 +1,4 @@
-"""Checkpoints: roundtrip of model, optimizer, scaler, RNG states and step; atomic writes."""
+"""Checkpoints: roundtrip of model, optimizer, scaler, named generators and step; atomic writes."""
 
 import os
 import random
@@ -30,32 +30,26 @@ def test_roundtrip_restores_everything(tmp_path):
     train_step(model, opt)
     gen = torch.Generator().manual_seed(123)
     torch.rand(3, generator=gen)
-    random.seed(5)
-    np.random.seed(6)
-    torch.manual_seed(7)
     path = C.save_checkpoint(tmp_path / "ck" / "last.pt", model=model, optimizer=opt, scaler=scaler, step=17,
                              generators={"sampler": gen}, extra={"config": {"lr": 1e-2}})
     assert path.exists() and os.listdir(path.parent) == ["last.pt"]
 
-    # what the uninterrupted run does next
-    expect_draws = (torch.rand(2), random.random(), np.random.rand(), torch.rand(2, generator=gen))
+    # what the uninterrupted run does next (its batch drawn from a seeded generator, as rl.train's are)
+    expect_draw = torch.rand(2, generator=gen)
+    torch.manual_seed(1)
     train_step(model, opt)
     expect_params = [p.detach().clone() for p in model.parameters()]
 
-    # a fresh process: different weights, RNGs moved on
+    # a fresh process: different weights, the generator moved on
     model2, opt2, scaler2 = make()
     for p in model2.parameters():
         p.data.add_(1.0)
     gen2 = torch.Generator().manual_seed(999)
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
     ck = C.load_checkpoint(path, model=model2, optimizer=opt2, scaler=scaler2, generators={"sampler": gen2})
     assert ck["step"] == 17 and ck["extra"] == {"config": {"lr": 1e-2}}
     assert scaler2.get_scale() == 1024.0
-    draws = (torch.rand(2), random.random(), np.random.rand(), torch.rand(2, generator=gen2))
-    assert torch.equal(draws[0], expect_draws[0]) and draws[1] == expect_draws[1]
-    assert draws[2] == expect_draws[2] and torch.equal(draws[3], expect_draws[3])
+    assert torch.equal(torch.rand(2, generator=gen2), expect_draw)
+    torch.manual_seed(1)
     train_step(model2, opt2)
     for a, b in zip(model2.parameters(), expect_params):
         assert torch.equal(a, b)
@@ -65,13 +59,34 @@ def test_state_dicts_accepted_and_missing_parts(tmp_path):
     model, opt, _ = make()
     path = C.save_checkpoint(tmp_path / "a.pt", model=model.state_dict(), step=0)
     model2, opt2, scaler2 = make()
-    C.load_checkpoint(path, model=model2, restore_rng=False)
+    C.load_checkpoint(path, model=model2)
     with pytest.raises(ValueError):
-        C.load_checkpoint(path, optimizer=opt2, restore_rng=False)
+        C.load_checkpoint(path, optimizer=opt2)
     with pytest.raises(ValueError):
-        C.load_checkpoint(path, scaler=scaler2, restore_rng=False)
+        C.load_checkpoint(path, scaler=scaler2)
     with pytest.raises(KeyError):
         C.load_checkpoint(path, generators={"sampler": torch.Generator()})
+
+
+def test_global_rng_states_are_neither_saved_nor_touched(tmp_path):
+    """Only named generators travel (rl.checkpoint's module doc says why); loading leaves the global RNGs alone."""
+    model, _, _ = make()
+    path = C.save_checkpoint(tmp_path / "a.pt", model=model, step=0, generators={"data": torch.Generator()})
+    assert set(torch.load(path, weights_only=False)) == {"format_version", "step", "model", "optimizer", "scaler",
+                                                         "generators", "extra"}
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    expect = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    C.load_checkpoint(path, model=model, generators={"data": torch.Generator()})
+    assert torch.equal(torch.get_rng_state(), expect[0]) and random.getstate() == expect[1]
+    assert (np.random.get_state()[1] == expect[2]).all()
+
+
+def test_an_older_format_is_refused_naming_it(tmp_path):
+    torch.save({"format_version": 1, "step": 0, "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="format 1"):
+        C.load_checkpoint(tmp_path / "old.pt")
 
 
 class Boom:
@@ -90,7 +105,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
         C.save_checkpoint(path, model=model, optimizer=opt, step=2, extra={"x": torch.zeros(1000), "boom": Boom()})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pt"]
-    assert C.load_checkpoint(path, restore_rng=False)["step"] == 1
+    assert C.load_checkpoint(path)["step"] == 1
 
 
 def test_failed_first_write_leaves_nothing(tmp_path):

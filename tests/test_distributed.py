@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from rl.distributed import Dist
-from rl.metrics import mismatch_metrics
-from rl.train import reduce_mismatch
+from rl.metrics import mismatch_metrics, reduce_mismatch
 
 FLAGS = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--dataset-size", "32",
          "--warmup-target", "0.0", "--eval-prompts", "2", "--no-progress", "--strict"]

@@ -56,3 +56,15 @@ def test_score_row_is_pk_time_over_torch_time_against_the_pass_target():
     both = score_row("bfloat16", SCORE_SHAPES[1], "forward+backward", 2.6, 2.0, 0, 0)
     assert (both["ratio"], both["target_max_ratio"], both["meets_target"], both["memory_ratio"]) == \
         (1.3, 1.3, True, None)
+
+
+def test_short_run_reports_speed_and_per_step_mismatch(tmp_path):
+    """benchmarks.short_run, the entry point gpu_report's short CUDA run calls; here on the backend's device."""
+    from benchmarks.short_run import short_run
+
+    res = short_run("bf16", "engine", str(tmp_path), steps=2,
+                    extra=("--batch", "2", "--group", "2", "--d-model", "32", "--dataset-size", "8",
+                           "--warmup-target", "0.0"))
+    assert res["device"] == str(pk.backend.device()) and res["steps_per_s"] > 0
+    assert [r["step"] for r in res["per_step"]] == [1, 2]
+    assert all(r["mean_abs_dlogp"] > 0 for r in res["per_step"])  # the engine sampler differs from the learner

@@ -16,6 +16,10 @@ TASK = get_task("reverse")
 DEVICE = pk.backend.device()
 
 
+def _no_scaling() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(DEVICE.type, enabled=False)
+
+
 def test_pi_old_with_minibatches_is_the_sampler_logprobs_bitwise():
     """Two minibatches, two epochs of PPO: the second minibatch is scored after an update, but
     pi_old must be the learner before any update, i.e. (matched) the sampler's log-probs."""
@@ -27,7 +31,7 @@ def test_pi_old_with_minibatches_is_the_sampler_logprobs_bitwise():
                   eos_id=TASK.eos_id, pad_id=TASK.pad_id)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], device=DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len,
+    res = learner_step(model, opt, _no_scaling(), ro, rewards, 2, TASK.prompt_len,
                        StepConfig(algo="ppo", minibatches=2, epochs=2))
     assert torch.equal(res.pi_old[ro.mask], ro.logprobs[ro.mask])
 
@@ -52,38 +56,38 @@ def _rollout(precision="fp16"):
     return cfg, model, ro
 
 
-def test_kl_k1_penalises_the_reward_with_the_learner_and_reference_logprobs():
-    """k1: R_i - beta * sum_t (pi_old - pi_ref) over sampled tokens, pi_ref from a different (frozen) model."""
+def test_kl_k1_penalises_the_reward_with_the_learner_and_anchor_logprobs():
+    """k1: R_i - beta * sum_t (pi_old - pi_anc) over sampled tokens, pi_anc from a different (frozen) model."""
     cfg, model, ro = _rollout()
-    reference = TinyGPT(cfg, seed=1, init="torch").to(DEVICE)
+    anchor = TinyGPT(cfg, seed=1, init="torch").to(DEVICE)
     with torch.no_grad():
         pi_old = sequence_logprobs(model, ro.tokens, TASK.prompt_len)
-        ref = sequence_logprobs(reference, ro.tokens, TASK.prompt_len)
+        ref = sequence_logprobs(anchor, ro.tokens, TASK.prompt_len)
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.25], device=DEVICE)
     beta = 0.1
     expected = [float(rewards[i]) - beta * sum(float(pi_old[i, t] - ref[i, t])
                                                for t in range(ro.mask.shape[1]) if ro.mask[i, t])
                 for i in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len,
-                       StepConfig(kl_coef=beta, kl_estimator="k1"), ref_logp=ref)
+    res = learner_step(model, opt, _no_scaling(), ro, rewards, 2, TASK.prompt_len,
+                       StepConfig(kl_coef=beta, kl_estimator="k1"), anchor_logp=ref)
     assert res.rewards.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     k1 = [float(pi_old[i, t] - ref[i, t]) for i in range(4) for t in range(ro.mask.shape[1]) if ro.mask[i, t]]
     assert res.stats["kl_k1"] == pytest.approx(sum(k1) / len(k1), rel=1e-5)
     assert {"kl_k2", "kl_k3", "grad_norm_max"} <= res.stats.keys()
 
 
-def test_kl_to_itself_is_zero_and_needs_a_reference():
+def test_kl_to_itself_is_zero_and_needs_the_anchor_logprobs():
     _, model, ro = _rollout()
     with torch.no_grad():
         ref = sequence_logprobs(model, ro.tokens, TASK.prompt_len)
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.25], device=DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len,
-                       StepConfig(algo="gspo", kl_coef=0.5, kl_estimator="k3"), ref_logp=ref)
+    res = learner_step(model, opt, _no_scaling(), ro, rewards, 2, TASK.prompt_len,
+                       StepConfig(algo="gspo", kl_coef=0.5, kl_estimator="k3"), anchor_logp=ref)
     assert res.stats["kl_k1"] == res.stats["kl_k2"] == res.stats["kl_k3"] == 0.0
-    with pytest.raises(ValueError, match="ref_logp"):
-        learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len, StepConfig(kl_coef=0.5))
+    with pytest.raises(ValueError, match="anchor_logp"):
+        learner_step(model, opt, _no_scaling(), ro, rewards, 2, TASK.prompt_len, StepConfig(kl_coef=0.5))
 
 
 def test_step_figures_are_averaged_over_minibatches():
@@ -91,13 +95,35 @@ def test_step_figures_are_averaged_over_minibatches():
     _, model, ro = _rollout()
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.25], device=DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights do not move: each minibatch alone is known
-    res = learner_step(model, opt, None, ro, rewards, 2, TASK.prompt_len, StepConfig(minibatches=2))
+    res = learner_step(model, opt, _no_scaling(), ro, rewards, 2, TASK.prompt_len, StepConfig(minibatches=2))
     norms, losses = [], []
     for half in (slice(0, 2), slice(2, 4)):
         part = type(ro)(ro.tokens[half], ro.logprobs[half], ro.mask[half])
-        one = learner_step(model, opt, None, part, rewards[half], 2, TASK.prompt_len, StepConfig())
+        one = learner_step(model, opt, _no_scaling(), part, rewards[half], 2, TASK.prompt_len, StepConfig())
         norms.append(one.grad_norm)
         losses.append(one.loss)
     assert res.grad_norm == pytest.approx(sum(norms) / 2, rel=1e-6)
     assert res.stats["grad_norm_max"] == pytest.approx(max(norms), rel=1e-6)
     assert res.loss == pytest.approx(sum(losses) / 2, rel=1e-6)
+
+
+def test_the_scaler_is_a_grad_scaler_named_when_missing():
+    _, model, ro = _rollout()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(TypeError, match="scaler"):
+        learner_step(model, opt, None, ro, torch.ones(4, device=DEVICE), 2, TASK.prompt_len, StepConfig())
+
+
+def test_without_loss_scaling_a_non_finite_gradient_skips_the_step():
+    """A disabled GradScaler would step on a NaN gradient; the learner counts the step as skipped instead."""
+    _, model, ro = _rollout("bf16")
+    with torch.no_grad():
+        model.lm_head.weight[TASK.eos_id, 0] = float("nan")  # after sampling: the learner's pass is NaN
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    res = learner_step(model, opt, _no_scaling(), ro, torch.tensor([1.0, 0.0, 0.5, 0.25], device=DEVICE), 2,
+                       TASK.prompt_len, StepConfig())
+    assert res.skipped == 1 and res.loss_scale == 1.0
+    after = [p.detach() for p in model.parameters()]
+    assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(before, after))  # NaN-proof
+    assert not opt.state  # AdamW never stepped: no moments were made

@@ -140,9 +140,9 @@ def one_thread():
 
 
 def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
-    """The supervised warm-up trains a module's forward_reference, or a parameter dict with a logits function."""
+    """The supervised warm-up trains the model's plain-torch forward, or a parameter dict with a logits function."""
     from rl.model import ModelConfig, TinyGPT
-    from rl.reference_model import reference_logits
+    from rl.torch_model import torch_forward, torch_logits
     from rl.warmup import greedy_accuracy, supervised_warmup, teacher_forcing_loss
 
     task = ReverseTask(n_digits=3)
@@ -150,17 +150,19 @@ def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=8)
     model = TinyGPT(cfg, seed=0)
     seqs = task.teacher_forcing(prompts, answers)
-    before = teacher_forcing_loss(model.forward_reference, seqs, task.prompt_len).item()
-    res = supervised_warmup(model, task, prompts, stop_at=0.3, max_acc=1.0, max_steps=150, seed=0)
+    forward = torch_forward(model)
+    before = teacher_forcing_loss(forward, seqs, task.prompt_len).item()
+    res = supervised_warmup(forward, task, prompts, params=model.parameters(), stop_at=0.3, max_acc=1.0,
+                            max_steps=150, seed=0)
     assert res.reached and res.accuracy >= 0.3 and 0 < res.steps <= 150
-    assert res.accuracy == greedy_accuracy(model.forward_reference, task, prompts)
-    assert teacher_forcing_loss(model.forward_reference, seqs, task.prompt_len).item() < before
+    assert res.accuracy == greedy_accuracy(forward, task, prompts)
+    assert teacher_forcing_loss(forward, seqs, task.prompt_len).item() < before
 
     # the same through a parameter dict and a functional forward
     params = {k: v.detach().clone().requires_grad_(True) for k, v in TinyGPT(cfg, seed=0).state_dict().items()}
 
     def logits_fn(tokens):
-        return reference_logits(params, cfg, tokens)
+        return torch_logits(params, cfg, tokens)
 
     res2 = supervised_warmup(logits_fn, task, prompts, params=params, stop_at=0.3, max_acc=1.0,
                              max_steps=150, seed=0)
@@ -171,12 +173,15 @@ def test_warmup_reaches_partial_accuracy_on_module_and_param_dict(one_thread):
 def test_warmup_rolls_back_an_overshoot(one_thread):
     """A step that jumps past max_acc is undone and retried at half the lr."""
     from rl.model import ModelConfig, TinyGPT
+    from rl.torch_model import torch_forward
     from rl.warmup import supervised_warmup
 
     task = ReverseTask(n_digits=3)
     prompts, _ = task.make_dataset(64, seed=0)
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=8)
-    res = supervised_warmup(TinyGPT(cfg, seed=0), task, prompts, stop_at=0.3, max_acc=0.32, max_steps=150, seed=0)
+    model = TinyGPT(cfg, seed=0)
+    res = supervised_warmup(torch_forward(model), task, prompts, params=model.parameters(), stop_at=0.3, max_acc=0.32,
+                            max_steps=150, seed=0)
     rolled = [h for h in res.history if h.get("rolled_back")]
     assert rolled and res.reached and 0.3 <= res.accuracy <= 0.32
     assert res.lr == pytest.approx(3e-3 / 2 ** len(rolled))

@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from rl.checkpoint import save_checkpoint
-from rl.train import (
-    RESUME_MAY_DIFFER,
-    _drop_records_after,
-    build_parser,
-    check_args,
-    main,
-    resolve_device,
-    resume_conflicts,
-)
+from rl.train import _drop_records_after, main
+from rl.train_flags import RESUME_MAY_DIFFER, build_parser, check_args, resolve_device, resume_conflicts
 
 # (bad flags, the flag the error must name)
 BAD_FLAGS = [

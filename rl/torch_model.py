@@ -1,33 +1,37 @@
-"""TinyGPT in plain PyTorch fp32: the reference path beside the kernel model (outside the invariants).
+"""TinyGPT in plain PyTorch fp32: the same model as ``rl.model`` with torch's own ops (outside the invariants).
 
 The same architecture and the same fp32 master parameters as ``rl.model.TinyGPT``
 (``param_shapes`` names them), computed with torch's own ops: ``F.rms_norm``,
 ``F.scaled_dot_product_attention`` with a causal mask, ``F.linear``. Uses:
 
-* the supervised warm-up (``TinyGPT.forward_reference`` is ``reference_logits``);
+* the supervised warm-up, handed ``torch_forward(model)`` (``rl.train``);
 * the plain-torch speed baseline (``benchmarks/torch_baseline.py``): ``generate`` (a
   KV-cache sampler drawing by Gumbel-max from torch's own random numbers) and
   ``sequence_logprobs`` (the learner's full-sequence pass), on the same parameters.
 
 Every function takes the parameters as a mapping name -> tensor (``dict(model.named_parameters())``
 or a plain dict for ``torch.func``-style training) and the model's ``ModelConfig``.
-Greedy decoding is ``rl.sampler.greedy_decode`` over ``reference_logits``.
+Greedy decoding is ``rl.decoding.greedy_decode`` over ``torch_logits``. Nothing here imports
+precision_kernels: ``ModelConfig`` is only read (its sizes and ``norm_eps``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .model import ModelConfig
-from .sampler import Rollout
+from .rollout import Rollout
+
+if TYPE_CHECKING:
+    from .model import ModelConfig, TinyGPT
 
 Params = Mapping[str, torch.Tensor]
 
 
-def reference_hidden(params: Params, cfg: ModelConfig, tokens: torch.Tensor, caches: list[dict] | None = None,
+def torch_hidden(params: Params, cfg: ModelConfig, tokens: torch.Tensor, caches: list[dict] | None = None,
                      pos: int = 0) -> torch.Tensor:
     """Final normalised hidden states (B, T, d_model) fp32 of ``tokens`` at positions pos..pos+T-1.
 
@@ -57,9 +61,14 @@ def reference_hidden(params: Params, cfg: ModelConfig, tokens: torch.Tensor, cac
     return F.rms_norm(x, (D,), params["norm_f.weight"], cfg.norm_eps)
 
 
-def reference_logits(params: Params, cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
+def torch_logits(params: Params, cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
     """fp32 logits (B, T, V) of a full causal pass."""
-    return F.linear(reference_hidden(params, cfg, tokens), params["lm_head.weight"])
+    return F.linear(torch_hidden(params, cfg, tokens), params["lm_head.weight"])
+
+
+def torch_forward(model: TinyGPT) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tokens -> torch_logits`` over ``model``'s live fp32 parameters (what the warm-up trains)."""
+    return lambda tokens: torch_logits(dict(model.named_parameters()), model.cfg, tokens)
 
 
 @torch.no_grad()
@@ -74,7 +83,7 @@ def generate(params: Params, cfg: ModelConfig, prompts: torch.Tensor, max_new_to
     B, P = prompts.shape
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     caches: list[dict] = [{} for _ in range(cfg.n_layers)]
-    h = reference_hidden(params, cfg, prompts, caches, 0)[:, -1]
+    h = torch_hidden(params, cfg, prompts, caches, 0)[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
     toks = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=prompts.device)
     logps = torch.zeros(B, max_new_tokens, device=prompts.device)
@@ -92,14 +101,14 @@ def generate(params: Params, cfg: ModelConfig, prompts: torch.Tensor, max_new_to
             done = done | (live & (nxt == eos_id))
         if bool(done.all()) or t == max_new_tokens - 1:
             break
-        h = reference_hidden(params, cfg, toks[:, t:t + 1], caches, P + t)[:, -1]
+        h = torch_hidden(params, cfg, toks[:, t:t + 1], caches, P + t)[:, -1]
     return Rollout(torch.cat([prompts, toks], dim=1), logps, mask)
 
 
 def sequence_logprobs(params: Params, cfg: ModelConfig, tokens: torch.Tensor, prompt_len: int,
                       temperature: float = 1.0, return_entropy: bool = False):
     """Full-sequence pass, then each response token's log-prob (B, N) fp32 (and entropy with ``return_entropy``)."""
-    logits = reference_logits(params, cfg, tokens[:, :-1])[:, prompt_len - 1:].float() / temperature
+    logits = torch_logits(params, cfg, tokens[:, :-1])[:, prompt_len - 1:].float() / temperature
     logp_all = torch.log_softmax(logits, -1)
     lp = logp_all.gather(-1, tokens[:, prompt_len:, None])[..., 0]
     if return_entropy:

@@ -1,10 +1,10 @@
-"""rl.reference_model: the plain-torch path over TinyGPT's parameters (outside the invariants)."""
+"""rl.torch_model: the plain-torch path over TinyGPT's parameters (outside the invariants)."""
 
 import torch
 
 from rl.decoding import greedy_decode
 from rl.model import ModelConfig, TinyGPT
-from rl.reference_model import generate, reference_hidden, reference_logits, sequence_logprobs
+from rl.torch_model import generate, sequence_logprobs, torch_forward, torch_hidden, torch_logits
 
 CFG = ModelConfig(vocab_size=13, d_model=16, n_layers=2, n_heads=2, max_seq_len=10, precision="fp32")
 
@@ -16,12 +16,12 @@ def _params(seed=0):
 def test_kv_cache_decode_matches_the_full_pass():
     params = _params()
     tokens = torch.randint(0, 13, (3, 8), generator=torch.Generator().manual_seed(0))
-    full = reference_hidden(params, CFG, tokens)
+    full = torch_hidden(params, CFG, tokens)
     caches = [{} for _ in range(CFG.n_layers)]
-    steps = [reference_hidden(params, CFG, tokens[:, :5], caches, 0)]
-    steps += [reference_hidden(params, CFG, tokens[:, t:t + 1], caches, t) for t in range(5, 8)]
+    steps = [torch_hidden(params, CFG, tokens[:, :5], caches, 0)]
+    steps += [torch_hidden(params, CFG, tokens[:, t:t + 1], caches, t) for t in range(5, 8)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
-    assert torch.equal(reference_logits(params, CFG, tokens), TinyGPT(CFG, seed=0).forward_reference(tokens))
+    assert torch.equal(torch_logits(params, CFG, tokens), torch_forward(TinyGPT(CFG, seed=0))(tokens))
 
 
 def test_sampler_logprobs_match_the_learner_and_greedy_decodes_the_argmax():
@@ -33,7 +33,7 @@ def test_sampler_logprobs_match_the_learner_and_greedy_decodes_the_argmax():
     torch.testing.assert_close(lp[ro.mask], ro.logprobs[ro.mask], rtol=1e-5, atol=1e-5)
     assert torch.all(ro.logprobs[~ro.mask] == 0) and torch.all(ro.tokens[:, 3:][~ro.mask] == 11)
     with torch.no_grad():
-        resp, mask = greedy_decode(lambda seq: reference_logits(params, CFG, seq)[:, -1], prompts, 6, 12, 11)
+        resp, mask = greedy_decode(lambda seq: torch_logits(params, CFG, seq)[:, -1], prompts, 6, 12, 11)
         seq = torch.cat([prompts, resp], dim=1)
-        argmax = reference_logits(params, CFG, seq[:, :-1])[:, 2:].argmax(-1)
+        argmax = torch_logits(params, CFG, seq[:, :-1])[:, 2:].argmax(-1)
     assert torch.equal(resp[mask], argmax[mask])

@@ -1,0 +1,187 @@
+"""``rl.train``'s flags: the parser, the checks every flag passes before any work, and the resume rules.
+
+``check_args`` raises ``ValueError`` naming the first bad flag; ``RESUME_MAY_DIFFER`` lists the
+flags a ``--resume`` may change, every other stored flag must match (``refuse_resume_conflicts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+
+import precision_kernels as pk
+
+from .losses import AGGREGATIONS, ALGOS, CLIPPED, KL_ESTIMATORS, RATIOS, SEQUENCE_LEVEL
+from .tasks import TASKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rl.train",
+                                description="RL training CLI: ``python -m rl.train`` trains the sanity recipe on "
+                                            "the kernels.")
+    p.add_argument("--task", default="reverse", choices=sorted(TASKS))
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--head-precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="precision of the LM head (default: --precision); fp32 is the common partial fix")
+    p.add_argument("--profile", default="matched", choices=["matched", "engine"], help="the sampler's profile")
+    p.add_argument("--algo", default="pg", choices=list(ALGOS))
+    p.add_argument("--agg", default=None, choices=list(AGGREGATIONS),
+                   help="loss aggregation (default token-mean; gspo is sequence-level and refuses it)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over each rollout (> 1 only for ppo/grpo)")
+    p.add_argument("--minibatches", type=int, default=1, help="optimizer steps per epoch (<= batch x group)")
+    p.add_argument("--ratio", default="old", choices=list(RATIOS),
+                   help="ppo/grpo/gspo ratio: against pi_old ('old', standard PPO) or the sampler's mu ('sampler')")
+    p.add_argument("--tis-cap", type=float, default=None, metavar="C",
+                   help="ppo/grpo with --ratio old: weight each token by min(exp(pi_old - mu), C), detached")
+    p.add_argument("--kl-coef", type=float, default=0.0, metavar="BETA",
+                   help="KL penalty to the frozen post-warm-up policy (0: none)")
+    p.add_argument("--kl-estimator", default=None, choices=list(KL_ESTIMATORS),
+                   help="k1: subtracted from the reward; k2, k3 (default): added to the loss (rl.losses)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=8, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="samples per prompt")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--reward", default="partial", choices=["partial", "binary"])
+    p.add_argument("--dataset-size", type=int, default=512)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--init", default="torch", choices=["torch", "scaled", "gpt2"],
+                   help="initialisation (rl.model.init_parameters); 'torch' gives the warm-up a peaked policy")
+    p.add_argument("--warmup-target", type=float, default=0.35, help="greedy accuracy that ends the warm-up")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-prompts", type=int, default=None, metavar="N",
+                   help="evaluate greedy accuracy on the first N training prompts (default: all of them)")
+    p.add_argument("--stop-at", type=float, default=None, help="stop once greedy accuracy reaches this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the run lives (auto: the kernels' backend device)")
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over even if OUT already holds a run")
+    p.add_argument("--strict", action="store_true", help="any matched-mode mismatch is fatal")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+# Flags that may change when a run is resumed; every other stored flag must match. ("resume",
+# "overwrite" and "out" say how to run, not what; a checkpoint moves between devices.)
+RESUME_MAY_DIFFER = frozenset({"steps", "stop_at", "eval_every", "eval_prompts", "device", "no_progress", "resume",
+                               "overwrite", "out"})
+MAX_DATASET_SIZE = 100_000  # distinct prompts are drawn one by one; every task has 10^6 of them
+
+
+def resolve_device(flag: str) -> torch.device:
+    """``--device`` as a torch device; refuses a device the kernels' backend cannot serve, saying why."""
+    backend = pk.backend.device()
+    if flag == "auto":
+        return backend
+    if flag not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {flag!r}")
+    if flag != backend.type:
+        if flag == "cpu":
+            raise ValueError("--device cpu: the kernels' backend is CUDA in this process (decided when "
+                             "precision_kernels was imported); to run on CPU set TRITON_INTERPRET=1 in the "
+                             "environment before starting (the Triton interpreter then runs the kernels)")
+        raise ValueError(f"--device cuda: the kernels run under the Triton interpreter in this process "
+                         f"(backend {pk.backend.active_backend()!r}: no CUDA device, or TRITON_INTERPRET=1 was set); "
+                         f"use --device cpu or auto")
+    return backend
+
+
+def world_size() -> int:
+    """Processes in the job (torchrun's ``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_args(args) -> None:
+    """Raise ``ValueError`` naming the first bad flag; reads ``args``, OUT's file names, the backend and WORLD_SIZE."""
+    def need(ok: bool, flag: str, expected: str, value) -> None:
+        if not ok:
+            raise ValueError(f"{flag} must be {expected}, got {value!r}")
+
+    def positive_int(flag: str, value, low: int = 1, high: int | None = None) -> None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        ok = ok and (high is None or value <= high)
+        need(ok, flag, f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}", value)
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    positive_int("--steps", args.steps)
+    positive_int("--batch", args.batch)
+    positive_int("--group", args.group, low=2)  # the group-mean baseline needs two samples per prompt
+    positive_int("--epochs", args.epochs)
+    positive_int("--minibatches", args.minibatches, high=args.batch * args.group)
+    positive_int("--eval-every", args.eval_every)
+    positive_int("--dataset-size", args.dataset_size, high=MAX_DATASET_SIZE)
+    if args.eval_prompts is not None:
+        positive_int("--eval-prompts", args.eval_prompts, high=args.dataset_size)
+    positive_int("--d-model", args.d_model)
+    positive_int("--layers", args.layers)
+    positive_int("--heads", args.heads)
+    positive_int("--seed", args.seed, low=0, high=2**63 - 1)
+    resolve_device(args.device)
+    need(args.batch % world_size() == 0, "--batch", f"divisible by the number of processes ({world_size()}: "
+         f"each takes whole prompt groups)", args.batch)
+    need(args.d_model % args.heads == 0, "--d-model", f"divisible by --heads {args.heads}", args.d_model)
+    need(finite(args.lr) and args.lr > 0, "--lr", "a finite number > 0", args.lr)
+    try:
+        pk.check_temperature(args.temperature)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--temperature: {e}") from None
+    need(finite(args.warmup_target) and 0 <= args.warmup_target <= 1, "--warmup-target",
+         "an accuracy in [0, 1]", args.warmup_target)
+    if args.stop_at is not None:
+        need(finite(args.stop_at) and 0 <= args.stop_at <= 1, "--stop-at", "an accuracy in [0, 1]", args.stop_at)
+    clipped = args.algo in CLIPPED
+    need(args.epochs == 1 or clipped, "--epochs", f"1 for --algo {args.algo} (more epochs on one rollout need "
+         f"a clipped objective: {'/'.join(CLIPPED)})", args.epochs)
+    need(args.ratio == "old" or clipped, "--ratio", f"left at 'old' for --algo {args.algo} (it is a "
+         f"{'/'.join(CLIPPED)} option)", args.ratio)
+    need(args.agg is None or args.algo not in SEQUENCE_LEVEL, "--agg", f"left out with --algo {args.algo} "
+         f"(its loss is sequence-level)", args.agg)
+    need(finite(args.kl_coef) and args.kl_coef >= 0, "--kl-coef", "a finite number >= 0", args.kl_coef)
+    need(args.kl_estimator is None or args.kl_coef > 0, "--kl-estimator", "given only with --kl-coef > 0",
+         args.kl_estimator)
+    if args.tis_cap is not None:
+        need(args.algo in ("ppo", "grpo") and args.ratio == "old", "--tis-cap",
+             "used only with --algo ppo/grpo and --ratio old", args.tis_cap)
+        need(finite(args.tis_cap) and args.tis_cap > 0, "--tis-cap", "a finite number > 0", args.tis_cap)
+    need(not (args.resume and args.overwrite), "--overwrite", "left out with --resume (one continues the run "
+         "in --out, the other discards it)", args.overwrite)
+    out = Path(args.out)
+    need(not out.exists() or out.is_dir(), "--out", "a directory (it names an existing file)", args.out)
+    ckpt, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
+    if args.resume:
+        need(ckpt.is_file(), "--resume", f"given only where a checkpoint exists; there is no {ckpt}", True)
+    elif not args.overwrite:
+        held = [p.name for p in (ckpt, metrics) if p.exists() and (p.stat().st_size > 0 or p == ckpt)]
+        need(not held, "--out", f"a directory without a run (it holds {', '.join(held)}; pass --resume to "
+             f"continue it or --overwrite to start over)", args.out)
+
+
+def resume_conflicts(stored: dict, args) -> list[str]:
+    """Flags whose value differs from the stored run's, as ``--flag: stored X, now Y`` (``RESUME_MAY_DIFFER`` aside)."""
+    current = vars(args)
+    out = []
+    for key in sorted(stored):
+        if key in RESUME_MAY_DIFFER or key not in current:
+            continue
+        if stored[key] != current[key]:
+            out.append(f"--{key.replace('_', '-')}: stored {stored[key]!r}, now {current[key]!r}")
+    return out
+
+
+def refuse_resume_conflicts(stored: dict, args) -> None:
+    """``ValueError`` listing every flag of ``args`` that ``resume_conflicts`` finds against the stored run's."""
+    conflicts = resume_conflicts(stored, args)
+    if conflicts:
+        raise ValueError("--resume: these flags differ from the stored run's (only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_MAY_DIFFER))} may): "
+                         + "; ".join(conflicts))
