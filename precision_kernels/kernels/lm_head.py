@@ -2,9 +2,9 @@
 
 One kernel source serves the learner and the sampler (invariant I5):
 
-* SCORE (``MODE=0``, ``pk.linear_logprobs``): the log-prob (and optionally the
+* SCORE (``MODE=SCORE``, ``pk.linear_logprobs``): the log-prob (and optionally the
   entropy) of given tokens;
-* SAMPLE (``MODE=1``, ``pk.linear_sample``): a token drawn by Gumbel-max over
+* SAMPLE (``MODE=SAMPLE``, ``pk.linear_sample``): a token drawn by Gumbel-max over
   ``z = logit / T``, and its log-prob.
 
 Per program, BLOCK_M rows walk the vocabulary in BLOCK_V-wide blocks in index order:
@@ -46,6 +46,7 @@ chunk, which the op multiplies out with the matmul kernels.
 import triton
 import triton.language as tl
 
+from .formats import SAMPLE, SCORE
 from .lse import (
     load_grad_state,
     logprob_grad_block,
@@ -67,6 +68,10 @@ from .specialization import row_kernel
 # batch-1 decode step runs the kernel the batched pass runs; kernels/specialization.py).
 MATMUL_OPERANDS = ("h_ptr", "w_ptr", "K", "k_chunk", "stride_hm", "stride_hk", "stride_wv", "stride_wk",
                    "temperature")
+
+
+# Above every column index: the lowest index among a block's tied best keys wins.
+NO_COLUMN = tl.constexpr(2147483647)
 
 
 @triton.jit
@@ -94,7 +99,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
     row_mask = rows < M
     run_max, run_sum, run_dot = lse_init(BLOCK_M)
     run_target = target_init(BLOCK_M)
-    if MODE == 0:
+    if MODE == SCORE:
         target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
     else:
         target = tl.zeros((BLOCK_M,), tl.int64)
@@ -103,6 +108,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
     for block in range(0, tl.cdiv(V, BLOCK_V)):
         pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
         # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
+        # (no bias: HAS_BIAS=False, so the third pointer is never read)
         logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
                              stride_hm, stride_hk, stride_wk, stride_wv,
                              KIND, False, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)
@@ -111,12 +117,12 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
         z = scale_logits(logits, temperature)
         # the shared online log-sum-exp
         run_max, run_sum, run_dot = lse_block_update(run_max, run_sum, run_dot, z, mask, WITH_ENTROPY)
-        if MODE == 1:
+        if MODE == SAMPLE:
             # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u a function of (seed of the row, column)
             u = open_uniform(philox_bits(seeds, cols))
             key = tl.where(mask, z - tl.log(-tl.log(u)), float("-inf"))
             block_best = tl.max(key, axis=1)
-            block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], 2147483647), axis=1)
+            block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], NO_COLUMN), axis=1)
             better = block_best > best_key  # strict: an earlier block keeps a tie
             best_key = tl.where(better, block_best, best_key)
             target = tl.where(better, block_arg.to(tl.int64), target)
@@ -131,7 +137,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
         tl.store(entropy_ptr + rows, entropy, mask=row_mask)
     tl.store(max_ptr + rows, run_max, mask=row_mask)
     tl.store(sum_ptr + rows, run_sum, mask=row_mask)
-    if MODE == 1:
+    if MODE == SAMPLE:
         # a row with a NaN or +inf logit has no distribution (run_sum is NaN): token 0, log-prob NaN
         target = tl.where(run_sum == run_sum, target, 0)
         tl.store(tokens_ptr + rows, target, mask=row_mask)
@@ -157,6 +163,7 @@ def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_pt
         HAS_G_ENTROPY, BLOCK_M)
     # recompute this tile of logits (pid_v counts BLOCK_V blocks from column 0; v_start is a multiple of BLOCK_V)
     pid_v = v_start // BLOCK_V + pid_c
+    # the backward runs the matched profile: no bias (HAS_BIAS=False), one K chunk (SPLITS=1, k_chunk=K)
     logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
                          stride_hm, stride_hk, stride_wk, stride_wv,
                          KIND, False, 1, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)

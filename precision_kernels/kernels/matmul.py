@@ -40,6 +40,7 @@ Numerics (DESIGN.md section 2):
 import triton
 import triton.language as tl
 
+from .formats import BF16, FP16
 from .rounding import round_fp32, to_fp32
 from .specialization import tile_kernel
 
@@ -47,9 +48,9 @@ from .specialization import tile_kernel
 @triton.jit
 def _native_pointer(ptrs, KIND: tl.constexpr):
     """Compiled kernels only: int16 pointers of 16-bit data as fp16/bf16 pointers (fp32 ones unchanged)."""
-    if KIND == 1:
+    if KIND == FP16:
         return ptrs.to(tl.pointer_type(tl.float16), bitcast=True)
-    elif KIND == 2:
+    elif KIND == BF16:
         return ptrs.to(tl.pointer_type(tl.bfloat16), bitcast=True)
     else:
         return ptrs
@@ -90,10 +91,10 @@ def _interpreted_k_block(acc, a_ptrs, b_ptrs, a_mask, b_mask, a_zero, b_zero, KI
     b = tl.load(b_ptrs, mask=b_mask, other=b_zero)
     # widen: fp16 by numpy's exact conversion; bf16 by a shift (the interpreter's bf16 -> fp32 is wrong
     # for subnormals, DESIGN.md section 3)
-    if KIND == 1:
+    if KIND == FP16:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    elif KIND == 2:
+    elif KIND == BF16:
         a = (a.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         b = (b.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     # multiply-accumulate: the loaded layouts broadcast to the (BK, .., BM, BN) product tile
@@ -157,10 +158,10 @@ def _dot_k_range(acc, a_base, b_base, a_ok, b_ok, ka, kb, stride_ak, stride_bk, 
         b_ptrs = tl.expand_dims(b_base, 0) + k_at * stride_bk
         # 16-bit data is read through fp16 pointers (widened by one exact conversion) or, for bf16,
         # uint16 pointers (widened by a shift): int16 would need one more bitcast per operand and block.
-        if KIND == 1:
+        if KIND == FP16:
             a_ptrs = a_ptrs.to(tl.pointer_type(tl.float16), bitcast=True)
             b_ptrs = b_ptrs.to(tl.pointer_type(tl.float16), bitcast=True)
-        elif KIND == 2:
+        elif KIND == BF16:
             a_ptrs = a_ptrs.to(tl.pointer_type(tl.uint16), bitcast=True)
             b_ptrs = b_ptrs.to(tl.pointer_type(tl.uint16), bitcast=True)
         # The masks, the 0 of masked lanes and the pointer steps are whole tiles of the operands'
