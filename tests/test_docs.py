@@ -28,8 +28,10 @@ _HISTORY_TREES = ("precision_kernels", "rl", "benchmarks", "tests")
 
 
 def _sources() -> list[Path]:
+    """The project's .py files and the README; not this file, whose examples are not citations."""
     files = [p for p in ROOT.rglob("*.py") if not _NOT_SOURCE & set(p.relative_to(ROOT).parts)
-             and not any(part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)]
+             and not any(part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)
+             and p != Path(__file__).resolve()]
     return sorted(files) + [ROOT / "README.md"]
 
 
