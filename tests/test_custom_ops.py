@@ -4,7 +4,9 @@
 or aliased), test_autograd_registration (autograd goes through register_autograd),
 test_faketensor (the fake implementation's shapes, dtypes and strides match the real one)
 and test_aot_dispatch_dynamic (AOT autograd with dynamic shapes, forward and backward).
-Inputs are tiny: each real call is an interpreter launch.
+Inputs are tiny: each real call is an interpreter launch. The cases come from the op registry
+(each family's ``opcheck``); the layout checks of direct ``torch.ops.pk`` calls are bad-input rows
+(tests/test_bad_input.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import precision_kernels as pk
 from precision_kernels.ops._common import observe_launches
 from precision_kernels.ops._custom import NAMESPACE, fp32_value
+from precision_kernels.ops.registry import all_families
 
 DEVICE = pk.backend.device()
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -33,56 +36,10 @@ def ids(*values):
     return torch.tensor(values, dtype=torch.int64, device=DEVICE)
 
 
-def _stats(op, *args):
-    """The forward's saved statistics (real values) for a backward op's opcheck."""
-    with torch.no_grad():
-        return [t.detach() for t in op(*args)]
-
-
 def _cases():
-    """(id, op, args): each forward op in fp32 and a 16-bit dtype, optional arguments both ways; each backward op."""
-    pk_ops = torch.ops.pk
-    cases = [
-        ("matmul", pk_ops.matmul, (rand(3, 4), rand(4, 5, seed=1))),
-        ("matmul/batched/bf16", pk_ops.matmul, (rand(2, 3, 4, dtype=BF16), rand(2, 4, 5, dtype=BF16, seed=1))),
-        ("linear", pk_ops.linear, (rand(3, 4), rand(5, 4, seed=1), rand(5, seed=2))),
-        ("linear/no-bias/fp16", pk_ops.linear, (rand(3, 4, dtype=F16), rand(5, 4, dtype=F16, seed=1), None)),
-        ("softmax", pk_ops.softmax, (rand(3, 5), 0.5)),
-        ("log_softmax/bf16", pk_ops.log_softmax, (rand(3, 5, dtype=BF16), 1.0)),
-        ("rms_norm", pk_ops.rms_norm, (rand(3, 6), rand(6, seed=1), 1e-6)),
-        ("rms_norm/fp16", pk_ops.rms_norm, (rand(3, 6, dtype=F16), rand(6, dtype=F16, seed=1), 1e-6)),
-        ("layer_norm", pk_ops.layer_norm, (rand(3, 6), rand(6, seed=1), rand(6, seed=2), 1e-5)),
-        ("layer_norm/no-affine/bf16", pk_ops.layer_norm, (rand(3, 6, dtype=BF16), None, None, 1e-5)),
-        ("token_logprobs", pk_ops.token_logprobs, (rand(3, 7), ids(0, 6, 2), 0.7, False)),
-        ("token_logprobs/entropy/fp16", pk_ops.token_logprobs, (rand(3, 7, dtype=F16), ids(0, 6, 2), 1.0, True)),
-        ("round_to/bf16", pk_ops.round_to, (rand(3, 5), BF16)),
-        ("round_to/fp16", pk_ops.round_to, (rand(2, 3, 5), F16)),
-    ]
-    a, b = rand(3, 4, grad=False), rand(4, 5, seed=1, grad=False)
-    x, w = rand(3, 4, grad=False), rand(5, 4, seed=1, grad=False)
-    s = rand(3, 5, grad=False)
-    xn, wn, bn = rand(3, 6, grad=False), rand(6, seed=1, grad=False), rand(6, seed=2, grad=False)
-    logits, tok = rand(3, 7, grad=False), ids(0, 6, 2)
-    _, rstd = _stats(pk_ops.rms_norm, xn, wn, 1e-6)
-    _, mean, ln_rstd = _stats(pk_ops.layer_norm, xn, wn, bn, 1e-5)
-    _, smax, ssum = _stats(pk_ops.softmax, s, 0.5)
-    _, ent, lmax, lsum = _stats(pk_ops.token_logprobs, logits, tok, 0.7, True)
-    g3 = rand(3, grad=False, seed=5)
-    cases += [
-        ("matmul_backward", pk_ops.matmul_backward, (rand(3, 5, seed=3, grad=False), a, b, "interpreter", True, True)),
-        ("matmul_backward/only-b", pk_ops.matmul_backward,
-         (rand(3, 5, seed=3, grad=False), a, b, "interpreter", False, True)),
-        ("linear_backward", pk_ops.linear_backward,
-         (rand(3, 5, seed=3, grad=False), x, w, "interpreter", True, True, True)),
-        ("softmax_backward", pk_ops.softmax_backward, (rand(3, 5, seed=3, grad=False), s, smax, ssum, 0.5, False)),
-        ("rms_norm_backward", pk_ops.rms_norm_backward, (rand(3, 6, seed=3, grad=False), xn, wn, rstd)),
-        ("layer_norm_backward", pk_ops.layer_norm_backward,
-         (rand(3, 6, seed=3, grad=False), xn, wn, mean, ln_rstd, F32, True, True)),
-        ("token_logprobs_backward", pk_ops.token_logprobs_backward, (logits, tok, g3, g3 * 0.5, ent, lmax, lsum, 0.7)),
-        ("token_logprobs_backward/no-entropy", pk_ops.token_logprobs_backward,
-         (logits, tok, g3, None, ent, lmax, lsum, 0.7)),
-    ]
-    return cases
+    """(id, op, args) from every registered family (ops/registry.py): each forward op in fp32 and a 16-bit
+    dtype, optional arguments both ways; each backward op."""
+    return [case for family in all_families().values() if family.opcheck for case in family.opcheck()]
 
 
 CASES = _cases()
@@ -93,8 +50,13 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-PUBLIC_OPS = ("matmul", "linear", "softmax", "log_softmax", "rms_norm", "layer_norm", "token_logprobs", "round_to",
-              "linear_logprobs", "linear_sample")
+def test_opcheck_covers_every_custom_op():
+    checked = {case.op._qualified_op_name for case in CASES}
+    declared = {name for family in all_families().values() for name in family.custom_ops}
+    assert declared <= checked, f"no opcheck case for {sorted(declared - checked)}"
+
+
+PUBLIC_OPS = tuple(name for family in all_families().values() for name in family.public)
 NOT_DIFFERENTIABLE = ("linear_sample",)     # draws tokens: no gradient by design
 
 
@@ -152,16 +114,6 @@ def test_backward_runs_the_backward_ops():
                     "layer_norm_backward", "softmax_backward", "rms_norm_backward", "linear_backward"]
 
 
-def test_token_range_is_checked_inside_the_custom_op():
-    """The range check reads the ids, so it runs in the op's real implementation, before any launch."""
-    with observe_launches() as launches:
-        with pytest.raises(ValueError, match="tokens holds id -1"):
-            torch.ops.pk.token_logprobs(rand(3, 5), ids(0, -1, 2), 1.0, False)
-        with pytest.raises(ValueError, match="tokens holds id 5"):
-            torch.ops.pk.token_logprobs(rand(3, 5), ids(0, 5, 2), 1.0, False)
-    assert launches == []
-
-
 def test_public_functions_trace_on_fake_tensors_without_data():
     """Under FakeTensorMode (what torch.compile traces with) no check needs a value and no kernel launches."""
     with observe_launches() as launches, FakeTensorMode():
@@ -190,30 +142,6 @@ def test_fp32_value_equals_torch_float32_rounding():
         got = fp32_value(v)
         assert got == want and math.copysign(1, got) == math.copysign(1, want), (v, got, want)
     assert math.isnan(fp32_value(math.nan))
-
-
-BAD_DIRECT_CALLS = [
-    ("matmul/K", lambda: torch.ops.pk.matmul(rand(3, 4), rand(5, 2)), "pk::matmul"),
-    ("matmul/ranks", lambda: torch.ops.pk.matmul(rand(2, 3, 4), rand(4, 2)), "pk::matmul"),
-    ("matmul/dtypes", lambda: torch.ops.pk.matmul(rand(3, 4), rand(4, 2, dtype=F16)), "pk::matmul"),
-    ("linear/K", lambda: torch.ops.pk.linear(rand(3, 4), rand(5, 3), None), "pk::linear"),
-    ("linear/bias", lambda: torch.ops.pk.linear(rand(3, 4), rand(5, 4), rand(4)), "pk::linear"),
-    ("softmax/rank", lambda: torch.ops.pk.softmax(rand(2, 3, 4), 1.0), "pk::softmax"),
-    ("rms_norm/weight", lambda: torch.ops.pk.rms_norm(rand(3, 4), rand(5), 1e-6), "pk::rms_norm"),
-    ("layer_norm/bias", lambda: torch.ops.pk.layer_norm(rand(3, 4), None, rand(3), 1e-5), "pk::layer_norm"),
-    ("token_logprobs/tokens", lambda: torch.ops.pk.token_logprobs(rand(3, 4), ids(0, 1), 1.0, False),
-     "pk::token_logprobs"),
-    ("round_to/dtype", lambda: torch.ops.pk.round_to(rand(3), F32), "pk::round_to"),
-    ("round_to/input", lambda: torch.ops.pk.round_to(rand(3, dtype=F16), BF16), "pk::round_to"),
-]
-
-
-@pytest.mark.parametrize("call,message", [c[1:] for c in BAD_DIRECT_CALLS], ids=[c[0] for c in BAD_DIRECT_CALLS])
-def test_direct_op_calls_check_their_layout_before_any_launch(call, message):
-    """torch.ops.pk callers skip the public wrappers, so each implementation checks what its kernels rely on."""
-    with observe_launches() as launches, pytest.raises(ValueError, match=message):
-        call()
-    assert launches == []
 
 
 def test_direct_op_calls_accept_a_strided_last_dim():

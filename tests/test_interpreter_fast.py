@@ -1,12 +1,13 @@
 """The interpreter fast paths in backend.py change no bit of any kernel output (issue 14).
 
-Each kernel family runs at random small shapes (hypothesis) with the fast paths and
+Each sample of the op registry runs at random small shapes (hypothesis) with the fast paths and
 again with them removed (the plain Triton 3.9 interpreter), forward and backward, and
 the results must be bitwise equal. One subprocess checks that ``PK_INTERPRETER_FAST=0``
 leaves Triton untouched and computes the same bits.
 """
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton.runtime import interpreter
 
-import precision_kernels as pk
 from precision_kernels import backend
+from precision_kernels.ops.registry import all_samples
 
 pytestmark = pytest.mark.skipif(
     not backend.interpreter_fast_paths_active(),
@@ -53,76 +54,23 @@ def _assert_same_bits(fast: list, plain: list) -> None:
         assert torch.equal(_bits(a), _bits(b)), f"output {i} differs"
 
 
-def _leaf(shape, dtype, g, scale=1.0):
-    return (torch.randn(shape, generator=g) * scale).to(dtype).requires_grad_()
-
-
-def _grads(out: torch.Tensor, inputs: list, g) -> list:
-    """Outputs plus the gradients of a random linear function of ``out`` with respect to ``inputs``."""
-    upstream = torch.randn(out.shape, generator=g).to(out.dtype)
-    grads = torch.autograd.grad(out, inputs, upstream)
-    return [out, *grads]
-
-
-# Each family: (dtype, rows, n, k, seed) -> list of tensors (outputs and gradients).
-def _linear(dtype, rows, n, k, seed):
+def _run_sample(sample_id: str, dtype, rows, n, k, seed) -> list:
+    """A registered sample (ops/registry.py): its outputs, then the gradients of a random linear function of
+    its differentiable outputs with respect to its differentiable inputs."""
+    sample = all_samples(dtype, rows, n, k, seed)[sample_id]
+    outs = sample.fn(*sample.args)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    inputs = [a for a in sample.args if isinstance(a, torch.Tensor) and a.requires_grad]
+    diff = [o for o in outs if o.requires_grad]
+    if not diff:
+        return outs
     g = torch.Generator().manual_seed(seed)
-    x, w, b = _leaf((rows, k), dtype, g), _leaf((n, k), dtype, g), _leaf((n,), dtype, g)
-    return _grads(pk.linear(x, w, b), [x, w, b], g)
+    upstream = [torch.randn(o.shape, generator=g).to(o.dtype) for o in diff]
+    return outs + list(torch.autograd.grad(diff, inputs, upstream))
 
 
-def _batched_matmul(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    a, b = _leaf((3, rows, k), dtype, g), _leaf((3, k, n), dtype, g)
-    return _grads(pk.matmul(a, b), [a, b], g)
-
-
-def _softmax(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = _leaf((rows, n), dtype, g, scale=4.0)
-    return _grads(pk.softmax(x, scale=0.7), [x], g) + _grads(pk.log_softmax(x), [x], g)
-
-
-def _rms_norm(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    x, w = _leaf((rows, n), dtype, g), _leaf((n,), dtype, g)
-    return _grads(pk.rms_norm(x, w), [x, w], g)
-
-
-def _token_logprobs(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    logits = _leaf((rows, n), dtype, g, scale=3.0)
-    tokens = torch.randint(0, n, (rows,), generator=g)
-    lp, ent = pk.token_logprobs(logits, tokens, temperature=0.7, return_entropy=True)
-    return _grads(lp + ent, [logits], g) + [lp, ent]
-
-
-def _lm_head(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    h, w = _leaf((rows, k), dtype, g), _leaf((n, k), dtype, g)
-    tokens = torch.randint(0, n, (rows,), generator=g)
-    lp = pk.linear_logprobs(h, w, tokens, temperature=0.9)
-    sampled, sampled_lp = pk.linear_sample(h.detach(), w.detach(), temperature=0.9,
-                                           generator=torch.Generator().manual_seed(seed))
-    return _grads(lp, [h, w], g) + [sampled, sampled_lp]
-
-
-def _round_to(dtype, rows, n, k, seed):
-    g = torch.Generator().manual_seed(seed)
-    # wide exponent range: subnormal results, ties, overflow to inf
-    x = torch.randn(rows, n, generator=g) * torch.exp2(torch.randint(-30, 20, (rows, n), generator=g).float())
-    return [pk.round_to(x, torch.float16), pk.round_to(x, torch.bfloat16)]
-
-
-FAMILIES = {"linear": _linear, "batched_matmul": _batched_matmul, "softmax": _softmax, "rms_norm": _rms_norm,
-            "token_logprobs": _token_logprobs, "lm_head": _lm_head, "round_to": _round_to}
-if hasattr(pk, "layer_norm"):
-    def _layer_norm(dtype, rows, n, k, seed):
-        g = torch.Generator().manual_seed(seed)
-        x, w, b = _leaf((rows, n), dtype, g), _leaf((n,), dtype, g), _leaf((n,), dtype, g)
-        return _grads(pk.layer_norm(x, w, b), [x, w, b], g)
-
-    FAMILIES["layer_norm"] = _layer_norm
+# Each registered sample: (dtype, rows, n, k, seed) -> list of tensors (outputs and gradients).
+FAMILIES = {name: functools.partial(_run_sample, name) for name in all_samples(torch.float32, 1, 1, 1, 0)}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -204,8 +152,8 @@ def test_other_triton_version_falls_back_to_plain_interpreter():
 
 _SUBPROCESS = """
 import sys, torch, triton
-import precision_kernels as pk
 from precision_kernels import backend
+from precision_kernels.ops.registry import all_samples
 from triton.runtime import interpreter
 assert not backend.interpreter_fast_paths_active()
 assert "__new__" not in vars(triton.language.core.block_type)

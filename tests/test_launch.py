@@ -1,15 +1,18 @@
 """The one launch path (ops/_common.launch): every kernel launch of every op family receives the backend's
-launch options (FMA contraction off) and the tile config's warps, and goes through ``launch``."""
+launch options (FMA contraction off) and the tile config's warps, and goes through ``launch``. The calls are
+the op registry's samples, forward and backward."""
+
+import functools
 
 import pytest
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-import precision_kernels as pk
 from precision_kernels import backend
 from precision_kernels.ops import _common
 from precision_kernels.ops._common import launch, observe_launches
+from precision_kernels.ops.registry import all_samples
 
 DEV = backend.device()
 
@@ -30,60 +33,20 @@ def received(monkeypatch):
     return calls
 
 
-def _randn(*shape, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype).to(DEV)
+def _run_sample(sample_id: str, dtype) -> None:
+    """A registered sample (ops/registry.py) forward, then backward through every output that has a gradient."""
+    sample = all_samples(dtype, rows=5, n=9, k=8, seed=0)[sample_id]
+    outs = sample.fn(*sample.args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum(o.float().sum() for o in outs if o.requires_grad)
+    if isinstance(loss, torch.Tensor):
+        loss.backward()
 
 
-def _round_to():
-    pk.round_to(_randn(5, 7), torch.bfloat16)
-
-
-def _matmul():
-    a, b = _randn(5, 8, dtype=torch.float16, seed=1).requires_grad_(), _randn(8, 3, dtype=torch.float16, seed=2)
-    pk.matmul(a, b).float().sum().backward()
-
-
-def _bmm():
-    pk.matmul(_randn(2, 5, 8, dtype=torch.bfloat16), _randn(2, 8, 3, dtype=torch.bfloat16, seed=1))
-
-
-def _linear():
-    x = _randn(5, 8).requires_grad_()
-    w, bias = _randn(3, 8, seed=1).requires_grad_(), _randn(3, seed=2).requires_grad_()
-    pk.linear(x, w, bias).sum().backward()
-
-
-def _softmax():
-    x = _randn(4, 9).requires_grad_()
-    (pk.softmax(x, scale=0.5) * _randn(4, 9, seed=1)).sum().backward()
-    pk.log_softmax(x).sum().backward()
-
-
-def _rms_norm():
-    x, w = _randn(4, 9).requires_grad_(), _randn(9, seed=1).requires_grad_()
-    pk.rms_norm(x, w).sum().backward()
-
-
-def _layer_norm():
-    x, w, b = _randn(4, 9).requires_grad_(), _randn(9, seed=1).requires_grad_(), _randn(9, seed=2).requires_grad_()
-    pk.layer_norm(x, w, b).sum().backward()
-
-
-def _token_logprobs():
-    logits = _randn(4, 11).requires_grad_()
-    lp, h = pk.token_logprobs(logits, torch.tensor([0, 3, 10, 5], device=DEV), 0.7, return_entropy=True)
-    (lp.sum() + h.sum()).backward()
-
-
-def _lm_head():
-    h, w = _randn(4, 16, dtype=torch.float16).requires_grad_(), _randn(11, 16, dtype=torch.float16, seed=1)
-    tokens, _ = pk.linear_sample(h.detach(), w, 0.9, generator=torch.Generator(device=DEV).manual_seed(0))
-    pk.linear_logprobs(h, w, tokens, 0.9).sum().backward()
-
-
-FAMILIES = {"round_to": _round_to, "matmul": _matmul, "bmm": _bmm, "linear": _linear, "softmax": _softmax,
-            "rms_norm": _rms_norm, "layer_norm": _layer_norm, "token_logprobs": _token_logprobs, "lm_head": _lm_head}
+SAMPLES = sorted(all_samples(torch.float32, rows=1, n=1, k=1, seed=0))
+# Every sample in each storage format (round_to's input is fp32 whatever the dtype).
+FAMILIES = {f"{name}/{str(dtype).removeprefix('torch.')}": functools.partial(_run_sample, name, dtype)
+            for name in SAMPLES for dtype in (torch.float32, torch.float16, torch.bfloat16)}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
