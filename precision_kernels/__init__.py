@@ -20,7 +20,7 @@ from .ops import (
     softmax,
     token_logprobs,
 )
-from .matched_mode import matched_mode
+from .matched import matched_mode
 from .precision import Precision
 from .profiles import active_profile, use_profile
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import precision_kernels as pk
-from precision_kernels.matched_mode import UncoveredOpError
+from precision_kernels.matched import UncoveredOpError
 
 pytest.importorskip("transformers")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import precision_kernels as pk
-from precision_kernels.matched_mode import UncoveredOpError, _fused_rms_norm
+from precision_kernels.matched import HANDLERS, UncoveredOpError, handlers, mode
+from precision_kernels.ops.registry import all_families
 
 DEVICE = pk.backend.device()
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -213,7 +215,7 @@ def test_fused_rms_norm_and_layer_norm():
         # A device kernel (CUDA) is served whole; on CPU the op decomposes into pow/mean/rsqrt first.
         assert report.served["_fused_rms_norm.default"] == 1 or report.served["mean.dim"] == 1
         assert not report.uncovered
-        out, rstd = _fused_rms_norm(x, [48], w, 1e-6)     # the handler itself
+        out, rstd = HANDLERS["aten._fused_rms_norm.default"](x, [48], w, 1e-6)     # the handler itself
         assert_bitwise(out, pk.rms_norm(x, w, 1e-6))
         torch.testing.assert_close(rstd, torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     with pk.matched_mode(audit=True) as report:
@@ -251,6 +253,143 @@ def test_layer_norm_backward_is_batch_invariant(dtype):
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     for ours, theirs in zip(grads[0], (t.grad for t in leaves)):
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=tol, atol=tol)
+
+
+# --- the backward handlers run pk's backward ops ---------------------------------------------
+
+
+def _grads(fn, *leaves, dy):
+    """Gradients of ``(fn(*leaves) * dy).sum()`` with respect to fresh copies of the leaves."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    fn(*leaves).backward(dy)
+    return [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_backward_is_pk_softmax_autograd(dtype):
+    """The gradient of a served softmax is pk.softmax's own autograd gradient, bit for bit."""
+    x, dy = randn((7, 3, 45), dtype, 31, scale=3.0), randn((7, 3, 45), dtype, 32)
+    with pk.matched_mode() as report:
+        (ours,) = _grads(lambda t: torch.softmax(t, -1), x, dy=dy)
+    assert report.served["_softmax_backward_data.default"] == 1 and not report.uncovered
+    (theirs,) = _grads(lambda t: pk.softmax(t, -1), x, dy=dy)
+    assert_bitwise(ours, theirs)
+    if dtype != torch.float32:
+        # half_to_float (HF attention): the kernel widens the 16-bit input and rounds dx once to its dtype.
+        dy32 = dy.float()
+        with pk.matched_mode() as report:
+            (ours,) = _grads(lambda t: F.softmax(t, dim=-1, dtype=torch.float32), x, dy=dy32)
+        assert not report.uncovered
+        (theirs,) = _grads(lambda t: pk.softmax(t.float(), -1), x, dy=dy32)
+        assert_bitwise(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_softmax_backward_is_dy_minus_exp_y_times_rowsum(dtype):
+    """dx = dy - exp(y) * rowsum(dy) from the output y, as aten defines it: checked in FP64 from the same y."""
+    x, dy = randn((9, 70), dtype, 33, scale=3.0), randn((9, 70), dtype, 34)
+    xr = x.clone().requires_grad_(True)
+    with pk.matched_mode() as report:
+        y = torch.log_softmax(xr, -1)
+        y.backward(dy)
+    assert report.served["_log_softmax_backward_data.default"] == 1 and not report.uncovered
+    y64, dy64 = y.detach().double(), dy.double()
+    want = dy64 - y64.exp() * dy64.sum(-1, keepdim=True)
+    # fp32 work (a few roundings of terms up to |dy| + exp(y) * rowsum|dy|), then one rounding to dtype.
+    scale = dy64.abs() + y64.exp() * dy64.abs().sum(-1, keepdim=True)
+    bound = 8 * 2.0**-24 * scale + torch.finfo(dtype).eps / 2 * want.abs()
+    assert bool(((xr.grad.double() - want).abs() <= bound).all())
+    (theirs,) = _grads(lambda t: torch.log_softmax(t, -1), x, dy=dy)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(xr.grad.float(), theirs.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("xd, wd", [(torch.float32, torch.float32), (torch.float16, torch.float32),
+                                    (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
+                                    (torch.bfloat16, torch.bfloat16)])
+def test_layer_norm_backward_is_pk_layer_norm_backward(xd, wd):
+    """Where torch keeps the statistics in fp32 (fp32 x, or an fp32 weight), x, weight and bias gradients
+    are pk.layer_norm's autograd gradients bit for bit; with 16-bit statistics (CPU, 16-bit weight) they are
+    pk's backward kernel on those statistics, and checked against FP64."""
+    x, dy = randn((11, 5, 40), xd, 41, scale=2.0), randn((11, 5, 40), xd, 42)
+    w, b = randn((40,), wd, 43), randn((40,), wd, 44)
+    with pk.matched_mode() as report:
+        ours = _grads(lambda t, w_, b_: F.layer_norm(t, (40,), w_, b_, 1e-5), x, w, b, dy=dy)
+    assert report.served["native_layer_norm_backward.default"] == 1 and not report.uncovered
+    theirs = _grads(lambda t, w_, b_: pk.layer_norm(t, w_, b_, 1e-5), x, w, b, dy=dy)
+    if xd == torch.float32 or wd == torch.float32 or DEVICE.type != "cpu":
+        for a, e in zip(ours, theirs):
+            assert_bitwise(a, e)
+    oracle = _grads(lambda t, w_, b_: F.layer_norm(t, (40,), w_, b_, 1e-5), x.double(), w.double(), b.double(),
+                    dy=dy.double())
+    plain = _grads(lambda t, w_, b_: F.layer_norm(t, (40,), w_, b_, 1e-5), x, w, b, dy=dy)
+    for a, t, o in zip(ours, plain, oracle):
+        err, torch_err = (a.double() - o).norm() / o.norm(), (t.double() - o).norm() / o.norm()
+        assert err <= 1.5 * torch_err + 2.0**-22, (err, torch_err)
+
+
+def test_softmax_backward_without_a_pk_forward_falls_back_and_says_why():
+    x, dy = randn((6, 30), torch.float32, 51), randn((6, 30), torch.float32, 52)
+    xr = x.clone().requires_grad_(True)
+    y = torch.softmax(xr, -1)                              # outside the mode: nothing kept for the backward
+    with pk.matched_mode() as report:
+        y.backward(dy)
+    (rec,) = report.uncovered.values()
+    assert rec.op == "_softmax_backward_data.default" and "did not run on pk" in rec.reason
+    (theirs,) = _grads(lambda t: torch.softmax(t, -1), x, dy=dy)
+    assert_bitwise(xr.grad, theirs)
+
+
+def test_softmax_input_modified_in_place_falls_back():
+    x, dy = randn((6, 30), torch.float32, 53), randn((6, 30), torch.float32, 54)
+    xr = x.clone().requires_grad_(True)
+    with pk.matched_mode() as report:
+        scores = xr * 1.0
+        y = torch.softmax(scores, -1)
+        scores.mul_(2.0)                                   # autograd does not mind: softmax saved only y
+        y.backward(dy)
+    (rec,) = report.uncovered.values()
+    assert "modified in place" in rec.reason
+    (theirs,) = _grads(lambda t: torch.softmax(t, -1), x, dy=dy)
+    torch.testing.assert_close(xr.grad, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_state_lives_as_long_as_the_output():
+    """A served softmax's kept input goes when its output's storage does (freed with the graph, or dropped)."""
+    # The Triton interpreter's launcher leaves reference cycles that hold its argument buffers until gc runs.
+    x, dy = randn((6, 30), torch.float32, 55), randn((6, 30), torch.float32, 56)
+    gc.collect()
+    assert not handlers._SOFTMAX_SAVED
+    with pk.matched_mode():
+        y = torch.softmax(x.clone().requires_grad_(True), -1)
+        assert len(handlers._SOFTMAX_SAVED) == 1
+        y.backward(dy)
+        assert len(handlers._SOFTMAX_SAVED) == 1            # y still holds its storage
+        del y
+    gc.collect()
+    assert not handlers._SOFTMAX_SAVED                      # freed with the graph
+    with pk.matched_mode():
+        y = torch.softmax(x.clone().requires_grad_(True), -1)
+    del y                                                   # a graph dropped without a backward
+    gc.collect()
+    assert not handlers._SOFTMAX_SAVED
+    leaf = x.clone().requires_grad_(True)
+    with torch.no_grad(), pk.matched_mode():
+        torch.softmax(leaf * 2.0, -1)                       # no grad (generate): nothing kept
+        assert not handlers._SOFTMAX_SAVED
+
+
+# --- the served table comes from the op registry ---------------------------------------------
+
+
+def test_every_handler_is_claimed_by_exactly_one_family():
+    claims = [(name, family.name) for family in all_families().values() for name in family.aten]
+    claimed = [name for name, _ in claims]
+    assert sorted(set(HANDLERS)) == sorted(claimed), "HANDLERS and the families' aten names differ"
+    twice = {name for name in claimed if claimed.count(name) > 1}
+    assert not twice, f"claimed by more than one family: {[c for c in claims if c[0] in twice]}"
+    assert {str(op) for op in mode.SERVED} == set(HANDLERS)
+    assert all(mode.SERVED[op] is HANDLERS[str(op)] for op in mode.SERVED)
 
 
 # --- audit and strict -------------------------------------------------------------------------

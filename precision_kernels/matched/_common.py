@@ -1,0 +1,28 @@
+"""What the matched-mode modules share: the decline signal and how an op and its inputs are read."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Decline(Exception):
+    """A served op's arguments fall outside what pk serves: fall back to torch and record why."""
+
+
+def base_name(func) -> str:
+    """The aten op's name without namespace, overload or in-place underscore: ``aten.exp_.default`` -> "exp"."""
+    name = func._schema.name.split("::")[-1]
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def flat_tensors(obj) -> list:
+    """The tensors in ``obj`` and in its (nested) lists and tuples, in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in flat_tensors(o)]
+    return []
+
+
+def has_float(values) -> bool:
+    return any(isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in values)

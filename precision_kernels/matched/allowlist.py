@@ -1,0 +1,103 @@
+"""The audit's allowlist of exact or per-element ops, and ``classify``: an op pk does not serve is allowed or not.
+
+The allowlist is explicit and the audit fails closed: an op that ran, is not served and is
+not on a list here is *uncovered*. The lists: views and indexing, creation, copies and
+casts, correctly rounded elementwise arithmetic, exact selections (max, topk, sort, ...),
+and reductions that are exact on integer and bool tensors only (HF ``generate``'s
+bookkeeping). Sampling ops are listed apart: they draw tokens but produce no scored number.
+"""
+
+from __future__ import annotations
+
+from ._common import base_name, flat_tensors, has_float
+from .vector_path import VECTOR_PATH_OPS, pow_is_exact
+
+VIEWS_AND_INDEXING = frozenset({
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "t", "transpose", "permute", "unsqueeze",
+    "squeeze", "slice", "select", "split", "split_with_sizes", "chunk", "narrow", "as_strided", "unbind",
+    "alias", "detach", "diagonal", "unfold", "view_as", "lift_fresh", "lift_fresh_copy", "_local_scalar_dense",
+    "index", "index_select", "gather", "embedding", "take", "masked_select", "nonzero", "flip", "roll",
+    "repeat", "repeat_interleave", "tril", "triu", "slice_scatter", "select_scatter", "diagonal_scatter",
+    "as_strided_scatter", "index_copy", "index_fill", "masked_scatter", "scatter", "contiguous",
+    "_unsafe_index", "index_put", "_index_put_impl", "movedim", "_reshape_copy", "unflatten", "flatten",
+    # backward of a view: the gradient copied into zeros (exact)
+    "slice_backward", "select_backward", "diagonal_backward",
+})
+CREATION = frozenset({
+    "empty", "empty_like", "empty_strided", "empty_permuted", "zeros", "zeros_like", "ones", "ones_like",
+    "full", "full_like", "arange", "scalar_tensor", "new_empty", "new_empty_strided", "new_zeros", "new_ones",
+    "new_full", "eye", "fill", "zero", "resize", "resize_as", "set", "tril_indices", "triu_indices",
+})
+COPIES_AND_CASTS = frozenset({
+    "clone", "copy", "_to_copy", "to", "_copy_from", "_copy_from_and_resize", "cat", "stack",
+    "constant_pad_nd", "masked_fill", "where", "_has_compatible_shallow_copy_type", "record_stream",
+    # checks that compute nothing
+    "_assert_async", "_assert_scalar", "_functional_assert_async", "equal", "is_same_size",
+})
+# Correctly rounded (one rounding, no FMA) or exact, elementwise.
+ELEMENTWISE = frozenset({
+    "add", "sub", "rsub", "mul", "div", "neg", "abs", "sqrt", "reciprocal", "square", "maximum", "minimum",
+    "fmax", "fmin", "clamp", "clamp_min", "clamp_max", "clip", "relu", "threshold", "threshold_backward",
+    "hardtanh", "sign", "sgn", "signbit", "floor", "ceil", "round", "trunc", "frac", "remainder", "fmod",
+    "floor_divide", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
+    "bitwise_right_shift", "logical_and", "logical_or", "logical_xor", "logical_not", "eq", "ne", "lt",
+    "le", "gt", "ge", "isnan", "isinf", "isfinite", "isneginf", "isposinf", "isin", "nan_to_num",
+    "positive", "copysign",
+})
+# Exact on any dtype: they select values, never round.
+SELECTIONS = frozenset({
+    "max", "min", "amax", "amin", "argmax", "argmin", "topk", "sort", "argsort", "kthvalue", "aminmax",
+    "_unique2", "unique_dim", "unique_consecutive", "searchsorted", "bucketize",
+})
+# Exact on integer and bool tensors (HF generate's bookkeeping); uncovered on float.
+INTEGER_REDUCTIONS = frozenset({"sum", "cumsum", "cumprod", "prod", "any", "all", "count_nonzero", "mean"})
+SAMPLING = frozenset({
+    "multinomial", "bernoulli", "rand", "rand_like", "randn", "randn_like", "randint", "randint_like",
+    "randperm", "uniform", "normal", "exponential", "geometric", "cauchy", "log_normal", "random",
+    "native_dropout",
+})
+ATTENTION_HINT = ('scaled-dot-product attention hides its reductions: load Hugging Face models with '
+                  'attn_implementation="eager" (e.g. AutoModelForCausalLM.from_pretrained(..., '
+                  'attn_implementation="eager"))')
+
+
+def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
+    """("allowed" | "sampling" | "uncovered", reason) for an op that pk does not serve.
+
+    Decided from the op and its inputs alone, so strict mode can refuse before the op runs.
+    """
+    name = base_name(func)
+    inputs = flat_tensors(list(args) + list(kwargs.values()))
+    if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+        return "uncovered", ATTENTION_HINT
+    if name in SAMPLING:
+        return "sampling", "draws random numbers"
+    if name in VIEWS_AND_INDEXING:
+        if name in ("index_put", "_index_put_impl") and (kwargs.get("accumulate") or
+                                                         (len(args) > 3 and args[3])) and has_float(inputs):
+            return "uncovered", "float accumulation (index_put accumulate=True)"
+        if name == "scatter" and "reduce" in func._schema.overload_name and has_float(inputs):
+            return "uncovered", "float scatter reduction"
+        return "allowed", "view/indexing"
+    if name in CREATION or name in COPIES_AND_CASTS:
+        return "allowed", "creation/copy/cast"
+    if name in VECTOR_PATH_OPS:
+        if pow_is_exact(func, args):
+            return "allowed", "elementwise (x * x)"
+        if all(t.device.type != "cpu" for t in inputs):
+            return "allowed", "elementwise (per element on this device)"
+        return "uncovered", "elementwise op outside the vector path (out= variant or broadcast in place)"
+    if name in ELEMENTWISE:
+        alpha = kwargs.get("alpha", 1)
+        if name in ("add", "sub", "rsub") and alpha != 1 and has_float(inputs):
+            return "uncovered", f"{name} with alpha={alpha} (a multiply-add: FMA in one torch path, not the other)"
+        return "allowed", "elementwise"
+    if name in SELECTIONS:
+        return "allowed", "exact selection"
+    if not inputs:
+        return "allowed", "no tensor inputs (creation)"
+    if not has_float(inputs):
+        return "allowed", "integer/bool (exact)"
+    if name in INTEGER_REDUCTIONS:
+        return "uncovered", "float reduction not served by pk"
+    return "uncovered", "not served by pk and not on the allowlist"

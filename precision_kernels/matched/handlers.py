@@ -1,0 +1,339 @@
+"""The aten handlers: each takes an aten overload's arguments and returns its result computed by pk.
+
+``HANDLERS`` maps an overload's name (``str(aten.mm.default)``, ``"aten.mm.default"``) to its
+handler. Which overloads are served is the op registry's (``ops/registry.py``: each family's
+``aten`` names); the mode builds its table from both. A handler raises ``Decline`` when the
+arguments fall outside what pk serves (torch then runs the op, and its own errors stay its
+own); any other exception is a bug and propagates.
+
+What is served:
+
+* ``mm``, ``bmm``, ``mv``, ``dot`` -> ``pk.matmul``; ``addmm`` with ``beta == alpha == 1`` and a
+  bias of shape (N,) or (1, N) -> ``pk.linear`` (bias added in fp32 before the one
+  rounding). ``matmul``/``linear``/``einsum`` decompose into these before dispatch.
+* ``_softmax`` / ``_log_softmax`` over the last dim (``half_to_float`` included: the 16-bit
+  input is widened exactly and reduced in fp32) -> ``pk::softmax`` / ``pk::log_softmax``.
+  Their backward ops run ``pk::softmax_backward``, pk's own backward kernel:
+
+  - ``_softmax_backward_data`` receives only the output, and pk's kernel recomputes the
+    probabilities from the input and the forward's row max and sum. So a served softmax
+    whose input requires grad keeps (input, row max, row sum) for its backward, keyed by the
+    output's storage and dropped when that storage is freed: while a graph is alive this
+    holds the softmax's input, which torch's own softmax does not keep. The gradient is
+    bit for bit that of ``pk.softmax``'s autograd. A backward whose forward did not run on
+    pk (outside the mode, or a fallback) falls back to torch and is recorded.
+  - ``_log_softmax_backward_data`` is ``dy - exp(y) * rowsum(dy)`` from the output y, which
+    is the kernel's log-softmax backward with y standing in for the input and row max 0,
+    row sum 1 (its probabilities are then ``exp(y)``). Nothing is kept from the forward
+    (for a language model's loss the input is the whole logits tensor).
+* ``mean.dim`` / ``sum.dim_IntList`` (and full ``mean``/``sum``) on float tensors, any dims:
+  the reduced dims are moved last and summed by ``pk.matmul`` against a ones column (the
+  matmul's K loop: fp32, fixed block order, batch-invariant). The served ``mean`` is that
+  fp32 sum divided by the count in fp32 and rounded once to the output dtype: torch's own
+  CPU definition of ``mean`` (widen to fp32, sum, divide, round) with a fixed summation
+  order. HF's RMSNorm (``x.pow(2).mean(-1, keepdim=True)``) goes here.
+* ``native_layer_norm`` over one trailing dim -> ``pk::layer_norm``, whose fp32 row mean and
+  rstd are returned as the saved statistics (in torch's dtype for them, see
+  ``_native_layer_norm``). ``native_layer_norm_backward`` -> ``pk::layer_norm_backward`` from
+  those statistics: with fp32 statistics it is ``pk.layer_norm``'s autograd gradient bit for
+  bit; the weight and bias gradients are summed over rows in a fixed order.
+* ``_fused_rms_norm`` (where torch has it) -> ``pk.rms_norm``; its saved rstd (read only by
+  its backward, which torch runs) is computed with the row sums above.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from .. import backend, profiles
+from ..ops import linear as pk_linear
+from ..ops import matmul, rms_norm
+from ..ops._common import FLOAT_DTYPES
+from ..ops.softmax import as_rows
+from ._common import Decline
+
+aten = torch.ops.aten
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by the handlers.
+
+
+def _check_tensors(*tensors: torch.Tensor | None) -> None:
+    """Every tensor must be a pk float dtype on the active backend's device, else decline."""
+    want = backend.device().type
+    for t in tensors:
+        if t is None:
+            continue
+        if t.dtype not in FLOAT_DTYPES:
+            raise Decline(f"dtype {t.dtype} is not served (pk serves float32, float16, bfloat16)")
+        if t.device.type != want:
+            raise Decline(f"tensor on {t.device}, the active backend runs on {want}")
+
+
+def _last_dim(x: torch.Tensor, dim: int) -> None:
+    if x.dim() == 0 or not -x.dim() <= dim < x.dim() or dim % x.dim() != x.dim() - 1:
+        raise Decline(f"dim {dim} is not the last dim of a {x.dim()}-d tensor")
+
+
+def _one_norm_dim(x: torch.Tensor, normalized_shape, what: str) -> None:
+    if len(normalized_shape) != 1:
+        raise Decline(f"{what} over {len(normalized_shape)} dims (pk serves the last one)")
+    if x.dim() == 0 or normalized_shape[0] != x.shape[-1]:
+        raise Decline(f"{what} over shape {list(normalized_shape)} for an input of shape {list(x.shape)}")
+
+
+def _row_sums(x2: torch.Tensor) -> torch.Tensor:
+    """Sums of the rows of x2 (rows, K) as fp32 (rows,): pk.matmul against a ones column.
+
+    The matmul kernel widens exactly, multiplies by 1 (exact) and adds in its fixed K-block
+    order with fp32 accumulation: a row's sum depends only on that row.
+    """
+    x32 = x2.to(torch.float32)
+    ones = torch.ones((), dtype=torch.float32, device=x2.device).expand(x2.shape[1], 1)
+    with profiles.use_profile("matched"):     # a row reduction, never the engine's split-K
+        return matmul(x32, ones).reshape(x2.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Products.
+
+
+def _check_product(a: torch.Tensor, b: torch.Tensor, a_dims: int, b_dims: int) -> None:
+    """Arguments torch would reject (or pk lacks) go back to torch, which raises its own error."""
+    _check_tensors(a, b)
+    if a.dtype != b.dtype:
+        raise Decline(f"dtypes differ: {a.dtype} and {b.dtype}")
+    if a.dim() != a_dims or b.dim() != b_dims:
+        raise Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[0 if b_dims == 1 else -2] or (a_dims == 3 and a.shape[0] != b.shape[0]):
+        raise Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
+
+
+def _mm(a, b):
+    _check_product(a, b, 2, 2)
+    return matmul(a, b)
+
+
+def _bmm(a, b):
+    _check_product(a, b, 3, 3)
+    return matmul(a, b)
+
+
+def _mv(a, v):
+    _check_product(a, v, 2, 1)
+    return matmul(a, v.reshape(-1, 1)).reshape(a.shape[0])
+
+
+def _dot(a, b):
+    _check_product(a, b, 1, 1)
+    return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
+
+
+def _addmm(bias, a, b, *, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        raise Decline(f"addmm with beta={beta}, alpha={alpha} (pk serves beta == alpha == 1)")
+    _check_product(a, b, 2, 2)
+    _check_tensors(bias)
+    n = b.shape[-1]
+    if tuple(bias.shape) not in ((n,), (1, n)):
+        raise Decline(f"addmm input of shape {tuple(bias.shape)} is not a bias of shape ({n},) or (1, {n})")
+    if not (bias.dtype == a.dtype == b.dtype):
+        raise Decline(f"addmm dtypes differ: {bias.dtype}, {a.dtype}, {b.dtype}")
+    return pk_linear(a, b.mT, bias.reshape(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax and log-softmax, forward and backward.
+
+# Served softmaxes whose input requires grad: output storage key -> (input, its version, row max, row sum).
+_SOFTMAX_SAVED: dict[tuple, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = {}
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """The tensor's place in its storage: the output autograd saves for a backward shares it, not the object."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def _keep_for_backward(y: torch.Tensor, x: torch.Tensor, row_max, row_sum) -> None:
+    key = _storage_key(y)
+    # x itself, not a view made here: a view made below autograd does not share x's version counter.
+    _SOFTMAX_SAVED[key] = (x, x._version, row_max, row_sum)
+    # torch keeps a storage's Python object alive as long as the storage: the entry lives exactly as long.
+    weakref.finalize(y.untyped_storage(), _SOFTMAX_SAVED.pop, key, None)
+
+
+def _softmax_forward(x, dim, half_to_float, log: bool):
+    _check_tensors(x)
+    _last_dim(x, dim)
+    if half_to_float and x.dtype == torch.float32:
+        raise Decline("half_to_float on a float32 input")
+    x_in = x
+    if half_to_float:
+        x = x.to(torch.float32)          # exact widening; the fp32 softmax of the same values
+    op = torch.ops.pk.log_softmax if log else torch.ops.pk.softmax
+    y2, row_max, row_sum = op(as_rows(x), 1.0)
+    y = y2.reshape(x.shape)
+    if not log and x_in.requires_grad and y.numel():
+        # The 16-bit input itself: the kernel widens it exactly and rounds dx to its dtype, the input_dtype.
+        _keep_for_backward(y, x_in, row_max, row_sum)
+    return y
+
+
+def _softmax(x, dim, half_to_float):
+    return _softmax_forward(x, dim, half_to_float, log=False)
+
+
+def _log_softmax(x, dim, half_to_float):
+    return _softmax_forward(x, dim, half_to_float, log=True)
+
+
+def _check_softmax_grad(grad, out, dim, input_dtype) -> None:
+    _check_tensors(grad, out)
+    _last_dim(out, dim)
+    if input_dtype not in FLOAT_DTYPES:
+        raise Decline(f"input_dtype {input_dtype} is not served")
+
+
+def _softmax_backward_data(grad, out, dim, input_dtype):
+    _check_softmax_grad(grad, out, dim, input_dtype)
+    if out.numel() == 0:
+        return torch.empty(out.shape, dtype=input_dtype, device=out.device)
+    saved = _SOFTMAX_SAVED.get(_storage_key(out))
+    if saved is None:
+        raise Decline("the forward softmax did not run on pk, so its input and row statistics are not kept")
+    x, x_version, row_max, row_sum = saved
+    if x._version != x_version:
+        raise Decline("the softmax's input was modified in place after the forward")
+    if x.dtype != input_dtype:
+        raise Decline(f"input_dtype {input_dtype} is not the forward input's {x.dtype}")
+    dx2 = torch.ops.pk.softmax_backward(as_rows(grad), as_rows(x), row_max, row_sum, 1.0, False)
+    return dx2.reshape(out.shape)
+
+
+def _log_softmax_backward_data(grad, out, dim, input_dtype):
+    _check_softmax_grad(grad, out, dim, input_dtype)
+    y2 = as_rows(out)
+    rows = y2.shape[0]
+    zero_max = torch.zeros(rows, dtype=torch.float32, device=out.device)
+    unit_sum = torch.ones(rows, dtype=torch.float32, device=out.device)
+    dx2 = torch.ops.pk.softmax_backward(as_rows(grad), y2, zero_max, unit_sum, 1.0, True)
+    # dx is rounded once, to y's dtype: input_dtype, or fp32 under half_to_float (then rounded to input_dtype).
+    return dx2.reshape(out.shape).to(input_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums and means.
+
+
+def _reduce(x, dims, keepdim, dtype, mean: bool):
+    """sum/mean of x over ``dims`` (None or [] = all): fp32 row sums on pk, / count in fp32, one rounding."""
+    _check_tensors(x)
+    out_dtype = x.dtype if dtype is None else dtype
+    if out_dtype not in FLOAT_DTYPES:
+        raise Decline(f"output dtype {out_dtype} is not served")
+    nd = x.dim()
+    if dims and nd and (any(not -nd <= d < nd for d in dims) or len({d % nd for d in dims}) != len(dims)):
+        raise Decline(f"dims {list(dims)} for a {nd}-d tensor")     # torch raises its own error
+    reduced = sorted({d % nd for d in dims}) if (dims and nd) else list(range(nd))
+    kept = [d for d in range(nd) if d not in reduced]
+    k = math.prod(x.shape[d] for d in reduced)
+    rows = math.prod(x.shape[d] for d in kept)
+    x2 = x.permute(*kept, *reduced).reshape(rows, k) if nd else x.reshape(1, 1)
+    s = _row_sums(x2)
+    if mean:
+        s = s / k                         # fp32 division, as torch's sum(...).div_(count)
+    shape = [1 if d in reduced else x.shape[d] for d in range(nd)] if keepdim else [x.shape[d] for d in kept]
+    return s.reshape(shape).to(out_dtype)
+
+
+def _mean_dim(x, dim, keepdim=False, *, dtype=None):
+    return _reduce(x, dim, keepdim, dtype, mean=True)
+
+
+def _sum_dim(x, dim, keepdim=False, *, dtype=None):
+    return _reduce(x, dim, keepdim, dtype, mean=False)
+
+
+def _mean_all(x, *, dtype=None):
+    return _reduce(x, None, False, dtype, mean=True)
+
+
+def _sum_all(x, *, dtype=None):
+    return _reduce(x, None, False, dtype, mean=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms.
+
+
+def _check_affine(x: torch.Tensor, *params: torch.Tensor | None) -> None:
+    for t in params:
+        if t is not None and tuple(t.shape) != (x.shape[-1],):
+            raise Decline(f"weight or bias of shape {tuple(t.shape)} for an input of shape {tuple(x.shape)}")
+
+
+def _native_layer_norm(x, normalized_shape, weight, bias, eps):
+    _one_norm_dim(x, normalized_shape, "layer norm")
+    _check_tensors(x, weight, bias)
+    _check_affine(x, weight, bias)
+    y2, mean, rstd = torch.ops.pk.layer_norm(as_rows(x), weight, bias, eps)
+    # torch's dtype for the saved statistics: fp32 on GPU (its accumulation type) and on CPU
+    # when 16-bit x meets an fp32 weight ("mixed type"), x's dtype otherwise.
+    mixed = weight is not None and weight.dtype == torch.float32
+    stat_dtype = torch.float32 if (x.device.type != "cpu" or mixed) else x.dtype
+    shape = (*x.shape[:-1], 1)
+    return y2.reshape(x.shape), mean.reshape(shape).to(stat_dtype), rstd.reshape(shape).to(stat_dtype)
+
+
+def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, output_mask):
+    _one_norm_dim(x, normalized_shape, "layer norm")
+    _check_tensors(grad, x, mean, rstd, weight, bias)
+    _check_affine(x, weight, bias)
+    stats = [t.reshape(-1).to(torch.float32).contiguous() for t in (mean, rstd)]
+    want_dw, want_db = bool(output_mask[1]) and weight is not None, bool(output_mask[2]) and bias is not None
+    dx, dw, db = torch.ops.pk.layer_norm_backward(as_rows(grad), as_rows(x), weight, *stats,
+                                                  None if bias is None else bias.dtype, want_dw, want_db)
+    return (dx.reshape(x.shape) if output_mask[0] else None, dw if want_dw else None, db if want_db else None)
+
+
+def _rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """rstd of each row over the last dim, fp32, shape (..., 1): only the backward reads it."""
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n).to(torch.float32)
+    var = _row_sums(x2 * x2) / n
+    rstd = torch.reciprocal(torch.sqrt(var + eps))  # correctly rounded sqrt and division
+    return rstd.reshape(*x.shape[:-1], 1)
+
+
+def _fused_rms_norm(x, normalized_shape, weight, eps):
+    _one_norm_dim(x, normalized_shape, "rms norm")
+    _check_tensors(x, weight)
+    e = torch.finfo(x.dtype).eps if eps is None else eps
+    w = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device) if weight is None else weight
+    return rms_norm(x, w, e), _rms_rstd(x, e)
+
+
+HANDLERS: dict[str, Callable] = {
+    "aten.mm.default": _mm,
+    "aten.bmm.default": _bmm,
+    "aten.mv.default": _mv,
+    "aten.dot.default": _dot,
+    "aten.addmm.default": _addmm,
+    "aten._softmax.default": _softmax,
+    "aten._log_softmax.default": _log_softmax,
+    "aten._softmax_backward_data.default": _softmax_backward_data,
+    "aten._log_softmax_backward_data.default": _log_softmax_backward_data,
+    "aten.mean.dim": _mean_dim,
+    "aten.mean.default": _mean_all,
+    "aten.sum.dim_IntList": _sum_dim,
+    "aten.sum.default": _sum_all,
+    "aten.native_layer_norm.default": _native_layer_norm,
+    "aten.native_layer_norm_backward.default": _native_layer_norm_backward,
+}
+if hasattr(aten, "_fused_rms_norm"):
+    HANDLERS["aten._fused_rms_norm.default"] = _fused_rms_norm
