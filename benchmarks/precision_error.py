@@ -14,14 +14,13 @@ from them, so the table measures each op's own error:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 
 import torch
-import torch.nn.functional as F
 
-import precision_kernels as pk
-from precision_kernels import numerics, reference
+from precision_kernels import numerics
+from precision_kernels.ops.registry import ErrorSizes, all_families
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,70 +39,18 @@ def _sample(shape, dist: str, scale: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _cases(quick: bool):
-    """(kernel, distribution label, input builder, pk op, torch op, oracle)."""
+    """(kernel, distribution label, input builder, pk op, torch op, oracle): every registered family's
+    error cases (ops/registry.py), per distribution."""
     rows = 64 if quick else 256
-    vocab = 2048 if quick else 8192
-    d = 256
-
-    def mm(dist, scale):
-        def build(g):
-            return _sample((rows, d), dist, scale, g), _sample((d, rows), dist, 1.0, g)
-        return build
-
-    def rows_of(dist, scale, width):
-        def build(g):
-            return (_sample((rows, width), dist, scale, g),)
-        return build
-
-    def norm(dist, scale):
-        def build(g):
-            return _sample((rows, d), dist, scale, g), 1 + 0.1 * torch.randn(d, generator=g)
-        return build
-
-    def affine_norm(dist, scale):
-        def build(g):
-            return (_sample((rows, d), dist, scale, g), 1 + 0.1 * torch.randn(d, generator=g),
-                    0.1 * torch.randn(d, generator=g))
-        return build
-
-    def lp(dist, scale):
-        def build(g):
-            logits = _sample((rows, vocab), dist, scale, g)
-            tokens = torch.randint(0, vocab, (rows,), generator=g)
-            return logits, tokens
-        return build
-
-    def flp(dist, scale):
-        def build(g):
-            h = _sample((rows, d), dist, scale, g)
-            w = _sample((vocab, d), dist, 1.0 / math.sqrt(d), g)
-            tokens = torch.randint(0, vocab, (rows,), generator=g)
-            return h, w, tokens
-        return build
-
-    def torch_token_logprobs(logits, tokens):
-        return torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
-
-    def torch_linear_logprobs(h, w, tokens):
-        return torch_token_logprobs(F.linear(h, w), tokens)
-
+    sizes = ErrorSizes(rows=rows, width=1024 if quick else 4096, vocab=2048 if quick else 8192, d=256)
+    family_cases = [c for family in all_families().values() if family.error_cases for c in family.error_cases(sizes)]
     cases = []
     for dist, scale, label in (("normal", 1.0, "N(0,1)"), ("heavy", 1.0, "t2"), ("normal", 10.0, "N(0,10^2)")):
-        cases += [
-            ("matmul", label, mm(dist, scale), pk.matmul, torch.matmul, reference.matmul),
-            ("softmax", label, rows_of(dist, scale, 4096 if not quick else 1024), pk.softmax,
-             lambda x: torch.softmax(x, -1), reference.softmax),
-            ("log_softmax", label, rows_of(dist, scale, 4096 if not quick else 1024), pk.log_softmax,
-             lambda x: torch.log_softmax(x, -1), reference.log_softmax),
-            ("rms_norm", label, norm(dist, scale), pk.rms_norm,
-             lambda x, w: F.rms_norm(x, (x.shape[-1],), w, eps=1e-6), reference.rms_norm),
-            ("layer_norm", label, affine_norm(dist, scale), pk.layer_norm,
-             lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5), reference.layer_norm),
-            ("token_logprobs", label, lp(dist, scale), pk.token_logprobs, torch_token_logprobs,
-             reference.token_logprobs),
-            ("linear_logprobs", label, flp(dist, scale), pk.linear_logprobs, torch_linear_logprobs,
-             reference.linear_logprobs),
-        ]
+        def sample(shape, s, g, dist=dist):
+            return _sample(shape, dist, s, g)
+
+        cases += [(c.kernel, label, functools.partial(c.build, sample, scale), c.pk_op, c.torch_op, c.oracle)
+                  for c in family_cases]
     return cases
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import precision_kernels as pk
 from precision_kernels import profiles
+from precision_kernels.ops.registry import all_families
 from precision_kernels.profiles import FittedTiles, MatmulConfig, MBucket
 
 pytestmark = pytest.mark.skipif(pk.active_backend() != "interpreter", reason="interpreter tile tables only")
@@ -204,20 +205,11 @@ def interpreter_row_table(block_rows, fit=True):
 
 
 def _row_family(dtype, rows, n, seed):
-    """Every row kernel whose rows are independent, forward and backward: rms_norm and layer_norm (x's
-    gradient; their weight gradients sum over rows per program, so block_rows is their order and they are
-    left out), softmax, log_softmax, token_logprobs with entropy."""
-    g = torch.Generator().manual_seed(seed)
-    x = (3 * torch.randn(rows, n, generator=g)).to(dtype).requires_grad_()
-    w, b = torch.randn(n, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
-    dy = torch.randn(rows, n, generator=g).to(dtype)
-    tokens = torch.randint(0, n, (rows,), generator=g)
-    out = []
-    for y in (pk.rms_norm(x, w), pk.layer_norm(x, w, b), pk.softmax(x), pk.log_softmax(x)):
-        out += [y, torch.autograd.grad(y, x, dy)[0]]
-    lp, ent = pk.token_logprobs(x, tokens, temperature=0.7, return_entropy=True)
-    out += [lp, ent, torch.autograd.grad(lp.sum() + ent.sum(), x)[0]]
-    return out
+    """Every registered family's row samples (ops/registry.py): outputs and gradients of row kernels whose rows
+    are independent, forward and backward (rms_norm and layer_norm give x's gradient only: their weight
+    gradients sum over rows per program, so block_rows is their order), softmax, log_softmax, token_logprobs."""
+    return [t for family in all_families().values() if family.row_samples
+            for t in family.row_samples(dtype, rows, n, seed)]
 
 
 @settings(max_examples=3)

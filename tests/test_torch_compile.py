@@ -23,6 +23,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import precision_kernels as pk
+from precision_kernels.ops.registry import all_samples
 
 DEVICE = pk.backend.device()
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -118,6 +119,40 @@ def test_several_ops_aot_eager_bitwise(dtype):
 @pytest.mark.parametrize("dtype", [F16, BF16, F32])
 def test_several_ops_inductor_bitwise(dtype, inductor_with_rounding):
     _check_several(inductor_with_rounding, dtype)
+
+
+# ---- every registered op in one compiled graph ---------------------------------------------------
+
+
+def _all_samples_outputs(compile_with=None):
+    """Every registered sample (ops/registry.py) called in one function, plain or compiled; its outputs and the
+    gradients of a loss over them with respect to every differentiable input."""
+    samples = list(all_samples(BF16, rows=3, n=8, k=8, seed=0).values())
+
+    def every_op(*args):
+        outs, i = [], 0
+        for s in samples:
+            out = s.fn(*args[i:i + len(s.args)])
+            outs += list(out) if isinstance(out, tuple) else [out]
+            i += len(s.args)
+        return outs
+
+    fn, counter = (every_op, None) if compile_with is None else compile_once(every_op, compile_with)
+    args = [a for s in samples for a in s.args]
+    outs = fn(*args)
+    loss = sum(o.float().sum() * (i + 1) for i, o in enumerate(outs) if o.requires_grad)
+    grads = torch.autograd.grad(loss, [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad])
+    return [o.detach() for o in outs], list(grads), counter
+
+
+def test_every_registered_op_compiles_into_one_graph_bitwise():
+    eager_outs, eager_grads, _ = _all_samples_outputs()
+    outs, grads, counter = _all_samples_outputs("aot_eager")
+    assert counter.frame_count == 1
+    for i, (got, want) in enumerate(zip(outs, eager_outs, strict=True)):
+        assert_bitwise(got, want, f"output {i}")
+    for i, (got, want) in enumerate(zip(grads, eager_grads, strict=True)):
+        assert_bitwise(got, want, f"grad {i}")
 
 
 def test_compiled_graph_follows_the_profile_at_run_time():
