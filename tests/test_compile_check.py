@@ -129,8 +129,8 @@ def test_layout_audit_can_ignore_order_insensitive_reductions():
 
 
 def test_every_kernel_is_in_the_registration_table():
-    """A kernel (a ``*_kernel`` jit function in precision_kernels/kernels/) missing from compile_registry.py
-    would silently skip the GPU compile check."""
+    """A kernel (a ``*_kernel`` jit function in precision_kernels/kernels/) missing from the compile table (its
+    family's ``compile_kernels`` in ops/<family>.py) would silently skip the GPU compile check."""
     import importlib
     import pkgutil
 
@@ -144,4 +144,4 @@ def test_every_kernel_is_in_the_registration_table():
                     if name.endswith("_kernel") and hasattr(obj, "arg_names")}
     registered = {spec.fn.__name__ for spec in kernel_specs().values()}
     assert defined, "found no kernels"
-    assert defined <= registered, f"not in compile_registry.py: {sorted(defined - registered)}"
+    assert defined <= registered, f"not in the compile table: {sorted(defined - registered)}"

@@ -1,0 +1,112 @@
+"""The op registry (ops/registry.py) is complete and consistent: whatever a family declares exists, and every
+op module, public op, custom op, kernel and matched-mode overload belongs to exactly one family."""
+
+import pkgutil
+
+import pytest
+import torch
+from torch._library.custom_ops import OPDEFS
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import precision_kernels as pk
+from precision_kernels import ops, reference
+from precision_kernels.compile_registry import kernel_specs
+from precision_kernels.ops.registry import OpFamily, Raises, all_families, all_samples, references, register_family
+
+FAMILIES = all_families()
+
+
+def test_every_op_module_registers_the_family_of_its_name():
+    modules = {m.name for m in pkgutil.iter_modules(ops.__path__) if not m.name.startswith("_")} - {"registry"}
+    assert modules == set(ops.FAMILY_MODULES), "list every family module in ops.FAMILY_MODULES"
+    assert list(FAMILIES) == list(ops.FAMILY_MODULES)
+
+
+def test_every_public_op_is_exported_as_pk_name():
+    for family in FAMILIES.values():
+        for name in family.public:
+            assert name in pk.__all__, f"{name} is not in pk.__all__"
+            assert getattr(pk, name) is getattr(ops, name), name
+            assert getattr(pk, name).__module__ == f"{ops.__name__}.{family.name}", f"{name} is not {family.name}'s"
+    public = [name for family in FAMILIES.values() for name in family.public]
+    assert len(public) == len(set(public)), "a public op is declared by two families"
+
+
+def test_every_custom_op_is_declared_by_exactly_one_family():
+    declared = [name for family in FAMILIES.values() for name in family.custom_ops]
+    assert len(declared) == len(set(declared))
+    registered = {name for name in OPDEFS if name.startswith("pk::")}
+    assert set(declared) == registered, (f"undeclared: {sorted(registered - set(declared))}, "
+                                         f"not registered with torch: {sorted(set(declared) - registered)}")
+
+
+def test_every_registered_kernel_is_in_the_compile_table():
+    specs = kernel_specs().values()
+    for family in FAMILIES.values():
+        compiled = {spec.fn.__name__ for spec in specs if spec.family == family.name}
+        assert {k.__name__ for k in family.kernels} == compiled, family.name
+    assert {spec.fn.__name__ for spec in specs} == {k.__name__ for f in FAMILIES.values() for k in f.kernels}
+
+
+def test_every_kernel_leaves_batch_varying_arguments_unspecialised():
+    # Which arguments those are is checked kernel by kernel in test_specialization.py's own table.
+    for family in FAMILIES.values():
+        for kernel, args in family.batch_args().items():
+            assert args, f"{family.name}: {kernel} names no batch-varying argument"
+
+
+def test_aten_overloads_exist_and_belong_to_one_family():
+    names = [name for family in FAMILIES.values() for name in family.aten]
+    assert len(names) == len(set(names))
+    for name in names:
+        _, op, overload = name.split(".")
+        assert isinstance(getattr(getattr(torch.ops.aten, op), overload), torch._ops.OpOverload), name
+
+
+def test_references_are_pk_reference_attributes():
+    oracles = references()
+    assert {"matmul", "softmax", "layer_norm", "token_logprobs", "linear_logprobs"} <= set(oracles)
+    for name, fn in oracles.items():
+        assert getattr(reference, name) is fn
+    assert set(oracles) <= set(dir(reference))
+    with pytest.raises(AttributeError, match="no registered op has that FP64 oracle"):
+        reference.no_such_op  # noqa: B018
+
+
+def test_every_family_with_public_ops_gives_test_data():
+    for family in FAMILIES.values():
+        if family.public:
+            missing = [f for f in ("samples", "opcheck", "bad_inputs") if getattr(family, f) is None]
+            assert not missing, f"{family.name} gives no {missing}"
+    rows = {row.id for family in FAMILIES.values() if family.bad_inputs for row in family.bad_inputs()
+            if isinstance(row, Raises)}
+    for name in (n for family in FAMILIES.values() for n in family.public):
+        assert any(row.startswith(f"{name}/") for row in rows), f"no bad-input row '{name}/...'"
+
+
+def test_samples_call_every_public_op():
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "pk":
+                seen.add(func._schema.name.split("::")[1])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        for sample in all_samples(torch.float32, rows=2, n=4, k=4, seed=0).values():
+            sample.fn(*sample.args)
+    public = {name for family in FAMILIES.values() for name in family.public}
+    assert public <= seen, f"no sample calls {sorted(public - seen)}"
+
+
+@pytest.mark.parametrize("family, message", [
+    (OpFamily(name="matmul"), "registered twice"),
+    (OpFamily(name="x", custom_ops=("aten::mm",)), "not in namespace pk"),
+    (OpFamily(name="x", aten=("aten.mm",)), "not an 'aten.<op>.<overload>' name"),
+    (OpFamily(name="x", public=("f",), reference={"g": abs}), "references for \\['g'\\]"),
+])
+def test_register_family_refuses_bad_declarations(family, message):
+    with pytest.raises(ValueError, match=message):
+        register_family(family)
+    assert "x" not in all_families()
