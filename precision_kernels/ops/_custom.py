@@ -38,11 +38,10 @@ The pattern, per op family (module ``ops/<family>.py``):
    ``math.isfinite`` or ``struct`` on it is a graph break. The wrapper passes the unrounded
    float; the implementation checks it again and rounds it with ``fp32_value`` below.
 
-Ops and their backward ops: ``pk::matmul`` / ``pk::matmul_backward``, ``pk::linear`` /
-``pk::linear_backward``, ``pk::softmax`` and ``pk::log_softmax`` / ``pk::softmax_backward``,
-``pk::rms_norm`` / ``pk::rms_norm_backward``, ``pk::layer_norm`` / ``pk::layer_norm_backward``,
-``pk::token_logprobs`` / ``pk::token_logprobs_backward``, ``pk::round_to`` (straight-through
-backward, no kernel), ``pk::linear_logprobs``, ``pk::linear_sample`` (ops/lm_head.py).
+6. The module's registry record (ops/registry.py) names the public functions and every custom op,
+   backward ops included: ``all_families()`` lists them all, and tests/test_registry.py checks that
+   each ``pk::`` op torch knows is declared by exactly one family.
+
 Double backward is not supported (the backward ops have no autograd formula).
 """
 
