@@ -46,6 +46,37 @@ def test_generate_equals_forward_bitwise(name, precision):
     assert report.served["mm.default"] + report.served["addmm.default"] > 0 and report.served["bmm.default"] > 0
 
 
+# Ops a causal LM's loss needs that pk does not serve: the embedding's gradient and the NLL gather.
+LOSS_OPS_NOT_SERVED = {"embedding_dense_backward.default", "nll_loss_forward.default", "nll_loss_backward.default"}
+
+
+def _param_grads(model, ids) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(ids, labels=ids).loss.backward()
+    return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+
+
+# GPT-2 runs all three pk backward handlers (softmax, log-softmax, layer norm); Llama's norms go through mean.
+@pytest.mark.parametrize("name, precision", [("gpt2", "fp32"), ("gpt2", "fp16"), ("gpt2", "bf16"), ("llama", "fp32")])
+def test_loss_backward_under_the_mode_is_as_accurate_as_torch(name, precision):
+    """loss.backward() inside the mode: softmax, log-softmax and layer-norm backward run on pk's backward
+    ops, and every parameter's gradient is as close to FP64 (the same weights in float64) as torch's own."""
+    model, ids = build_model(name, DTYPES[precision], seed=0), prompts(3, 9, seed=1)
+    with pk.matched_mode(audit=True) as report:
+        ours = _param_grads(model, ids)
+    plain = _param_grads(model, ids)
+    oracle = _param_grads(model.double(), ids)
+    served = {"_softmax_backward_data.default", "_log_softmax_backward_data.default"}
+    if name == "gpt2":
+        served.add("native_layer_norm_backward.default")
+    assert all(report.served[op] > 0 for op in served), report.summary()
+    assert {rec.op for rec in report.uncovered.values()} <= LOSS_OPS_NOT_SERVED, report.summary()
+    assert ours.keys() == oracle.keys()
+    for k, o in oracle.items():
+        err, torch_err = ((g.double() - o).norm() / o.norm() for g in (ours[k], plain[k]))
+        assert err <= 1.5 * torch_err + 2.0**-24, (k, float(err), float(torch_err))
+
+
 def test_strict_refuses_sdpa_attention():
     import transformers as tf
 
