@@ -17,11 +17,12 @@ What is served:
 
   - ``_softmax_backward_data`` receives only the output, and pk's kernel recomputes the
     probabilities from the input and the forward's row max and sum. So a served softmax
-    whose input requires grad keeps (input, row max, row sum) for its backward, keyed by the
-    output's storage and dropped when that storage is freed: while a graph is alive this
-    holds the softmax's input, which torch's own softmax does not keep. The gradient is
-    bit for bit that of ``pk.softmax``'s autograd. A backward whose forward did not run on
-    pk (outside the mode, or a fallback) falls back to torch and is recorded.
+    whose input requires grad keeps (input, its version, row max, row sum) for its backward,
+    keyed by the output's storage and dropped when that storage is freed: as long as the
+    output lives (its graph, or the caller, holds it) this holds the softmax's input, which
+    torch's own softmax does not keep. The gradient is bit for bit that of ``pk.softmax``'s
+    autograd. A backward whose forward did not run on pk (outside the mode, or a fallback),
+    or whose input was modified in place since, falls back to torch and is recorded.
   - ``_log_softmax_backward_data`` is ``dy - exp(y) * rowsum(dy)`` from the output y, which
     is the kernel's log-softmax backward with y standing in for the input and row max 0,
     row sum 1 (its probabilities are then ``exp(y)``). Nothing is kept from the forward
