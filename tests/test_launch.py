@@ -43,10 +43,10 @@ def _run_sample(sample_id: str, dtype) -> None:
         loss.backward()
 
 
-SAMPLES = sorted(all_samples(torch.float32, rows=1, n=1, k=1, seed=0))
-# Every sample in each storage format (round_to's input is fp32 whatever the dtype).
-FAMILIES = {f"{name}/{str(dtype).removeprefix('torch.')}": functools.partial(_run_sample, name, dtype)
-            for name in SAMPLES for dtype in (torch.float32, torch.float16, torch.bfloat16)}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Every sample once, the storage formats taken in turn (round_to's input is fp32 whatever the dtype).
+FAMILIES = {name: functools.partial(_run_sample, name, DTYPES[i % 3])
+            for i, name in enumerate(sorted(all_samples(torch.float32, rows=1, n=1, k=1, seed=0)))}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
