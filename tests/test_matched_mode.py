@@ -275,13 +275,16 @@ def test_softmax_backward_is_pk_softmax_autograd(dtype):
     (theirs,) = _grads(lambda t: pk.softmax(t, -1), x, dy=dy)
     assert_bitwise(ours, theirs)
     if dtype != torch.float32:
-        # half_to_float (HF attention): the kernel widens the 16-bit input and rounds dx once to its dtype.
+        # An fp32 softmax of 16-bit input (HF attention: softmax(x, dtype=float32)), as a widening copy and
+        # softmax, or as aten's half_to_float, where the kernel widens x itself and rounds dx once to its dtype.
         dy32 = dy.float()
-        with pk.matched_mode() as report:
-            (ours,) = _grads(lambda t: F.softmax(t, dim=-1, dtype=torch.float32), x, dy=dy32)
-        assert not report.uncovered
         (theirs,) = _grads(lambda t: pk.softmax(t.float(), -1), x, dy=dy32)
-        assert_bitwise(ours, theirs)
+        for widened in (lambda t: F.softmax(t, dim=-1, dtype=torch.float32),
+                        lambda t: torch.ops.aten._softmax(t, -1, True)):
+            with pk.matched_mode() as report:
+                (ours,) = _grads(widened, x, dy=dy32)
+            assert report.served["_softmax_backward_data.default"] == 1 and not report.uncovered
+            assert_bitwise(ours, theirs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
