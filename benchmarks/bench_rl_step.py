@@ -5,8 +5,8 @@
 Reports kernel launches per decode token and per learner step, and the time per RL
 step (8 prompts x 8 samples of the reverse task, pg) split into sampling and learning,
 with the ratio against ``benchmarks.torch_baseline`` on the same weights, measured in
-the same run. Budgets: <= 25 launches per decode token, <= 70 per learner step (issue 5);
-an RL step <= 3 s on 2 cores, i.e. <= 80x plain PyTorch (issue 14). Wall time is what a
+the same run. Budgets: <= 25 launches per decode token, <= 70 per learner step;
+an RL step <= 3 s on 2 cores, i.e. <= 80x plain PyTorch. Wall time is what a
 user waits; the process CPU time is printed too, since other work on a shared machine
 inflates wall time but hardly CPU time (the interpreter runs on one thread).
 """

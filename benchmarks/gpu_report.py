@@ -13,7 +13,7 @@
    time and extra peak memory against the unfused torch path (F.linear + log_softmax +
    gather), and against Liger's fused linear cross-entropy where it is installed.
 
-Results are recorded as ratios against the baseline of the same run, beside issue 13's
+Results are recorded as ratios against the baseline of the same run, beside the
 targets: matmul as the fraction of cuBLAS's speed (``cublas_ms / pk_ms``, ``matmul_target``),
 fused SCORE as pk's time over torch's (``pk_ms / torch_ms``, ``SCORE_TARGETS``).
 """

@@ -51,11 +51,6 @@ INTERPRETED: bool = BACKEND == "interpreter"
 if INTERPRETED:
     interpreter_fast.install_from_env()
 
-# The fast-path switches under the names tests/test_interpreter_fast.py reaches them by;
-# precision_kernels.interpreter_fast is their home.
-interpreter_fast_paths_active = interpreter_fast.active
-_install_interpreter_fast_paths = interpreter_fast.install
-_remove_interpreter_fast_paths = interpreter_fast.remove
 
 
 def active_backend() -> str:

@@ -1,4 +1,4 @@
-"""The interpreter fast paths in backend.py change no bit of any kernel output (issue 14).
+"""The interpreter fast paths (precision_kernels.interpreter_fast) change no bit of any kernel output.
 
 Each sample of the op registry runs at random small shapes (hypothesis) with the fast paths and
 again with them removed (the plain Triton 3.9 interpreter), forward and backward, and
@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton.runtime import interpreter
 
-from precision_kernels import backend
+from precision_kernels import interpreter_fast
 from precision_kernels.ops.registry import all_samples
 
 pytestmark = pytest.mark.skipif(
-    not backend.interpreter_fast_paths_active(),
+    not interpreter_fast.active(),
     reason="interpreter fast paths not active (GPU backend, PK_INTERPRETER_FAST=0, or another Triton version)")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -34,12 +34,12 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @contextlib.contextmanager
 def plain_interpreter():
     """Run the block on the plain Triton interpreter, then put the fast paths back."""
-    backend._remove_interpreter_fast_paths()
+    interpreter_fast.remove()
     try:
-        assert not backend.interpreter_fast_paths_active()
+        assert not interpreter_fast.active()
         yield
     finally:
-        assert backend._install_interpreter_fast_paths(triton.__version__)
+        assert interpreter_fast.install(triton.__version__)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -137,25 +137,25 @@ def test_fast_paths_raise_what_the_plain_interpreter_raises():
 
 
 def test_other_triton_version_falls_back_to_plain_interpreter():
-    backend._remove_interpreter_fast_paths()
+    interpreter_fast.remove()
     try:
         with pytest.warns(UserWarning, match="plain"):
-            assert not backend._install_interpreter_fast_paths("3.10.0")
-        assert not backend.interpreter_fast_paths_active()
+            assert not interpreter_fast.install("3.10.0")
+        assert not interpreter_fast.active()
         assert "binary_op_type_checking_impl" not in vars(interpreter.interpreter_semantic)
         assert triton.language.core.tensor.__init__.__module__ == "triton.language.core"
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert backend._install_interpreter_fast_paths(triton.__version__)
+            assert interpreter_fast.install(triton.__version__)
 
 
 _SUBPROCESS = """
 import sys, torch, triton
-from precision_kernels import backend
+from precision_kernels import interpreter_fast
 from precision_kernels.ops.registry import all_samples
 from triton.runtime import interpreter
-assert not backend.interpreter_fast_paths_active()
+assert not interpreter_fast.active()
 assert "__new__" not in vars(triton.language.core.block_type)
 assert "binary_op_type_checking_impl" not in vars(interpreter.interpreter_semantic)
 assert interpreter.interpreter_builder.options.sanitize_overflow

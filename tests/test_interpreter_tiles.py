@@ -1,4 +1,4 @@
-"""Interpreter tile tables change no bit (issue 14): BLOCK_M / BLOCK_N / M buckets / batch items
+"""Interpreter tile tables change no bit: BLOCK_M / BLOCK_N / M buckets / batch items
 per program are free under the interpreter, BLOCK_K is not, except for a call whose K fits one
 block. The shipped interpreter tables fit each call's tiles to its shape (``FittedTiles``); they are
 run here against fixed tables (the 256 x 128 tile they replace, the M buckets before them, narrow

@@ -1,7 +1,7 @@
 """Owned rounding (I4): pk.round_to against torch's cast and an exact rational oracle.
 
 pk.round_to runs the integer helpers every kernel rounds with (kernels/rounding.py); all 2^32
-fp32 patterns were checked once by hand (benchmarks/exhaustive_rounding.py, issue 14's note).
+fp32 patterns were checked once by hand (benchmarks/exhaustive_rounding.py).
 """
 
 import struct
