@@ -34,12 +34,12 @@ NOISE_TOLERANCE = 0.10
 MATMUL_M = (1, 16, 256, 2048, 4096)
 # Fused SCORE shapes (rows, d, V): a small model's head and a Qwen-sized one.
 SCORE_SHAPES = ((4096, 1024, 32768), (4096, 4096, 151936))
-# Issue 13 section 4: pk's time over torch's unfused time, at most, per pass.
+# Target: pk's time over torch's unfused time, at most, per pass.
 SCORE_TARGETS = {"forward": 1.0, "forward+backward": 1.3}
 
 
 def matmul_target(m: int) -> float:
-    """Issue 13 section 4: the fraction of cuBLAS's speed the matched matmul must reach at M rows."""
+    """Target: the fraction of cuBLAS's speed the matched matmul must reach at M rows."""
     if m >= 2048:
         return 0.90
     if m <= 16:
