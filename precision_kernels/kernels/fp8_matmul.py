@@ -23,9 +23,13 @@
 * 1, compiled on targets without fp8 tensor cores (sm_80): the operands are widened to fp16
   (exact: every e4m3 and e5m2 value is an fp16 value) and summed by an fp16 ``tl.dot`` with
   an fp32 accumulator.
-* 2, compiled on sm_90: ``tl.dot`` on the fp8 operands themselves (wgmma), with
+* 2, compiled on sm_90: ``tl.dot`` on the fp8 operands themselves, with
   ``max_num_imprecise_acc=0``: Triton's default on sm_90 lets fp8 dots accumulate 2^30
-  products at reduced precision before promoting to fp32, which breaks I6.
+  products at the tensor core's reduced precision before promoting to fp32, which breaks I6.
+  (Compiled offline with Triton 3.9 for sm_90, this dot becomes fp16 ``mma.sync`` on the
+  upcast operands: Triton uses fp8 ``wgmma`` only when ``max_num_imprecise_acc >= 32``, and
+  then sums the 32 products of each instruction at the tensor core's precision. So full fp32
+  accumulation and fp8 MMA exclude each other there.)
 
 The row count M is never specialised (``tile_kernel``), so a one-row launch runs the same
 compiled kernel as the batch.
@@ -34,6 +38,7 @@ compiled kernel as the batch.
 import triton
 import triton.language as tl
 
+from .formats import FP8_E4M3FN
 from .matmul import _block_products_split_n
 from .rounding import round_fp32, to_fp32
 from .specialization import tile_kernel
@@ -42,7 +47,7 @@ from .specialization import tile_kernel
 @triton.jit
 def _fp8_pointer(ptrs, KIND: tl.constexpr):
     """Compiled fp8 dot only: uint8 pointers of fp8 data as e4m3fn (KIND 3) or e5m2 (KIND 4) pointers."""
-    if KIND == 3:
+    if KIND == FP8_E4M3FN:
         return ptrs.to(tl.pointer_type(tl.float8e4nv), bitcast=True)
     else:
         return ptrs.to(tl.pointer_type(tl.float8e5), bitcast=True)

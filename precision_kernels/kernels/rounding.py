@@ -16,7 +16,11 @@ lane on tiles of inexact fp16 subnormals, e.g. fp16 probabilities over a large v
 import triton
 import triton.language as tl
 
+from .formats import FP8_E4M3FN, FP8_E5M2
 from .specialization import tile_kernel
+
+# An output code only (rounding, not storage): e5m2 bits whose overflow saturates at +-57344.
+FP8_E5M2_SATURATING = tl.constexpr(5)
 
 
 @triton.jit
@@ -124,11 +128,11 @@ def round_fp32(x, OUT_KIND: tl.constexpr):
         return fp32_to_fp16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True)
     elif OUT_KIND == 2:
         return fp32_to_bf16_bits(x).to(tl.uint16).to(tl.int16, bitcast=True)
-    elif OUT_KIND == 3:
+    elif OUT_KIND == FP8_E4M3FN:
         return fp32_to_fp8_bits(x, 3, 7, 0x7E).to(tl.uint8)
-    elif OUT_KIND == 4:
+    elif OUT_KIND == FP8_E5M2:
         return fp32_to_fp8_bits(x, 2, 15, 0x7C).to(tl.uint8)
-    elif OUT_KIND == 5:
+    elif OUT_KIND == FP8_E5M2_SATURATING:
         return fp32_to_fp8_bits(x, 2, 15, 0x7B).to(tl.uint8)
     else:
         return x
@@ -146,9 +150,9 @@ def to_fp32(raw, KIND: tl.constexpr):
         return raw.to(tl.float16, bitcast=True).to(tl.float32)
     elif KIND == 2:
         return (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    elif KIND == 3:
+    elif KIND == FP8_E4M3FN:
         return fp8_bits_to_fp32(raw, 3, 7, False)
-    elif KIND == 4 or KIND == 5:
+    elif KIND == FP8_E5M2 or KIND == FP8_E5M2_SATURATING:
         return fp8_bits_to_fp32(raw, 2, 15, True)
     else:
         return raw

@@ -17,6 +17,7 @@ import torch
 import triton
 
 from .. import profiles
+from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
 from ..kernels.fp8_matmul import scaled_mm_kernel
 from ..precision import Precision
 from ._common import NATIVE_DOT, check_device, check_float, kernel_view, kind, launch
@@ -24,16 +25,17 @@ from ._custom import op_name, require
 from .rounding import FP8_DTYPES, round_to
 
 # Storage codes of the fp8 operands in the kernels (kernels/rounding.py's to_fp32).
-FP8_KIND = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 4}
+FP8_KIND = {torch.float8_e4m3fn: FP8_E4M3FN.value, torch.float8_e5m2: FP8_E5M2.value}
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fp8_dot_mode() -> int:
     """How the compiled scaled-mm kernel sums a K block (kernels/fp8_matmul.py, ``DOT``).
 
-    0 under the interpreter (elementwise products, K-ordered sums); on CUDA 2 (fp8 ``tl.dot``,
-    full fp32 accumulation) on sm_90, the target whose fp8 MMA path this kernel is checked on,
-    and 1 (operands widened to fp16, fp16 ``tl.dot``) on every other target.
+    0 under the interpreter (elementwise products, K-ordered sums); on CUDA 2 (fp8 ``tl.dot`` with
+    full fp32 accumulation, ``max_num_imprecise_acc=0``) on sm_90, and 1 (operands widened exactly
+    to fp16, fp16 ``tl.dot``) on every other target. Both keep I6; kernels/fp8_matmul.py says which
+    instructions Triton picks for each.
     """
     if not NATIVE_DOT:
         return 0

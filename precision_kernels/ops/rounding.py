@@ -13,13 +13,15 @@ import torch
 import triton
 
 from .. import backend
-from ..kernels.rounding import round_to_kernel
+from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
+from ..kernels.rounding import FP8_E5M2_SATURATING, round_to_kernel
 from ._common import check_device, kind, launch
 from ._custom import op_name, require
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Output codes of kernels/rounding.py's round_fp32 for the fp8 formats: (dtype, saturate) -> OUT_KIND.
-FP8_OUT_KIND = {(torch.float8_e4m3fn, True): 3, (torch.float8_e5m2, False): 4, (torch.float8_e5m2, True): 5}
+FP8_OUT_KIND = {(torch.float8_e4m3fn, True): FP8_E4M3FN.value, (torch.float8_e5m2, False): FP8_E5M2.value,
+                (torch.float8_e5m2, True): FP8_E5M2_SATURATING.value}
 
 # Elements per program: one tile op is one numpy call under the interpreter, so its
 # programs are made large; on GPU a 1024-wide block keeps every SM busy.
