@@ -8,6 +8,7 @@ from . import backend  # noqa: I001  (must run before any kernel module is impor
 from . import numerics, reference
 from .backend import active_backend
 from .ops import (
+    attention,
     check_temperature,
     layer_norm,
     linear,
@@ -27,5 +28,5 @@ from .profiles import active_profile, use_profile
 __all__ = [
     "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
     "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "softmax",
-    "token_logprobs", "matched_mode", "check_temperature",
+    "token_logprobs", "matched_mode", "check_temperature", "attention",
 ]

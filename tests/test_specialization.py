@@ -36,6 +36,13 @@ BATCH_VARYING = {
     "layer_norm_fwd_kernel": {"n_rows"},
     "layer_norm_bwd_kernel": {"n_rows"},
     "round_to_kernel": {"n_elements"},   # elementwise: no summation tree, but batch-varying all the same
+    # attention: (batch, head) items, both sequence lengths, the first-real-key bounds, and every stride that
+    # holds a sequence length
+    "attention_fwd_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_qh", "stride_kb", "stride_kh",
+                             "stride_mt"},
+    "attention_bwd_dq_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_kb", "stride_dob"},
+    "attention_bwd_dkdv_kernel": {"n_kv_items", "Tq", "Tk", "ks_min", "qb_lo", "qb_hi", "shift_min", "stride_qb",
+                                  "stride_kb", "stride_dob"},
 }
 
 

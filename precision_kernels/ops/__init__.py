@@ -6,6 +6,7 @@ implementation and a registered autograd formula; ops/_custom.py describes the p
 """
 
 from ._common import check_temperature
+from .attention import attention
 from .layer_norm import layer_norm
 from .lm_head import linear_logprobs, linear_sample
 from .matmul import linear, matmul
@@ -16,9 +17,9 @@ from .token_logprobs import token_logprobs
 
 # The family modules (each registers the family of its own name), in the registry's order: the
 # order of generic test ids and benchmark rows. A new family module is appended here.
-FAMILY_MODULES = ("rounding", "matmul", "softmax", "norm", "layer_norm", "token_logprobs", "lm_head")
+FAMILY_MODULES = ("rounding", "matmul", "softmax", "norm", "layer_norm", "token_logprobs", "lm_head", "attention")
 
 __all__ = [
-    "check_temperature", "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul",
-    "rms_norm", "round_to", "softmax", "token_logprobs",
+    "attention", "check_temperature", "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax",
+    "matmul", "rms_norm", "round_to", "softmax", "token_logprobs",
 ]

@@ -1,0 +1,723 @@
+"""Fused attention: out = softmax(q k^T * scale + mask) v, one pass over the keys, no (Tq x Tk) buffer.
+
+Three kernels, each with an interpreter form and a compiled (``NATIVE_DOT``) form:
+
+* ``attention_fwd_kernel``: the output and each row's log-sum-exp (the backward's only statistic);
+* ``attention_bwd_dq_kernel``: delta = rowsum(dO * O) (stored for the next kernel) and dq;
+* ``attention_bwd_dkdv_kernel``: dk and dv, one program per block of keys, summing over the
+  heads of the key's group (GQA) and, per head, over query blocks in index order.
+
+Positions and masking (the same predicate ``live`` in all three kernels):
+
+* An *item* is one (batch, query head); query head h reads key/value head ``h // GROUP``.
+* ``ks`` is the item's batch row's first real key (0 without key_start). Key blocks are counted
+  from it: block j holds keys ``ks + j * BLOCK_N + [0, BLOCK_N)``, and keys before ``ks`` are never
+  loaded. A left-padded item therefore walks exactly the blocks of the same item unpadded.
+* Causal masking is bottom-right: query t sits at key position ``Tk - Tq + t`` and sees the keys at
+  positions up to it.
+* A (row, key) pair is live when the key is in ``[ks, Tk)``, the causal rule and the bool mask allow
+  it, and its score (after an additive mask) is not -inf. Every other pair contributes the identity
+  through ``tl.where``: -inf to the scores, -0.0 to the sums (x + -0.0 == x for every x, -0.0 included,
+  so a fully masked block leaves every accumulator bitwise unchanged), and nothing is ever multiplied
+  by a masked value (a NaN or inf in V at a masked key does not reach the row).
+
+Numerics (interpreter form; DESIGN.md sections 2-3):
+
+* Scores are the fp32 sum over D, in index order, of exact fp32 products (operands widened
+  exactly), then multiplied by the fp32 scale, then the additive mask is added in fp32.
+* The online softmax walks the key blocks in index order: block max, new running max, rescale by
+  ``exp(old - new)`` (exactly 1 when the max did not move; ``exp(-inf - -inf)`` is never formed), the
+  block's exponentials summed over its keys in index order. P.V is the same ordered fp32 sum over the
+  block's keys. The output is ``acc / sum`` (``div_rn``), rounded once by the project's RNE helper; a
+  row with no live key gives +0 and log-sum-exp -inf.
+* BLOCK_N (keys, forward and dq) and BLOCK_M_BWD (queries, dk/dv) are reduction orders and come from
+  the profile table per dtype and backend; rows per program, items per program and keys per dk/dv
+  program change no bit. Every product tile keeps its reduced axis outermost and at least two
+  elements in the other axes (a (K, 1) tile would make numpy sum pairwise instead of in order),
+  hence BLOCK_D >= 2 and BLOCK_M >= 2.
+* No ``tl.dot`` under the interpreter (OpenBLAS gives an element different bits at different tile
+  positions); the products are widened, multiplied elementwise and summed with ``tl.sum`` along the
+  outermost axis, as in kernels/matmul.py.
+
+Compiled form: one item per program, ``tl.dot`` for q k^T on native fp16/bf16 operands (IEEE fp32 for
+fp32 inputs) and IEEE fp32 ``tl.dot`` for every product with P, dS or dO (so P is never rounded to 16
+bits); D is padded to a power of two >= 16. There, a value-level ``tl.where`` cannot reach inside a
+``tl.dot``: keys outside ``[ks, Tk)`` load as 0, and V rows of keys that no row of the tile attends are
+zeroed, but a non-finite V at a key that some rows of the same tile attend and others mask reaches the
+masking rows as NaN (the interpreter form has no such case).
+
+Batch-varying arguments (item count, Tq, Tk, strides that contain them, the host-side bounds) are never
+specialised (``kernels/specialization.py``).
+"""
+
+import triton
+import triton.language as tl
+
+from .rounding import round_fp32
+from .specialization import row_kernel
+
+# Operands that only feed tl.dot keep their alignment facts; everything else carries none (the delta
+# row sums and the masks are reductions/selections over loaded tiles).
+DOT_OPERANDS = ("q_ptr", "k_ptr", "v_ptr", "D", "stride_qt", "stride_qd", "stride_kt", "stride_kd",
+                "stride_vt", "stride_vd")
+# Every argument whose value changes with the batch, the sequence lengths or the padding.
+_STRIDES = ("stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_vb", "stride_vh",
+            "stride_mb", "stride_mh", "stride_mt", "stride_mk")
+FWD_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min") + _STRIDES
+DQ_BATCH_ARGS = FWD_BATCH_ARGS + ("stride_dob", "stride_doh")
+DKDV_BATCH_ARGS = ("n_kv_items", "Tq", "Tk", "ks_min", "qb_lo", "qb_hi", "shift_min") + _STRIDES + (
+    "stride_dob", "stride_doh")
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _interp_pointer(p, KIND: tl.constexpr):
+    """Interpreter: 16-bit data is read through fp16 pointers (numpy widens them exactly) or, for bf16,
+    uint16 pointers (widened by a shift; the interpreter's bf16 conversions are wrong)."""
+    if KIND == 1:
+        return p.to(tl.pointer_type(tl.float16), bitcast=True)
+    elif KIND == 2:
+        return p.to(tl.pointer_type(tl.uint16), bitcast=True)
+    else:
+        return p
+
+
+@triton.jit
+def _native_pointer(p, KIND: tl.constexpr):
+    """Compiled: int16 pointers of 16-bit data as fp16/bf16 pointers (loads feed tl.dot directly)."""
+    if KIND == 1:
+        return p.to(tl.pointer_type(tl.float16), bitcast=True)
+    elif KIND == 2:
+        return p.to(tl.pointer_type(tl.bfloat16), bitcast=True)
+    else:
+        return p
+
+
+@triton.jit
+def _widen(x, KIND: tl.constexpr, NATIVE_DOT: tl.constexpr):
+    """Exact fp32 value of a tile loaded through ``_interp_pointer`` / ``_native_pointer``."""
+    if KIND == 2 and not NATIVE_DOT:
+        return (x.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def _base_pointer(p, KIND: tl.constexpr, NATIVE_DOT: tl.constexpr):
+    if NATIVE_DOT:
+        return _native_pointer(p, KIND)
+    else:
+        return _interp_pointer(p, KIND)
+
+
+@triton.jit
+def _mask_values(mask_ptrs, ok, s, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Apply the user mask to fp32 scores ``s``: bool (MASK=1, True attends) -> -inf where False;
+    additive (MASK=2, fp32/fp16/bf16 widened exactly) -> s + mask, -inf where the mask is -inf."""
+    if MASK == 1:
+        allowed = tl.load(mask_ptrs, mask=ok, other=0) != 0
+        s = tl.where(allowed, s, float("-inf"))
+    elif MASK == 2:
+        raw = tl.load(mask_ptrs, mask=ok, other=0)
+        if MASK_KIND == 1:
+            add = raw.to(tl.float16, bitcast=True).to(tl.float32)
+        elif MASK_KIND == 2:
+            add = (raw.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            add = raw
+        # -inf masks the pair whatever its score (a NaN score of a masked pair must not leak)
+        s = tl.where(add == float("-inf"), float("-inf"), s + add)
+    return s
+
+
+# ---- forward -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+                     n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                     KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                     HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interpreter forward of BLOCK_ITEMS items x BLOCK_M query rows. Key-major tiles: scores are
+    (BLOCK_N, items, rows), the score products (BLOCK_D, BLOCK_N, items, rows), the P.V products
+    (BLOCK_N, items, rows, BLOCK_D): every sum runs along the outermost axis, in index order."""
+    items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
+    item_ok = items < n_items
+    b = items // H
+    h = items % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b, mask=item_ok, other=0)
+    else:
+        ks = tl.zeros((BLOCK_ITEMS,), tl.int64)
+    # keys [ks, Tk) of each item, relative to ks (an item past the end has none)
+    n_real = tl.where(item_ok, Tk - ks, 0)
+    # q, widened once: (BLOCK_D, 1, items, rows)
+    q_base = _interp_pointer(q_ptr, KIND)
+    q_ptrs = (q_base + (b * stride_qb + h * stride_qh)[None, None, :, None] + (t * stride_qt)[None, None, None, :]
+              + (d * stride_qd)[:, None, None, None])
+    q_ok = d_ok[:, None, None, None] & (item_ok[:, None] & row_ok[None, :])[None, None, :, :]
+    q = _widen(tl.load(q_ptrs, mask=q_ok, other=0), KIND, False)
+    # k and v pointers at relative key 0: k (BLOCK_D, BLOCK_N, items, 1), v (BLOCK_N, items, 1, BLOCK_D)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    k_rows = b * stride_kb + hk * stride_kh + ks * stride_kt
+    k_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, None, :, None] + (kr * stride_kt)[None, :, None, None]
+              + (d * stride_kd)[:, None, None, None])
+    v_rows = b * stride_vb + hk * stride_vh + ks * stride_vt
+    v_ptrs = (_interp_pointer(v_ptr, KIND) + v_rows[None, :, None, None] + (kr * stride_vt)[:, None, None, None]
+              + (d * stride_vd)[None, None, None, :])
+    # (relative key, item) limits in the three layouts: k, v, and the (BLOCK_N, items, rows) scores
+    k_lim = tl.where(d_ok[:, None, None, None], n_real[None, None, :, None], 0)
+    v_lim = tl.where(d_ok[None, None, None, :], n_real[None, :, None, None], 0)
+    kr_k = kr[None, :, None, None]
+    kr_v = kr[:, None, None, None]
+    kr_s = kr[:, None, None]
+    lim_s = n_real[None, :, None]
+    if CAUSAL:
+        # relative key r is visible from row t when ks + r <= Tk - Tq + t
+        c_lim = ((Tk - Tq) + t)[None, :] - ks[:, None]
+    if MASK != 0:
+        m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh + ks * stride_mk)[:, None] + (t * stride_mt)[None, :])
+        m_ptrs = m_ptrs[None, :, :] + (kr * stride_mk)[:, None, None]
+        m_row_ok = (item_ok[:, None] & row_ok[None, :])[None, :, :]
+    run_max = tl.full((BLOCK_ITEMS, BLOCK_M), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_ITEMS, BLOCK_M), tl.float32)
+    acc = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    # relative keys past the last one any row of the tile can see hold no live pair: not visited
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        # scores: fp32 sum over D in index order, then the scale, then the mask
+        k = _widen(tl.load(k_ptrs, mask=kr_k < k_lim - r0, other=0), KIND, False)
+        s = tl.sum(q * k, axis=0) * scale
+        live = kr_s < lim_s - r0
+        if CAUSAL:
+            live = live & (kr_s <= c_lim[None, :, :] - r0)
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live & m_row_ok, s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        # online softmax over this block
+        new_max = tl.maximum(run_max, tl.max(s, axis=0))
+        ref = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = tl.exp(run_max - ref)
+        e = tl.exp(s - ref[None, :, :])
+        run_sum = run_sum * alpha + tl.sum(e, axis=0)
+        run_max = new_max
+        # P.V: masked pairs add -0.0, whatever V holds there
+        v = _widen(tl.load(v_ptrs, mask=kr_v < v_lim - r0, other=0), KIND, False)
+        pv = tl.where(live[:, :, :, None], e[:, :, :, None] * v, -0.0)
+        acc = acc * alpha[:, :, None] + tl.sum(pv, axis=0)
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+    _fwd_store(o_ptr, lse_ptr, items[:, None] * Tq + t[None, :], item_ok[:, None] & row_ok[None, :], d, d_ok,
+               acc, run_max, run_sum, D, KIND)
+
+
+@triton.jit
+def _fwd_store(o_ptr, lse_ptr, rows, ok, d, d_ok, acc, run_max, run_sum, D, KIND: tl.constexpr):
+    """out = acc / sum rounded once (+0 for a row with no live key); lse = max + log(sum) (-inf there).
+    ``rows`` (any shape, that of ``run_sum``) are the rows' indices in the (items * Tq) output rows."""
+    empty = run_sum == 0.0
+    out = tl.where(tl.expand_dims(empty, -1), 0.0,
+                   tl.div_rn(acc, tl.expand_dims(tl.where(empty, 1.0, run_sum), -1)))
+    lse = tl.where(empty, float("-inf"), run_max + tl.log(tl.where(empty, 1.0, run_sum)))
+    tl.store(lse_ptr + rows, lse, mask=ok)
+    tl.store(o_ptr + tl.expand_dims(rows, -1) * D + d, round_fp32(out, KIND), mask=tl.expand_dims(ok, -1) & d_ok)
+
+
+@triton.jit
+def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+                n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Compiled forward of one item x BLOCK_M query rows: (rows, keys) score tiles from tl.dot."""
+    item = pid_i.to(tl.int64)
+    b = item // H
+    h = item % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b)
+    else:
+        ks = b * 0
+    n_real = Tk - ks
+    q_ptrs = (_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+              + d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    kt_ptrs = (_native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + (ks + kr)[None, :] * stride_kt
+               + d[:, None] * stride_kd)
+    v_ptrs = (_native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + (ks + kr)[:, None] * stride_vt
+              + d[None, :] * stride_vd)
+    if MASK != 0:
+        m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt
+                  + (ks + kr)[None, :] * stride_mk)
+    run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        key_ok = kr + r0 < n_real
+        kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+        s = tl.dot(q, kt, input_precision="ieee") * scale
+        live = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        new_max = tl.maximum(run_max, tl.max(s, axis=1))
+        ref = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = tl.exp(run_max - ref)
+        e = tl.where(live, tl.exp(s - ref[:, None]), 0.0)
+        run_sum = run_sum * alpha + tl.sum(e, axis=1)
+        run_max = new_max
+        # V rows of keys no row of the tile attends are zeroed (0 * inf inside the dot would be NaN)
+        attended = tl.max(live.to(tl.int32), axis=0) > 0
+        v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
+        v = tl.where(attended[:, None], v, 0.0)
+        acc = tl.dot(e, v, acc * alpha[:, None], input_precision="ieee")
+        kt_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+    _fwd_store(o_ptr, lse_ptr, item * Tq + t, row_ok, d, d_ok, acc, run_max, run_sum, D, KIND)
+
+
+@row_kernel(batch_args=FWD_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
+def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr,
+                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                         stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                         stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                         KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
+                         HAS_KS: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out (items, Tq, D) contiguous and lse (items, Tq) fp32 for ``n_items`` = B * H items."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(Tq, BLOCK_M)
+    pid_i = pid // n_m
+    pid_m = pid % n_m
+    if NATIVE_DOT:
+        _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                    stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                    KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                         stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                         stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                         KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)
+
+
+# ---- backward: delta and dq ----------------------------------------------------------------
+
+
+@triton.jit
+def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                    stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                    stride_dob, stride_doh, stride_dot, stride_dod,
+                    KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interpreter: delta and dq of BLOCK_ITEMS items x BLOCK_M query rows, in the forward's key-major layout.
+
+    One pass over the key blocks in index order (BLOCK_N is the order of every sum) accumulates
+    delta = sum_j P dP, A = sum_j (P dP) k_j and B = sum_j P k_j; dq = scale * (A - delta * B), which is
+    scale * sum_j P (dP - delta) k_j. delta comes from the fp32 P and dP, not from the rounded output."""
+    items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
+    item_ok = items < n_items
+    b = items // H
+    h = items % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b, mask=item_ok, other=0)
+    else:
+        ks = tl.zeros((BLOCK_ITEMS,), tl.int64)
+    n_real = tl.where(item_ok, Tk - ks, 0)
+    ok2 = item_ok[:, None] & row_ok[None, :]
+    rows = items[:, None] * Tq + t[None, :]
+    # q and dO in (BLOCK_D, 1, items, rows)
+    q_ok = d_ok[:, None, None, None] & ok2[None, None, :, :]
+    q_ptrs = (_interp_pointer(q_ptr, KIND) + (b * stride_qb + h * stride_qh)[None, None, :, None]
+              + (t * stride_qt)[None, None, None, :] + (d * stride_qd)[:, None, None, None])
+    q = _widen(tl.load(q_ptrs, mask=q_ok, other=0), KIND, False)
+    do_ptrs = (_interp_pointer(do_ptr, DO_KIND) + (b * stride_dob + h * stride_doh)[None, None, :, None]
+               + (t * stride_dot)[None, None, None, :] + (d * stride_dod)[:, None, None, None])
+    do = _widen(tl.load(do_ptrs, mask=q_ok, other=0), DO_KIND, False)
+    lse = tl.load(lse_ptr + rows[None, :, :], mask=ok2[None, :, :], other=0.0)
+    # k and v for the scores and dP (BLOCK_D, BLOCK_N, items, 1); k again for dq (BLOCK_N, items, 1, BLOCK_D)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    k_rows = b * stride_kb + hk * stride_kh + ks * stride_kt
+    k_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, None, :, None] + (kr * stride_kt)[None, :, None, None]
+              + (d * stride_kd)[:, None, None, None])
+    v_rows = b * stride_vb + hk * stride_vh + ks * stride_vt
+    v_ptrs = (_interp_pointer(v_ptr, KIND) + v_rows[None, None, :, None] + (kr * stride_vt)[None, :, None, None]
+              + (d * stride_vd)[:, None, None, None])
+    k2_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, :, None, None] + (kr * stride_kt)[:, None, None, None]
+               + (d * stride_kd)[None, None, None, :])
+    kv_lim = tl.where(d_ok[:, None, None, None], n_real[None, None, :, None], 0)
+    k2_lim = tl.where(d_ok[None, None, None, :], n_real[None, :, None, None], 0)
+    kr_k = kr[None, :, None, None]
+    kr_2 = kr[:, None, None, None]
+    kr_s = kr[:, None, None]
+    lim_s = n_real[None, :, None]
+    if CAUSAL:
+        c_lim = ((Tk - Tq) + t)[None, :] - ks[:, None]
+    if MASK != 0:
+        m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh + ks * stride_mk)[:, None] + (t * stride_mt)[None, :])
+        m_ptrs = m_ptrs[None, :, :] + (kr * stride_mk)[:, None, None]
+    acc_a = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    acc_b = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    delta = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        kv_ok = kr_k < kv_lim - r0
+        k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
+        s = tl.sum(q * k, axis=0) * scale
+        live = kr_s < lim_s - r0
+        if CAUSAL:
+            live = live & (kr_s <= c_lim[None, :, :] - r0)
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        p = tl.where(live, tl.exp(s - lse), 0.0)
+        v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
+        w = tl.where(live, p * tl.sum(do * v, axis=0), -0.0)           # P * dP
+        delta += tl.sum(w, axis=0)
+        k2 = _widen(tl.load(k2_ptrs, mask=kr_2 < k2_lim - r0, other=0), KIND, False)
+        live4 = live[:, :, :, None]
+        acc_a += tl.sum(tl.where(live4, w[:, :, :, None] * k2, -0.0), axis=0)
+        acc_b += tl.sum(tl.where(live4, p[:, :, :, None] * k2, -0.0), axis=0)
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+        k2_ptrs += BLOCK_N * stride_kt
+    tl.store(delta_ptr + rows, delta + 0.0, mask=ok2)
+    dq = (acc_a - delta[:, :, None] * acc_b) * scale + 0.0
+    tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(dq, KIND),
+             mask=ok2[:, :, None] & d_ok[None, None, :])
+
+
+@triton.jit
+def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+               n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+               stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+               stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+               stride_dob, stride_doh, stride_dot, stride_dod,
+               KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Compiled: delta and dq of one item x BLOCK_M query rows (the interpreter form's sums, by tl.dot)."""
+    item = pid_i.to(tl.int64)
+    b = item // H
+    h = item % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b)
+    else:
+        ks = b * 0
+    n_real = Tk - ks
+    rows = item * Tq + t
+    q_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+                + d[None, :] * stride_qd, mask=q_ok, other=0)
+    do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+                 + d[None, :] * stride_dod, mask=q_ok, other=0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    k_base = _native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh
+    v_base = _native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh
+    kt_ptrs = k_base + (ks + kr)[None, :] * stride_kt + d[:, None] * stride_kd
+    k_ptrs = k_base + (ks + kr)[:, None] * stride_kt + d[None, :] * stride_kd
+    vt_ptrs = v_base + (ks + kr)[None, :] * stride_vt + d[:, None] * stride_vd
+    if MASK != 0:
+        m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt
+                  + (ks + kr)[None, :] * stride_mk)
+    acc_a = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    acc_b = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    delta = tl.full((BLOCK_M,), -0.0, tl.float32)
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        key_ok = kr + r0 < n_real
+        kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+        s = tl.dot(q, kt, input_precision="ieee") * scale
+        live = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
+        vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
+        w = tl.where(live, p * tl.dot(do, vt, input_precision="ieee"), 0.0)
+        delta += tl.sum(w, axis=1)
+        k = tl.load(k_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
+        acc_a = tl.dot(w, k, acc_a, input_precision="ieee")
+        acc_b = tl.dot(p, k, acc_b, input_precision="ieee")
+        kt_ptrs += BLOCK_N * stride_kt
+        k_ptrs += BLOCK_N * stride_kt
+        vt_ptrs += BLOCK_N * stride_vt
+    tl.store(delta_ptr + rows, delta + 0.0, mask=row_ok)
+    dq = (acc_a - delta[:, None] * acc_b) * scale + 0.0
+    tl.store(dq_ptr + rows[:, None] * D + d[None, :], round_fp32(dq, KIND), mask=q_ok)
+
+
+@row_kernel(batch_args=DQ_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
+def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                            n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                            stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                            stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                            stride_dob, stride_doh, stride_dot, stride_dod,
+                            KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr,
+                            MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, HAS_KS: tl.constexpr,
+                            NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta (items, Tq) = rowsum(P * dP) in fp32, for the dk/dv kernel, and dq (items, Tq, D) contiguous."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(Tq, BLOCK_M)
+    pid_i = pid // n_m
+    pid_m = pid % n_m
+    if NATIVE_DOT:
+        _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+                   n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                   stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                   stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                   stride_dob, stride_doh, stride_dot, stride_dod,
+                   KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                        pid_i, pid_m, n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                        stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                        stride_dob, stride_doh, stride_dot, stride_dod,
+                        KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)
+
+
+# ---- backward: dk and dv -------------------------------------------------------------------
+
+
+@triton.jit
+def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                      pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                      stride_dob, stride_doh, stride_dot, stride_dod,
+                      KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interpreter: dk, dv of BLOCK_ITEMS (batch, kv head) items x BLOCK_N keys. Query-major tiles: scores
+    (BLOCK_M, items, keys); the sums over a query block run along its outermost axis, in row order."""
+    items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
+    item_ok = items < n_items
+    b = items // HKV
+    hk = items % HKV
+    n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b, mask=item_ok, other=0)
+    else:
+        ks = tl.zeros((BLOCK_ITEMS,), tl.int64)
+    key = ks[:, None] + n[None, :]                                   # (items, keys): absolute key positions
+    key_ok = item_ok[:, None] & (key < Tk)
+    # k and v, widened once: (BLOCK_D, 1, items, keys)
+    kv_ok = d_ok[:, None, None, None] & key_ok[None, None, :, :]
+    k = _widen(tl.load(_interp_pointer(k_ptr, KIND) + (b * stride_kb + hk * stride_kh)[None, None, :, None]
+                       + (key * stride_kt)[None, None, :, :] + (d * stride_kd)[:, None, None, None],
+                       mask=kv_ok, other=0), KIND, False)
+    v = _widen(tl.load(_interp_pointer(v_ptr, KIND) + (b * stride_vb + hk * stride_vh)[None, None, :, None]
+                       + (key * stride_vt)[None, None, :, :] + (d * stride_vd)[:, None, None, None],
+                       mask=kv_ok, other=0), KIND, False)
+    # query blocks start at each item's query origin: the row at key position ks (bottom-right aligned)
+    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
+    i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
+    qb_start = qb_lo
+    if CAUSAL:
+        # rows before the first that can see this tile's first key contribute nothing: not visited
+        first = pid_n * BLOCK_N + shift_min
+        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+    dk = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    dv = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    key_s = key[None, :, :]
+    key_ok_s = key_ok[None, :, :]
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_rows = b * stride_qb + h * stride_qh
+        do_rows = b * stride_dob + h * stride_doh
+        for qb in range(qb_start, qb_hi):
+            t = q_org[None, :] + qb * BLOCK_M + i_rows[:, None]        # (rows, items)
+            row_ok = (t >= 0) & (t < Tq) & item_ok[None, :]
+            t_ok4 = row_ok[None, :, :, None] & d_ok[:, None, None, None]
+            t_ok4b = row_ok[:, :, None, None] & d_ok[None, None, None, :]
+            # q and dO as (BLOCK_D, rows, items, 1) for the scores and dP, (rows, items, 1, BLOCK_D) for dk, dv
+            q_off = q_rows[None, :] + t * stride_qt
+            do_off = do_rows[None, :] + t * stride_dot
+            q = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[None, :, :, None]
+                               + (d * stride_qd)[:, None, None, None], mask=t_ok4, other=0), KIND, False)
+            s = tl.sum(q * k, axis=0) * scale
+            live = row_ok[:, :, None] & key_ok_s
+            if CAUSAL:
+                live = live & (key_s <= ((Tk - Tq) + t)[:, :, None])
+            if MASK != 0:
+                m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh)[None, :, None] + (t * stride_mt)[:, :, None]
+                          + key_s * stride_mk)
+                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            s = tl.where(live, s, float("-inf"))
+            live = s != float("-inf")
+            rows = (b * H + h)[None, :] * Tq + t
+            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
+            p = tl.where(live, tl.exp(s - lse), 0.0)
+            live4 = live[:, :, :, None]
+            do2 = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[:, :, None, None]
+                                 + (d * stride_dod)[None, None, None, :], mask=t_ok4b, other=0), DO_KIND, False)
+            dv += tl.sum(tl.where(live4, p[:, :, :, None] * do2, -0.0), axis=0)
+            do = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[None, :, :, None]
+                                + (d * stride_dod)[:, None, None, None], mask=t_ok4, other=0), DO_KIND, False)
+            dp = tl.sum(do * v, axis=0)
+            delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
+            ds = tl.where(live, p * (dp - delta), 0.0)
+            q2 = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[:, :, None, None]
+                                + (d * stride_qd)[None, None, None, :], mask=t_ok4b, other=0), KIND, False)
+            dk += tl.sum(tl.where(live4, ds[:, :, :, None] * q2, -0.0), axis=0)
+    out_rows = items[:, None] * Tk + key
+    out_ok = key_ok[:, :, None] & d_ok[None, None, :]
+    out_ptrs = out_rows[:, :, None] * D + d[None, None, :]
+    tl.store(dk_ptr + out_ptrs, round_fp32(dk * scale + 0.0, KIND), mask=out_ok)
+    tl.store(dv_ptr + out_ptrs, round_fp32(dv + 0.0, KIND), mask=out_ok)
+
+
+@triton.jit
+def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                 pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                 stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                 stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                 stride_dob, stride_doh, stride_dot, stride_dod,
+                 KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Compiled: dk, dv of one (batch, kv head) item x BLOCK_N keys; (rows, keys) tiles from tl.dot."""
+    item = pid_i.to(tl.int64)
+    b = item // HKV
+    hk = item % HKV
+    n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b)
+    else:
+        ks = b * 0
+    key = ks + n
+    key_ok = key < Tk
+    kv_ok = d_ok[:, None] & key_ok[None, :]
+    kt = tl.load(_native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + key[None, :] * stride_kt
+                 + d[:, None] * stride_kd, mask=kv_ok, other=0)
+    vt = tl.load(_native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + key[None, :] * stride_vt
+                 + d[:, None] * stride_vd, mask=kv_ok, other=0).to(tl.float32)
+    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
+    i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
+    qb_start = qb_lo
+    if CAUSAL:
+        first = pid_n * BLOCK_N + shift_min
+        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+    dk = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    dv = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        for qb in range(qb_start, qb_hi):
+            t = q_org + qb * BLOCK_M + i_rows
+            row_ok = (t >= 0) & (t < Tq)
+            t_ok = row_ok[:, None] & d_ok[None, :]
+            q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+                        + d[None, :] * stride_qd, mask=t_ok, other=0)
+            s = tl.dot(q, kt, input_precision="ieee") * scale
+            live = row_ok[:, None] & key_ok[None, :]
+            if CAUSAL:
+                live = live & (key[None, :] <= ((Tk - Tq) + t)[:, None])
+            if MASK != 0:
+                m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt + key[None, :] * stride_mk
+                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            s = tl.where(live, s, float("-inf"))
+            live = s != float("-inf")
+            rows = (b * H + h) * Tq + t
+            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+            p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
+            do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+                         + d[None, :] * stride_dod, mask=t_ok, other=0).to(tl.float32)
+            dv = tl.dot(tl.trans(p), do, dv, input_precision="ieee")
+            dp = tl.dot(do, vt, input_precision="ieee")
+            delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
+            ds = tl.where(live, p * (dp - delta[:, None]), 0.0)
+            dk = tl.dot(tl.trans(ds), q.to(tl.float32), dk, input_precision="ieee")
+    out_ptrs = (item * Tk + key)[:, None] * D + d[None, :]
+    out_ok = key_ok[:, None] & d_ok[None, :]
+    tl.store(dk_ptr + out_ptrs, round_fp32(dk * scale + 0.0, KIND), mask=out_ok)
+    tl.store(dv_ptr + out_ptrs, round_fp32(dv + 0.0, KIND), mask=out_ok)
+
+
+@row_kernel(batch_args=DKDV_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                              n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_lo, qb_hi, shift_min,
+                              stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                              stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                              stride_dob, stride_doh, stride_dot, stride_dod,
+                              KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr,
+                              MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, HAS_KS: tl.constexpr,
+                              NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dk, dv (B * HKV, Tk, D) contiguous. Query blocks run ``qb_lo <= qb < qb_hi`` from each item's query
+    origin (host bounds over the batch); ``shift_min`` bounds how far before a key its first seeing row lies."""
+    pid = tl.program_id(0)
+    n_n = tl.cdiv(Tk - ks_min, BLOCK_N)
+    pid_i = pid // n_n
+    pid_n = pid % n_n
+    if NATIVE_DOT:
+        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                     pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                     stride_dob, stride_doh, stride_dot, stride_dod,
+                     KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                          stride_dob, stride_doh, stride_dot, stride_dod,
+                          KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)

@@ -1,0 +1,490 @@
+"""pk.attention: fused, batch-invariant scaled dot-product attention with a KV-cache-friendly causal rule.
+
+``attention(q, k, v, *, causal=True, scale=None, attn_mask=None, key_start=None)``:
+
+* q is (B, H, Tq, D), k and v are (B, Hkv, Tk, D) with H a multiple of Hkv (grouped-query attention:
+  query head h reads key/value head h // (H / Hkv)); 1 <= D <= 256. The output is (B, H, Tq, D) in
+  the inputs' dtype (fp32, fp16 or bf16, one dtype for q, k and v).
+* ``causal`` aligns **bottom-right**: query t sits at key position Tk - Tq + t and sees the keys at
+  positions up to it. So a decode step (Tq = 1) sees the whole cache, and a chunk of queries against a
+  longer cache gets the rows of the full pass. torch's SDPA ``is_causal`` aligns top-left instead (the
+  two agree when Tq == Tk).
+* ``attn_mask``: bool (True = attend) or additive float (fp32/fp16/bf16, added in fp32 to the scaled
+  scores), broadcastable to (B, H, Tq, Tk). It gets no gradient.
+* ``key_start``: an int64 (B,) tensor, each batch row's first real key, in [0, Tk]. Keys before it are
+  masked, and key blocks are counted from it, so a left-padded row gives the bits of the same row
+  unpadded (the padding shifts no reduction block). In the backward, query blocks are counted from the
+  row at key position key_start, so the gradients of a left-padded item equal the unpadded item's too.
+* ``scale`` defaults to 1 / sqrt(D); it is used as its float32 value.
+* A row with no key to attend (everything masked, or Tk == 0) gives 0, as torch's SDPA does.
+
+Numerics (kernels/attention.py): fp32 scores summed over D in fixed order; an online softmax over key
+blocks of a fixed size (``profiles.attention_orders_for``) in index order; P.V in fp32; the output
+rounded once by the project's RNE. Only the per-row log-sum-exp is stored; the backward recomputes P.
+No (Tq x Tk) buffer exists in the forward or the backward. The backward sums dk/dv over query blocks
+in index order (and over the heads of a GQA group in index order) and dq over key blocks, with no
+atomics; it always runs the matched profile on the forward's tile table.
+
+Custom ops (ops/_custom.py): ``pk::attention(q, k, v, attn_mask, key_start, causal, scale) -> (out, lse)``
+and ``pk::attention_backward``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .. import compile_registry, profiles
+from ..kernels.attention import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, attention_fwd_kernel
+from ..reference import fp32_scalar
+from . import _samples as S
+from ._common import NATIVE_DOT, check_device, check_float, check_fp32_real, check_same_dtype, kernel_view, kind, launch
+from ._custom import fp32_value, op_name, require
+from .registry import MatchesTorch, OpcheckCase, OpFamily, Raises, Sample, register_family
+
+MAX_HEAD_DIM = 256
+_MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
+
+
+# ---- argument checks (metadata only) ----------------------------------------------------------
+
+
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float(name, t)
+    check_same_dtype(q=q, k=k, v=v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be 4-D ({'B, H, Tq, D' if name == 'q' else 'B, Hkv, Tk, D'}), "
+                             f"got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    (b, h, _, d), (bk, hkv, _, dk) = q.shape, k.shape
+    if bk != b:
+        raise ValueError(f"attention: batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if dk != d:
+        raise ValueError(f"attention: head dims differ: q {tuple(q.shape)} (D={d}), k {tuple(k.shape)} (D={dk})")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dim D must be in [1, {MAX_HEAD_DIM}], got {d}")
+    if hkv == 0 or h % hkv != 0:
+        raise ValueError(f"attention: q's heads H={h} must be a multiple of k/v's heads Hkv={hkv} "
+                         f"(grouped-query attention)")
+
+
+def _check_mask(attn_mask, q, k) -> None:
+    if attn_mask is None:
+        return
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attention: attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"attention: attn_mask must be bool (True = attend) or an additive float32/float16/bfloat16 "
+                        f"mask, got {attn_mask.dtype}")
+    check_device("attn_mask", attn_mask)
+    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    shape = tuple(attn_mask.shape)
+    if len(shape) > 4 or any(m not in (1, f) for m, f in zip(shape[::-1], full[::-1])):
+        raise ValueError(f"attention: attn_mask of shape {shape} does not broadcast to (B, H, Tq, Tk) = {full}")
+    if attn_mask.requires_grad:
+        raise ValueError("attention: attn_mask must not require grad (pk.attention computes no mask gradient)")
+
+
+def _check_key_start(key_start, q) -> None:
+    if key_start is None:
+        return
+    if not isinstance(key_start, torch.Tensor):
+        raise TypeError(f"attention: key_start must be an int64 torch.Tensor or None, got {type(key_start).__name__}")
+    if key_start.dtype != torch.int64:
+        raise TypeError(f"attention: key_start must be int64, got {key_start.dtype}")
+    check_device("key_start", key_start)
+    if tuple(key_start.shape) != (q.shape[0],):
+        raise ValueError(f"attention: key_start must have shape (B,) = ({q.shape[0]},), got {tuple(key_start.shape)}")
+
+
+def _check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    return check_fp32_real("scale", scale)
+
+
+# ---- launches -----------------------------------------------------------------------------------
+
+
+def _mask_args(attn_mask, q, k):
+    """(tensor the kernel reads, its 4 strides over (B, H, Tq, Tk), MASK code, MASK_KIND)."""
+    if attn_mask is None:
+        return kernel_view(q), (0, 0, 0, 0), _MASK_NONE, 0
+    full = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if attn_mask.dtype == torch.bool:
+        return full.view(torch.uint8), full.stride(), _MASK_BOOL, 0
+    return kernel_view(full), full.stride(), _MASK_ADD, kind(attn_mask.dtype)
+
+
+def _key_start_bounds(key_start, batch: int, tk: int) -> tuple[int, int]:
+    """(min, max) of key_start, after checking every value lies in [0, Tk] (read here, before any kernel)."""
+    if key_start is None or batch == 0:
+        return 0, 0
+    lo, hi = int(key_start.min()), int(key_start.max())
+    if lo < 0 or hi > tk:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"attention: key_start holds {bad}, outside [0, Tk] = [0, {tk}]")
+    return lo, hi
+
+
+def _layout_checks(op: str, q, k, v, attn_mask, key_start) -> None:
+    require(q.dim() == 4 and k.dim() == 4 and k.shape == v.shape and q.shape[0] == k.shape[0]
+            and q.shape[3] == k.shape[3] and 1 <= q.shape[3] <= MAX_HEAD_DIM and k.shape[1] > 0
+            and q.shape[1] % k.shape[1] == 0 and q.dtype == k.dtype == v.dtype, op,
+            f"q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype} are not "
+            f"(B, H, Tq, D), (B, Hkv, Tk, D) x2 of one dtype with H % Hkv == 0 and 1 <= D <= {MAX_HEAD_DIM}")
+    if attn_mask is not None:
+        full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        shape = tuple(attn_mask.shape)
+        require(len(shape) <= 4 and all(m in (1, f) for m, f in zip(shape[::-1], full[::-1])), op,
+                f"attn_mask {shape} does not broadcast to {full}")
+    if key_start is not None:
+        require(key_start.dtype == torch.int64 and tuple(key_start.shape) == (q.shape[0],), op,
+                f"key_start must be int64 of shape ({q.shape[0]},), got {key_start.dtype} {tuple(key_start.shape)}")
+
+
+def _common_args(q, k, v, attn_mask, key_start):
+    m_view, m_strides, mask_code, mask_kind = _mask_args(attn_mask, q, k)
+    ks = key_start if key_start is not None else torch.zeros(1, dtype=torch.int64, device=q.device)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *m_strides)
+    return m_view, ks, strides, dict(MASK=mask_code, MASK_KIND=mask_kind, HAS_KS=key_start is not None)
+
+
+def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    out = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    ks_min, _ = _key_start_bounds(key_start, b, tk)
+    items = b * h
+    if items == 0 or tq == 0:
+        return out, lse
+    cfg = profiles.attention_config(q.dtype, "fwd", items=items, rows=tq, keys=tk, head_dim=d)
+    m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
+    grid = (triton.cdiv(items, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
+    launch(attention_fwd_kernel, grid,
+           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse,
+           items, h, h // hkv, tq, tk, d, ks_min, scale, *strides,
+           config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=NATIVE_DOT, **flags,
+           BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
+    return out, lse
+
+
+def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: float):
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    ks_min, ks_max = _key_start_bounds(key_start, b, tk)
+    if b == 0 or h == 0:
+        return dq, dk, dv
+    m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
+    do_strides = dout.stride()
+    common = dict(KIND=kind(q.dtype), DO_KIND=kind(dout.dtype), CAUSAL=causal, NATIVE_DOT=NATIVE_DOT, **flags)
+    delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    if tq:
+        cfg = profiles.attention_config(q.dtype, "dq", items=b * h, rows=tq, keys=tk, head_dim=d)
+        grid = (triton.cdiv(b * h, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
+        launch(attention_bwd_dq_kernel, grid,
+               kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), lse, delta,
+               kernel_view(dq), b * h, h, h // hkv, tq, tk, d, ks_min, scale, *strides, *do_strides,
+               config=cfg, **common,
+               BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
+    else:
+        dq.zero_()
+    # Query blocks start at each item's query origin q_org = clamp(ks - (Tk - Tq), 0, Tq), monotone in ks;
+    # causal rows before it see no key. shift = ks - (Tk - Tq) - q_org is monotone too.
+    cfg = profiles.attention_config(q.dtype, "dkdv", items=b * hkv, rows=tq, keys=tk - ks_min, head_dim=d)
+    bm = cfg.block_m_bwd
+
+    def q_org(ks_value: int) -> int:
+        return min(max(ks_value - (tk - tq), 0), tq)
+
+    qb_lo = 0 if causal else -triton.cdiv(q_org(ks_max), bm)
+    qb_hi = triton.cdiv(tq - q_org(ks_min), bm)
+    shift_min = ks_min - (tk - tq) - q_org(ks_min)
+    grid = (triton.cdiv(b * hkv, cfg.block_items) * triton.cdiv(tk - ks_min, cfg.block_n_bwd),)
+    if math.prod(grid) == 0 or dk.numel() == 0:
+        dk.zero_()
+        dv.zero_()
+        return dq, dk, dv
+    if ks_max > 0:
+        # a row's keys before its first real key are not visited; their gradient is 0
+        dk.zero_()
+        dv.zero_()
+    launch(attention_bwd_dkdv_kernel, grid,
+           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), lse, delta,
+           kernel_view(dk), kernel_view(dv), b * hkv, h, hkv, h // hkv, tq, tk, d, ks_min, scale,
+           qb_lo, qb_hi, shift_min, *strides, *do_strides,
+           config=cfg, **common,
+           BLOCK_ITEMS=cfg.block_items, BLOCK_M=bm, BLOCK_N=cfg.block_n_bwd, BLOCK_D=cfg.block_d)
+    return dq, dk, dv
+
+
+# ---- custom ops (pattern: ops/_custom.py) ---------------------------------------------------------
+
+
+@torch.library.custom_op(op_name("attention"), mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                  key_start: torch.Tensor | None, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale + mask) v -> (out (B, H, Tq, D), lse (B, H, Tq) fp32), in the active profile's tiles."""
+    _layout_checks("attention", q, k, v, attn_mask, key_start)
+    scale = check_fp32_real("scale", scale)
+    return _forward(q, k, v, attn_mask, key_start, causal, fp32_value(scale))
+
+
+@_attention_op.register_fake
+def _(q, k, v, attn_mask, key_start, causal, scale):
+    b, h, tq, d = q.shape
+    return q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32)
+
+
+@torch.library.custom_op(op_name("attention_backward"), mutates_args=())
+def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           lse: torch.Tensor, attn_mask: torch.Tensor | None,
+                           key_start: torch.Tensor | None, causal: bool, scale: float,
+                           table: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of ``pk::attention`` from the forward's lse (P is recomputed), in the matched profile on
+    tile table ``table``."""
+    _layout_checks("attention_backward", q, k, v, attn_mask, key_start)
+    require(dout.shape == q.shape and tuple(lse.shape) == tuple(q.shape[:3]) and lse.dtype == torch.float32
+            and dout.dtype in (torch.float32, torch.float16, torch.bfloat16), "attention_backward",
+            f"dout {tuple(dout.shape)} {dout.dtype} and lse {tuple(lse.shape)} {lse.dtype} do not match "
+            f"q {tuple(q.shape)}")
+    scale = check_fp32_real("scale", scale)
+    with profiles.use_profile("matched"), profiles.config_backend(table):
+        return _backward(dout, q, k, v, lse.contiguous(), attn_mask, key_start, causal, fp32_value(scale))
+
+
+@_attention_backward_op.register_fake
+def _(dout, q, k, v, lse, attn_mask, key_start, causal, scale, table):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, attn_mask, key_start, causal, scale = inputs
+    _, lse = output
+    ctx.save_for_backward(q, k, v, lse, attn_mask, key_start)
+    ctx.causal = causal
+    ctx.scale = scale
+    ctx.table = profiles.table_backend()
+    ctx.mark_non_differentiable(lse)
+
+
+def _attention_backward(ctx, dout, _dlse):
+    q, k, v, lse, attn_mask, key_start = ctx.saved_tensors
+    if ctx.needs_input_grad[3]:
+        raise NotImplementedError("pk.attention computes no gradient for attn_mask")
+    if dout is None:
+        dout = torch.zeros_like(q)
+    elif dout.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        dout = dout.to(torch.float32)
+    dq, dk, dv = torch.ops.pk.attention_backward(dout, q, k, v, lse, attn_mask, key_start, ctx.causal, ctx.scale,
+                                                 ctx.table)
+    need_q, need_k, need_v = ctx.needs_input_grad[:3]
+    return (dq if need_q else None), (dk if need_k else None), (dv if need_v else None), None, None, None, None
+
+
+_attention_op.register_autograd(_attention_backward, setup_context=_setup_context)
+
+
+# ---- public function ------------------------------------------------------------------------------
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True, scale: float | None = None,
+              attn_mask: torch.Tensor | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v over (B, H, Tq, D) queries and (B, Hkv, Tk, D) keys/values.
+
+    ``causal`` aligns bottom-right (query t at key position Tk - Tq + t; torch's SDPA ``is_causal`` aligns
+    top-left). ``attn_mask``: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk).
+    ``key_start``: int64 (B,), each batch row's first real key (left padding); keys before it are masked
+    and key blocks are counted from it, so a left-padded row equals the row unpadded bit for bit.
+    ``scale`` defaults to 1 / sqrt(D). Rows with no key to attend give 0. Differentiable in q, k, v.
+    See the module docstring for the numerics.
+    """
+    _check_qkv(q, k, v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"attention: causal must be a bool, got {type(causal).__name__}")
+    _check_mask(attn_mask, q, k)
+    _check_key_start(key_start, q)
+    s = _check_scale(scale, q.shape[3])
+    return torch.ops.pk.attention(q, k, v, attn_mask, key_start, causal, s)[0]
+
+
+# ---- registration (ops/registry.py) ----------------------------------------------------------------
+
+
+_COMPILE_VARIANTS = (dict(MASK=_MASK_NONE, CAUSAL=True, HAS_KS=False), dict(MASK=_MASK_BOOL, CAUSAL=False, HAS_KS=True))
+
+
+def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
+    out = []
+    for head_dim in (8, 64, 128):
+        cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
+        block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
+        for variant in _COMPILE_VARIANTS:
+            out.append({"KIND": kind_, **({} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
+                        "NATIVE_DOT": True, "BLOCK_ITEMS": 1, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                        "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **variant})
+    return out
+
+
+def _compile_kernels(table: dict) -> None:
+    """Forward, dq and dk/dv per format, each with (no mask, causal) and (bool mask, key_start, not causal), at
+    the CUDA table's tiles for head dims 8 (TinyGPT's, padded to 16; first, so make test compiles it), 64, 128."""
+    qkvm = {f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhtd"} | {f"stride_m{a}": "i32" for a in "bhtk"}
+    do = {f"stride_do{a}": "i32" for a in "bhtd"}
+    for name, kind_, ptr in compile_registry.FORMATS:
+        common = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "mask_ptr": "*u8", "ks_ptr": "*i64", "H": "i32",
+                  "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
+        compile_registry.register(
+            table, f"attention_fwd_{name}", attention_fwd_kernel,
+            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", "n_items": "i32", **qkvm},
+            configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
+        compile_registry.register(
+            table, f"attention_bwd_dq_{name}", attention_bwd_dq_kernel,
+            signature={**common, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": ptr,
+                       "n_items": "i32", **qkvm, **do},
+            configs=_compile_configs(name, kind_, "dq"), expects_mma=kind_ != 0)
+        compile_registry.register(
+            table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_kernel,
+            signature={**common, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": ptr,
+                       "dv_ptr": ptr, "n_kv_items": "i32", "HKV": "i32", "qb_lo": "i32", "qb_hi": "i32",
+                       "shift_min": "i32", **qkvm, **do},
+            configs=_compile_configs(name, kind_, "dkdv"), expects_mma=kind_ != 0)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                        scale: float | None = None, attn_mask: torch.Tensor | None = None,
+                        key_start: torch.Tensor | None = None) -> torch.Tensor:
+    """FP64 attention with pk.attention's semantics (bottom-right causal, GQA, masks, key_start, empty rows give
+    0) on the same rounded inputs; the scale is first rounded to fp32, as the kernel uses it. Differentiable."""
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    scale = fp32_scalar(1.0 / math.sqrt(d) if scale is None else scale)
+    q64 = q.to(torch.float64)
+    k64 = k.to(torch.float64).repeat_interleave(h // hkv, dim=1)
+    v64 = v.to(torch.float64).repeat_interleave(h // hkv, dim=1)
+    s = q64 @ k64.transpose(-1, -2) * scale
+    keys = torch.arange(tk, device=q.device)
+    live = torch.ones((b, h, tq, tk), dtype=torch.bool, device=q.device)
+    if causal:
+        live = live & (keys[None, :] <= (tk - tq) + torch.arange(tq, device=q.device)[:, None])
+    if key_start is not None:
+        live = live & (keys[None, None, None, :] >= key_start[:, None, None, None])
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            live = live & attn_mask
+        else:
+            s = s + attn_mask.to(torch.float64)
+    s = s.masked_fill(~live, float("-inf"))
+    empty = (s == float("-inf")).all(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+    return p @ v64
+
+
+def _samples(dtype, rows, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    t, d = max(rows, 1), max(min(n, 64), 1)
+    q, kk, v = S.leaf((2, 4, t, d), dtype, g), S.leaf((2, 2, t, d), dtype, g), S.leaf((2, 2, t, d), dtype, g)
+    return [Sample("attention", attention, (q, kk, v))]
+
+
+def _row_samples(dtype, rows, n, seed):
+    # the output and dq: each query row's own (dk and dv sum over the query rows)
+    g = torch.Generator().manual_seed(seed)
+    d = max(min(n, 64), 1)
+    q, k, v = S.leaf((1, 2, rows, d), dtype, g), S.leaf((1, 1, rows, d), dtype, g), S.leaf((1, 1, rows, d), dtype, g)
+    out = attention(q, k.detach(), v.detach())
+    return [out, torch.autograd.grad(out, q, S.leaf(out.shape, dtype, g).detach())[0]]
+
+
+def _opcheck():
+    r, ops = S.rand, torch.ops.pk
+    q, k, v = r(2, 4, 5, 8, grad=True), r(2, 2, 9, 8, seed=1, grad=True), r(2, 2, 9, 8, seed=2, grad=True)
+    qb = r(1, 2, 3, 16, dtype=S.BF16)
+    kb, vb = r(1, 1, 7, 16, dtype=S.BF16, seed=1), r(1, 1, 7, 16, dtype=S.BF16, seed=2)
+    starts, keep = S.ids(0, 3), torch.rand(2, 1, 5, 9, generator=torch.Generator().manual_seed(3)).to(S.DEV) > 0.3
+    qn, kn, vn = S.no_grad(q, k, v)
+    _, lse = S.no_grad(*ops.attention(qn, kn, vn, keep, starts, True, 0.35))
+    table = profiles.table_backend()
+    return [
+        OpcheckCase("attention", ops.attention, (q, k, v, None, None, True, 0.35)),
+        OpcheckCase("attention/mask+key_start", ops.attention, (q, k, v, keep, starts, False, 0.35)),
+        OpcheckCase("attention/bf16 additive mask", ops.attention,
+                    (qb, kb, vb, r(1, 1, 3, 7, dtype=S.BF16, seed=4), None, True, 0.25)),
+        OpcheckCase("attention_backward", ops.attention_backward,
+                    (r(2, 4, 5, 8, seed=5), qn, kn, vn, lse, keep, starts, True, 0.35, table)),
+    ]
+
+
+def _bad_inputs():
+    r, F = S.rand, torch.nn.functional
+
+    def qkv(h=2, hkv=1, tq=3, tk=5, d=8, dtype=S.F32):
+        return r(2, h, tq, d, dtype=dtype), r(2, hkv, tk, d, dtype=dtype, seed=1), r(2, hkv, tk, d, dtype=dtype, seed=2)
+
+    q, k, v = qkv()
+    return [
+        Raises("attention/None q", lambda: attention(None, k, v), TypeError, "q must be a torch.Tensor"),
+        Raises("attention/int k", lambda: attention(q, k.int(), v), TypeError, "k must be float32"),
+        Raises("attention/dtype mix", lambda: attention(q, k.half(), v), TypeError, "dtype mismatch"),
+        Raises("attention/device", lambda: attention(q, k, S.meta(2, 1, 5, 8)), ValueError, "v is on meta"),
+        Raises("attention/3-D q", lambda: attention(q[0], k, v), ValueError, "q must be 4-D"),
+        Raises("attention/k v shapes", lambda: attention(q, k, v[:, :, :4]), ValueError, "same shape"),
+        Raises("attention/batch", lambda: attention(q[:1], k, v), ValueError, "batch sizes differ"),
+        Raises("attention/head dim", lambda: attention(q[..., :4], k, v), ValueError, "head dims differ"),
+        Raises("attention/H % Hkv", lambda: attention(*qkv(h=3, hkv=2)), ValueError, "multiple of"),
+        Raises("attention/D=0", lambda: attention(*qkv(d=0)), ValueError, r"D must be in \[1, 256\]"),
+        Raises("attention/D=257", lambda: attention(*qkv(d=257)), ValueError, r"D must be in \[1, 256\]"),
+        Raises("attention/causal", lambda: attention(q, k, v, causal=1), TypeError, "causal must be a bool"),
+        Raises("attention/scale nan", lambda: attention(q, k, v, scale=S.NAN), ValueError, "scale must be"),
+        Raises("attention/scale str", lambda: attention(q, k, v, scale="x"), TypeError, "scale"),
+        Raises("attention/mask type", lambda: attention(q, k, v, attn_mask=[1]), TypeError, "attn_mask must be"),
+        Raises("attention/mask dtype", lambda: attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.int32)),
+               TypeError, "attn_mask must be bool"),
+        Raises("attention/mask shape", lambda: attention(q, k, v, attn_mask=torch.ones(3, 4, dtype=torch.bool)),
+               ValueError, "does not broadcast"),
+        Raises("attention/mask 5-D", lambda: attention(q, k, v, attn_mask=torch.ones(1, 2, 2, 3, 5).bool()),
+               ValueError, "does not broadcast"),
+        Raises("attention/mask grad", lambda: attention(q, k, v, attn_mask=r(3, 5, grad=True)), ValueError,
+               "attn_mask must not require grad"),
+        Raises("attention/key_start dtype", lambda: attention(q, k, v, key_start=S.ids(0, 1).int()), TypeError,
+               "key_start must be int64"),
+        Raises("attention/key_start shape", lambda: attention(q, k, v, key_start=S.ids(0)), ValueError,
+               "key_start must have shape"),
+        Raises("attention/key_start float", lambda: attention(q, k, v, key_start=r(2)), TypeError,
+               "key_start must be int64"),
+        Raises("attention/key_start < 0", lambda: attention(q, k, v, key_start=S.ids(0, -1)), ValueError,
+               r"key_start holds -1, outside \[0, Tk\]"),
+        Raises("attention/key_start > Tk", lambda: attention(q, k, v, key_start=S.ids(6, 0)), ValueError,
+               r"key_start holds 6, outside \[0, Tk\]"),
+        Raises("pk::attention/layout", lambda: torch.ops.pk.attention(q, k[:1], v[:1], None, None, True, 0.3),
+               ValueError, "pk::attention"),
+        MatchesTorch("attention Tq=0", lambda: attention(*qkv(tq=0)),
+                     lambda: F.scaled_dot_product_attention(*qkv(tq=0, hkv=2))),
+        MatchesTorch("attention B*H=0", lambda: attention(r(0, 2, 3, 8), r(0, 1, 5, 8), r(0, 1, 5, 8)),
+                     lambda: F.scaled_dot_product_attention(r(0, 2, 3, 8), r(0, 2, 5, 8), r(0, 2, 5, 8))),
+    ]
+
+
+register_family(OpFamily(
+    name="attention",
+    public=("attention",),
+    custom_ops=(op_name("attention"), op_name("attention_backward")),
+    kernels=(attention_fwd_kernel, attention_bwd_dq_kernel, attention_bwd_dkdv_kernel),
+    compile_kernels=_compile_kernels,
+    reference={"attention": reference_attention},
+    samples=_samples,
+    row_samples=_row_samples,
+    opcheck=_opcheck,
+    bad_inputs=_bad_inputs,
+))
