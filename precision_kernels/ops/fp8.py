@@ -232,6 +232,23 @@ def reference_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor,
     return out if bias is None else out + bias.double()
 
 
+def _samples(dtype, rows, n, k, seed):
+    from ._samples import DEV
+    from .registry import Sample
+
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(rows, k, generator=g).to(dtype).to(DEV), torch.randn(n, k, generator=g).to(dtype).to(DEV)
+
+    def quantized_linear(x, w):
+        xq, sx = quantize_fp8(x, torch.float8_e4m3fn, axis=-1)
+        wq, sw = quantize_fp8(w, torch.float8_e5m2, axis=-1)
+        out = scaled_mm(xq, wq.t(), sx, sw.t(), out_dtype=dtype)
+        # fp8 values as their bits, widened to int16: the generic tests compare 16- and 32-bit views
+        return xq.view(torch.uint8).to(torch.int16), sx, wq.view(torch.uint8).to(torch.int16), sw, out
+
+    return [Sample("scaled_mm", quantized_linear, (x, w))]
+
+
 def _fp8_rand(*shape, dtype, seed):
     from ._samples import rand
 
@@ -305,6 +322,7 @@ def _register() -> None:
         custom_ops=("pk::quantize_fp8", "pk::scaled_mm"),
         kernels=(scaled_mm_kernel,),
         reference={"scaled_mm": reference_scaled_mm},
+        samples=_samples,
         opcheck=_opcheck,
         bad_inputs=_bad_inputs,
     ))
