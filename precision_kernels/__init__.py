@@ -16,8 +16,10 @@ from .ops import (
     linear_sample,
     log_softmax,
     matmul,
+    quantize_fp8,
     rms_norm,
     round_to,
+    scaled_mm,
     softmax,
     token_logprobs,
 )
@@ -29,4 +31,5 @@ __all__ = [
     "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
     "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "softmax",
     "token_logprobs", "matched_mode", "check_temperature", "attention",
+    "quantize_fp8", "scaled_mm",
 ]

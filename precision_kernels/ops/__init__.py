@@ -7,6 +7,7 @@ implementation and a registered autograd formula; ops/_custom.py describes the p
 
 from ._common import check_temperature
 from .attention import attention
+from .fp8 import quantize_fp8, scaled_mm
 from .layer_norm import layer_norm
 from .lm_head import linear_logprobs, linear_sample
 from .matmul import linear, matmul
@@ -17,9 +18,10 @@ from .token_logprobs import token_logprobs
 
 # The family modules (each registers the family of its own name), in the registry's order: the
 # order of generic test ids and benchmark rows. A new family module is appended here.
-FAMILY_MODULES = ("rounding", "matmul", "softmax", "norm", "layer_norm", "token_logprobs", "lm_head", "attention")
+FAMILY_MODULES = ("rounding", "matmul", "softmax", "norm", "layer_norm", "token_logprobs", "lm_head", "attention",
+                  "fp8")
 
 __all__ = [
     "attention", "check_temperature", "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax",
-    "matmul", "rms_norm", "round_to", "softmax", "token_logprobs",
+    "matmul", "quantize_fp8", "rms_norm", "round_to", "scaled_mm", "softmax", "token_logprobs",
 ]
