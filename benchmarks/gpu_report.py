@@ -16,17 +16,22 @@
 Results are recorded as ratios against the baseline of the same run, beside the
 targets: matmul as the fraction of cuBLAS's speed (``cublas_ms / pk_ms``, ``matmul_target``),
 fused SCORE as pk's time over torch's (``pk_ms / torch_ms``, ``SCORE_TARGETS``).
+
+``--json`` is checked (its directory created) before anything is measured, and the report is
+rewritten atomically after each section, with ``"complete": false`` until the last one; a
+figure that is not finite is null (``benchmarks._output``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks._output import OutputPathError, prepare_json_path, write_json
 
 # Identical kernels timed twice may differ by this much before the report flags the pair as noise.
 NOISE_TOLERANCE = 0.10
@@ -241,27 +246,38 @@ def main(argv=None) -> int:
     parser.add_argument("--tests", choices=["quick", "all"], default="all", help="which tests to run on the GPU")
     parser.add_argument("--test-timeout", type=float, default=1200.0)
     args = parser.parse_args(argv)
+    try:  # checked before the measurement (up to 20 minutes), which writes the report after each section
+        prepare_json_path(args.json)
+    except OutputPathError as e:
+        parser.error(str(e))
     if not torch.cuda.is_available():
         print("gpu_report needs a CUDA device; none found.")
         return 2
     import triton
 
+    # "complete" stays false until every section is in: the file is rewritten (atomically) after each one,
+    # so a run cut short keeps what it measured.
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "cuda": torch.version.cuda}
+              "cuda": torch.version.cuda, "complete": False}
+    write_json(report, args.json)
     if not args.skip_tests:
         report["tests"] = run_tests(GPU_TESTS if args.tests == "quick" else ["tests"], args.test_timeout)
+        write_json(report, args.json)
     report["rl_matched"] = rl_matched_check()
+    write_json(report, args.json)
     print("\nRL sampler vs learner on the GPU (64 prompts, reverse task)")
     for r in report["rl_matched"]:
         print(f"{r['precision']:<5} {r['profile']:<8} mean|dlogp| {r['mean_abs_dlogp']:.3g}  "
               f"tokens differing {r['frac_tokens_differ']:.2%}  k3 {r['kl_k3']:.3g}")
     report["rl_train"] = rl_training_runs()
+    write_json(report, args.json)
     print("\nrl.train on the GPU (sanity recipe, 20 RL steps)")
     for r in report["rl_train"]:
         worst = max((s["max_abs_dlogp"] or 0.0) for s in r["per_step"])
         print(f"{r['precision']:<5} {r['profile']:<8} {r['steps_per_s']:.2f} steps/s  "
               f"greedy acc {r['final_accuracy']:.1%}  max |dlogp| over steps {worst:.3g}")
     report["matmul"] = matmul_figures()
+    write_json(report, args.json)
     print(f"\nmatmul on {report['device']} (N = K = 4096)")
     print(f"{'dtype':<9} {'M':>5} {'profile':<8} {'pk TFLOP/s':>10} {'cuBLAS':>8} {'pk/cuBLAS':>9} {'target':>7}")
     for r in report["matmul"]:
@@ -278,8 +294,8 @@ def main(argv=None) -> int:
         target = f"<={r['target_max_ratio']:.1f}{'' if r['meets_target'] else '!'}"
         print(f"{r['dtype']:<9} {shape:<20} {r['pass']:<17} {r['pk_ms']:>8.3f} {r['torch_ms']:>8.3f} "
               f"{r['ratio']:>8.2f} {target:>7} {r['pk_extra_MiB']:>8.1f} {r['torch_extra_MiB']:>9.1f}")
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
+    report["complete"] = True
+    write_json(report, args.json)
     print(f"\nwrote {args.json}")
     matched_ok = all(r["frac_tokens_differ"] == 0 for r in report["rl_matched"] if r["profile"] == "matched")
     matched_ok &= all((s["frac_tokens_differ"] or 0) == 0 for r in report["rl_train"] if r["profile"] == "matched"

@@ -6,9 +6,11 @@
 The measurement itself is ``rl.mismatch``; this tool prints its table, writes JSON and
 draws the plot (``--records`` redraws rows measured before, e.g. by ``make demo``).
 
-A fixed policy (the demo's trained checkpoint when it exists, otherwise a seeded random
-model) samples a fixed prompt set with the KV-cache sampler in each precision and
-profile; the learner then rescores the same tokens in the matched profile. Rows:
+A fixed policy (``--checkpoint PATH``, measured on the task it was trained on; a missing
+or damaged file is an error; without the flag, the demo's trained checkpoint when it
+exists, otherwise a seeded random model on the reverse task) samples a fixed prompt set
+with the KV-cache sampler in each precision and profile; the learner then rescores the
+same tokens in the matched profile. Rows:
 
 * {fp32, fp16, bf16} x {matched, engine}: the sampler's kernels are the learner's
   (matched), or an inference engine's split-K decode with partial sums rounded to the
@@ -26,6 +28,8 @@ import json
 import os
 import time
 
+from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_json
+from rl.checkpoint import CheckpointError, read_checkpoint
 from rl.mismatch import DEMO_CHECKPOINT, format_headline, format_table, matched_rows_zero, run
 
 
@@ -61,27 +65,38 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one sampling seed (finishes in well under 45 s)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--png", metavar="PATH", default="runs/mismatch.png")
-    parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT)
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"an rl.train checkpoint (default: {DEMO_CHECKPOINT} when it exists, "
+                             f"else a seeded random model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--records", metavar="PATH", help="rows from an earlier --json (or make demo): no measuring")
     args = parser.parse_args(argv)
+    try:  # every output path and the checkpoint are checked before the measurement, not after it
+        prepare_json_path(args.json)
+        prepare_output_path(args.png, "--png")
+        checkpoint = args.checkpoint
+        if checkpoint is None and os.path.exists(DEMO_CHECKPOINT):
+            checkpoint = DEMO_CHECKPOINT
+        if checkpoint is not None and not args.records:
+            read_checkpoint(checkpoint)
+    except (OutputPathError, CheckpointError) as e:
+        parser.error(f"--checkpoint: {e}" if isinstance(e, CheckpointError) else str(e))
     t0 = time.perf_counter()
     if args.records:
-        with open(args.records) as f:
-            records = json.load(f)
+        with open(args.records) as f:  # a figure that was not finite is null in the file
+            records = [{k: float("nan") if v is None else v for k, v in r.items()} for r in json.load(f)]
         print(f"rows from {args.records}")
     else:
-        records, source = run(args.quick, args.checkpoint, args.seed)
-        print(f"policy: {source}; {32 if args.quick else 64} prompts of the reverse task, temperature 1")
+        records, source = run(args.quick, checkpoint, args.seed)
+        print(f"policy: {source}; {32 if args.quick else 64} prompts of the {records[0]['task']} task, "
+              f"temperature 1")
     print(format_table(records))
     print("\n" + format_headline(records))
     matched_zero = matched_rows_zero(records)
     print(f"matched rows exactly zero: {matched_zero}   ({time.perf_counter() - t0:.1f}s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+        write_json(records, args.json)
     if args.png:
-        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
         plot(records, args.png)
         print(f"plot: {args.png}")
     return 0 if matched_zero else 1

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 
 import torch
 
+from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_json
 from precision_kernels import numerics
 from precision_kernels.ops.registry import ErrorSizes, all_families
 
@@ -131,15 +131,16 @@ def main(argv=None) -> None:
     parser.add_argument("--png", metavar="PATH", default="runs/precision_error.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:  # the output paths are checked before the measurement, not after it
+        prepare_json_path(args.json)
+        prepare_output_path(args.png, "--png")
+    except OutputPathError as e:
+        parser.error(str(e))
     records = run(args.quick, args.seed)
     print(format_table(records))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+        write_json(records, args.json)
     if args.png:
-        import os
-
-        os.makedirs(os.path.dirname(args.png) or ".", exist_ok=True)
         plot(records, args.png)
         print(f"plot: {args.png}")
 

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from rl.metrics import json_safe
 from rl.mismatch import format_headline, format_table, matched_rows_zero, run
 from rl.train import build_parser, train
 
@@ -43,8 +44,8 @@ def main() -> int:
     print(f"policy: {source}; 32 prompts of the reverse task, temperature 1")
     print(format_table(records))
     print("\n" + format_headline(records))
-    with open("runs/demo/mismatch.json", "w") as f:
-        json.dump(records, f, indent=1)
+    with open("runs/demo/mismatch.json", "w") as f:  # strict JSON: a figure that is not finite is null
+        json.dump(json_safe(records), f, indent=1, allow_nan=False)
     print(f"\nmetrics: runs/demo/metrics.jsonl   summary: runs/demo/summary.json   "
           f"mismatch: runs/demo/mismatch.json   ({time.perf_counter() - t0:.0f}s in all)")
     failures = demo_failures(summary["final_accuracy"], records)

@@ -124,3 +124,20 @@ def reduce_mismatch(m: dict[str, float], dist: Dist) -> dict[str, float]:
     out.update(zip(maxima, dist.max(*(m[k] for k in maxima))))
     out.update(n_tokens=n_tok, n_seqs=n_seq)
     return {k: out[k] for k in MISMATCH_KEYS}
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None, in dicts, lists and tuples (as lists).
+
+    JSON has no NaN or Infinity (``json.dumps`` writes them, but strict readers refuse them): the run's
+    files and the benchmarks' JSON write null for a figure that is not finite (an accuracy never
+    evaluated, a loss that overflowed, an infinite ratio), and ``json.dumps(..., allow_nan=False)``
+    then checks that none is left.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

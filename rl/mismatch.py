@@ -1,9 +1,9 @@
 """Sampler-vs-learner mismatch of a fixed policy by precision and profile (the measurement).
 
-A fixed policy (a trained checkpoint when it exists, otherwise a seeded random model)
-samples a fixed prompt set of the reverse task with the KV-cache sampler in each
-precision and profile; the learner then rescores the same tokens in the matched profile
-(``measure``). ``run`` does every row of ``VARIANTS``:
+A fixed policy (a trained checkpoint, read with ``weights_only=True`` and measured on the
+task it was trained on; without one, a seeded random model on the reverse task) samples a
+fixed prompt set of that task with the KV-cache sampler in each precision and profile;
+the learner then rescores the same tokens in the matched profile (``measure``). ``run`` does every row of ``VARIANTS``:
 
 * {fp32, fp16, bf16} x {matched, engine}: the sampler's kernels are the learner's
   (matched), or an inference engine's split-K decode with partial sums rounded to the
@@ -27,6 +27,7 @@ import torch
 
 import precision_kernels as pk
 
+from .checkpoint import read_checkpoint
 from .learner import sequence_logprobs
 from .metrics import mismatch_metrics
 from .model import ModelConfig, TinyGPT
@@ -41,23 +42,31 @@ VARIANTS = [
 ]
 
 
-def load_policy(checkpoint: str | None, seed: int = 0) -> tuple[dict, ModelConfig, str]:
-    """fp32 master weights and their config: from a checkpoint, else a seeded random model."""
-    task = get_task("reverse")
-    if checkpoint and os.path.exists(checkpoint):
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def load_policy(checkpoint: str | None, seed: int = 0) -> tuple[dict, ModelConfig, str, str]:
+    """fp32 master weights, their config, where they came from and the task's name.
+
+    From ``checkpoint`` (an ``rl.train`` checkpoint: its task and model flags; a missing or damaged
+    file is ``rl.checkpoint.CheckpointError``), or, with ``checkpoint=None``, a seeded random model
+    on the reverse task.
+    """
+    if checkpoint is not None:
+        ckpt = read_checkpoint(checkpoint)
         args = ckpt["extra"]["args"]
+        task = get_task(args.get("task", "reverse"))
         cfg = ModelConfig(vocab_size=task.vocab_size, d_model=args["d_model"], n_layers=args["layers"],
                           n_heads=args["heads"], max_seq_len=task.seq_len)
-        return ckpt["model"], cfg, f"trained checkpoint {checkpoint} (step {ckpt['step']})"
+        return ckpt["model"], cfg, f"trained checkpoint {checkpoint} (step {ckpt['step']})", task.name
+    task = get_task("reverse")
     cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len)
     # "torch" init: a non-uniform random policy (the default init's zero LM head would be uniform).
-    return TinyGPT(cfg, seed=seed, init="torch").state_dict(), cfg, f"seeded random model (seed {seed})"
+    return (TinyGPT(cfg, seed=seed, init="torch").state_dict(), cfg, f"seeded random model (seed {seed})",
+            task.name)
 
 
 def measure(state: dict, base: ModelConfig, precision: str, head: str | None, profile: str,
-            prompts: torch.Tensor, temperature: float, seed: int) -> dict:
-    task = get_task("reverse")
+            prompts: torch.Tensor, temperature: float, seed: int, task: str = "reverse") -> dict:
+    name = task
+    task = get_task(name)
     cfg = ModelConfig(**{**base.__dict__, "precision": precision, "head_precision": head})
     device = pk.backend.device()  # the kernels' device
     model = TinyGPT(cfg)
@@ -69,7 +78,7 @@ def measure(state: dict, base: ModelConfig, precision: str, head: str | None, pr
     with torch.no_grad():
         learner = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
     m = mismatch_metrics(ro.logprobs, learner, ro.mask)
-    return {"precision": precision, "head": head or precision, "profile": profile,
+    return {"task": name, "precision": precision, "head": head or precision, "profile": profile,
             "kl_k1": m["k1"], "kl_k2": m["k2"], "kl_k3": m["k3"], **m}
 
 
@@ -82,13 +91,14 @@ def _measure_job(job: tuple) -> dict:
 
 
 def run(quick: bool, checkpoint: str | None, seed: int = 0, temperature: float = 1.0) -> tuple[list[dict], str]:
-    state, cfg, source = load_policy(checkpoint, seed)
-    task = get_task("reverse")
+    """Every row of ``VARIANTS`` for the policy ``load_policy(checkpoint, seed)`` gives, on its task."""
+    state, cfg, source, task_name = load_policy(checkpoint, seed)
+    task = get_task(task_name)
     # One decode batch of <= 64 rows: the engine profile splits K for calls of up to engine_split_m rows.
     n_prompts, repeats = (32, 1) if quick else (64, 4)
     prompts = task.make_dataset(n_prompts, seed=1234)[0]
     records = []
-    jobs = [(state, cfg, precision, head, profile, prompts, temperature, seed + r)
+    jobs = [(state, cfg, precision, head, profile, prompts, temperature, seed + r, task_name)
             for precision, head, profile in VARIANTS for r in range(repeats)]
     # The interpreter is single-threaded Python: one worker process per core halves the wall time.
     workers = min(len(jobs), os.cpu_count() or 1)
