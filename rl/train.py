@@ -36,6 +36,20 @@ run's, except ``RESUME_MAY_DIFFER``.
 One RL step is ``_roll_out``, ``_learn``, ``_log_step`` and ``_checkpoint`` on the run that
 ``_set_up`` builds (``_train`` is the loop). Randomness comes only from seeded generators and
 keyed seeds, so the checkpoint holds just the data-order generator (``rl.checkpoint``).
+
+Resume keeps the whole run's record: the checkpoint holds the running figures (the last accuracy,
+the skipped-step total, the RL seconds so far), ``metrics.jsonl`` keeps the records up to the
+checkpoint's step, and ``summary.json`` is built from all of them, so a resumed run's files equal
+an uninterrupted run's, timings aside. Each record is flushed and fsynced before the checkpoint
+that follows it. On resume, a cut-short last line of ``metrics.jsonl`` is dropped with a warning
+(a damaged line elsewhere is an error naming it), the file is rewritten atomically, and temporary
+files of a checkpoint save that was killed are removed.
+
+Non-finite figures: a step whose sampler log-probs (over the sampled tokens), loss or gradient
+norm is NaN or infinite counts as skipped (a sampler NaN skips the learner step altogether) and
+is logged; with ``--strict`` it stops the run (``StrictStop``), as a matched-profile mismatch
+does. NaN is a mismatch of the matched check, never a match. The JSON files write null for a
+figure that is not finite (an accuracy not evaluated yet, a NaN loss).
 """
 
 from __future__ import annotations
@@ -54,9 +68,9 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
-from .metrics import mismatch_metrics, reduce_mismatch
+from .metrics import json_safe, mismatch_metrics, reduce_mismatch
 from .model import ModelConfig, TinyGPT
 from .rollout import Rollout
 from .sampler import generate, greedy, mix_seed
@@ -64,6 +78,10 @@ from .tasks import Task, get_task
 from .torch_model import torch_forward
 from .train_flags import build_parser, check_args, refuse_resume_conflicts, resolve_device
 from .warmup import supervised_warmup
+
+
+class StrictStop(RuntimeError):
+    """``--strict``: a matched-profile mismatch or a non-finite figure stopped the run."""
 
 
 def _build(args, device: torch.device):
@@ -115,7 +133,7 @@ def train(args, log=print) -> dict:
 def _train(args, dist: distributed.Dist, log) -> dict:
     run = _set_up(args, dist, log)
     bar = _progress_bar(run)
-    t_run = time.perf_counter()
+    t_run = run.t_started = time.perf_counter()
     for step in range(run.start + 1, args.steps + 1):
         prompts, rollout, sample_s = _roll_out(run, step)
         result, rewards, learn_s = _learn(run, prompts, rollout)
@@ -151,9 +169,9 @@ class _Run:
     kl_anchor: TinyGPT | None = None  # the frozen post-warm-up policy the KL penalty pulls towards
     accuracy: float = float("nan")
     history: list[dict] = field(default_factory=list)
-    t_sample: float = 0.0
-    t_learn: float = 0.0
     skipped_total: int = 0
+    rl_seconds_before: float = 0.0  # the RL seconds of the segments before a resume
+    t_started: float = 0.0          # perf_counter() when this segment's first step began
 
     @property
     def ckpt_path(self) -> Path:
@@ -180,7 +198,7 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
     """Check a resume against the stored flags, build model and data, then resume or warm up."""
     ckpt_path = Path(args.out) / "checkpoint.pt"
     if args.resume:
-        refuse_resume_conflicts(load_checkpoint(ckpt_path, map_location=dist.device)["extra"].get("args", {}), args)
+        refuse_resume_conflicts(_read_for_resume(ckpt_path, dist.device)["extra"].get("args", {}), args)
     # Multi-threaded CPU torch (the fp32 warm-up, and the embedding-gradient scatter in the RL glue)
     # accumulates in a thread-dependent order; one thread makes a run repeat bit for bit. The
     # kernels run in the interpreter's numpy either way.
@@ -188,6 +206,8 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
     dist.barrier()  # every rank has checked OUT before rank 0 writes to it
     if dist.is_main:
         Path(args.out).mkdir(parents=True, exist_ok=True)
+        for tmp in remove_stale_temps(ckpt_path):
+            log(f"removed {tmp}, left by a checkpoint save that was cut short")
     task, cfg, model, optimizer, scaler = _build(args, dist.device)
     prompts_all = task.make_dataset(args.dataset_size, seed=args.seed)[0].to(dist.device)
     run = _Run(args, dist, log, task, cfg, model, optimizer, scaler, prompts_all,
@@ -196,21 +216,38 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
         _resume(run)
     else:
         _warm_up(run)
-    # Until the first evaluation, the accuracy shown is the warm-up's (plain fp32 path); a greedy pass over
-    # the training set costs as much as two RL steps under the interpreter.
-    run.accuracy = run.warm["accuracy"] if run.warm else float("nan")
+        # Until the first evaluation, the accuracy shown is the warm-up's (plain fp32 path); a greedy pass over
+        # the training set costs as much as two RL steps under the interpreter.
+        run.accuracy = run.warm["accuracy"]
     return run
 
 
+def _read_for_resume(path: Path, device: torch.device) -> dict:
+    try:
+        return read_checkpoint(path, map_location=device)
+    except CheckpointError as e:
+        raise ValueError(f"--resume: {e}") from None
+
+
 def _resume(run: _Run) -> None:
-    ckpt = load_checkpoint(run.ckpt_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                           generators={"data": run.data_gen}, map_location=run.dist.device)
+    """The checkpoint's weights, optimizer, scaler and data order; its running figures; the records up to its step."""
+    try:
+        ckpt = load_checkpoint(run.ckpt_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+                               generators={"data": run.data_gen}, map_location=run.dist.device)
+    except CheckpointError as e:
+        raise ValueError(f"--resume: {e}") from None
     run.start, run.warm = ckpt["step"], ckpt["extra"].get("warmup")
     if run.args.kl_coef > 0:
         run.kl_anchor = copy.deepcopy(run.model).requires_grad_(False)
         run.kl_anchor.load_state_dict(ckpt["extra"]["kl_anchor"])
     if run.dist.is_main:
-        _drop_records_after(run.metrics_path, run.start)
+        run.history = _records_up_to(run.metrics_path, run.start, run.log)
+    totals = ckpt["extra"].get("totals") or {}
+    last = run.history[-1] if run.history else {}
+    warm_accuracy = (run.warm or {}).get("accuracy", float("nan"))
+    run.accuracy = float(totals.get("accuracy", last.get("accuracy", warm_accuracy)))
+    run.skipped_total = int(totals.get("skipped_total", last.get("skipped_total", 0)))
+    run.rl_seconds_before = float(totals.get("rl_seconds", 0.0))
     run.log(f"resumed from {run.ckpt_path} at step {run.start}")
 
 
@@ -259,6 +296,8 @@ def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResu
     task, args = run.task, run.args
     rewards = task.reward(prompts, rollout.tokens[:, task.prompt_len:], rollout.mask,
                           partial=args.reward == "partial")
+    if not _sampler_finite(run, rollout):
+        return _skipped_step(run, rollout, rewards), rewards, time.perf_counter() - t0
     anchor_logp = None
     if run.kl_anchor is not None:
         with torch.no_grad():
@@ -268,19 +307,59 @@ def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResu
     return result, rewards, time.perf_counter() - t0
 
 
+def _sampler_finite(run: _Run, rollout: Rollout) -> bool:
+    """Whether every rank's sampler log-probs of its sampled tokens are finite (pk returns NaN for NaN logits)."""
+    bad = not bool(torch.isfinite(rollout.logprobs[rollout.mask]).all())
+    return run.dist.max(float(bad))[0] == 0
+
+
+def _skipped_step(run: _Run, rollout: Rollout, rewards: torch.Tensor) -> StepResult:
+    """The step's result without a learner update: sampled tokens whose log-probs are not finite teach nothing."""
+    with torch.no_grad():
+        pi_old = sequence_logprobs(run.model, rollout.tokens, run.task.prompt_len, run.args.temperature)
+    nan = float("nan")
+    return StepResult(pi_old=pi_old, entropy=nan, loss=nan, grad_norm=nan,
+                      skipped=run.args.epochs * run.args.minibatches, loss_scale=run.scaler.get_scale(),
+                      stats={"grad_norm_max": nan}, rewards=rewards)
+
+
+def _nonfinite(run: _Run, rollout: Rollout, res: StepResult) -> list[str]:
+    """The step's figures that are NaN or infinite: sampler log-probs, loss, gradient norm."""
+    found = [] if _sampler_finite(run, rollout) else ["sampler log-probs"]
+    found += [name for name, value in (("loss", res.loss), ("gradient norm", res.grad_norm))
+              if not math.isfinite(value)]
+    return found
+
+
+def _append_record(path: Path, record: dict) -> None:
+    """One JSON line, flushed and fsynced: the checkpoint that follows never runs ahead of its record."""
+    with path.open("a") as f:
+        f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: torch.Tensor,
               sample_s: float, learn_s: float) -> dict:
     """The step's record: mismatch (checked in the matched profile), accuracy when due; appended to metrics.jsonl."""
     args, dist = run.args, run.dist
-    run.t_sample += sample_s
-    run.t_learn += learn_s
-    run.skipped_total += res.skipped
+    skipped = res.skipped
+    nonfinite = _nonfinite(run, rollout, res)
+    if nonfinite:
+        msg = (f"NON-FINITE {', '.join(nonfinite)} at step {step} (NaN or inf: the policy has diverged; "
+               f"a lower --lr may help)")
+        if args.strict:
+            raise StrictStop(msg + "; --strict stops the run")  # the figures are reduced: every rank stops
+        run.log("WARNING " + msg + "; the step's update is skipped")
+        skipped = max(skipped, 1)  # an all-zero-advantage step with NaN gradients takes no step and counts none
+    run.skipped_total += skipped
     mism = reduce_mismatch(mismatch_metrics(rollout.logprobs, res.pi_old, rollout.mask), dist)
-    if args.profile == "matched" and mism["frac_tokens_differ"] > 0:
+    # NaN log-probs on both sides are bitwise equal, yet no match: a non-finite |dlogp| fails the check.
+    if args.profile == "matched" and (mism["frac_tokens_differ"] > 0 or not math.isfinite(mism["max_abs_dlogp"])):
         msg = (f"MATCHED-MODE MISMATCH at step {step}: {mism['frac_tokens_differ']:.2%} of tokens differ "
                f"(max |dlogp| {mism['max_abs_dlogp']:.3g}); the sampler and learner kernels disagree")
         if args.strict:
-            raise RuntimeError(msg)  # every rank sees the reduced figure, so every rank stops here
+            raise StrictStop(msg)  # every rank sees the reduced figure, so every rank stops here
         run.log("WARNING " + msg)
     evaluated = step % args.eval_every == 0 or step == args.steps
     if evaluated:
@@ -288,20 +367,32 @@ def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: 
     reward = dist.sum(float(rewards.mean()))[0] / dist.world_size  # every rank holds as many sequences
     record = {"step": step, "reward": reward, "accuracy": run.accuracy, "evaluated": evaluated,
               "entropy": res.entropy, "loss": res.loss, "grad_norm": res.grad_norm, "loss_scale": res.loss_scale,
-              "skipped": res.skipped, "skipped_total": run.skipped_total, "sample_s": sample_s,
+              "skipped": skipped, "skipped_total": run.skipped_total, "sample_s": sample_s,
               "learn_s": learn_s, **res.stats, **mism}
     if args.kl_coef > 0 and run.step_cfg.kl_estimator == "k1":
         record["reward_penalised"] = dist.sum(float(res.rewards.mean()))[0] / dist.world_size
     run.history.append(record)
     if dist.is_main:
-        with run.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_record(run.metrics_path, record)
     return record
+
+
+def _plain_args(args) -> dict:
+    """The flags as builtin bools, ints, floats and strings: what ``weights_only=True`` loading reads back."""
+    def plain(value):
+        for kind in (bool, int, float, str):
+            if isinstance(value, kind):
+                return kind(value)
+        return value
+
+    return {key: plain(value) for key, value in vars(args).items()}
 
 
 def _checkpoint(run: _Run, step: int) -> None:
     if run.dist.is_main:
-        extra = {"warmup": run.warm, "args": vars(run.args)}
+        totals = {"accuracy": run.accuracy, "skipped_total": run.skipped_total,
+                  "rl_seconds": run.rl_seconds_before + time.perf_counter() - run.t_started}
+        extra = {"warmup": run.warm, "args": _plain_args(run.args), "totals": totals}
         if run.kl_anchor is not None:
             extra["kl_anchor"] = run.kl_anchor.state_dict()
         save_checkpoint(run.ckpt_path, model=run.model, step=step, optimizer=run.optimizer, scaler=run.scaler,
@@ -310,17 +401,19 @@ def _checkpoint(run: _Run, step: int) -> None:
 
 
 def _finish(run: _Run, wall: float) -> dict:
-    """The run's summary, written to summary.json and told in one line."""
+    """The run's summary from every step's record (those before a resume too), written to summary.json."""
     args, history, accuracy = run.args, run.history, run.accuracy
     n = max(len(history), 1)
+    rl_seconds = run.rl_seconds_before + wall
     summary = {
         "task": args.task, "precision": args.precision, "profile": args.profile, "algo": args.algo,
         "device": str(run.dist.device), "world_size": run.dist.world_size,
         "steps": history[-1]["step"] if history else run.start, "final_accuracy": accuracy,
         "final_reward": history[-1]["reward"] if history else float("nan"),
-        "warmup": run.warm, "skipped_steps": run.skipped_total, "rl_seconds": wall,
-        "steps_per_s": len(history) / wall if wall > 0 else float("nan"),
-        "sample_s_per_step": run.t_sample / n, "learn_s_per_step": run.t_learn / n,
+        "warmup": run.warm, "skipped_steps": run.skipped_total, "rl_seconds": rl_seconds,
+        "steps_per_s": len(history) / rl_seconds if rl_seconds > 0 else float("nan"),
+        "sample_s_per_step": sum(h["sample_s"] for h in history) / n,
+        "learn_s_per_step": sum(h["learn_s"] for h in history) / n,
         "mean_abs_dlogp": sum(h["mean_abs_dlogp"] for h in history) / n,
         "max_abs_dlogp": max((h["max_abs_dlogp"] for h in history), default=0.0),
         "frac_tokens_differ": sum(h["frac_tokens_differ"] for h in history) / n,
@@ -329,7 +422,7 @@ def _finish(run: _Run, wall: float) -> dict:
         "config": asdict(run.cfg),
     }
     if run.dist.is_main:
-        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+        (Path(args.out) / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
     run.log(f"done: {summary['steps']} RL steps in {wall:.1f}s ({summary['sample_s_per_step']:.2f}s sampling + "
             f"{summary['learn_s_per_step']:.2f}s learning per step); greedy accuracy {accuracy:.1%}; "
             f"mean |dlogp| {summary['mean_abs_dlogp']:.3g}; tokens differing {summary['frac_tokens_differ']:.2%}; "
@@ -339,14 +432,55 @@ def _finish(run: _Run, wall: float) -> dict:
     return summary
 
 
-def _drop_records_after(metrics_path: Path, step: int) -> None:
-    """Keep the records up to the checkpoint's step (a run stopped between the two writes left one more)."""
+def _records_up_to(metrics_path: Path, step: int, log=print) -> list[dict]:
+    """The records of steps 1..``step`` in ``metrics_path``, the file cut back to them (atomically) if it held more.
+
+    A run stopped between the record and the checkpoint left one more record, and a write cut short
+    (a kill, a full disk) a last line that is not JSON: both are dropped, the second with a warning.
+    Any other line that is not a record is a ``ValueError`` naming it. Null figures come back as NaN.
+    """
     if not metrics_path.exists():
-        return
-    lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+        if step:
+            log(f"WARNING {metrics_path} is missing: the summary covers only the steps run from now on")
+        return []
+    lines = metrics_path.read_text(errors="replace").split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    kept, records, changed = [], [], False
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a step record")
+        except ValueError as e:
+            if i == last:
+                log(f"WARNING {metrics_path} line {i + 1} is cut short ({line[:40]!r}...): dropped")
+                changed = True
+                continue
+            raise ValueError(f"--resume: {metrics_path} line {i + 1} is not a step record ({e}): {line[:80]!r}; "
+                             f"repair or remove that line") from None
+        if record["step"] > step:
+            changed = True
+            continue
+        kept.append(line)
+        records.append({k: float("nan") if v is None else v for k, v in record.items()})
+    if [r["step"] for r in records] != list(range(1, step + 1)):
+        log(f"WARNING {metrics_path} holds the records of steps {[r['step'] for r in records]}, not 1..{step}: "
+            f"the summary covers those")
+    if changed:
+        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
+        with tmp.open("w") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, metrics_path)
+    return records
+
+
+def _drop_records_after(metrics_path: Path, step: int) -> None:
+    """Cut ``metrics_path`` back to the records of steps up to ``step`` (``_records_up_to``)."""
+    _records_up_to(metrics_path, step, log=lambda *_: None)
 
 
 def main(argv=None) -> int:
@@ -359,9 +493,12 @@ def main(argv=None) -> int:
     try:
         train(args)
     except ValueError as e:
-        if str(e).startswith("--resume"):
-            parser.error(str(e))  # a stored-flag conflict, found before any work
+        if str(e).startswith(("--resume", "--out")):
+            parser.error(str(e))  # a stored-flag conflict or a damaged run file, found before any work
         raise
+    except StrictStop as e:
+        print(f"{parser.prog}: stopped: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -157,6 +157,11 @@ def check_args(args) -> None:
          "in --out, the other discards it)", args.overwrite)
     out = Path(args.out)
     need(not out.exists() or out.is_dir(), "--out", "a directory (it names an existing file)", args.out)
+    # The run creates OUT and its parents: the nearest one that exists must be a directory it can write in.
+    nearest = next(p for p in (out, *out.parents) if p.exists() or p == Path(p.anchor or "."))
+    need(nearest.is_dir(), "--out", f"a directory path ({nearest} is a file)", args.out)
+    need(os.access(nearest, os.W_OK | os.X_OK), "--out", f"a directory this process can write in ({nearest} "
+         f"is not writable)", args.out)
     ckpt, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
     if args.resume:
         need(ckpt.is_file(), "--resume", f"given only where a checkpoint exists; there is no {ckpt}", True)
