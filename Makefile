@@ -14,7 +14,7 @@ TORCH_SPEC := torch==2.13.0
 TRITON_SPEC := triton==3.9.0
 endif
 
-.PHONY: test demo setup lint compile-check bench clean
+.PHONY: test demo setup lint compile-check bench clean gpu-check
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ demo: $(STAMP)
 
 compile-check: $(STAMP)
 	$(PY) -m precision_kernels.compile_check --all
+
+# The GPU check (docs/GPU_CHECK.md), with the machine's own python3 and no .venv; DRY=1: the CPU dry run.
+gpu-check:
+	bash .ci/gpu_check $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis .ruff_cache runs
