@@ -23,12 +23,12 @@ class OutputPathError(ValueError):
 
 
 def prepare_output_path(path: str | os.PathLike | None, flag: str = "--json") -> Path | None:
-    """Create ``path``'s directory and check that a file can be written there; None passes through.
+    """Create ``path``'s directory and check that a file can be written there; None or "" (no file) pass through.
 
     Raises ``OutputPathError`` naming ``flag`` when the path names a directory, the directory cannot
     be created (a parent is a file, no permission) or no file can be created in it.
     """
-    if path is None:
+    if path is None or path == "":
         return None
     path = Path(path)
     if path.is_dir():

@@ -131,3 +131,62 @@ def test_replace_is_the_commit_point(tmp_path, monkeypatch):
     assert seen["old"] == {"v": 1} and seen["src_dir"] == str(tmp_path)
     assert os.listdir(tmp_path) == ["x.pt"]
     assert torch.load(path, weights_only=False) == {"v": 1}
+
+
+class _Payload:
+    """A pickle that runs a shell command when loaded: what a crafted checkpoint carries."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    """Both readers of user-given checkpoints: rl.checkpoint (--resume) and rl.mismatch (benchmarks, rl.demo)."""
+    from rl.mismatch import load_policy
+
+    marker = tmp_path / "pwned"
+    model, _, _ = make()
+    path = C.save_checkpoint(tmp_path / "evil.pt", model=model, step=1,
+                             extra={"args": {"d_model": 4, "layers": 1, "heads": 1}, "payload": _Payload(marker)})
+    for load in (C.load_checkpoint, load_policy):
+        with pytest.raises(C.CheckpointError, match="refused.*could run code") as exc:
+            load(path)
+        assert str(path) in str(exc.value) and "posix.system" in str(exc.value)
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short"], ids=["empty", "cut-short"])
+def test_an_empty_or_cut_short_file_is_a_checkpoint_error_naming_it(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(C.CheckpointError, match=str(path)):
+        C.load_checkpoint(path)
+    with pytest.raises(C.CheckpointError, match="no such checkpoint"):
+        C.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_gets_the_mode_of_any_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = C.save_checkpoint(tmp_path / "a.pt", model={}, step=0)
+        other = tmp_path / "metrics.jsonl"
+        other.write_text("")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == (other.stat().st_mode & 0o777) == 0o644
+
+
+def test_stale_temps_of_a_killed_save_are_removed(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    C.save_checkpoint(path, model={}, step=3)
+    stale = [tmp_path / ".checkpoint.pt.abc123.tmp", tmp_path / ".checkpoint.pt.x.tmp"]
+    for s in stale:
+        s.write_bytes(b"half")
+    keep = tmp_path / ".other.pt.abc.tmp"
+    keep.write_bytes(b"another file's")
+    assert C.remove_stale_temps(path) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == [".other.pt.abc.tmp", "checkpoint.pt"]
+    assert C.load_checkpoint(path)["step"] == 3
