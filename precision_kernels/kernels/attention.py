@@ -3,7 +3,7 @@
 Three kernels, each with an interpreter form and a compiled (``NATIVE_DOT``) form:
 
 * ``attention_fwd_kernel``: the output and each row's log-sum-exp (the backward's only statistic);
-* ``attention_bwd_dq_kernel``: delta = rowsum(dO * O) (stored for the next kernel) and dq;
+* ``attention_bwd_dq_kernel``: delta = rowsum(P * dP) in fp32 (stored for the next kernel) and dq;
 * ``attention_bwd_dkdv_kernel``: dk and dv, one program per block of keys, summing over the
   heads of the key's group (GQA) and, per head, over query blocks in index order.
 
@@ -41,10 +41,11 @@ Numerics (interpreter form; DESIGN.md sections 2-3):
 
 Compiled form: one item per program, ``tl.dot`` for q k^T on native fp16/bf16 operands (IEEE fp32 for
 fp32 inputs) and IEEE fp32 ``tl.dot`` for every product with P, dS or dO (so P is never rounded to 16
-bits); D is padded to a power of two >= 16. There, a value-level ``tl.where`` cannot reach inside a
-``tl.dot``: keys outside ``[ks, Tk)`` load as 0, and V rows of keys that no row of the tile attends are
-zeroed, but a non-finite V at a key that some rows of the same tile attend and others mask reaches the
-masking rows as NaN (the interpreter form has no such case).
+bits); D is padded to a power of two >= 16. A value-level ``tl.where`` cannot reach inside a ``tl.dot``:
+keys outside ``[ks, Tk)`` and rows outside ``[0, Tq)`` load as 0, and in the forward the V rows of keys
+that no row of the tile attends are zeroed, but a NaN or inf in a slot that is masked for some (row, key)
+pairs of a tile and live for others (a V row some rows of the tile attend; in the backward also q, k and
+dO) reaches the masked pairs' sums as NaN. The interpreter form has no such case.
 
 Batch-varying arguments (item count, Tq, Tk, strides that contain them, the host-side bounds) are never
 specialised (``kernels/specialization.py``).
@@ -56,8 +57,8 @@ import triton.language as tl
 from .rounding import round_fp32
 from .specialization import row_kernel
 
-# Operands that only feed tl.dot keep their alignment facts; everything else carries none (the delta
-# row sums and the masks are reductions/selections over loaded tiles).
+# Operands that only feed tl.dot keep their alignment facts; everything else carries none (the masks,
+# the per-row statistics and dO reach reductions and selections over loaded tiles).
 DOT_OPERANDS = ("q_ptr", "k_ptr", "v_ptr", "D", "stride_qt", "stride_qd", "stride_kt", "stride_kd",
                 "stride_vt", "stride_vd")
 # Every argument whose value changes with the batch, the sequence lengths or the padding.

@@ -21,7 +21,8 @@
 Numerics (kernels/attention.py): fp32 scores summed over D in fixed order; an online softmax over key
 blocks of a fixed size (``profiles.attention_orders_for``) in index order; P.V in fp32; the output
 rounded once by the project's RNE. Only the per-row log-sum-exp is stored; the backward recomputes P.
-No (Tq x Tk) buffer exists in the forward or the backward. The backward sums dk/dv over query blocks
+No (Tq x Tk) buffer exists in the forward or the backward. The backward's delta = rowsum(P dP) is an fp32
+sum of the recomputed P (not of the rounded output). It sums dk/dv over query blocks
 in index order (and over the heads of a GQA group in index order) and dq over key blocks, with no
 atomics; it always runs the matched profile on the forward's tile table.
 
