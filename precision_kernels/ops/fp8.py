@@ -225,6 +225,29 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
 # ---- registration (ops/registry.py) ----------------------------------------------------------
 
 
+def _compile_kernels(table: dict) -> None:
+    """The scaled-mm kernel in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as
+    uint8 patterns. Only DOT = 1 (exact widening to fp16, fp16 tensor cores) is registered: every config is
+    compiled for sm_80 and sm_90, and the fp8 dot (DOT = 2) exists on sm_90 only."""
+    from .. import compile_registry
+
+    # every M bucket's tiles (the compile check audits that they share one instruction family)
+    bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", "fp16")))
+    e4, e5, bf16 = FP8_KIND[torch.float8_e4m3fn], FP8_KIND[torch.float8_e5m2], kind(torch.bfloat16)
+    compile_registry.register(
+        table, "scaled_mm_bf16", scaled_mm_kernel,
+        signature={"a_ptr": "*u8", "b_ptr": "*u8", "scale_a_ptr": "*fp32", "scale_b_ptr": "*fp32",
+                   "bias_ptr": "*i16", "c_ptr": "*i16", "M": "i32", "N": "i32", "K": "i32",
+                   "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                   "stride_cm": "i64", "stride_cn": "i64"},
+        configs=[{"A_KIND": a_kind, "B_KIND": b_kind, "ROW_SCALES": row, "HAS_BIAS": bias, "BIAS_KIND": bf16,
+                  "OUT_KIND": bf16, "DOT": 1, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
+                  "GROUP_M": c.group_m, "num_warps": c.num_warps, "num_stages": c.num_stages}
+                 for c in bucket_cfgs for a_kind, b_kind, row, bias in ((e4, e4, True, False), (e4, e5, False, True))],
+        expects_mma=True,
+    )
+
+
 def reference_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, *,
                         bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """FP64 oracle on the dequantised operands: (a @ b) * scale_a * scale_b + bias, unrounded (float64)."""
@@ -321,6 +344,7 @@ def _register() -> None:
         public=("quantize_fp8", "scaled_mm"),
         custom_ops=("pk::quantize_fp8", "pk::scaled_mm"),
         kernels=(scaled_mm_kernel,),
+        compile_kernels=_compile_kernels,
         reference={"scaled_mm": reference_scaled_mm},
         samples=_samples,
         opcheck=_opcheck,
