@@ -5,6 +5,7 @@
     python3 .ci/gpu_results.py step     --out DIR --name NAME --rc RC --seconds S [--outcomes JSONL]
                                         [--selection-report JSON] [--attach KEY=JSON]
     python3 .ci/gpu_results.py finish   --out DIR                  # summary.md; exit 0 iff every step passed
+    python3 .ci/gpu_results.py summary  --out DIR                  # print the summary again (results unchanged)
 
 ``DIR/results.json`` holds the plan (steps, timeouts, estimates), the versions, and one record
 per finished step: status (``ok``, ``failed``, ``timeout``), return code, seconds, the test
@@ -246,7 +247,7 @@ def cmd_finish(out: pathlib.Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["init", "versions", "step", "finish"])
+    parser.add_argument("command", choices=["init", "versions", "step", "finish", "summary"])
     parser.add_argument("--out", required=True, help="the results folder")
     parser.add_argument("--plan", help="init: the plan JSON")
     parser.add_argument("--dry-run", action="store_true")
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.name is None or args.rc is None:
             parser.error("step needs --name and --rc")
         return cmd_step(out, args.name, args.rc, args.seconds, args.outcomes, args.selection_report, args.attach)
+    if args.command == "summary":
+        print(summary(_load(out)), end="")
+        return 0
     return cmd_finish(out)
 
 
