@@ -143,6 +143,8 @@ ACCURACY_CASES = {
     "gqa-causal-chunk": dict(shape=(2, 4, 2, 33, 150, 8), causal=True, mask=None),
     "decode-bool-mask-D80": dict(shape=(2, 2, 1, 1, 70, 80), causal=False, mask="bool"),
     "additive-mask-D48": dict(shape=(1, 3, 3, 20, 20, 48), causal=True, mask="add"),
+    "D1": dict(shape=(2, 1, 1, 7, 30, 1), causal=True, mask=None),
+    "D256": dict(shape=(1, 2, 1, 6, 70, 256), causal=False, mask=None),
 }
 
 
@@ -228,7 +230,7 @@ def test_deterministic(fmt):
         assert_bitwise(a, b, "grad")
 
 
-HEAD_DIMS = [1, 3, 8, 16, 48, 80, 96]
+HEAD_DIMS = [1, 3, 8, 16, 48, 80, 96, 255]
 
 
 @st.composite
