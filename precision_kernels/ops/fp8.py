@@ -83,8 +83,8 @@ def quantize_fp8(x: torch.Tensor, dtype: torch.dtype, *, axis: int | None = None
     * ``scale = amax / max_finite`` in fp32 (448 for e4m3fn, 57344 for e5m2), amax = max |x| over
       the tensor or row; ``values = round_to(x / scale, dtype, saturate=True)`` (IEEE division, our
       RNE, clamped to +-max_finite).
-    * A tensor or row whose scale would be 0 (all zeros, or amax below ~2^-141 where the quotient
-      underflows) gets ``scale = 1.0``, and its values are its rounded self (zeros).
+    * A tensor or row whose scale would be 0 (all zeros, or an amax so small that amax / max_finite
+      underflows to 0 in fp32) gets ``scale = 1.0``, and its values are its rounded self (zeros).
     * Non-finite input: a NaN makes its row's scale NaN (and every value there NaN); an inf (no NaN)
       makes the scale inf, the inf's value NaN (inf / inf, with the sign the platform's division
       gives it: x86 -NaN, CUDA +NaN) and the other values 0. Quantise finite data.
