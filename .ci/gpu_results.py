@@ -177,6 +177,8 @@ def cmd_step(out: pathlib.Path, name: str, rc: int, seconds: float, outcomes: st
 def _step_detail(name: str, record: dict) -> str:
     if "counts" in record:
         c = record["counts"]
+        if not any(c.values()):
+            return "no test reported" + (" before the timeout" if record["status"] == "timeout" else "")
         text = ", ".join(f"{n} {k}" for k, n in c.items() if n or k in ("passed", "failed"))
         if record.get("not_run"):
             text += f", {len(record['not_run'])} not run"
