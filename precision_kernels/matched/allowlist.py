@@ -56,9 +56,10 @@ SAMPLING = frozenset({
     "randperm", "uniform", "normal", "exponential", "geometric", "cauchy", "log_normal", "random",
     "native_dropout",
 })
-ATTENTION_HINT = ('scaled-dot-product attention hides its reductions: load Hugging Face models with '
-                  'attn_implementation="eager" (e.g. AutoModelForCausalLM.from_pretrained(..., '
-                  'attn_implementation="eager"))')
+ATTENTION_HINT = ('this scaled-dot-product attention op is not served (pk serves torch\'s CPU SDPA op, '
+                  'aten._scaled_dot_product_flash_attention_for_cpu, and its backward); or load Hugging Face '
+                  'models with attn_implementation="eager" (matmul + softmax + matmul, served, but its '
+                  'left-padding dependence stays)')
 
 
 def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:

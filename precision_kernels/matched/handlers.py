@@ -338,3 +338,8 @@ HANDLERS: dict[str, Callable] = {
 }
 if hasattr(aten, "_fused_rms_norm"):
     HANDLERS["aten._fused_rms_norm.default"] = _fused_rms_norm
+
+# Scaled-dot-product attention, forward and backward together (matched/attention.py).
+from .attention import SDPA_HANDLERS  # noqa: E402
+
+HANDLERS.update(SDPA_HANDLERS)

@@ -488,4 +488,7 @@ register_family(OpFamily(
     row_samples=_row_samples,
     opcheck=_opcheck,
     bad_inputs=_bad_inputs,
+    # torch's CPU SDPA, forward and backward: served together or not at all (matched/attention.py)
+    aten=("aten._scaled_dot_product_flash_attention_for_cpu.default",
+          "aten._scaled_dot_product_flash_attention_for_cpu_backward.default"),
 ))

@@ -1,0 +1,188 @@
+"""Scaled-dot-product attention in matched mode: torch's SDPA aten ops served by ``pk.attention``'s kernels.
+
+What a dispatch mode sees of ``F.scaled_dot_product_attention`` on CPU (fp32, fp16, bf16; with or
+without a mask, causal, GQA, decode) is ``aten._scaled_dot_product_flash_attention_for_cpu`` and, for
+the gradient, ``..._for_cpu_backward``. Both are served here, **together or not at all**:
+
+* the forward returns pk's output and a log-sum-exp in torch's layout; torch's own backward fed with
+  them would compute gradients from numbers it did not make. So a served forward whose inputs
+  require grad remembers its output (keyed by the output's storage, dropped when that storage is
+  freed), with pk's own log-sum-exp and the tile table it ran on;
+* the backward runs on pk's backward kernels exactly when its ``out`` is such a remembered output,
+  and then it never declines (arguments it cannot serve raise). Any other backward (its forward
+  ran on torch) falls back to torch, which then has torch's own forward outputs.
+
+Semantics reproduced (the op's, not pk.attention's):
+
+* ``is_causal`` aligns top-left (query t sees keys 0..t). pk's causal rule aligns bottom-right;
+  the two agree when Tq == Tk. Otherwise the top-left rule is passed as a bool (Tq, Tk) mask.
+  ``is_causal`` together with a mask is declined (torch's SDPA refuses that pair).
+* ``attn_mask``: a bool mask arrives already converted by torch to an additive -inf/0 mask in the
+  query dtype; both forms are served, broadcastable to (B, H, Tq, Tk).
+* GQA: the op has no ``enable_gqa``; k and v arrive with Hkv heads, so H != Hkv is GQA.
+* ``scale``: None is 1/sqrt(D), used as its fp32 value, as torch's CPU kernel does.
+* A row with no key to attend gives 0; its log-sum-exp is 0, as torch's.
+* The log-sum-exp is (B, H, Tq) fp32 with strides (H*Tq, 1, H), torch's layout.
+* Left padding: each batch item's first real key (pk's ``key_start``) is read from the mask as the
+  leading keys that every query row of the item, in every head, masks with -inf. Masking them is
+  what the mask already does, so this is exact; it makes the key blocks item-relative, so a prompt
+  alone gives the bits of itself inside a left-padded batch.
+
+Declined (run on torch, recorded as uncovered): ``dropout_p > 0``, a mask that requires grad, dtypes
+or devices pk lacks, shapes pk.attention does not take, and masks whose live rows start at different
+keys after the item's first real key (sliding-window attention, packed sequences): their key blocks
+would be counted from different origins in a decode step with a cropped cache than in the full
+pass, so decode cannot equal prefill there.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from .. import profiles
+from ..ops.attention import MAX_HEAD_DIM
+from ._common import Decline
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one SDPA call runs on pk: pk::attention's mask, key_start, causal flag and fp32-valued scale."""
+
+    mask: torch.Tensor | None
+    key_start: torch.Tensor | None
+    causal: bool
+    scale: float
+
+
+def _check_inputs(q, k, v, attn_mask) -> None:
+    from .handlers import _check_tensors
+
+    _check_tensors(q, k, v)
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            _check_tensors(attn_mask)
+        elif attn_mask.device != q.device:
+            raise Decline(f"attn_mask on {attn_mask.device}, q on {q.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise Decline(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise Decline(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} are not 4-D")
+    (b, h, _, d), (bk, hkv, _, dk) = q.shape, k.shape
+    if k.shape != v.shape or bk != b or dk != d:
+        raise Decline(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} are not (B, H, Tq, D), "
+                      f"(B, Hkv, Tk, D) x2")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise Decline(f"head dim {d} outside [1, {MAX_HEAD_DIM}]")
+    if hkv == 0 or h % hkv:
+        raise Decline(f"H={h} is not a multiple of Hkv={hkv}")
+    if attn_mask is not None:
+        full = (b, h, q.shape[2], k.shape[2])
+        shape = tuple(attn_mask.shape)
+        if len(shape) > 4 or any(m not in (1, f) for m, f in zip(shape[::-1], full[::-1])):
+            raise Decline(f"attn_mask of shape {shape} does not broadcast to (B, H, Tq, Tk) = {full}")
+        if attn_mask.requires_grad:
+            raise Decline("attn_mask requires grad (pk computes no mask gradient)")
+
+
+def _key_start(live: torch.Tensor, batch: int) -> torch.Tensor:
+    """Each item's first real key: the leading keys that every (head, query row) of the item masks."""
+    tk = live.shape[-1]
+    any_row = live.any(dim=1).any(dim=1)                               # (Bm, Tk)
+    first = torch.where(any_row.any(-1), any_row.to(torch.int8).argmax(-1), tk)
+    return first.to(torch.int64).expand(batch).contiguous()
+
+
+def _check_rows_start_together(live: torch.Tensor, key_start: torch.Tensor) -> None:
+    """Every row with a live key must see its item's first real key (left padding, causal); else decline."""
+    if live.shape[-1] == 0:
+        return
+    row_live = live.any(-1)                                            # (Bm, Hm, Tqm)
+    row_first = live.to(torch.int8).argmax(-1)
+    ks = key_start[: live.shape[0]].view(-1, 1, 1)
+    if bool((row_live & (row_first != ks)).any()):
+        raise Decline("attn_mask rows start at different keys after the item's first real key (a sliding "
+                      "window or packed sequences): decode with a cropped cache cannot equal the full pass")
+
+
+def plan(q, k, v, dropout_p, is_causal, attn_mask, scale) -> _Plan:
+    """The pk::attention arguments that reproduce this SDPA call, or ``Decline``."""
+    if dropout_p != 0:
+        raise Decline(f"dropout_p={dropout_p} (pk attention has no dropout)")
+    _check_inputs(q, k, v, attn_mask)
+    if is_causal and attn_mask is not None:
+        raise Decline("is_causal=True together with attn_mask")
+    tq, tk = q.shape[2], k.shape[2]
+    s = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    if not math.isfinite(s):
+        raise Decline(f"scale {scale}")
+    if is_causal and tq != tk:
+        # top-left: query t sees keys 0..t
+        rows = torch.arange(tq, device=q.device)[:, None]
+        attn_mask = torch.arange(tk, device=q.device)[None, :] <= rows
+    elif is_causal:
+        return _Plan(None, None, True, s)
+    if attn_mask is None:
+        return _Plan(None, None, False, s)
+    live = attn_mask if attn_mask.dtype == torch.bool else attn_mask != _NEG_INF
+    while live.dim() < 4:
+        live = live.unsqueeze(0)
+    key_start = _key_start(live, q.shape[0])
+    _check_rows_start_together(live, key_start)
+    return _Plan(attn_mask, key_start if bool(key_start.any()) else None, False, s)
+
+
+# Served forwards whose inputs require grad: output storage key -> (pk's lse, tile table, weakref to out storage).
+_SERVED_FORWARDS: dict[tuple, tuple[torch.Tensor, str]] = {}
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def _torch_lse_layout(lse: torch.Tensor) -> torch.Tensor:
+    """pk's (B, H, Tq) lse in torch's layout (strides (H*Tq, 1, H)), 0 for rows with no key as torch gives."""
+    b, h, tq = lse.shape
+    out = torch.empty((b, tq, h), dtype=torch.float32, device=lse.device).transpose(1, 2)
+    out.copy_(torch.where(lse == _NEG_INF, 0.0, lse))
+    return out
+
+
+def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    p = plan(query, key, value, dropout_p, is_causal, attn_mask, scale)
+    out, lse = torch.ops.pk.attention(query, key, value, p.mask, p.key_start, p.causal, p.scale)
+    if (query.requires_grad or key.requires_grad or value.requires_grad) and out.numel():
+        k_ = _storage_key(out)
+        _SERVED_FORWARDS[k_] = (lse, profiles.table_backend())
+        weakref.finalize(out.untyped_storage(), _SERVED_FORWARDS.pop, k_, None)
+    return out, _torch_lse_layout(lse)
+
+
+def _flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, *,
+                                      attn_mask=None, scale=None):
+    saved = _SERVED_FORWARDS.get(_storage_key(out))
+    if saved is None:
+        raise Decline("the forward ran on torch (its outputs are torch's), so its backward runs on torch")
+    lse, table = saved
+    try:
+        p = plan(query, key, value, dropout_p, is_causal, attn_mask, scale)
+    except Decline as why:  # the forward was served with these arguments: never hand its outputs to torch
+        raise RuntimeError(f"matched mode: the SDPA backward of a forward served by pk cannot be served ({why}); "
+                           f"torch's backward would read pk's outputs") from None
+    if grad_out.shape != query.shape or grad_out.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise RuntimeError(f"matched mode: SDPA backward grad_out {tuple(grad_out.shape)} {grad_out.dtype} for a "
+                           f"forward served by pk with q {tuple(query.shape)}")
+    dq, dk, dv = torch.ops.pk.attention_backward(grad_out, query, key, value, lse, p.mask, p.key_start, p.causal,
+                                                 p.scale, table)
+    return dq, dk, dv
+
+
+SDPA_HANDLERS = {
+    "aten._scaled_dot_product_flash_attention_for_cpu.default": _flash_attention_for_cpu,
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward.default": _flash_attention_for_cpu_backward,
+}
