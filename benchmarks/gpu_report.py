@@ -245,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--tests", choices=["quick", "all"], default="all", help="which tests to run on the GPU")
     parser.add_argument("--test-timeout", type=float, default=1200.0)
+    parser.add_argument("--quick", action="store_true",
+                        help="the GPU check's form: the first fused SCORE shape and 3-step rl.train runs")
     args = parser.parse_args(argv)
     try:  # checked before the measurement (up to 20 minutes), which writes the report after each section
         prepare_json_path(args.json)
@@ -269,9 +271,9 @@ def main(argv=None) -> int:
     for r in report["rl_matched"]:
         print(f"{r['precision']:<5} {r['profile']:<8} mean|dlogp| {r['mean_abs_dlogp']:.3g}  "
               f"tokens differing {r['frac_tokens_differ']:.2%}  k3 {r['kl_k3']:.3g}")
-    report["rl_train"] = rl_training_runs()
+    report["rl_train"] = rl_training_runs(steps=3 if args.quick else 20)
     write_json(report, args.json)
-    print("\nrl.train on the GPU (sanity recipe, 20 RL steps)")
+    print(f"\nrl.train on the GPU (sanity recipe, {report['rl_train'][0]['steps']} RL steps)")
     for r in report["rl_train"]:
         worst = max((s["max_abs_dlogp"] or 0.0) for s in r["per_step"])
         print(f"{r['precision']:<5} {r['profile']:<8} {r['steps_per_s']:.2f} steps/s  "
@@ -285,7 +287,7 @@ def main(argv=None) -> int:
         target = f">={r['target_min_ratio']:.2f}{'' if r['meets_target'] else '!'}" if "meets_target" in r else ""
         print(f"{r['dtype']:<9} {r['M']:>5} {r['profile']:<8} {r['pk_tflops']:>10.2f} {r['cublas_tflops']:>8.2f} "
               f"{r['ratio']:>9.2f} {target:>7}{note}")
-    report["fused_score"], report["liger"] = score_figures()
+    report["fused_score"], report["liger"] = score_figures(SCORE_SHAPES[:1] if args.quick else SCORE_SHAPES)
     print("\nfused SCORE (pk.linear_logprobs) vs torch unfused (linear + log_softmax + gather)")
     print(f"{'dtype':<9} {'rows x d x V':<20} {'pass':<17} {'pk ms':>8} {'torch ms':>8} {'pk/torch':>8} "
           f"{'target':>7} {'pk MiB':>8} {'torch MiB':>9}")
