@@ -36,17 +36,20 @@ from .rollout import Rollout
 
 
 def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
-                      return_entropy: bool = False):
+                      return_entropy: bool = False, prompt_mask: torch.Tensor | None = None):
     """Learner log-probs (B, N) fp32 of tokens[:, prompt_len:], each given everything before it.
 
     One full causal pass over the padded sequences, then ``pk.linear_logprobs``; causality
-    keeps pads after EOS from touching earlier positions.
+    keeps pads after EOS from touching earlier positions. ``prompt_mask`` (B, prompt_len):
+    the real prompt positions of left-padded prompts, passed on to ``model.hidden_states``
+    (``rl.hf_policy``); None: every position is real.
     """
     B, L = tokens.shape
     if not 0 < prompt_len < L:
         raise ValueError(f"prompt_len must be in [1, {L - 1}] for sequences of length {L}, got {prompt_len}")
     weights = model.compute_weights()
-    h = model.hidden_states(tokens[:, :-1], weights)[:, prompt_len - 1:]
+    layout = {} if prompt_mask is None else {"prompt_mask": prompt_mask}
+    h = model.hidden_states(tokens[:, :-1], weights, **layout)[:, prompt_len - 1:]
     targets = tokens[:, prompt_len:]
     n = targets.shape[1]
     out = pk.linear_logprobs(h.reshape(B * n, -1), weights["lm_head.weight"], targets.reshape(-1),
@@ -108,12 +111,14 @@ class StepResult:
 
 def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rollout: Rollout,
                  rewards: torch.Tensor, group_size: int, prompt_len: int, cfg: StepConfig, *,
-                 anchor_logp: torch.Tensor | None = None, dist: Dist | None = None) -> StepResult:
+                 anchor_logp: torch.Tensor | None = None, dist: Dist | None = None,
+                 prompt_mask: torch.Tensor | None = None) -> StepResult:
     """One RL update on a rollout: advantages, ``cfg.epochs`` passes of ``cfg.minibatches`` minibatches.
 
     ``scaler``: a ``GradScaler``, enabled for dynamic loss scaling (fp16) or not (a plain step that is
     skipped when the gradient norm is not finite). ``anchor_logp``: the KL anchor's log-probs of the
     rollout, needed when ``cfg.kl_coef > 0``. ``dist``: this rank's place under torchrun (None: one process).
+    ``prompt_mask``: the rollout's prompt mask for left-padded prompts (``sequence_logprobs``).
     Entropy, loss, grad norm and stats are averages over every minibatch and epoch, and over ranks.
     """
     dist = dist or Dist(device=rollout.tokens.device)
@@ -133,7 +138,7 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler: torch
         # penalty needs it before the advantages.
         with torch.no_grad():
             pi_old, ent = sequence_logprobs(model, rollout.tokens, prompt_len, cfg.temperature,
-                                            return_entropy=True)
+                                            return_entropy=True, prompt_mask=prompt_mask)
         entropy = _global_masked_mean(ent, rollout.mask, dist)
     if cfg.kl_coef > 0:
         with torch.no_grad():
@@ -146,8 +151,8 @@ def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler: torch
     for _epoch in range(cfg.epochs):
         order = torch.arange(B, device=rollout.tokens.device)
         for idx in order.chunk(cfg.minibatches):
-            logp, ent = sequence_logprobs(model, rollout.tokens[idx], prompt_len, cfg.temperature,
-                                          return_entropy=True)
+            logp, ent = sequence_logprobs(model, rollout.tokens[idx], prompt_len, cfg.temperature, return_entropy=True,
+                                          prompt_mask=None if prompt_mask is None else prompt_mask[idx])
             if pi_old is None:
                 # One minibatch: its first pass runs before any update, so it is pi_old itself.
                 pi_old = logp.detach()

@@ -141,3 +141,38 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+# The same mismatch under the names other RL stacks log, over the same sampled tokens (README: the mapping).
+# verl: training/rollout_probs_diff_* are |p_learner - p_sampler| (its torch.std is Bessel-corrected),
+# rollout_corr/kl and rollout_corr/k3_kl are our k1 and k3. TRL: sampling/sampling_logp_difference/* are
+# |delta| (our mean_abs_dlogp, max_abs_dlogp); sampling/importance_sampling_ratio/* are exp(delta) per token
+# before any cap (TRL logs its ratio after vllm_importance_sampling_cap, so the two agree below the cap).
+DASHBOARD_KEYS = (
+    "training/rollout_probs_diff_mean", "training/rollout_probs_diff_max", "training/rollout_probs_diff_std",
+    "rollout_corr/kl", "rollout_corr/k3_kl",
+    "sampling/sampling_logp_difference/mean", "sampling/sampling_logp_difference/max",
+    "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/mean",
+    "sampling/importance_sampling_ratio/max",
+)
+
+
+def dashboard_metrics(mu: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """verl's and TRL's mismatch figures (``DASHBOARD_KEYS``) of one step, in float64, from this process's tokens.
+
+    Arguments as ``mismatch_metrics``'. With no sampled token every figure is NaN; with one, the std is NaN
+    (as torch.std gives verl). Not reduced over ranks: a std does not combine from the ranks' figures.
+    """
+    if mu.shape != old_logp.shape or mu.shape != mask.shape:
+        raise ValueError(f"shapes differ: mu {tuple(mu.shape)}, old_logp {tuple(old_logp.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    m = mask.bool()
+    if not m.any():
+        return dict.fromkeys(DASHBOARD_KEYS, float("nan"))
+    a, b = mu.detach().double()[m], old_logp.detach().double()[m]
+    delta = b - a
+    dp, ratio = (b.exp() - a.exp()).abs(), delta.exp()
+    values = (dp.mean(), dp.max(), dp.std() if dp.numel() > 1 else float("nan"), (-delta).mean(),
+              (torch.expm1(delta) - delta).mean(), delta.abs().mean(), delta.abs().max(), ratio.min(),
+              ratio.mean(), ratio.max())
+    return {k: float(v) for k, v in zip(DASHBOARD_KEYS, values)}

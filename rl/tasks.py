@@ -21,10 +21,23 @@ Rewards are computed from the prompt alone (the task is its own verifier) over t
 A response position only counts where ``mask`` is True (sampled, up to and including
 the first EOS); anything after the first EOS is ignored, and a response that stops
 early loses the positions it never produced.
+
+In words, for any tokenizer (``rl.hf_policy``): every task also states its problems as
+chat messages with a text answer (``text_problems``) and scores a decoded response
+(``text_reward``). A synthetic task's prompt is its own characters (``"402917="``) and its
+reward the same rule over characters: the answer's characters, then the stop (the
+model's EOS), ``len(answer) + 1`` positions, surrounding whitespace ignored.
+``CHAT_TASKS`` holds the tasks that exist only in words:
+
+    add1     system "Reply with the answer only.", user "3 + 5"  -> "8"  (100 problems)
+
+``add1``'s reward is binary under either setting: 1.0 when the response stopped and its
+last integer is the sum (SmolLM2-135M-Instruct tends to answer "The answer is 8."), else 0.0.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 import torch
@@ -191,6 +204,23 @@ class Task(ABC):
         """Decode one row of ids to text, by default up to the first EOS."""
         return self.tokenizer.decode(ids, stop_at_eos=stop_at_eos)
 
+    # ---- in words (any tokenizer) ---------------------------------------------------------
+
+    @property
+    def text_max_new_tokens(self) -> int:
+        """Response tokens a rollout in words may take: the answer, EOS and one spare (a tokenizer may split)."""
+        return self.answer_len + 2
+
+    def text_problems(self, n: int, seed: int = 0) -> list[tuple[list[dict], str]]:
+        """``make_dataset``'s prompts as one user message each (their characters), with the answer text."""
+        prompts, answers = self.make_dataset(n, seed)
+        return [([{"role": "user", "content": self.decode(p, stop_at_eos=False)}], self.decode(a, stop_at_eos=False))
+                for p, a in zip(prompts, answers)]
+
+    def text_reward(self, answer: str, text: str, stopped: bool, partial: bool = True) -> float:
+        """``reward``'s rule over characters (module doc); ``stopped``: the response ended with EOS."""
+        return text_reward(answer, text, stopped, partial)
+
     def describe(self, prompt: torch.Tensor, response: torch.Tensor | None = None) -> str:
         """``"402917= -> 719204"`` for logs; the correct answer when no response is given."""
         if response is None:
@@ -276,3 +306,45 @@ def get_task(name: str, **kwargs) -> Task:
         return TASKS[name](**kwargs)
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+
+
+def text_reward(answer: str, text: str, stopped: bool, partial: bool = True) -> float:
+    """Characters of ``answer`` in place in ``text`` (whitespace-stripped), then the stop: right / (len + 1)."""
+    got = text.strip()
+    right = sum(a == b for a, b in zip(answer, got)) + (stopped and len(got) == len(answer))
+    return right / (len(answer) + 1) if partial else float(right == len(answer) + 1)
+
+
+class AddInWords:
+    """One-digit addition put to a chat model: ``"3 + 5"`` under "Reply with the answer only." -> ``"8"``."""
+
+    name = "add1"
+    system = "Reply with the answer only."
+    n_problems = 100
+    text_max_new_tokens = 8  # "The answer is 12." and EOS
+
+    def text_problems(self, n: int, seed: int = 0) -> list[tuple[list[dict], str]]:
+        """``n`` distinct problems (at most ``n_problems``) in a seeded order, as chat messages and the sum."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.n_problems:
+            raise ValueError(f"n must be an int in [0, {self.n_problems}] ({self.name} has {self.n_problems} "
+                             f"problems), got {n!r}")
+        order = torch.randperm(self.n_problems, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        return [([{"role": "system", "content": self.system}, {"role": "user", "content": f"{i // 10} + {i % 10}"}],
+                 str(i // 10 + i % 10)) for i in order]
+
+    def text_reward(self, answer: str, text: str, stopped: bool, partial: bool = True) -> float:
+        """1.0 when the response stopped (EOS) and its last integer is ``answer`` (binary either way), else 0.0."""
+        found = re.findall(r"-?\d+", text)
+        return float(stopped and bool(found) and found[-1] == answer)
+
+
+CHAT_TASKS: dict[str, type] = {"add1": AddInWords}
+
+
+def get_any_task(name: str):
+    """A synthetic task (``TASKS``) or a task in words (``CHAT_TASKS``) by name."""
+    if name in CHAT_TASKS:
+        return CHAT_TASKS[name]()
+    if name in TASKS:
+        return TASKS[name]()
+    raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS) + sorted(CHAT_TASKS)}")

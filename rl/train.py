@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, hf_policy
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
 from .metrics import json_safe, mismatch_metrics, reduce_mismatch
@@ -98,6 +98,8 @@ def _build(args, device: torch.device):
 def evaluate(model: TinyGPT, task, prompts: torch.Tensor, dist: distributed.Dist | None = None) -> float:
     """Greedy accuracy over ``prompts`` on the kernels (split over the ranks, then summed)."""
     dist = dist or distributed.Dist(device=prompts.device)
+    if isinstance(model, hf_policy.HFPolicy):
+        return hf_policy.evaluate(model, task, prompts, dist)
     n = len(prompts)
     lo, hi = dist.rank * n // dist.world_size, (dist.rank + 1) * n // dist.world_size
     right = 0.0
@@ -208,8 +210,11 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for tmp in remove_stale_temps(ckpt_path):
             log(f"removed {tmp}, left by a checkpoint save that was cut short")
-    task, cfg, model, optimizer, scaler = _build(args, dist.device)
-    prompts_all = task.make_dataset(args.dataset_size, seed=args.seed)[0].to(dist.device)
+    if args.model == "tinygpt":
+        task, cfg, model, optimizer, scaler = _build(args, dist.device)
+        prompts_all = task.make_dataset(args.dataset_size, seed=args.seed)[0].to(dist.device)
+    else:  # a Hugging Face causal LM: its task view, the left-padded prompt set (rl.hf_policy)
+        task, cfg, model, optimizer, scaler, prompts_all = hf_policy.build(args, dist.device)
     run = _Run(args, dist, log, task, cfg, model, optimizer, scaler, prompts_all,
                data_gen=torch.Generator().manual_seed(args.seed + 1))
     if args.resume:
@@ -253,6 +258,8 @@ def _resume(run: _Run) -> None:
 
 def _warm_up(run: _Run) -> None:
     """The supervised warm-up on the plain-torch forward over the model's fp32 master weights."""
+    if run.args.model != "tinygpt":
+        return hf_policy.start(run)  # an HF model starts RL as it is
     if run.dist.is_main:
         run.metrics_path.write_text("")  # check_args refused an existing run unless --overwrite
     t0 = time.perf_counter()
@@ -282,6 +289,8 @@ def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
     args = run.args
     first, last = run.dist.shard(args.batch)
     idx = torch.randint(0, len(run.prompts_all), (args.batch,), generator=run.data_gen)[first:last]
+    if args.model != "tinygpt":
+        return hf_policy.roll_out(run, idx, first, step_seed(args.seed, step))
     prompts = run.prompts_all[idx.to(run.dist.device)].repeat_interleave(args.group, dim=0)
     t0 = time.perf_counter()
     rollout = generate(run.model, prompts, run.task.max_new_tokens, temperature=args.temperature,
@@ -292,6 +301,8 @@ def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
 
 def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
     """Score the rollout, take the learner step; returns its result, the rewards and the seconds."""
+    if run.args.model != "tinygpt":
+        return hf_policy.learn(run, prompts, rollout)
     t0 = time.perf_counter()
     task, args = run.task, run.args
     rewards = task.reward(prompts, rollout.tokens[:, task.prompt_len:], rollout.mask,

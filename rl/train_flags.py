@@ -15,15 +15,19 @@ import torch
 
 import precision_kernels as pk
 
+from .hf_policy import MODEL_FORMS, check_task, parse_model
 from .losses import AGGREGATIONS, ALGOS, CLIPPED, KL_ESTIMATORS, RATIOS, SEQUENCE_LEVEL
-from .tasks import TASKS
+from .tasks import CHAT_TASKS, TASKS, get_any_task
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rl.train",
                                 description="RL training CLI: ``python -m rl.train`` trains the sanity recipe on "
                                             "the kernels.")
-    p.add_argument("--task", default="reverse", choices=sorted(TASKS))
+    p.add_argument("--model", default="tinygpt", metavar="MODEL",
+                   help=f"the policy: {MODEL_FORMS} (rl.hf_policy; an HF model skips the warm-up)")
+    p.add_argument("--task", default="reverse", choices=sorted(TASKS) + sorted(CHAT_TASKS),
+                   help="add1 is in words: it needs a model with a tokenizer")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--head-precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="precision of the LM head (default: --precision); fp32 is the common partial fix")
@@ -47,13 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--reward", default="partial", choices=["partial", "binary"])
-    p.add_argument("--dataset-size", type=int, default=512)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--init", default="torch", choices=["torch", "scaled", "gpt2"],
+    p.add_argument("--dataset-size", type=int, default=_default(512),
+                   help="distinct training prompts (default 512, or all of a task with fewer)")
+    # TinyGPT's shape, init and warm-up: an HF model refuses them when given (_default tells).
+    p.add_argument("--d-model", type=int, default=_default(64))
+    p.add_argument("--layers", type=int, default=_default(2))
+    p.add_argument("--heads", type=int, default=_default(2))
+    p.add_argument("--init", default=_default("torch"), choices=["torch", "scaled", "gpt2"],
                    help="initialisation (rl.model.init_parameters); 'torch' gives the warm-up a peaked policy")
-    p.add_argument("--warmup-target", type=float, default=0.35, help="greedy accuracy that ends the warm-up")
+    p.add_argument("--warmup-target", type=float, default=_default(0.35),
+                   help="greedy accuracy that ends the warm-up")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-prompts", type=int, default=None, metavar="N",
                    help="evaluate greedy accuracy on the first N training prompts (default: all of them)")
@@ -67,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="any matched-mode mismatch is fatal")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+class _DefaultInt(int):
+    def __reduce__(self):
+        return int, (int(self),)
+
+
+class _DefaultFloat(float):
+    def __reduce__(self):
+        return float, (float(self),)
+
+
+class _DefaultStr(str):
+    def __reduce__(self):
+        return str, (str(self),)
+
+
+def _default(value):
+    """``value`` as a flag's default: equal to it, pickled and printed as it, but told apart from a given flag."""
+    return {int: _DefaultInt, float: _DefaultFloat, str: _DefaultStr}[type(value)](value)
+
+
+def given(value) -> bool:
+    """Whether a flag's value came from the command line (or a caller), not from the parser's ``_default``."""
+    return not isinstance(value, (_DefaultInt, _DefaultFloat, _DefaultStr))
+
+
+TINYGPT_FLAGS = (("--d-model", "d_model"), ("--layers", "layers"), ("--heads", "heads"), ("--init", "init"),
+                 ("--warmup-target", "warmup_target"))
 
 
 # Flags that may change when a run is resumed; every other stored flag must match. ("resume",
@@ -113,6 +149,15 @@ def check_args(args) -> None:
     def finite(value) -> bool:
         return isinstance(value, (int, float)) and math.isfinite(value)
 
+    model = parse_model(args.model)
+    check_task(model, args.task)
+    n_problems = getattr(get_any_task(args.task), "n_problems", None)
+    if n_problems is not None and given(args.dataset_size):
+        positive_int("--dataset-size", args.dataset_size, high=n_problems)
+    if model.kind != "tinygpt":
+        for flag, dest in TINYGPT_FLAGS:
+            need(not given(getattr(args, dest)), flag, f"left out with --model {args.model} (it shapes TinyGPT "
+                 f"and its warm-up only)", getattr(args, dest))
     positive_int("--steps", args.steps)
     positive_int("--batch", args.batch)
     positive_int("--group", args.group, low=2)  # the group-mean baseline needs two samples per prompt

@@ -40,6 +40,10 @@ What is served:
   bit; the weight and bias gradients are summed over rows in a fixed order.
 * ``_fused_rms_norm`` (where torch has it) -> ``pk.rms_norm``; its saved rstd (read only by
   its backward, which torch runs) is computed with the row sums above.
+* ``embedding_dense_backward`` (an embedding's weight gradient: a float sum over the positions
+  that hold the same token) -> ``pk.matmul`` of a 0/1 occurrence matrix with the gradient
+  rows in fp32: each token's rows are added in the matmul's fixed K-block order over the
+  positions, then rounded once to the gradient's dtype (``_embedding_dense_backward``).
 """
 
 from __future__ import annotations
@@ -319,6 +323,44 @@ def _fused_rms_norm(x, normalized_shape, weight, eps):
     return rms_norm(x, w, e), _rms_rstd(x, e)
 
 
+# ---------------------------------------------------------------------------------------------
+# Embedding backward.
+
+_EMBEDDING_TOKENS_PER_PRODUCT = 1024  # occurrence-matrix rows per pk.matmul: bounds its memory, changes no bit
+
+
+def _embedding_dense_backward(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
+    """dW (num_weights, d): row v is the fp32 sum of ``grad``'s rows at the positions holding token v.
+
+    The sum is ``occurrence (U, N) @ grad rows (N, d)`` on ``pk.matmul`` in fp32 (exact products by
+    0 or 1, the K loop's fixed order over positions), U the distinct tokens; rows are independent,
+    so splitting the U tokens over several products changes no bit. Positions holding
+    ``padding_idx`` get no gradient, as in torch; ``scale_grad_by_freq`` is declined.
+    """
+    _check_tensors(grad)
+    if scale_grad_by_freq:
+        raise Decline("scale_grad_by_freq=True is not served")
+    if indices.dtype not in (torch.int32, torch.int64) or indices.device != grad.device:
+        raise Decline(f"indices of dtype {indices.dtype} on {indices.device}")
+    d = grad.shape[-1]
+    if grad.numel() // max(d, 1) != indices.numel():
+        raise Decline(f"grad of shape {tuple(grad.shape)} for indices of shape {tuple(indices.shape)}")
+    idx = indices.reshape(-1).long()
+    keep = idx != padding_idx
+    rows = grad.reshape(-1, d)[keep].to(torch.float32)
+    tokens, where = torch.unique(idx[keep], sorted=True, return_inverse=True)
+    out = torch.zeros(num_weights, d, dtype=torch.float32, device=grad.device)
+    positions = torch.arange(rows.shape[0], device=grad.device)
+    for lo in range(0, tokens.numel(), _EMBEDDING_TOKENS_PER_PRODUCT):
+        hi = min(lo + _EMBEDDING_TOKENS_PER_PRODUCT, tokens.numel())
+        chunk = (where >= lo) & (where < hi)
+        occurrence = torch.zeros(hi - lo, rows.shape[0], dtype=torch.float32, device=grad.device)
+        occurrence[where[chunk] - lo, positions[chunk]] = 1.0
+        with profiles.use_profile("matched"):  # a fixed-order sum, never the engine's split-K
+            out[tokens[lo:hi]] = matmul(occurrence, rows)
+    return out.to(grad.dtype)
+
+
 HANDLERS: dict[str, Callable] = {
     "aten.mm.default": _mm,
     "aten.bmm.default": _bmm,
@@ -338,6 +380,7 @@ HANDLERS: dict[str, Callable] = {
 }
 if hasattr(aten, "_fused_rms_norm"):
     HANDLERS["aten._fused_rms_norm.default"] = _fused_rms_norm
+HANDLERS["aten.embedding_dense_backward.default"] = _embedding_dense_backward
 
 # Scaled-dot-product attention, forward and backward together (matched/attention.py).
 from .attention import SDPA_HANDLERS  # noqa: E402

@@ -377,7 +377,8 @@ register_family(OpFamily(
     name="matmul",
     public=("matmul", "linear"),
     custom_ops=("pk::matmul", "pk::matmul_backward", "pk::linear", "pk::linear_backward"),
-    # mean and sum are row sums against a ones column: the matmul kernel's K loop.
+    # mean and sum are row sums against a ones column: the matmul kernel's K loop; so is the
+    # embedding backward's sum over a token's positions (an occurrence matrix times the gradient).
     aten=(
         "aten.mm.default",
         "aten.bmm.default",
@@ -388,6 +389,7 @@ register_family(OpFamily(
         "aten.mean.default",
         "aten.sum.dim_IntList",
         "aten.sum.default",
+        "aten.embedding_dense_backward.default",
     ),
     kernels=(matmul_kernel, bmm_kernel),
     compile_kernels=_compile_kernels,
