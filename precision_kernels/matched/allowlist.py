@@ -5,12 +5,25 @@ not on a list here is *uncovered*. The lists: views and indexing, creation, copi
 casts, correctly rounded elementwise arithmetic, exact selections (max, topk, sort, ...),
 and reductions that are exact on integer and bool tensors only (HF ``generate``'s
 bookkeeping). Sampling ops are listed apart: they draw tokens but produce no scored number.
+
+An op is judged by what it computes, not only by its inputs: integer or bool inputs are exact
+only while the result is too. A float ``dtype=`` (``int_tensor.cumsum(0, dtype=torch.float32)``)
+or a float result (``torch.logsumexp`` of an integer tensor, ``exp`` of one; read from the op run
+on meta tensors) makes it a float op, classified as one. Every ``ELEMENTWISE`` entry gives the
+same bits for an element alone and inside a large tensor, in each float dtype on CPU
+(``tests/test_audit.py`` runs them all); the rounding divisions, which do not, take the vector
+path (``vector_path.py``).
 """
 
 from __future__ import annotations
 
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_map
+
+from . import vector_path
 from ._common import base_name, flat_tensors, has_float
-from .vector_path import VECTOR_PATH_OPS, pow_is_exact
+from .vector_path import pow_is_exact
 
 VIEWS_AND_INDEXING = frozenset({
     "view", "_unsafe_view", "reshape", "_reshape_alias", "expand", "t", "transpose", "permute", "unsqueeze",
@@ -33,13 +46,15 @@ COPIES_AND_CASTS = frozenset({
     "constant_pad_nd", "masked_fill", "where", "_has_compatible_shallow_copy_type", "record_stream",
     # checks that compute nothing
     "_assert_async", "_assert_scalar", "_functional_assert_async", "equal", "is_same_size",
+    "_has_same_storage_numel",
 })
-# Correctly rounded (one rounding, no FMA) or exact, elementwise.
+# Correctly rounded (one rounding, no FMA) or exact, elementwise; ``div`` without a rounding mode
+# (with one, and ``floor_divide``, it is on the vector path).
 ELEMENTWISE = frozenset({
     "add", "sub", "rsub", "mul", "div", "neg", "abs", "sqrt", "reciprocal", "square", "maximum", "minimum",
     "fmax", "fmin", "clamp", "clamp_min", "clamp_max", "clip", "relu", "threshold", "threshold_backward",
     "hardtanh", "sign", "sgn", "signbit", "floor", "ceil", "round", "trunc", "frac", "remainder", "fmod",
-    "floor_divide", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
     "bitwise_right_shift", "logical_and", "logical_or", "logical_xor", "logical_not", "eq", "ne", "lt",
     "le", "gt", "ge", "isnan", "isinf", "isfinite", "isneginf", "isposinf", "isin", "nan_to_num",
     "positive", "copysign",
@@ -62,10 +77,43 @@ ATTENTION_HINT = ('this scaled-dot-product attention op is not served (pk serves
                   'left-padding dependence stays)')
 
 
+def _arg(func, args: tuple, kwargs: dict, name: str, default):
+    """Argument ``name`` of the call, given by keyword or by position (``aten.add.Scalar(x, 2, 3)``: alpha 3)."""
+    if name in kwargs:
+        return kwargs[name]
+    for i, a in enumerate(func._schema.arguments):
+        if a.name == name:
+            return args[i] if (not a.kwarg_only and i < len(args)) else default
+    return default
+
+
+def _meta(value):
+    if isinstance(value, torch.Tensor):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return value
+
+
+def float_result(func, args: tuple, kwargs: dict) -> bool:
+    """Whether the op computes a float result: a float ``dtype=``, else its output run on meta tensors.
+
+    An op without a meta kernel (a data-dependent shape) is taken to keep its inputs' kind.
+    """
+    dtype = _arg(func, args, kwargs, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_floating_point or dtype.is_complex
+    try:
+        with _disable_current_modes():
+            out = func(*tree_map(_meta, list(args)), **tree_map(_meta, dict(kwargs)))
+    except Exception:  # noqa: BLE001 - no meta kernel, or arguments torch itself refuses
+        return False
+    return has_float(flat_tensors(out if isinstance(out, (list, tuple)) else [out]))
+
+
 def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
     """("allowed" | "sampling" | "uncovered", reason) for an op that pk does not serve.
 
-    Decided from the op and its inputs alone, so strict mode can refuse before the op runs.
+    Decided from the op, its inputs and its result's dtype (``float_result``, on meta tensors),
+    never from running it, so strict mode can refuse before the op runs.
     """
     name = base_name(func)
     inputs = flat_tensors(list(args) + list(kwargs.values()))
@@ -82,14 +130,22 @@ def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
         return "allowed", "view/indexing"
     if name in CREATION or name in COPIES_AND_CASTS:
         return "allowed", "creation/copy/cast"
-    if name in VECTOR_PATH_OPS:
+    if vector_path.listed(func, kwargs):
         if pow_is_exact(func, args):
             return "allowed", "elementwise (x * x)"
+        if not has_float(inputs):
+            if not float_result(func, args, kwargs):
+                return "allowed", "integer/bool (exact)"
+            return "uncovered", (f"{name} of integer/bool inputs has a float result: computed by torch's CPU "
+                                 f"kernel, not on the vector path (pass a float tensor to have it served)")
         if all(t.device.type != "cpu" for t in inputs):
             return "allowed", "elementwise (per element on this device)"
-        return "uncovered", "elementwise op outside the vector path (out= variant or broadcast in place)"
+        if "out" in func._schema.overload_name:
+            return "uncovered", "out= variant of an elementwise op (the vector path serves the functional and " \
+                                "in-place forms)"
+        return "uncovered", "elementwise op outside the vector path (tensors on several devices)"
     if name in ELEMENTWISE:
-        alpha = kwargs.get("alpha", 1)
+        alpha = _arg(func, args, kwargs, "alpha", 1)
         if name in ("add", "sub", "rsub") and alpha != 1 and has_float(inputs):
             return "uncovered", f"{name} with alpha={alpha} (a multiply-add: FMA in one torch path, not the other)"
         return "allowed", "elementwise"
@@ -97,8 +153,10 @@ def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
         return "allowed", "exact selection"
     if not inputs:
         return "allowed", "no tensor inputs (creation)"
-    if not has_float(inputs):
+    integer_inputs = not has_float(inputs)
+    if integer_inputs and not float_result(func, args, kwargs):
         return "allowed", "integer/bool (exact)"
-    if name in INTEGER_REDUCTIONS:
-        return "uncovered", "float reduction not served by pk"
-    return "uncovered", "not served by pk and not on the allowlist"
+    of_integers = " of integer/bool inputs (a float dtype or result)" if integer_inputs else ""
+    if name in INTEGER_REDUCTIONS or name in ("nansum", "logsumexp", "logcumsumexp"):
+        return "uncovered", f"float reduction{of_integers} not served by pk"
+    return "uncovered", f"not served by pk and not on the allowlist{of_integers}"

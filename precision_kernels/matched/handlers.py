@@ -85,6 +85,19 @@ def _last_dim(x: torch.Tensor, dim: int) -> None:
         raise Decline(f"dim {dim} is not the last dim of a {x.dim()}-d tensor")
 
 
+def _softmax_dim(x: torch.Tensor, dim: int) -> None:
+    """A softmax's dim: the last one, or dim 0 / -1 of a 0-d tensor (torch treats it as one row of one)."""
+    if x.dim() == 0:
+        if dim not in (0, -1):
+            raise Decline(f"dim {dim} for a 0-d tensor")
+        return
+    _last_dim(x, dim)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(1, 1) if t.dim() == 0 else as_rows(t)
+
+
 def _one_norm_dim(x: torch.Tensor, normalized_shape, what: str) -> None:
     if len(normalized_shape) != 1:
         raise Decline(f"{what} over {len(normalized_shape)} dims (pk serves the last one)")
@@ -173,15 +186,19 @@ def _keep_for_backward(y: torch.Tensor, x: torch.Tensor, row_max, row_sum) -> No
 
 
 def _softmax_forward(x, dim, half_to_float, log: bool):
+    """A fully masked row (every input -inf) gives NaN, as torch's softmax and log-softmax do (pk's kernel: 0, -inf)."""
     _check_tensors(x)
-    _last_dim(x, dim)
+    _softmax_dim(x, dim)
     if half_to_float and x.dtype == torch.float32:
         raise Decline("half_to_float on a float32 input")
     x_in = x
     if half_to_float:
         x = x.to(torch.float32)          # exact widening; the fp32 softmax of the same values
     op = torch.ops.pk.log_softmax if log else torch.ops.pk.softmax
-    y2, row_max, row_sum = op(as_rows(x), 1.0)
+    y2, row_max, row_sum = op(_rows(x), 1.0)
+    masked = row_max == float("-inf")
+    if y2.shape[1] and bool(masked.any()):
+        y2 = y2.masked_fill(masked[:, None], float("nan"))
     y = y2.reshape(x.shape)
     if not log and x_in.requires_grad and y.numel():
         # The 16-bit input itself: the kernel widens it exactly and rounds dx to its dtype, the input_dtype.
@@ -199,7 +216,7 @@ def _log_softmax(x, dim, half_to_float):
 
 def _check_softmax_grad(grad, out, dim, input_dtype) -> None:
     _check_tensors(grad, out)
-    _last_dim(out, dim)
+    _softmax_dim(out, dim)
     if input_dtype not in FLOAT_DTYPES:
         raise Decline(f"input_dtype {input_dtype} is not served")
 
@@ -216,17 +233,20 @@ def _softmax_backward_data(grad, out, dim, input_dtype):
         raise Decline("the softmax's input was modified in place after the forward")
     if x.dtype != input_dtype:
         raise Decline(f"input_dtype {input_dtype} is not the forward input's {x.dtype}")
-    dx2 = torch.ops.pk.softmax_backward(as_rows(grad), as_rows(x), row_max, row_sum, 1.0, False)
+    dx2 = torch.ops.pk.softmax_backward(_rows(grad), _rows(x), row_max, row_sum, 1.0, False)
+    masked = row_max == float("-inf")  # torch's gradient of a fully masked row, whose output is NaN: NaN
+    if dx2.shape[1] and bool(masked.any()):
+        dx2 = dx2.masked_fill(masked[:, None], float("nan"))
     return dx2.reshape(out.shape)
 
 
 def _log_softmax_backward_data(grad, out, dim, input_dtype):
     _check_softmax_grad(grad, out, dim, input_dtype)
-    y2 = as_rows(out)
+    y2 = _rows(out)
     rows = y2.shape[0]
     zero_max = torch.zeros(rows, dtype=torch.float32, device=out.device)
     unit_sum = torch.ones(rows, dtype=torch.float32, device=out.device)
-    dx2 = torch.ops.pk.softmax_backward(as_rows(grad), y2, zero_max, unit_sum, 1.0, True)
+    dx2 = torch.ops.pk.softmax_backward(_rows(grad), y2, zero_max, unit_sum, 1.0, True)
     # dx is rounded once, to y's dtype: input_dtype, or fp32 under half_to_float (then rounded to input_dtype).
     return dx2.reshape(out.shape).to(input_dtype)
 
@@ -236,11 +256,20 @@ def _log_softmax_backward_data(grad, out, dim, input_dtype):
 
 
 def _reduce(x, dims, keepdim, dtype, mean: bool):
-    """sum/mean of x over ``dims`` (None or [] = all): fp32 row sums on pk, / count in fp32, one rounding."""
-    _check_tensors(x)
+    """sum/mean of x over ``dims`` (None or [] = all): fp32 row sums on pk, / count in fp32, one rounding.
+
+    ``dtype=`` as torch's CPU ops read it: ``sum`` casts x to it first (``x_fp32.sum(dtype=torch.float16)``
+    rounds each element to fp16, then sums), ``mean`` does not (fp32 sum, divided, rounded once to
+    it). Integer and bool inputs with a float ``dtype`` are summed as those floats (fp32 for mean).
+    """
     out_dtype = x.dtype if dtype is None else dtype
     if out_dtype not in FLOAT_DTYPES:
         raise Decline(f"output dtype {out_dtype} is not served")
+    if not mean and x.dtype != out_dtype:
+        x = x.to(out_dtype)
+    elif not x.is_floating_point():
+        x = x.to(torch.float32)
+    _check_tensors(x)
     nd = x.dim()
     if dims and nd and (any(not -nd <= d < nd for d in dims) or len({d % nd for d in dims}) != len(dims)):
         raise Decline(f"dims {list(dims)} for a {nd}-d tensor")     # torch raises its own error

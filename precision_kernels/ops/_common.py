@@ -3,7 +3,11 @@
 * ``launch(kernel, grid, *args, config=..., **constexprs)`` is the only way an op starts a
   kernel: it adds the tile config's ``num_warps`` / ``num_stages`` and
   ``backend.launch_options()`` (FMA contraction chosen explicitly), and tells any
-  ``observe_launches()`` block what it launched with which options.
+  ``observe_launches()`` block what it launched with which options. Under the interpreter it
+  holds one process-wide lock for the launch: the interpreter patches ``triton.language``
+  module-wide for the length of a launch (and the fast paths keep per-launch state), so two
+  threads launching at once would run inside each other's patches. Launches from several
+  threads then take turns, each computing exactly what it computes alone.
 * ``NATIVE_DOT``: the one decision whether kernels may use ``tl.dot`` (compiled) or must
   multiply-and-sum in K order (interpreter; DESIGN.md section 3).
 * ``check_temperature``: the one temperature rule of every op that takes one.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +43,7 @@ class LaunchRecord:
 
 
 _observers: list[list[LaunchRecord]] = []
+_INTERPRETER_LAUNCH = threading.RLock()  # one interpreted launch at a time, in the whole process
 
 
 @contextlib.contextmanager
@@ -64,7 +70,11 @@ def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
     options.update(backend.launch_options())
     for records in _observers:
         records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options)))
-    kernel[grid](*args, **constexprs, **options)
+    if backend.INTERPRETED:
+        with _INTERPRETER_LAUNCH:
+            kernel[grid](*args, **constexprs, **options)
+    else:
+        kernel[grid](*args, **constexprs, **options)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
