@@ -13,8 +13,10 @@ with the KV-cache sampler in each precision and profile; the learner then rescor
 same tokens in the matched profile. Rows:
 
 * {fp32, fp16, bf16} x {matched, engine}: the sampler's kernels are the learner's
-  (matched), or an inference engine's split-K decode with partial sums rounded to the
-  compute precision (engine);
+  (matched), or an inference engine's decode (engine): split-K matmuls with partial sums
+  rounded to the compute precision, and split-KV attention with rounded chunk outputs
+  merged by their log-sum-exps;
+* fp16/bf16 x {engine-matmul, engine-attention}: each of the two alone;
 * fp16/bf16 with an fp32 LM head, engine: the common partial fix.
 
 Matched rows must show exactly zero mismatch. In the engine rows the mismatch follows
@@ -42,7 +44,8 @@ def plot(records: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     labels = [f"{r['precision']}\n{'fp32 head' if r['head'] != r['precision'] else ''}\n{r['profile']}"
               for r in records]
-    colors = ["tab:green" if r["profile"] == "matched" else "tab:red" for r in records]
+    palette = {"matched": "tab:green", "engine-matmul": "tab:orange", "engine-attention": "tab:purple"}
+    colors = [palette.get(r["profile"], "tab:red") for r in records]
     floor = 1e-18  # zero has no place on a log axis: exact zeros sit on the floor, labelled "0"
     for ax, key, title in zip(axes, ("mean_abs_dlogp", "kl_k3", "frac_tokens_differ"),
                               ("mean |Δ log p|", "KL(μ‖π) k3", "fraction of tokens not bitwise equal")):
@@ -55,7 +58,8 @@ def plot(records: list[dict], path: str) -> None:
         for i, r in enumerate(records):
             if r[key] == 0:
                 ax.text(i, floor * 1.5, "0", ha="center", fontsize=8)
-    fig.suptitle("sampler vs learner mismatch (green: matched, red: engine)")
+    fig.suptitle("sampler vs learner mismatch (green: matched, red: engine, orange: split-K matmul alone, "
+                 "purple: split-KV attention alone)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -17,8 +17,12 @@ Two profiles:
   goes through the same tile shapes and the same reduction order.
 * ``engine`` mimics an inference engine's decode kernels: a matmul with
   ``M <= engine_split_m`` rows splits K into ``engine_splits`` partial sums, rounds
-  each partial to the output dtype, and adds them in a fixed order. It is
-  deterministic but deliberately breaks I2/I3 for small M.
+  each partial to the output dtype, and adds them in a fixed order; a decode step's
+  attention splits its keys (flash-decoding, ``attention_splits_for``), rounds each
+  chunk's partial output to the compute dtype and merges the chunks by their
+  log-sum-exps. It is deterministic but deliberately breaks I2/I3 for small M and
+  decode == prefill. ``engine-matmul`` and ``engine-attention`` each keep one of the
+  two (the mismatch lab's attribution rows).
 
 The interpreter and CUDA tile tables differ (few large programs under the
 interpreter; tensor-core shapes on GPU). Tests run the CUDA table under the
@@ -37,7 +41,9 @@ import torch
 
 from . import backend
 
-PROFILES = ("matched", "engine")
+PROFILES = ("matched", "engine", "engine-matmul", "engine-attention")
+_SPLIT_K_PROFILES = ("engine", "engine-matmul")
+_SPLIT_KV_PROFILES = ("engine", "engine-attention")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,14 @@ class RowConfig:
 class EngineConfig:
     split_m: int = 64             # calls with at most this many rows split K
     splits: int = 4               # number of partial sums, each rounded to the output dtype
+    # Split-KV attention (flash-decoding) for calls of at most ``attention_split_rows`` queries per item: the
+    # chunk count is FlashAttention-2's ``num_splits_heuristic`` over key blocks of ``attention_split_block``
+    # keys, for ``attention_sm_slots`` concurrent programs (FA2 passes 2 x the SM count: an H100's 132 SMs).
+    # FA2's key block is 64-256 keys; 4 scales it to TinyGPT's 16-position cache, so its decode steps split.
+    attention_split_rows: int = 1
+    attention_split_block: int = 4
+    attention_sm_slots: int = 264
+    attention_max_splits: int = 128
 
 
 @dataclass(frozen=True)
@@ -342,9 +356,53 @@ def engine_config() -> EngineConfig:
 
 def engine_splits_for(m: int) -> int:
     """Number of rounded K partials the active profile uses for a call with ``m`` rows (1 = none)."""
-    if active_profile() == "engine" and m <= _ENGINE.split_m:
+    if active_profile() in _SPLIT_K_PROFILES and m <= _ENGINE.split_m:
         return _ENGINE.splits
     return 1
+
+
+def num_splits_heuristic(programs: int, slots: int, key_blocks: int, max_splits: int) -> int:
+    """FlashAttention-2's ``num_splits_heuristic``: 1 when ``programs`` (batch x heads x query blocks) almost
+    fill the ``slots``; otherwise the fewest splits of ``key_blocks`` whose wave efficiency is within 85% of
+    the best (a split count that leaves the blocks per split unchanged is not eligible)."""
+    if programs >= 0.8 * slots:
+        return 1
+    max_splits = min(max_splits, slots, key_blocks)
+
+    def eligible(n: int) -> bool:
+        return n == 1 or -(-key_blocks // n) != -(-key_blocks // (n - 1))
+
+    def efficiency(n: int) -> float:
+        waves = programs * n / slots
+        return waves / -(-waves // 1)
+
+    effs = {n: efficiency(n) for n in range(1, max_splits + 1) if eligible(n)}
+    if not effs:
+        return 1
+    best = max(effs.values())
+    return next(n for n, e in effs.items() if e >= 0.85 * best)
+
+
+def attention_splits_for(items: int, rows: int, keys: int, block: int | None = None) -> tuple[int, int]:
+    """(chunks, keys per chunk) of an attention call's split-KV in the active profile; (1, 0) = no split.
+
+    ``items`` (batch, query head) pairs, ``rows`` queries per item, ``keys`` keys per item (counted from the
+    first real key). Only the engine profiles with split-KV split, and only calls of at most
+    ``attention_split_rows`` queries (decode steps): the matched profile never splits by length. Chunks are
+    whole blocks of ``block`` keys (default ``attention_split_block``; a kernel whose key tile is larger
+    passes its tile), chunk count by ``num_splits_heuristic``.
+    """
+    items, rows, keys = (_count(n, v) for n, v in (("items", items), ("rows", rows), ("keys", keys)))
+    if active_profile() not in _SPLIT_KV_PROFILES or rows > _ENGINE.attention_split_rows or items == 0:
+        return 1, 0
+    block = _ENGINE.attention_split_block if block is None else block
+    key_blocks = -(-keys // block)
+    splits = num_splits_heuristic(items * -(-rows // 64), _ENGINE.attention_sm_slots, key_blocks,
+                                  _ENGINE.attention_max_splits)
+    if splits <= 1:
+        return 1, 0
+    per_chunk = -(-key_blocks // splits) * block
+    return -(-keys // per_chunk), per_chunk
 
 
 # ---- fused LM head (kernels/lm_head.py) --------------------------------------------------

@@ -6,8 +6,11 @@ fixed prompt set of that task with the KV-cache sampler in each precision and pr
 the learner then rescores the same tokens in the matched profile (``measure``). ``run`` does every row of ``VARIANTS``:
 
 * {fp32, fp16, bf16} x {matched, engine}: the sampler's kernels are the learner's
-  (matched), or an inference engine's split-K decode with partial sums rounded to the
-  compute precision (engine);
+  (matched), or an inference engine's decode (engine): split-K matmuls with partial sums
+  rounded to the compute precision, and split-KV attention (flash-decoding) with each key
+  chunk's partial output rounded and the chunks merged by their log-sum-exps;
+* fp16/bf16 x {engine-matmul, engine-attention}: one of the two alone, attention's share
+  of the mismatch beside the matmuls';
 * fp16/bf16 with an fp32 LM head, engine: the common partial fix.
 
 Matched rows must show exactly zero mismatch (``matched_rows_zero``). ``headline`` gives
@@ -38,6 +41,8 @@ DEMO_CHECKPOINT = "runs/demo/checkpoint.pt"
 VARIANTS = [
     ("fp32", None, "matched"), ("fp16", None, "matched"), ("bf16", None, "matched"),
     ("fp32", None, "engine"), ("fp16", None, "engine"), ("bf16", None, "engine"),
+    ("fp16", None, "engine-matmul"), ("bf16", None, "engine-matmul"),
+    ("fp16", None, "engine-attention"), ("bf16", None, "engine-attention"),
     ("fp16", "fp32", "engine"), ("bf16", "fp32", "engine"),
 ]
 
@@ -141,10 +146,10 @@ def matched_rows_zero(records: list[dict]) -> bool:
 
 
 def format_table(records: list[dict]) -> str:
-    lines = [f"{'precision':<9} {'head':<5} {'profile':<8} {'mean|dlogp|':>11} {'max|dlogp|':>10} "
+    lines = [f"{'precision':<9} {'head':<5} {'profile':<16} {'mean|dlogp|':>11} {'max|dlogp|':>10} "
              f"{'tok differ':>10} {'k1':>10} {'k3 (KL)':>10} {'seq k3':>10} {'relRMS lp':>10} {'p99|dp|':>9}"]
     for r in records:
-        lines.append(f"{r['precision']:<9} {r['head']:<5} {r['profile']:<8} {r['mean_abs_dlogp']:>11.3g} "
+        lines.append(f"{r['precision']:<9} {r['head']:<5} {r['profile']:<16} {r['mean_abs_dlogp']:>11.3g} "
                      f"{r['max_abs_dlogp']:>10.3g} {r['frac_tokens_differ']:>10.2%} {r['kl_k1']:>10.2e} "
                      f"{r['kl_k3']:>10.2e} {r['seq_k3']:>10.2e} {r['rel_rms_logp']:>10.3g} {r['dp_p99']:>9.2e}")
     return "\n".join(lines)

@@ -27,3 +27,16 @@ def test_headline_ratios():
     assert math.isclose(h["rel_rms_logp_ratio"], 8.0) and math.isclose(h["kl_k3_ratio"], 64.0)
     assert headline([row("fp16", 0.0), row("bf16", 1.0)])["kl_k3_ratio"] == math.inf
     assert math.isnan(headline([row("fp16", 0.0), row("bf16", 0.0)])["mean_abs_dlogp_ratio"])
+
+
+def test_split_kv_attention_alone_gives_a_mismatch_and_split_k_alone_too():
+    """The attribution rows: the engine's split-KV attention and its split-K matmuls each move the sampler's
+    log-probs off the learner's on their own (a decode batch small enough that the engine splits the keys)."""
+    task = get_task("reverse")
+    cfg = ModelConfig(vocab_size=task.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=task.seq_len)
+    state = TinyGPT(cfg, seed=0).state_dict()
+    prompts = task.make_dataset(4, seed=1)[0]
+    for profile in ("engine-attention", "engine-matmul"):
+        row = measure(state, cfg, "bf16", None, profile, prompts, 1.0, 0)
+        assert row["profile"] == profile and row["n_tokens"] > 0
+        assert row["frac_tokens_differ"] > 0 and row["max_abs_dlogp"] > 0, profile

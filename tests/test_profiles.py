@@ -176,3 +176,18 @@ def test_rows_equal_in_every_m_bucket_gpu(name):
     bucket, still rows of launches of 1 to 2048 rows: M == 1 and M % 16 == 0 must not change a row either)."""
     buckets = profiles.matmul_buckets_for("cuda", name)
     _rows_in_every_bucket(DTYPES[name], buckets, n=4096, k=4096, extra=(2, 16, 17, 64, 256, 1024, 2048))
+
+
+def test_engine_variants_split_matmuls_or_attention_or_both():
+    """``engine`` splits K (small M) and KV (decode steps); ``engine-matmul`` and ``engine-attention`` one each."""
+    splits = profiles.engine_config().splits
+    expect = {"matched": (1, False), "engine": (splits, True), "engine-matmul": (splits, False),
+              "engine-attention": (1, True)}
+    assert set(expect) == set(profiles.PROFILES)
+    for name, (k_splits, kv_split) in expect.items():
+        with profiles.use_profile(name):
+            assert profiles.engine_splits_for(1) == k_splits, name
+            assert (profiles.attention_splits_for(2, 1, 16)[0] > 1) == kv_split, name
+    with pytest.raises(ValueError, match="unknown profile"):
+        with profiles.use_profile("engine-both"):
+            pass

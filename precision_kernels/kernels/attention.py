@@ -54,7 +54,7 @@ specialised (``kernels/specialization.py``).
 import triton
 import triton.language as tl
 
-from .rounding import round_fp32
+from .rounding import round_fp32, to_fp32
 from .specialization import row_kernel
 
 # Operands that only feed tl.dot keep their alignment facts; everything else carries none (the masks,
@@ -64,8 +64,8 @@ DOT_OPERANDS = ("q_ptr", "k_ptr", "v_ptr", "D", "stride_qt", "stride_qd", "strid
 # Every argument whose value changes with the batch, the sequence lengths or the padding.
 _STRIDES = ("stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_vb", "stride_vh",
             "stride_mb", "stride_mh", "stride_mt", "stride_mk")
-FWD_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min") + _STRIDES
-DQ_BATCH_ARGS = FWD_BATCH_ARGS + ("stride_dob", "stride_doh")
+DQ_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min") + _STRIDES + ("stride_dob", "stride_doh")
+FWD_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min", "split_keys") + _STRIDES
 DKDV_BATCH_ARGS = ("n_kv_items", "Tq", "Tk", "ks_min", "qb_lo", "qb_hi", "shift_min") + _STRIDES + (
     "stride_dob", "stride_doh")
 
@@ -137,12 +137,12 @@ def _mask_values(mask_ptrs, ok, s, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
 
 @triton.jit
 def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
-                     n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                     n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                      KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
                      HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
     """Interpreter forward of BLOCK_ITEMS items x BLOCK_M query rows. Key-major tiles: scores are
     (BLOCK_N, items, rows), the score products (BLOCK_D, BLOCK_N, items, rows), the P.V products
     (BLOCK_N, items, rows, BLOCK_D): every sum runs along the outermost axis, in index order."""
@@ -192,6 +192,8 @@ def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_
     run_max = tl.full((BLOCK_ITEMS, BLOCK_M), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_ITEMS, BLOCK_M), tl.float32)
     acc = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    if SPLIT:
+        tot_max, tot_sum, tot_acc = run_max, run_sum, acc
     # relative keys past the last one any row of the tile can see hold no live pair: not visited
     r_end = Tk - ks_min
     if CAUSAL:
@@ -221,8 +223,36 @@ def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_
         acc = acc * alpha[:, :, None] + tl.sum(pv, axis=0)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
+        if SPLIT:
+            last = ((r0 + BLOCK_N) % split_keys == 0) | (r0 + BLOCK_N >= r_end)
+            tot_max, tot_sum, tot_acc, run_max, run_sum, acc = _split_fold(
+                run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND)
+    if SPLIT:
+        run_max, run_sum, acc = tot_max, tot_sum, tot_acc
     _fwd_store(o_ptr, lse_ptr, items[:, None] * Tq + t[None, :], item_ok[:, None] & row_ok[None, :], d, d_ok,
                acc, run_max, run_sum, D, KIND)
+
+
+@triton.jit
+def _split_fold(run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND: tl.constexpr):
+    """Engine split-KV (flash-decoding): where ``last`` (the chunk's last key block), the chunk's partial
+    output acc / sum is rounded to the compute dtype, as an engine stores it between its split and combine
+    kernels, and merged into the totals by its log-sum-exp; the chunk's accumulators restart. Returns
+    (total max, total sum, total acc, chunk max, chunk sum, chunk acc). A chunk with no live key has weight 0."""
+    empty = run_sum == 0.0
+    part = tl.where(tl.expand_dims(empty, -1), 0.0,
+                    tl.div_rn(acc, tl.expand_dims(tl.where(empty, 1.0, run_sum), -1)))
+    part = to_fp32(round_fp32(part, KIND), KIND)
+    lse = tl.where(empty, float("-inf"), run_max + tl.log(tl.where(empty, 1.0, run_sum)))
+    new_max = tl.maximum(tot_max, lse)
+    ref = tl.where(new_max == float("-inf"), 0.0, new_max)
+    w_old = tl.exp(tot_max - ref)
+    w_new = tl.exp(lse - ref)
+    new_sum = tot_sum * w_old + w_new
+    new_acc = tot_acc * tl.expand_dims(w_old, -1) + tl.expand_dims(w_new, -1) * part
+    return (tl.where(last, new_max, tot_max), tl.where(last, new_sum, tot_sum),
+            tl.where(last, new_acc, tot_acc), tl.where(last, float("-inf"), run_max),
+            tl.where(last, 0.0, run_sum), tl.where(last, -0.0, acc))
 
 
 @triton.jit
@@ -239,11 +269,12 @@ def _fwd_store(o_ptr, lse_ptr, rows, ok, d, d_ok, acc, run_max, run_sum, D, KIND
 
 @triton.jit
 def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
-                n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                 stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                 stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                 KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                SPLIT: tl.constexpr):
     """Compiled forward of one item x BLOCK_M query rows: (rows, keys) score tiles from tl.dot."""
     item = pid_i.to(tl.int64)
     b = item // H
@@ -272,6 +303,8 @@ def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pi
     run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    if SPLIT:
+        tot_max, tot_sum, tot_acc = run_max, run_sum, acc
     r_end = Tk - ks_min
     if CAUSAL:
         r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
@@ -300,34 +333,46 @@ def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pi
         acc = tl.dot(e, v, acc * alpha[:, None], input_precision="ieee")
         kt_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
+        if SPLIT:
+            last = ((r0 + BLOCK_N) % split_keys == 0) | (r0 + BLOCK_N >= r_end)
+            tot_max, tot_sum, tot_acc, run_max, run_sum, acc = _split_fold(
+                run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND)
+    if SPLIT:
+        run_max, run_sum, acc = tot_max, tot_sum, tot_acc
     _fwd_store(o_ptr, lse_ptr, item * Tq + t, row_ok, d, d_ok, acc, run_max, run_sum, D, KIND)
 
 
 @row_kernel(batch_args=FWD_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
 def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr,
-                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                          KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr,
                          HAS_KS: tl.constexpr, NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out (items, Tq, D) contiguous and lse (items, Tq) fp32 for ``n_items`` = B * H items."""
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         SPLIT: tl.constexpr = False):
+    """out (items, Tq, D) contiguous and lse (items, Tq) fp32 for ``n_items`` = B * H items.
+
+    ``SPLIT`` (engine profile only): flash-decoding's split-KV numerics. Each item's relative keys are cut into
+    chunks of ``split_keys`` (a multiple of BLOCK_N); each chunk's partial output is rounded to the compute
+    dtype and the chunks are merged by their log-sum-exps, in chunk order, in fp32 (``_split_fold``). Without
+    it ``split_keys`` is unused."""
     pid = tl.program_id(0)
     n_m = tl.cdiv(Tq, BLOCK_M)
     pid_i = pid // n_m
     pid_m = pid % n_m
     if NATIVE_DOT:
         _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
-                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
-                    KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+                    KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D, SPLIT)
     else:
         _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
-                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                         n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
-                         KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)
+                         KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D, SPLIT)
 
 
 # ---- backward: delta and dq ----------------------------------------------------------------

@@ -21,6 +21,10 @@
 Numerics (kernels/attention.py): fp32 scores summed over D in fixed order; an online softmax over key
 blocks of a fixed size (``profiles.attention_orders_for``) in index order; P.V in fp32; the output
 rounded once by the project's RNE. Only the per-row log-sum-exp is stored; the backward recomputes P.
+In an engine profile with split-KV (``profiles.attention_splits_for``: decode steps, chunk count by
+FlashAttention-2's heuristic over the cache length and batch) the forward instead rounds each key chunk's
+partial output to the compute dtype and merges the chunks by their log-sum-exps (flash-decoding); the
+matched profile never splits by length.
 No (Tq x Tk) buffer exists in the forward or the backward. The backward's delta = rowsum(P dP) is an fp32
 sum of the recomputed P (not of the rounded output). It sums dk/dv over query blocks
 in index order (and over the heads of a GQA group in index order) and dq over key blocks, with no
@@ -166,13 +170,25 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     if items == 0 or tq == 0:
         return out, lse
     cfg = profiles.attention_config(q.dtype, "fwd", items=items, rows=tq, keys=tk, head_dim=d)
+    block_n = cfg.block_n
+    # engine profiles only (a decode step): flash-decoding's chunks of whole key tiles; interpreter tiles
+    # take the engine's split block, a tl.dot tile stays whole
+    split_block = profiles.engine_config().attention_split_block
+    if not NATIVE_DOT:
+        split_block = min(split_block, block_n)
+    else:
+        split_block = max(split_block, block_n)
+    chunks, split_keys = profiles.attention_splits_for(items, tq, tk - ks_min, split_block)
+    if chunks > 1:
+        block_n = split_block
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
     grid = (triton.cdiv(items, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
     launch(attention_fwd_kernel, grid,
            kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse,
-           items, h, h // hkv, tq, tk, d, ks_min, scale, *strides,
+           items, h, h // hkv, tq, tk, d, ks_min, scale, split_keys, *strides,
            config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=NATIVE_DOT, **flags,
-           BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
+           BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_D=cfg.block_d,
+           SPLIT=chunks > 1)
     return out, lse
 
 
@@ -348,7 +364,7 @@ def _compile_kernels(table: dict) -> None:
                   "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
         compile_registry.register(
             table, f"attention_fwd_{name}", attention_fwd_kernel,
-            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", "n_items": "i32", **qkvm},
+            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", "n_items": "i32", "split_keys": "i32", **qkvm},
             configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
         compile_registry.register(
             table, f"attention_bwd_dq_{name}", attention_bwd_dq_kernel,
