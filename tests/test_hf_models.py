@@ -78,15 +78,16 @@ def test_loss_backward_under_the_mode_is_as_accurate_as_torch(name, precision):
         assert err <= 1.5 * torch_err + 2.0**-24, (k, float(err), float(torch_err))
 
 
-def test_strict_refuses_sdpa_attention():
+def test_strict_serves_sdpa_attention():
+    """A model with SDPA attention runs under strict=True, its attention on pk (tests/test_hf_sdpa.py: the rest)."""
     import transformers as tf
 
     cfg = tf.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2)
     model = tf.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
-    with torch.no_grad(), pk.matched_mode(strict=True):
-        with pytest.raises(UncoveredOpError, match='attn_implementation="eager"'):
-            model(prompts(2, 5))
+    with torch.no_grad(), pk.matched_mode(strict=True) as report:
+        model(prompts(2, 5))
+    assert report.served["_scaled_dot_product_flash_attention_for_cpu.default"] == 1
 
 
 def test_strict_refuses_float_cumsum_inside_a_model():

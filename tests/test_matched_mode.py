@@ -426,8 +426,13 @@ def test_strict_refuses_float_cumsum_and_names_it():
             torch.cumsum(x, -1)
 
 
-def test_strict_refuses_sdpa_and_asks_for_eager_attention():
+def test_strict_serves_sdpa_and_refuses_a_sliding_window_mask():
     q = randn((1, 2, 5, 8), torch.float32, 1)
+    with pk.matched_mode(strict=True) as report:
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert report.served["_scaled_dot_product_flash_attention_for_cpu.default"] == 1
+    t = torch.arange(5)
+    band = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - 2)
     with pk.matched_mode(strict=True):
-        with pytest.raises(UncoveredOpError, match='attn_implementation="eager"'):
-            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        with pytest.raises(UncoveredOpError, match="sliding window"):
+            F.scaled_dot_product_attention(q, q, q, attn_mask=band)
