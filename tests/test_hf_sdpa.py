@@ -210,3 +210,74 @@ def test_smollm2_default_attention_left_padded_generate_equals_forward():
     fwd = token_logprobs(logits[:, ids.shape[1] - 1:-1], response)
     assert torch.equal(bits(gen), bits(fwd)), (gen - fwd).abs().max()
     _assert_served(report, SDPA)
+
+
+# ---- the CUDA ops' handlers, run here on CPU with each op's argument layout ---------------------------------
+
+def _bshd(b, t, h, d, g):
+    """A (B, H, T, D) view of a (B, T, H, D) tensor, the layout HF's projections give."""
+    return torch.randn(b, t, h, d, generator=g).transpose(1, 2).requires_grad_()
+
+
+CUDA_OPS = {  # their schemas: torch.ops.aten.<op>.default._schema
+    "flash": "_scaled_dot_product_flash_attention",
+    "efficient": "_scaled_dot_product_efficient_attention",
+    "cudnn": "_scaled_dot_product_cudnn_attention",
+}
+
+
+@pytest.mark.parametrize("op", CUDA_OPS)
+def test_cuda_sdpa_handlers_on_cpu(op):
+    """Forward: pk.attention's bits in the op's output layout (its meta kernel's); backward: pk.attention's
+    autograd gradients bit for bit; a backward whose forward pk did not serve declines."""
+    from precision_kernels.matched import HANDLERS
+    from precision_kernels.matched._common import Decline
+
+    aten = torch.ops.aten
+    name = CUDA_OPS[op]
+    fwd, bwd = HANDLERS[f"aten.{name}.default"], HANDLERS[f"aten.{name}_backward.default"]
+    g = torch.Generator().manual_seed(5)
+    b, h, t, d, pad = 2, 2, 70, 16, 9
+    q, k, v = (_bshd(b, t, h, d, g) for _ in range(3))
+    bias = None
+    if op == "flash":
+        args, causal, key_start = (q, k, v, 0.0, True, False), True, None
+    else:
+        keep = torch.ones(b, 1, t, t, dtype=torch.bool).tril()
+        keep[1, :, :, :pad] = False                          # item 1 left-padded by 9 keys
+        keep[1, :, :pad, :] = False                          # its pad query rows see nothing
+        bias = torch.zeros(b, 1, t, t).masked_fill(~keep, float("-inf"))
+        args = (q, k, v, bias, True, 0.0, False) + ((False,) if op == "cudnn" else ())
+        causal, key_start = False, torch.tensor([0, pad])
+    with torch.no_grad():
+        outs = fwd(*args, scale=None)
+    like = getattr(aten, name).default(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in args])
+    assert len(outs) == len(like)
+    for o, m in zip(outs, like):
+        if isinstance(m, torch.Tensor):
+            assert (o.shape, o.stride(), o.dtype) == (m.shape, m.stride(), m.dtype)
+        else:
+            assert o == m
+    ref = pk.attention(q, k, v, causal=causal, attn_mask=bias, key_start=key_start)
+    assert torch.equal(bits(outs[0]), bits(ref))
+    dout = torch.randn(b, h, t, d, generator=g)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    qkv = (q.detach(), k.detach(), v.detach())
+    with torch.no_grad():
+        if op == "flash":
+            got = bwd(dout, q, k, v, outs[0], outs[1], outs[2], outs[3], outs[4], outs[5], 0.0, True, outs[6],
+                      outs[7], scale=None)
+            declined = lambda: bwd(dout, *qkv, ref.detach(), *outs[1:6], 0.0, True, *outs[6:8])  # noqa: E731
+        elif op == "efficient":
+            got = bwd(dout, q, k, v, bias, outs[0], outs[1], outs[2], outs[3], 0.0, [True, True, True, False], False)
+            declined = lambda: bwd(dout, *qkv, bias, ref.detach(), *outs[1:4], 0.0,  # noqa: E731
+                                   [True, True, True, False], False)
+        else:
+            got = bwd(dout, q, k, v, outs[0], outs[1], outs[6], outs[7], bias, outs[2], outs[3], outs[4], outs[5],
+                      0.0, False)
+            declined = lambda: bwd(dout, *qkv, ref.detach(), outs[1], outs[6], outs[7], bias,  # noqa: E731
+                                   *outs[2:6], 0.0, False)
+    for a, w in zip(got, want):
+        assert torch.equal(bits(a), bits(w))
+    with pytest.raises(Decline, match="forward ran on torch"):
+        declined()

@@ -12,6 +12,12 @@ the gradient, ``..._for_cpu_backward``. Both are served here, **together or not 
   and then it never declines (arguments it cannot serve raise). Any other backward (its forward
   ran on torch) falls back to torch, which then has torch's own forward outputs.
 
+On CUDA the ops are ``_scaled_dot_product_flash_attention`` (no mask), ``_efficient_attention`` and
+``_cudnn_attention`` (an additive ``attn_bias``), each with its backward, served the same way from the
+same plan. Their outputs take the layouts of the op's meta kernel (the output's strides, a log-sum-exp
+padded or with a trailing dim, zero philox seeds and offsets: no dropout is served); the efficient
+backward's ``grad_input_mask`` picks the gradients, and one for ``attn_bias`` is refused.
+
 Semantics reproduced (the op's, not pk.attention's):
 
 * ``is_causal`` aligns top-left (query t sees keys 0..t). pk's causal rule aligns bottom-right;
@@ -48,6 +54,7 @@ from ..ops.attention import MAX_HEAD_DIM
 from ._common import Decline
 
 _NEG_INF = float("-inf")
+aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
@@ -153,18 +160,23 @@ def _torch_lse_layout(lse: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _remember(out: torch.Tensor, lse: torch.Tensor, q, k, v) -> None:
+    """Keep pk's lse and tile table for the backward of ``out``, while its storage lives (only when grad may flow)."""
+    if (q.requires_grad or k.requires_grad or v.requires_grad) and out.numel():
+        key = _storage_key(out)
+        _SERVED_FORWARDS[key] = (lse, profiles.table_backend())
+        weakref.finalize(out.untyped_storage(), _SERVED_FORWARDS.pop, key, None)
+
+
 def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
     p = plan(query, key, value, dropout_p, is_causal, attn_mask, scale)
     out, lse = torch.ops.pk.attention(query, key, value, p.mask, p.key_start, p.causal, p.scale)
-    if (query.requires_grad or key.requires_grad or value.requires_grad) and out.numel():
-        k_ = _storage_key(out)
-        _SERVED_FORWARDS[k_] = (lse, profiles.table_backend())
-        weakref.finalize(out.untyped_storage(), _SERVED_FORWARDS.pop, k_, None)
+    _remember(out, lse, query, key, value)
     return out, _torch_lse_layout(lse)
 
 
-def _flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, *,
-                                      attn_mask=None, scale=None):
+def _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, attn_mask, scale):
+    """(dq, dk, dv) on pk for a forward pk served (``Decline`` when it ran on torch; never declines otherwise)."""
     saved = _SERVED_FORWARDS.get(_storage_key(out))
     if saved is None:
         raise Decline("the forward ran on torch (its outputs are torch's), so its backward runs on torch")
@@ -177,12 +189,95 @@ def _flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumex
     if grad_out.shape != query.shape or grad_out.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise RuntimeError(f"matched mode: SDPA backward grad_out {tuple(grad_out.shape)} {grad_out.dtype} for a "
                            f"forward served by pk with q {tuple(query.shape)}")
-    dq, dk, dv = torch.ops.pk.attention_backward(grad_out, query, key, value, lse, p.mask, p.key_start, p.causal,
-                                                 p.scale, table)
-    return dq, dk, dv
+    return torch.ops.pk.attention_backward(grad_out, query, key, value, lse, p.mask, p.key_start, p.causal,
+                                           p.scale, table)
+
+
+def _flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, *,
+                                      attn_mask=None, scale=None):
+    return _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, attn_mask, scale)
+
+
+# ---- the CUDA ops: the same plan; every output in the layout the op's meta kernel gives -----------------------
+
+
+def _meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    return x
+
+
+def _cuda_forward(func, args, kwargs, q, k, v, attn_mask, dropout_p, is_causal, scale):
+    """pk's output and lse poured into the outputs torch's op would return (shapes, strides, extra outputs)."""
+    p = plan(q, k, v, dropout_p, is_causal, attn_mask, scale)
+    out, lse = torch.ops.pk.attention(q, k, v, p.mask, p.key_start, p.causal, p.scale)
+    like = func(*[_meta(a) for a in args], **{n: _meta(a) for n, a in kwargs.items()})
+    results = []
+    for i, m in enumerate(like):
+        if not isinstance(m, torch.Tensor):
+            results.append(m)
+            continue
+        t = torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device=q.device).zero_()
+        if i == 0:
+            t.copy_(out)
+        elif i == 1 and t.numel():
+            # (B, H, Tq), (B, H, Tq padded) or (B, H, Tq, 1): pk's rows first, 0 for a row with no key
+            t.view(t.shape[0], t.shape[1], -1)[:, :, : lse.shape[2]].copy_(torch.where(lse == _NEG_INF, 0.0, lse))
+        results.append(t)
+    _remember(results[0], lse, q, k, v)
+    return tuple(results)
+
+
+def _flash_attention(query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None):
+    if return_debug_mask:
+        raise Decline("return_debug_mask=True")
+    args = (query, key, value, dropout_p, is_causal, return_debug_mask)
+    return _cuda_forward(aten._scaled_dot_product_flash_attention.default, args, {"scale": scale},
+                         query, key, value, None, dropout_p, is_causal, scale)
+
+
+def _flash_attention_backward(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k,
+                              dropout_p, is_causal, philox_seed, philox_offset, *, scale=None):
+    return _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, None, scale)
+
+
+def _efficient_attention(query, key, value, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, *,
+                         scale=None):
+    args = (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal)
+    return _cuda_forward(aten._scaled_dot_product_efficient_attention.default, args, {"scale": scale},
+                         query, key, value, attn_bias, dropout_p, is_causal, scale)
+
+
+def _efficient_attention_backward(grad_out_, query, key, value, attn_bias, out, logsumexp, philox_seed,
+                                  philox_offset, dropout_p, grad_input_mask, is_causal=False, *, scale=None):
+    if _SERVED_FORWARDS.get(_storage_key(out)) is not None and grad_input_mask[3]:
+        raise RuntimeError("matched mode: the SDPA backward asks for attn_bias's gradient, which pk does not compute")
+    dq, dk, dv = _served_backward(grad_out_, query, key, value, out, dropout_p, is_causal, attn_bias, scale)
+    return (dq if grad_input_mask[0] else None, dk if grad_input_mask[1] else None,
+            dv if grad_input_mask[2] else None, None)
+
+
+def _cudnn_attention(query, key, value, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False,
+                     return_debug_mask=False, *, scale=None):
+    if return_debug_mask:
+        raise Decline("return_debug_mask=True")
+    args = (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, return_debug_mask)
+    return _cuda_forward(aten._scaled_dot_product_cudnn_attention.default, args, {"scale": scale},
+                         query, key, value, attn_bias, dropout_p, is_causal, scale)
+
+
+def _cudnn_attention_backward(grad_out, query, key, value, out, logsumexp, philox_seed, philox_offset, attn_bias,
+                              cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, *, scale=None):
+    return _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, attn_bias, scale)
 
 
 SDPA_HANDLERS = {
     "aten._scaled_dot_product_flash_attention_for_cpu.default": _flash_attention_for_cpu,
     "aten._scaled_dot_product_flash_attention_for_cpu_backward.default": _flash_attention_for_cpu_backward,
+    "aten._scaled_dot_product_flash_attention.default": _flash_attention,
+    "aten._scaled_dot_product_flash_attention_backward.default": _flash_attention_backward,
+    "aten._scaled_dot_product_efficient_attention.default": _efficient_attention,
+    "aten._scaled_dot_product_efficient_attention_backward.default": _efficient_attention_backward,
+    "aten._scaled_dot_product_cudnn_attention.default": _cudnn_attention,
+    "aten._scaled_dot_product_cudnn_attention_backward.default": _cudnn_attention_backward,
 }

@@ -505,6 +505,7 @@ register_family(OpFamily(
     opcheck=_opcheck,
     bad_inputs=_bad_inputs,
     # torch's CPU SDPA, forward and backward: served together or not at all (matched/attention.py)
-    aten=("aten._scaled_dot_product_flash_attention_for_cpu.default",
-          "aten._scaled_dot_product_flash_attention_for_cpu_backward.default"),
+    aten=tuple(f"aten._scaled_dot_product_{op}{bwd}.default" for op in (
+        "flash_attention_for_cpu", "flash_attention", "efficient_attention", "cudnn_attention")
+        for bwd in ("", "_backward")),
 ))
