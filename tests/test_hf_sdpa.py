@@ -281,3 +281,22 @@ def test_cuda_sdpa_handlers_on_cpu(op):
         assert torch.equal(bits(a), bits(w))
     with pytest.raises(Decline, match="forward ran on torch"):
         declined()
+
+
+def test_backward_outside_the_mode_gets_a_torch_compatible_lse():
+    """A forward served by pk whose backward runs after the block runs torch's backward on pk's out and lse: the lse
+    is torch's (natural log, scaled scores, 0 for a row with no key), so the gradients match torch's own to rounding."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    keep = torch.ones(1, 1, 7, 7, dtype=torch.bool).tril()
+    keep[..., :2] = False
+    keep[..., :2, :] = False
+    with pk.matched_mode() as report:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    assert report.served[SDPA] == 1
+    mine = torch.autograd.grad(out.sum(), (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    theirs = torch.autograd.grad(ref.sum(), (q, k, v))
+    for a, b in zip(mine, theirs):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
