@@ -13,7 +13,9 @@ One job per module:
   (products, softmax and log-softmax with their backward ops, the served ``mean`` and
   ``sum``, layer norm with its backward, fused RMS norm);
 * ``vector_path.py``: the CPU vector path for transcendental elementwise ops, and why;
-* ``allowlist.py``: the allowlist of exact or per-element ops and ``classify``.
+* ``allowlist.py``: the allowlist of exact or per-element ops and ``classify``;
+* ``attention.py``: torch's scaled-dot-product attention ops (CPU, and the CUDA flash,
+  efficient and cudnn ops), forward and backward served together on ``pk.attention``'s kernels.
 
 Everything not served falls back to torch. With ``audit=True`` every op that ran is
 classified: served, allowed, sampling (listed apart, not scored), or *uncovered*,
@@ -21,9 +23,9 @@ recorded in ``report.uncovered`` with op name, dtype, count and an example shape
 ``strict=True`` raises ``UncoveredOpError`` before the first uncovered op runs.
 
 Not reached by this mode: ``torch.compile``d models (Inductor replaces aten ops with its
-own kernels; call pk's ops, registered as ``pk::`` custom ops, directly there) and
-scaled-dot-product attention (SDPA hides its reductions: load HF models with
-``attn_implementation="eager"``).
+own kernels; call pk's ops, registered as ``pk::`` custom ops, directly there) and SDPA's
+math path (3-D inputs, ``dropout_p > 0``, a mask that requires grad), which runs
+``bmm``/``_safe_softmax``/``bmm`` and is recorded as uncovered.
 """
 
 from .allowlist import classify
