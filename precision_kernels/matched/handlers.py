@@ -12,7 +12,9 @@ What is served:
   bias of shape (N,) or (1, N) -> ``pk.linear`` (bias added in fp32 before the one
   rounding). ``matmul``/``linear``/``einsum`` decompose into these before dispatch.
 * ``_softmax`` / ``_log_softmax`` over the last dim (``half_to_float`` included: the 16-bit
-  input is widened exactly and reduced in fp32) -> ``pk::softmax`` / ``pk::log_softmax``.
+  input is widened exactly and reduced in fp32; a 0-d input is one row of one) ->
+  ``pk::softmax`` / ``pk::log_softmax``. A fully masked row (every input -inf) is NaN, and so is
+  its gradient, as in torch (pk's kernel alone gives 0 and -inf).
   Their backward ops run ``pk::softmax_backward``, pk's own backward kernel:
 
   - ``_softmax_backward_data`` receives only the output, and pk's kernel recomputes the
