@@ -223,7 +223,7 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
         _warm_up(run)
         # Until the first evaluation, the accuracy shown is the warm-up's (plain fp32 path); a greedy pass over
         # the training set costs as much as two RL steps under the interpreter.
-        run.accuracy = run.warm["accuracy"]
+        run.accuracy = run.warm["accuracy"] if run.warm else float("nan")
     return run
 
 
