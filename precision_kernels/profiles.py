@@ -508,9 +508,9 @@ class FittedAttentionTiles:
 _ATTENTION_INTERP = FittedAttentionTiles(block_n=64, block_m_bwd=64)
 # CUDA: one item per program, tl.dot tiles (every dimension >= 16). Per dtype the two orders (block_n,
 # block_m_bwd), then per kernel its free tile (query rows for fwd/dq, keys for dkdv) and warps. Every product
-# but q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits), which needs many registers: these tiles
-# compile without spills at head dim 64 on sm_80/sm_90 (compile_check --all --only attention; larger head
-# dims still spill and are untuned without a GPU).
+# but q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits), which needs many registers. Measured with
+# compile_check --all --kernel attention (sm_80 and sm_90): no spills at head dims <= 16 (TinyGPT's 8); at 64
+# and 128 every kernel but the fp32 dq spills, 8-1144 bytes (fp32 dk/dv at 128: 2848). Untuned without a GPU.
 _ATTENTION_CUDA = {
     "fp32": ((16, 16), {"fwd": (32, 4), "dq": (16, 4), "dkdv": (16, 4)}),
     "fp16": ((32, 32), {"fwd": (64, 4), "dq": (32, 8), "dkdv": (32, 8)}),
