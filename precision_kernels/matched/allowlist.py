@@ -71,10 +71,10 @@ SAMPLING = frozenset({
     "randperm", "uniform", "normal", "exponential", "geometric", "cauchy", "log_normal", "random",
     "native_dropout",
 })
-ATTENTION_HINT = ('this scaled-dot-product attention op is not served (pk serves torch\'s CPU SDPA op, '
-                  'aten._scaled_dot_product_flash_attention_for_cpu, and its backward); or load Hugging Face '
-                  'models with attn_implementation="eager" (matmul + softmax + matmul, served, but its '
-                  'left-padding dependence stays)')
+ATTENTION_HINT = ('this scaled-dot-product attention op is not served (pk serves SDPA\'s CPU flash op and the '
+                  'CUDA flash, efficient and cudnn ops, each with its backward); or load Hugging Face models '
+                  'with attn_implementation="eager" (matmul + softmax + matmul, served, but its left-padding '
+                  'dependence stays)')
 
 
 def _arg(func, args: tuple, kwargs: dict, name: str, default):
