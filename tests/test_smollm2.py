@@ -268,3 +268,43 @@ def test_helpers_name_bad_arguments():
         hf.score(model, ids, mask, 4, torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="texts"):
         hf.encode_prompts(None, "one string")
+
+
+# --- benchmarks.hf_mismatch --model smollm2: what can be checked without minutes of interpreter time ---
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "llama", "--layers", "2"], "--layers applies to smollm2 only"),
+    (["--model", "smollm2", "--prompt-len", "3"], "--prompt-len does not apply"),
+    (["--model", "smollm2", "--layers", "31"], "--layers must be in"),
+    (["--model", "smollm2", "--batch", "17"], "--batch must be at most"),
+])
+def test_hf_mismatch_smollm2_arguments(argv, match, capsys):
+    from benchmarks import hf_mismatch
+
+    with pytest.raises(SystemExit):
+        hf_mismatch.main(argv)
+    assert match in capsys.readouterr().err
+
+
+def test_hf_mismatch_json_path_checked_before_measuring(tmp_path, capsys):
+    from benchmarks import hf_mismatch
+
+    with pytest.raises(SystemExit):
+        hf_mismatch.main(["--model", "smollm2", "--layers", "2", "--json", str(tmp_path)])
+    assert "is a directory" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        hf_mismatch.main(["--model", "smollm2", "--json", str(blocker / "rows.json")])
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_engine_ratio_from_unrounded_values():
+    from benchmarks.hf_mismatch import engine_ratios
+
+    rows = [{"precision": "fp16", "mode": "engine", "mean_abs_dlogp": 3.25e-3, "max_abs_dlogp": 0.0124, "k3": 9.4e-6},
+            {"precision": "bf16", "mode": "engine", "mean_abs_dlogp": 3.2249e-2, "max_abs_dlogp": 0.136, "k3": 1.2e-3},
+            {"precision": "bf16", "mode": "matched", "mean_abs_dlogp": 0.0, "max_abs_dlogp": 0.0, "k3": 0.0}]
+    r = engine_ratios(rows)
+    assert r["mean_abs_dlogp"] == 3.2249e-2 / 3.25e-3 and r["max_abs_dlogp"] == 0.136 / 0.0124
+    assert r["k3"] == 1.2e-3 / 9.4e-6
