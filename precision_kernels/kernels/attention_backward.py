@@ -1,0 +1,411 @@
+"""Fused attention's backward: ``attention_bwd_dq_kernel`` (delta = rowsum(P * dP) and dq) and
+``attention_bwd_dkdv_kernel`` (dk and dv). Positions, masking, numerics and the compiled form are those of
+the forward, described in kernels/attention.py, whose loading and masking helpers these kernels share."""
+
+import triton
+import triton.language as tl
+
+from .attention import (
+    DKDV_BATCH_ARGS,
+    DOT_OPERANDS,
+    DQ_BATCH_ARGS,
+    _interp_pointer,
+    _mask_values,
+    _native_pointer,
+    _widen,
+)
+from .rounding import round_fp32
+from .specialization import row_kernel
+
+# ---- backward: delta and dq ----------------------------------------------------------------
+
+
+@triton.jit
+def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                    stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                    stride_dob, stride_doh, stride_dot, stride_dod,
+                    KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interpreter: delta and dq of BLOCK_ITEMS items x BLOCK_M query rows, in the forward's key-major layout.
+
+    One pass over the key blocks in index order (BLOCK_N is the order of every sum) accumulates
+    delta = sum_j P dP, A = sum_j (P dP) k_j and B = sum_j P k_j; dq = scale * (A - delta * B), which is
+    scale * sum_j P (dP - delta) k_j. delta comes from the fp32 P and dP, not from the rounded output."""
+    items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
+    item_ok = items < n_items
+    b = items // H
+    h = items % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b, mask=item_ok, other=0)
+    else:
+        ks = tl.zeros((BLOCK_ITEMS,), tl.int64)
+    n_real = tl.where(item_ok, Tk - ks, 0)
+    ok2 = item_ok[:, None] & row_ok[None, :]
+    rows = items[:, None] * Tq + t[None, :]
+    # q and dO in (BLOCK_D, 1, items, rows)
+    q_ok = d_ok[:, None, None, None] & ok2[None, None, :, :]
+    q_ptrs = (_interp_pointer(q_ptr, KIND) + (b * stride_qb + h * stride_qh)[None, None, :, None]
+              + (t * stride_qt)[None, None, None, :] + (d * stride_qd)[:, None, None, None])
+    q = _widen(tl.load(q_ptrs, mask=q_ok, other=0), KIND, False)
+    do_ptrs = (_interp_pointer(do_ptr, DO_KIND) + (b * stride_dob + h * stride_doh)[None, None, :, None]
+               + (t * stride_dot)[None, None, None, :] + (d * stride_dod)[:, None, None, None])
+    do = _widen(tl.load(do_ptrs, mask=q_ok, other=0), DO_KIND, False)
+    lse = tl.load(lse_ptr + rows[None, :, :], mask=ok2[None, :, :], other=0.0)
+    # k and v for the scores and dP (BLOCK_D, BLOCK_N, items, 1); k again for dq (BLOCK_N, items, 1, BLOCK_D)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    k_rows = b * stride_kb + hk * stride_kh + ks * stride_kt
+    k_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, None, :, None] + (kr * stride_kt)[None, :, None, None]
+              + (d * stride_kd)[:, None, None, None])
+    v_rows = b * stride_vb + hk * stride_vh + ks * stride_vt
+    v_ptrs = (_interp_pointer(v_ptr, KIND) + v_rows[None, None, :, None] + (kr * stride_vt)[None, :, None, None]
+              + (d * stride_vd)[:, None, None, None])
+    k2_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, :, None, None] + (kr * stride_kt)[:, None, None, None]
+               + (d * stride_kd)[None, None, None, :])
+    kv_lim = tl.where(d_ok[:, None, None, None], n_real[None, None, :, None], 0)
+    k2_lim = tl.where(d_ok[None, None, None, :], n_real[None, :, None, None], 0)
+    kr_k = kr[None, :, None, None]
+    kr_2 = kr[:, None, None, None]
+    kr_s = kr[:, None, None]
+    lim_s = n_real[None, :, None]
+    if CAUSAL:
+        c_lim = ((Tk - Tq) + t)[None, :] - ks[:, None]
+    if MASK != 0:
+        m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh + ks * stride_mk)[:, None] + (t * stride_mt)[None, :])
+        m_ptrs = m_ptrs[None, :, :] + (kr * stride_mk)[:, None, None]
+    acc_a = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    acc_b = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    delta = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        kv_ok = kr_k < kv_lim - r0
+        k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
+        s = tl.sum(q * k, axis=0) * scale
+        live = kr_s < lim_s - r0
+        if CAUSAL:
+            live = live & (kr_s <= c_lim[None, :, :] - r0)
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        p = tl.where(live, tl.exp(s - lse), 0.0)
+        v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
+        w = tl.where(live, p * tl.sum(do * v, axis=0), -0.0)           # P * dP
+        delta += tl.sum(w, axis=0)
+        k2 = _widen(tl.load(k2_ptrs, mask=kr_2 < k2_lim - r0, other=0), KIND, False)
+        live4 = live[:, :, :, None]
+        acc_a += tl.sum(tl.where(live4, w[:, :, :, None] * k2, -0.0), axis=0)
+        acc_b += tl.sum(tl.where(live4, p[:, :, :, None] * k2, -0.0), axis=0)
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+        k2_ptrs += BLOCK_N * stride_kt
+    tl.store(delta_ptr + rows, delta + 0.0, mask=ok2)
+    dq = (acc_a - delta[:, :, None] * acc_b) * scale + 0.0
+    tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(dq, KIND),
+             mask=ok2[:, :, None] & d_ok[None, None, :])
+
+
+@triton.jit
+def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+               n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+               stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+               stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+               stride_dob, stride_doh, stride_dot, stride_dod,
+               KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Compiled: delta and dq of one item x BLOCK_M query rows (the interpreter form's sums, by tl.dot)."""
+    item = pid_i.to(tl.int64)
+    b = item // H
+    h = item % H
+    hk = h // GROUP
+    t = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = t < Tq
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b)
+    else:
+        ks = b * 0
+    n_real = Tk - ks
+    rows = item * Tq + t
+    q_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+                + d[None, :] * stride_qd, mask=q_ok, other=0)
+    do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+                 + d[None, :] * stride_dod, mask=q_ok, other=0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    kr = tl.arange(0, BLOCK_N).to(tl.int64)
+    k_base = _native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh
+    v_base = _native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh
+    kt_ptrs = k_base + (ks + kr)[None, :] * stride_kt + d[:, None] * stride_kd
+    k_ptrs = k_base + (ks + kr)[:, None] * stride_kt + d[None, :] * stride_kd
+    vt_ptrs = v_base + (ks + kr)[None, :] * stride_vt + d[:, None] * stride_vd
+    if MASK != 0:
+        m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt
+                  + (ks + kr)[None, :] * stride_mk)
+    acc_a = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    acc_b = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    delta = tl.full((BLOCK_M,), -0.0, tl.float32)
+    r_end = Tk - ks_min
+    if CAUSAL:
+        r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    for r0 in range(0, r_end, BLOCK_N):
+        key_ok = kr + r0 < n_real
+        kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+        s = tl.dot(q, kt, input_precision="ieee") * scale
+        live = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
+        if MASK != 0:
+            s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            m_ptrs += BLOCK_N * stride_mk
+        s = tl.where(live, s, float("-inf"))
+        live = s != float("-inf")
+        p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
+        vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
+        w = tl.where(live, p * tl.dot(do, vt, input_precision="ieee"), 0.0)
+        delta += tl.sum(w, axis=1)
+        k = tl.load(k_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
+        acc_a = tl.dot(w, k, acc_a, input_precision="ieee")
+        acc_b = tl.dot(p, k, acc_b, input_precision="ieee")
+        kt_ptrs += BLOCK_N * stride_kt
+        k_ptrs += BLOCK_N * stride_kt
+        vt_ptrs += BLOCK_N * stride_vt
+    tl.store(delta_ptr + rows, delta + 0.0, mask=row_ok)
+    dq = (acc_a - delta[:, None] * acc_b) * scale + 0.0
+    tl.store(dq_ptr + rows[:, None] * D + d[None, :], round_fp32(dq, KIND), mask=q_ok)
+
+
+@row_kernel(batch_args=DQ_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
+def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                            n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                            stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                            stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                            stride_dob, stride_doh, stride_dot, stride_dod,
+                            KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr,
+                            MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, HAS_KS: tl.constexpr,
+                            NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta (items, Tq) = rowsum(P * dP) in fp32, for the dk/dv kernel, and dq (items, Tq, D) contiguous."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(Tq, BLOCK_M)
+    pid_i = pid // n_m
+    pid_m = pid % n_m
+    if NATIVE_DOT:
+        _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+                   n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                   stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                   stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                   stride_dob, stride_doh, stride_dot, stride_dod,
+                   KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+                        pid_i, pid_m, n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
+                        stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                        stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                        stride_dob, stride_doh, stride_dot, stride_dod,
+                        KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)
+
+
+# ---- backward: dk and dv -------------------------------------------------------------------
+
+
+@triton.jit
+def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                      pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                      stride_dob, stride_doh, stride_dot, stride_dod,
+                      KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_ITEMS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Interpreter: dk, dv of BLOCK_ITEMS (batch, kv head) items x BLOCK_N keys. Query-major tiles: scores
+    (BLOCK_M, items, keys); the sums over a query block run along its outermost axis, in row order."""
+    items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
+    item_ok = items < n_items
+    b = items // HKV
+    hk = items % HKV
+    n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b, mask=item_ok, other=0)
+    else:
+        ks = tl.zeros((BLOCK_ITEMS,), tl.int64)
+    key = ks[:, None] + n[None, :]                                   # (items, keys): absolute key positions
+    key_ok = item_ok[:, None] & (key < Tk)
+    # k and v, widened once: (BLOCK_D, 1, items, keys)
+    kv_ok = d_ok[:, None, None, None] & key_ok[None, None, :, :]
+    k = _widen(tl.load(_interp_pointer(k_ptr, KIND) + (b * stride_kb + hk * stride_kh)[None, None, :, None]
+                       + (key * stride_kt)[None, None, :, :] + (d * stride_kd)[:, None, None, None],
+                       mask=kv_ok, other=0), KIND, False)
+    v = _widen(tl.load(_interp_pointer(v_ptr, KIND) + (b * stride_vb + hk * stride_vh)[None, None, :, None]
+                       + (key * stride_vt)[None, None, :, :] + (d * stride_vd)[:, None, None, None],
+                       mask=kv_ok, other=0), KIND, False)
+    # query blocks start at each item's query origin: the row at key position ks (bottom-right aligned)
+    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
+    i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
+    qb_start = qb_lo
+    if CAUSAL:
+        # rows before the first that can see this tile's first key contribute nothing: not visited
+        first = pid_n * BLOCK_N + shift_min
+        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+    dk = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    dv = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    key_s = key[None, :, :]
+    key_ok_s = key_ok[None, :, :]
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_rows = b * stride_qb + h * stride_qh
+        do_rows = b * stride_dob + h * stride_doh
+        for qb in range(qb_start, qb_hi):
+            t = q_org[None, :] + qb * BLOCK_M + i_rows[:, None]        # (rows, items)
+            row_ok = (t >= 0) & (t < Tq) & item_ok[None, :]
+            t_ok4 = row_ok[None, :, :, None] & d_ok[:, None, None, None]
+            t_ok4b = row_ok[:, :, None, None] & d_ok[None, None, None, :]
+            # q and dO as (BLOCK_D, rows, items, 1) for the scores and dP, (rows, items, 1, BLOCK_D) for dk, dv
+            q_off = q_rows[None, :] + t * stride_qt
+            do_off = do_rows[None, :] + t * stride_dot
+            q = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[None, :, :, None]
+                               + (d * stride_qd)[:, None, None, None], mask=t_ok4, other=0), KIND, False)
+            s = tl.sum(q * k, axis=0) * scale
+            live = row_ok[:, :, None] & key_ok_s
+            if CAUSAL:
+                live = live & (key_s <= ((Tk - Tq) + t)[:, :, None])
+            if MASK != 0:
+                m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh)[None, :, None] + (t * stride_mt)[:, :, None]
+                          + key_s * stride_mk)
+                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            s = tl.where(live, s, float("-inf"))
+            live = s != float("-inf")
+            rows = (b * H + h)[None, :] * Tq + t
+            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
+            p = tl.where(live, tl.exp(s - lse), 0.0)
+            live4 = live[:, :, :, None]
+            do2 = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[:, :, None, None]
+                                 + (d * stride_dod)[None, None, None, :], mask=t_ok4b, other=0), DO_KIND, False)
+            dv += tl.sum(tl.where(live4, p[:, :, :, None] * do2, -0.0), axis=0)
+            do = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[None, :, :, None]
+                                + (d * stride_dod)[:, None, None, None], mask=t_ok4, other=0), DO_KIND, False)
+            dp = tl.sum(do * v, axis=0)
+            delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
+            ds = tl.where(live, p * (dp - delta), 0.0)
+            q2 = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[:, :, None, None]
+                                + (d * stride_qd)[None, None, None, :], mask=t_ok4b, other=0), KIND, False)
+            dk += tl.sum(tl.where(live4, ds[:, :, :, None] * q2, -0.0), axis=0)
+    out_rows = items[:, None] * Tk + key
+    out_ok = key_ok[:, :, None] & d_ok[None, None, :]
+    out_ptrs = out_rows[:, :, None] * D + d[None, None, :]
+    tl.store(dk_ptr + out_ptrs, round_fp32(dk * scale + 0.0, KIND), mask=out_ok)
+    tl.store(dv_ptr + out_ptrs, round_fp32(dv + 0.0, KIND), mask=out_ok)
+
+
+@triton.jit
+def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                 pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                 stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                 stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                 stride_dob, stride_doh, stride_dot, stride_dod,
+                 KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Compiled: dk, dv of one (batch, kv head) item x BLOCK_N keys; (rows, keys) tiles from tl.dot."""
+    item = pid_i.to(tl.int64)
+    b = item // HKV
+    hk = item % HKV
+    n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
+    d_ok = d < D
+    if HAS_KS:
+        ks = tl.load(ks_ptr + b)
+    else:
+        ks = b * 0
+    key = ks + n
+    key_ok = key < Tk
+    kv_ok = d_ok[:, None] & key_ok[None, :]
+    kt = tl.load(_native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + key[None, :] * stride_kt
+                 + d[:, None] * stride_kd, mask=kv_ok, other=0)
+    vt = tl.load(_native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + key[None, :] * stride_vt
+                 + d[:, None] * stride_vd, mask=kv_ok, other=0).to(tl.float32)
+    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
+    i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
+    qb_start = qb_lo
+    if CAUSAL:
+        first = pid_n * BLOCK_N + shift_min
+        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+    dk = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    dv = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        for qb in range(qb_start, qb_hi):
+            t = q_org + qb * BLOCK_M + i_rows
+            row_ok = (t >= 0) & (t < Tq)
+            t_ok = row_ok[:, None] & d_ok[None, :]
+            q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+                        + d[None, :] * stride_qd, mask=t_ok, other=0)
+            s = tl.dot(q, kt, input_precision="ieee") * scale
+            live = row_ok[:, None] & key_ok[None, :]
+            if CAUSAL:
+                live = live & (key[None, :] <= ((Tk - Tq) + t)[:, None])
+            if MASK != 0:
+                m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt + key[None, :] * stride_mk
+                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+            s = tl.where(live, s, float("-inf"))
+            live = s != float("-inf")
+            rows = (b * H + h) * Tq + t
+            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+            p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
+            do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+                         + d[None, :] * stride_dod, mask=t_ok, other=0).to(tl.float32)
+            dv = tl.dot(tl.trans(p), do, dv, input_precision="ieee")
+            dp = tl.dot(do, vt, input_precision="ieee")
+            delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
+            ds = tl.where(live, p * (dp - delta[:, None]), 0.0)
+            dk = tl.dot(tl.trans(ds), q.to(tl.float32), dk, input_precision="ieee")
+    out_ptrs = (item * Tk + key)[:, None] * D + d[None, :]
+    out_ok = key_ok[:, None] & d_ok[None, :]
+    tl.store(dk_ptr + out_ptrs, round_fp32(dk * scale + 0.0, KIND), mask=out_ok)
+    tl.store(dv_ptr + out_ptrs, round_fp32(dv + 0.0, KIND), mask=out_ok)
+
+
+@row_kernel(batch_args=DKDV_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                              n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_lo, qb_hi, shift_min,
+                              stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                              stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                              stride_dob, stride_doh, stride_dot, stride_dod,
+                              KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr,
+                              MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, HAS_KS: tl.constexpr,
+                              NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dk, dv (B * HKV, Tk, D) contiguous. Query blocks run ``qb_lo <= qb < qb_hi`` from each item's query
+    origin (host bounds over the batch); ``shift_min`` bounds how far before a key its first seeing row lies."""
+    pid = tl.program_id(0)
+    n_n = tl.cdiv(Tk - ks_min, BLOCK_N)
+    pid_i = pid // n_n
+    pid_n = pid % n_n
+    if NATIVE_DOT:
+        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                     pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                     stride_dob, stride_doh, stride_dot, stride_dod,
+                     KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
+                          stride_dob, stride_doh, stride_dot, stride_dod,
+                          KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_ITEMS, BLOCK_M, BLOCK_N, BLOCK_D)
