@@ -1,0 +1,100 @@
+"""Tile tables of the fused attention kernels (kernels/attention.py), per backend table and dtype name.
+
+Two tiles per table and dtype are reduction orders (``AttentionConfig`` says which); the others
+change no bit, and under the interpreter they are fitted to each call (``FittedAttentionTiles``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tiles import _count, _pow2_at_least
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Tiles of one attention launch.
+
+    ``block_n`` (keys per block of the forward's and dq's sums) and ``block_m_bwd`` (query rows per block
+    of the dk/dv sums) are reduction orders: one value per backend table and dtype, for every call,
+    fitted or not. ``block_m`` (query rows per forward/dq program), ``block_n_bwd`` (keys per dk/dv
+    program) and ``block_items`` ((batch, head) items per program) change no bit. ``block_d`` is the
+    head dim padded to a power of two (>= 2 under the interpreter, >= 16 for ``tl.dot``).
+    """
+
+    block_n: int
+    block_m_bwd: int
+    block_m: int
+    block_n_bwd: int
+    block_d: int
+    block_items: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class FittedAttentionTiles:
+    """Interpreter attention tiles: the two orders fixed, the free tiles fitted to each call.
+
+    Each program's largest tile is a (BLOCK_D, keys, items, rows) product; rows (or, in dk/dv, keys)
+    grow to the call's, within [2, ``max_rows``], then items as long as that product stays within
+    ``max_product`` elements (few, full programs: each tile operation is a Python-level step).
+    """
+
+    block_n: int
+    block_m_bwd: int
+    max_rows: int = 128
+    max_product: int = 1 << 18
+
+    def fit(self, kernel: str, items: int, rows: int, keys: int, head_dim: int) -> AttentionConfig:
+        block_d = max(2, _pow2_at_least(head_dim))
+        if kernel == "dkdv":
+            free = min(max(_pow2_at_least(keys), 2), self.max_rows)
+            per_item = block_d * self.block_m_bwd * free
+            block_m, block_n_bwd = self.block_m_bwd, free
+        else:
+            free = min(max(_pow2_at_least(rows), 2), self.max_rows)
+            per_item = block_d * self.block_n * free
+            block_m, block_n_bwd = free, self.block_n
+        block_items = min(_pow2_at_least(items), max(self.max_product // per_item, 1))
+        return AttentionConfig(block_n=self.block_n, block_m_bwd=self.block_m_bwd, block_m=block_m,
+                               block_n_bwd=block_n_bwd, block_d=block_d, block_items=block_items)
+
+
+_ATTENTION_INTERP = FittedAttentionTiles(block_n=64, block_m_bwd=64)
+# CUDA: one item per program, tl.dot tiles (every dimension >= 16). Per dtype the two orders (block_n,
+# block_m_bwd), then per kernel its free tile (query rows for fwd/dq, keys for dkdv) and warps. Every product
+# but q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits), which needs many registers. Measured with
+# compile_check --all --kernel attention (sm_80 and sm_90): no spills at head dims <= 16 (TinyGPT's 8); at 64
+# and 128 every kernel but the fp32 dq spills, 8-1144 bytes (fp32 dk/dv at 128: 2848). Untuned without a GPU.
+_ATTENTION_CUDA = {
+    "fp32": ((16, 16), {"fwd": (32, 4), "dq": (16, 4), "dkdv": (16, 4)}),
+    "fp16": ((32, 32), {"fwd": (64, 4), "dq": (32, 8), "dkdv": (32, 8)}),
+    "bf16": ((32, 32), {"fwd": (64, 4), "dq": (32, 8), "dkdv": (32, 8)}),
+}
+ATTENTION_KERNELS = ("fwd", "dq", "dkdv")
+
+
+def attention_orders_for(table: str, dtype_name: str) -> tuple[int, int]:
+    """(block_n, block_m_bwd): the key block of the forward/dq sums and the query block of the dk/dv sums."""
+    if table == "interpreter":
+        return _ATTENTION_INTERP.block_n, _ATTENTION_INTERP.block_m_bwd
+    return _ATTENTION_CUDA[dtype_name][0]
+
+
+def attention_config_for(table: str, dtype_name: str, kernel: str, *, items: int, rows: int, keys: int,
+                         head_dim: int) -> AttentionConfig:
+    """The tiles of one attention kernel launch ("fwd", "dq" or "dkdv") on ``items`` (batch, head) items
+    (``(batch, kv head)`` for dkdv), ``rows`` queries and ``keys`` keys of head dim ``head_dim``."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {ATTENTION_KERNELS}")
+    items, rows, keys, head_dim = (_count(n, v) for n, v in
+                                   (("items", items), ("rows", rows), ("keys", keys), ("head_dim", head_dim)))
+    if table == "interpreter":
+        return _ATTENTION_INTERP.fit(kernel, items, rows, keys, head_dim)
+    (block_n, block_m_bwd), per_kernel = _ATTENTION_CUDA[dtype_name]
+    free, num_warps = per_kernel[kernel]
+    block_m = block_m_bwd if kernel == "dkdv" else free
+    block_n_bwd = free if kernel == "dkdv" else block_n
+    return AttentionConfig(block_n=block_n, block_m_bwd=block_m_bwd, block_m=block_m, block_n_bwd=block_n_bwd,
+                           block_d=max(16, _pow2_at_least(head_dim)), num_warps=num_warps, num_stages=2)
