@@ -34,7 +34,7 @@ NARROW = (MBucket(40, MatmulConfig(block_m=16, block_n=2, block_k=32)),
 NARROW_BATCHED = (MBucket(1, MatmulConfig(block_m=1, block_n=2, block_k=32, block_batch=2)),
                   MBucket(None, MatmulConfig(block_m=16, block_n=8, block_k=32, block_batch=2)))
 # The batched table before its M buckets (16-row tiles for every M), and the 2-D table that
-# profiles.py ships: calls of <= 64 rows (decode steps) in 64 x 256 tiles.
+# tiles.py ships: calls of <= 64 rows (decode steps) in 64 x 256 tiles.
 SINGLE_BATCHED = (MBucket(None, MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=64)),)
 BUCKETED = (MBucket(64, MatmulConfig(block_m=64, block_n=256, block_k=32)), SINGLE[0])
 

@@ -1,4 +1,4 @@
-"""Tile tables (profiles.py): the M-bucket mechanism of the 2-D and batched matmuls (docs/DESIGN.md section 4.4).
+"""Tile tables (tiles.py): the M-bucket mechanism of the 2-D and batched matmuls (docs/DESIGN.md section 4.4).
 
 A bucket table may pick BLOCK_M / BLOCK_N / batch items / warps from a call's row count, but never BLOCK_K
 (the K order). ``check_m_buckets`` refuses a table that breaks that; the rows of a matrix
