@@ -1,4 +1,4 @@
-"""No kernel is specialised on the batch (kernels/specialization.py; issue 13 section 2).
+"""No kernel is specialised on the batch (kernels/specialization.py; docs/DESIGN.md section 4.4).
 
 * every registered kernel tells Triton not to specialise its batch-varying arguments
   (checked against the table below, so dropping one from a kernel fails here);
@@ -36,6 +36,7 @@ BATCH_VARYING = {
     "layer_norm_fwd_kernel": {"n_rows"},
     "layer_norm_bwd_kernel": {"n_rows"},
     "round_to_kernel": {"n_elements"},   # elementwise: no summation tree, but batch-varying all the same
+    "scaled_mm_kernel": {"M"},
     # attention: (batch, head) items, both sequence lengths, the first-real-key bounds, and every stride that
     # holds a sequence length
     "attention_fwd_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_qh", "stride_kb", "stride_kh",
