@@ -73,6 +73,7 @@ from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
 from .metrics import json_safe, mismatch_metrics, reduce_mismatch
 from .model import ModelConfig, TinyGPT
 from .rollout import Rollout
+from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
 from .tasks import Task, get_task
 from .torch_model import torch_forward
@@ -246,7 +247,7 @@ def _resume(run: _Run) -> None:
         run.kl_anchor = copy.deepcopy(run.model).requires_grad_(False)
         run.kl_anchor.load_state_dict(ckpt["extra"]["kl_anchor"])
     if run.dist.is_main:
-        run.history = _records_up_to(run.metrics_path, run.start, run.log)
+        run.history = records_up_to(run.metrics_path, run.start, run.log)
     totals = ckpt["extra"].get("totals") or {}
     last = run.history[-1] if run.history else {}
     warm_accuracy = (run.warm or {}).get("accuracy", float("nan"))
@@ -342,14 +343,6 @@ def _nonfinite(run: _Run, rollout: Rollout, res: StepResult) -> list[str]:
     return found
 
 
-def _append_record(path: Path, record: dict) -> None:
-    """One JSON line, flushed and fsynced: the checkpoint that follows never runs ahead of its record."""
-    with path.open("a") as f:
-        f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: torch.Tensor,
               sample_s: float, learn_s: float) -> dict:
     """The step's record: mismatch (checked in the matched profile), accuracy when due; appended to metrics.jsonl."""
@@ -384,26 +377,15 @@ def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: 
         record["reward_penalised"] = dist.sum(float(res.rewards.mean()))[0] / dist.world_size
     run.history.append(record)
     if dist.is_main:
-        _append_record(run.metrics_path, record)
+        append_record(run.metrics_path, record)
     return record
-
-
-def _plain_args(args) -> dict:
-    """The flags as builtin bools, ints, floats and strings: what ``weights_only=True`` loading reads back."""
-    def plain(value):
-        for kind in (bool, int, float, str):
-            if isinstance(value, kind):
-                return kind(value)
-        return value
-
-    return {key: plain(value) for key, value in vars(args).items()}
 
 
 def _checkpoint(run: _Run, step: int) -> None:
     if run.dist.is_main:
         totals = {"accuracy": run.accuracy, "skipped_total": run.skipped_total,
                   "rl_seconds": run.rl_seconds_before + time.perf_counter() - run.t_started}
-        extra = {"warmup": run.warm, "args": _plain_args(run.args), "totals": totals}
+        extra = {"warmup": run.warm, "args": plain_args(run.args), "totals": totals}
         if run.kl_anchor is not None:
             extra["kl_anchor"] = run.kl_anchor.state_dict()
         save_checkpoint(run.ckpt_path, model=run.model, step=step, optimizer=run.optimizer, scaler=run.scaler,
@@ -441,57 +423,6 @@ def _finish(run: _Run, wall: float) -> dict:
     if not math.isfinite(accuracy):
         run.log("note: accuracy was not evaluated in this run")
     return summary
-
-
-def _records_up_to(metrics_path: Path, step: int, log=print) -> list[dict]:
-    """The records of steps 1..``step`` in ``metrics_path``, the file cut back to them (atomically) if it held more.
-
-    A run stopped between the record and the checkpoint left one more record, and a write cut short
-    (a kill, a full disk) a last line that is not JSON: both are dropped, the second with a warning.
-    Any other line that is not a record is a ``ValueError`` naming it. Null figures come back as NaN.
-    """
-    if not metrics_path.exists():
-        if step:
-            log(f"WARNING {metrics_path} is missing: the summary covers only the steps run from now on")
-        return []
-    lines = metrics_path.read_text(errors="replace").split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    kept, records, changed = [], [], False
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a step record")
-        except ValueError as e:
-            if i == last:
-                log(f"WARNING {metrics_path} line {i + 1} is cut short ({line[:40]!r}...): dropped")
-                changed = True
-                continue
-            raise ValueError(f"--resume: {metrics_path} line {i + 1} is not a step record ({e}): {line[:80]!r}; "
-                             f"repair or remove that line") from None
-        if record["step"] > step:
-            changed = True
-            continue
-        kept.append(line)
-        records.append({k: float("nan") if v is None else v for k, v in record.items()})
-    if [r["step"] for r in records] != list(range(1, step + 1)):
-        log(f"WARNING {metrics_path} holds the records of steps {[r['step'] for r in records]}, not 1..{step}: "
-            f"the summary covers those")
-    if changed:
-        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-        with tmp.open("w") as f:
-            f.write("".join(line + "\n" for line in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, metrics_path)
-    return records
-
-
-def _drop_records_after(metrics_path: Path, step: int) -> None:
-    """Cut ``metrics_path`` back to the records of steps up to ``step`` (``_records_up_to``)."""
-    _records_up_to(metrics_path, step, log=lambda *_: None)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ import torch
 
 import rl.train as T
 from rl import distributed
+from rl.run_records import records_up_to
 from rl.train import build_parser, main, train
 
 FLAGS = ["--batch", "2", "--group", "2", "--d-model", "32", "--layers", "1", "--no-progress", "--dataset-size", "16",
@@ -135,7 +136,7 @@ def test_a_cut_short_last_record_is_dropped_with_a_warning(runs):
     kept = metrics.read_text()
     metrics.write_text(kept + '{"step": 3, "reward": 0.4, "accur')
     logs = []
-    records = T._records_up_to(metrics, 2, logs.append)
+    records = records_up_to(metrics, 2, logs.append)
     assert [r["step"] for r in records] == [1, 2] and metrics.read_text() == kept
     assert any("line 3" in line and "cut short" in line for line in logs)
 
@@ -151,7 +152,7 @@ def test_rewriting_the_records_on_resume_is_atomic(runs, monkeypatch):
 
     monkeypatch.setattr(T.os, "replace", crash)
     with pytest.raises(OSError, match="killed"):
-        T._records_up_to(metrics, 2, lambda *_: None)
+        records_up_to(metrics, 2, lambda *_: None)
     assert metrics.read_text() == before
 
 

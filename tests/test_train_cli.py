@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rl.checkpoint import save_checkpoint
-from rl.train import _drop_records_after, main
+from rl.run_records import drop_records_after
+from rl.train import main
 from rl.train_flags import RESUME_MAY_DIFFER, build_parser, check_args, resolve_device, resume_conflicts
 
 # (bad flags, the flag the error must name)
@@ -176,5 +177,5 @@ def test_resume_allows_only_the_listed_flags_to_differ(tmp_path):
 def test_resume_drops_records_written_after_the_checkpoint(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
-    _drop_records_after(metrics, 2)
+    drop_records_after(metrics, 2)
     assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import backend
+from ..ops._common import FLOAT_DTYPES
+
 
 class Decline(Exception):
     """A served op's arguments fall outside what pk serves: fall back to torch and record why."""
@@ -26,3 +29,15 @@ def flat_tensors(obj) -> list:
 
 def has_float(values) -> bool:
     return any(isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) for v in values)
+
+
+def check_tensors(*tensors: torch.Tensor | None) -> None:
+    """Every tensor must be a pk float dtype on the active backend's device, else decline."""
+    want = backend.device().type
+    for t in tensors:
+        if t is None:
+            continue
+        if t.dtype not in FLOAT_DTYPES:
+            raise Decline(f"dtype {t.dtype} is not served (pk serves float32, float16, bfloat16)")
+        if t.device.type != want:
+            raise Decline(f"tensor on {t.device}, the active backend runs on {want}")

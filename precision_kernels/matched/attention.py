@@ -51,7 +51,7 @@ import torch
 
 from .. import profiles
 from ..ops.attention import MAX_HEAD_DIM
-from ._common import Decline
+from ._common import Decline, check_tensors
 
 _NEG_INF = float("-inf")
 aten = torch.ops.aten
@@ -68,12 +68,10 @@ class _Plan:
 
 
 def _check_inputs(q, k, v, attn_mask) -> None:
-    from .handlers import _check_tensors
-
-    _check_tensors(q, k, v)
+    check_tensors(q, k, v)
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool:
-            _check_tensors(attn_mask)
+            check_tensors(attn_mask)
         elif attn_mask.device != q.device:
             raise Decline(f"attn_mask on {attn_mask.device}, q on {q.device}")
     if not (q.dtype == k.dtype == v.dtype):

@@ -56,30 +56,18 @@ from collections.abc import Callable
 
 import torch
 
-from .. import backend, profiles
+from .. import profiles
 from ..ops import linear as pk_linear
 from ..ops import matmul, rms_norm
 from ..ops._common import FLOAT_DTYPES
 from ..ops.softmax import as_rows
-from ._common import Decline
+from ._common import Decline, check_tensors
 
 aten = torch.ops.aten
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks shared by the handlers.
-
-
-def _check_tensors(*tensors: torch.Tensor | None) -> None:
-    """Every tensor must be a pk float dtype on the active backend's device, else decline."""
-    want = backend.device().type
-    for t in tensors:
-        if t is None:
-            continue
-        if t.dtype not in FLOAT_DTYPES:
-            raise Decline(f"dtype {t.dtype} is not served (pk serves float32, float16, bfloat16)")
-        if t.device.type != want:
-            raise Decline(f"tensor on {t.device}, the active backend runs on {want}")
 
 
 def _last_dim(x: torch.Tensor, dim: int) -> None:
@@ -125,7 +113,7 @@ def _row_sums(x2: torch.Tensor) -> torch.Tensor:
 
 def _check_product(a: torch.Tensor, b: torch.Tensor, a_dims: int, b_dims: int) -> None:
     """Arguments torch would reject (or pk lacks) go back to torch, which raises its own error."""
-    _check_tensors(a, b)
+    check_tensors(a, b)
     if a.dtype != b.dtype:
         raise Decline(f"dtypes differ: {a.dtype} and {b.dtype}")
     if a.dim() != a_dims or b.dim() != b_dims:
@@ -158,7 +146,7 @@ def _addmm(bias, a, b, *, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
         raise Decline(f"addmm with beta={beta}, alpha={alpha} (pk serves beta == alpha == 1)")
     _check_product(a, b, 2, 2)
-    _check_tensors(bias)
+    check_tensors(bias)
     n = b.shape[-1]
     if tuple(bias.shape) not in ((n,), (1, n)):
         raise Decline(f"addmm input of shape {tuple(bias.shape)} is not a bias of shape ({n},) or (1, {n})")
@@ -189,7 +177,7 @@ def _keep_for_backward(y: torch.Tensor, x: torch.Tensor, row_max, row_sum) -> No
 
 def _softmax_forward(x, dim, half_to_float, log: bool):
     """A fully masked row (every input -inf) gives NaN, as torch's softmax and log-softmax do (pk's kernel: 0, -inf)."""
-    _check_tensors(x)
+    check_tensors(x)
     _softmax_dim(x, dim)
     if half_to_float and x.dtype == torch.float32:
         raise Decline("half_to_float on a float32 input")
@@ -217,7 +205,7 @@ def _log_softmax(x, dim, half_to_float):
 
 
 def _check_softmax_grad(grad, out, dim, input_dtype) -> None:
-    _check_tensors(grad, out)
+    check_tensors(grad, out)
     _softmax_dim(out, dim)
     if input_dtype not in FLOAT_DTYPES:
         raise Decline(f"input_dtype {input_dtype} is not served")
@@ -271,7 +259,7 @@ def _reduce(x, dims, keepdim, dtype, mean: bool):
         x = x.to(out_dtype)
     elif not x.is_floating_point():
         x = x.to(torch.float32)
-    _check_tensors(x)
+    check_tensors(x)
     nd = x.dim()
     if dims and nd and (any(not -nd <= d < nd for d in dims) or len({d % nd for d in dims}) != len(dims)):
         raise Decline(f"dims {list(dims)} for a {nd}-d tensor")     # torch raises its own error
@@ -315,7 +303,7 @@ def _check_affine(x: torch.Tensor, *params: torch.Tensor | None) -> None:
 
 def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     _one_norm_dim(x, normalized_shape, "layer norm")
-    _check_tensors(x, weight, bias)
+    check_tensors(x, weight, bias)
     _check_affine(x, weight, bias)
     y2, mean, rstd = torch.ops.pk.layer_norm(as_rows(x), weight, bias, eps)
     # torch's dtype for the saved statistics: fp32 on GPU (its accumulation type) and on CPU
@@ -328,7 +316,7 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
 
 def _native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, output_mask):
     _one_norm_dim(x, normalized_shape, "layer norm")
-    _check_tensors(grad, x, mean, rstd, weight, bias)
+    check_tensors(grad, x, mean, rstd, weight, bias)
     _check_affine(x, weight, bias)
     stats = [t.reshape(-1).to(torch.float32).contiguous() for t in (mean, rstd)]
     want_dw, want_db = bool(output_mask[1]) and weight is not None, bool(output_mask[2]) and bias is not None
@@ -348,7 +336,7 @@ def _rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _fused_rms_norm(x, normalized_shape, weight, eps):
     _one_norm_dim(x, normalized_shape, "rms norm")
-    _check_tensors(x, weight)
+    check_tensors(x, weight)
     e = torch.finfo(x.dtype).eps if eps is None else eps
     w = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device) if weight is None else weight
     return rms_norm(x, w, e), _rms_rstd(x, e)
@@ -368,7 +356,7 @@ def _embedding_dense_backward(grad, indices, num_weights, padding_idx, scale_gra
     so splitting the U tokens over several products changes no bit. Positions holding
     ``padding_idx`` get no gradient, as in torch; ``scale_grad_by_freq`` is declined.
     """
-    _check_tensors(grad)
+    check_tensors(grad)
     if scale_grad_by_freq:
         raise Decline("scale_grad_by_freq=True is not served")
     if indices.dtype not in (torch.int32, torch.int64) or indices.device != grad.device:
