@@ -307,15 +307,13 @@ def build(args, device: torch.device):
     return task, cfg, policy, optimizer, scaler, prompts
 
 
-# Where matched_mode can refuse the engine profile (its strict audit), the sampler asks for it by name.
-_ASKS_FOR_ENGINE = "allow_engine" in inspect.signature(pk.matched_mode).parameters
-
-
 @contextlib.contextmanager
 def sampler_mode(profile: str):
-    """The sampler's numerics: matched mode (audited), in the ``profile`` kernel profile; yields the mode's report."""
-    by_name = {"allow_engine": profile == "engine"} if _ASKS_FOR_ENGINE else {}
-    with pk.use_profile(profile), pk.matched_mode(audit=True, **by_name) as report:
+    """The sampler's numerics: matched mode (audited), in the ``profile`` kernel profile; yields the mode's report.
+
+    The engine profile is asked for by name (``allow_engine``), which a strict mode requires.
+    """
+    with pk.use_profile(profile), pk.matched_mode(audit=True, allow_engine=profile == "engine") as report:
         yield report
 
 
