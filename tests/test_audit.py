@@ -239,7 +239,12 @@ def test_the_vector_path_keeps_the_inputs_memory_layout():
     assert report.served["exp.default (vector path)"] == 1
     assert torch.equal(flat, x.exp().t().reshape(-1))
     assert y.is_contiguous(memory_format=torch.channels_last) and y.stride() == F.silu(c).stride()
-    assert z.stride() == torch.add(x, 1.0).sigmoid().stride() and torch.equal(y, F.silu(c))
+    assert z.stride() == torch.add(x, 1.0).sigmoid().stride()
+    # The values are the vector path's (every element on torch's SIMD loop: the storage padded to
+    # 128 lanes), not plain torch's, whose scalar tail gives other bits for some elements.
+    storage = c.permute(0, 2, 3, 1).reshape(-1)
+    padded = F.silu(torch.cat([storage, storage.new_zeros(128 - storage.numel() % 128)]))[:storage.numel()]
+    assert torch.equal(y, padded.view(2, 4, 5, 3).permute(0, 3, 1, 2))
 
 
 # ---------------------------------------------------------------------------------------------

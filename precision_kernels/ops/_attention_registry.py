@@ -28,7 +28,7 @@ def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
         cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
         block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
         for variant in variants:
-            out.append({"KIND": kind_, **({} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
+            out.append({"KIND": kind_, **({"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
                         "NATIVE_DOT": True, "BLOCK_ITEMS": 1, "BLOCK_M": block_m, "BLOCK_N": block_n,
                         "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **variant})
     return out
