@@ -416,11 +416,22 @@ def roll_out(run, idx: torch.Tensor, first: int, seed: int):
     return prompts, rollout, time.perf_counter() - t0
 
 
-def learn(run, prompts: PromptSet, rollout: Rollout):
-    """Reward the rollout and take the learner step under the mode: (result, rewards, seconds)."""
-    t0 = time.perf_counter()
+def rewards(run, prompts: PromptSet, rollout: Rollout) -> torch.Tensor:
+    """The task's reward of each sequence of the rollout."""
+    P = prompts.ids.shape[1]
+    return run.task.reward(prompts, rollout.tokens[:, P:], rollout.mask, partial=run.args.reward == "partial")
+
+
+def score(run, prompts: PromptSet, rollout: Rollout) -> torch.Tensor:
+    """The learner's log-probs of the rollout under the mode, without an update (for a skipped step)."""
+    with pk.use_profile("matched"), pk.matched_mode(), torch.no_grad():
+        return sequence_logprobs(run.model, rollout.tokens, prompts.ids.shape[1], run.args.temperature,
+                                 prompt_mask=prompts.mask)
+
+
+def learn(run, prompts: PromptSet, rollout: Rollout, rewards: torch.Tensor):
+    """The learner step on a rewarded rollout under the mode."""
     args, P = run.args, prompts.ids.shape[1]
-    rewards = run.task.reward(prompts, rollout.tokens[:, P:], rollout.mask, partial=args.reward == "partial")
     # Not audited: the optimizer's and the loss scaler's own ops (foreach norms, unscaling) run on torch here.
     with pk.use_profile("matched"), pk.matched_mode():
         anchor_logp = None
@@ -428,6 +439,5 @@ def learn(run, prompts: PromptSet, rollout: Rollout):
             with torch.no_grad():
                 anchor_logp = sequence_logprobs(run.kl_anchor, rollout.tokens, P, args.temperature,
                                                 prompt_mask=prompts.mask)
-        result = learner_step(run.model, run.optimizer, run.scaler, rollout, rewards, args.group, P, run.step_cfg,
-                              anchor_logp=anchor_logp, dist=run.dist, prompt_mask=prompts.mask)
-    return result, rewards, time.perf_counter() - t0
+        return learner_step(run.model, run.optimizer, run.scaler, rollout, rewards, args.group, P, run.step_cfg,
+                            anchor_logp=anchor_logp, dist=run.dist, prompt_mask=prompts.mask)

@@ -302,14 +302,18 @@ def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
 
 def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
     """Score the rollout, take the learner step; returns its result, the rewards and the seconds."""
-    if run.args.model != "tinygpt":
-        return hf_policy.learn(run, prompts, rollout)
     t0 = time.perf_counter()
     task, args = run.task, run.args
-    rewards = task.reward(prompts, rollout.tokens[:, task.prompt_len:], rollout.mask,
-                          partial=args.reward == "partial")
+    hf = args.model != "tinygpt"
+    if hf:
+        rewards = hf_policy.rewards(run, prompts, rollout)
+    else:
+        rewards = task.reward(prompts, rollout.tokens[:, task.prompt_len:], rollout.mask,
+                              partial=args.reward == "partial")
     if not _sampler_finite(run, rollout):
-        return _skipped_step(run, rollout, rewards), rewards, time.perf_counter() - t0
+        return _skipped_step(run, prompts, rollout, rewards), rewards, time.perf_counter() - t0
+    if hf:
+        return hf_policy.learn(run, prompts, rollout, rewards), rewards, time.perf_counter() - t0
     anchor_logp = None
     if run.kl_anchor is not None:
         with torch.no_grad():
@@ -325,10 +329,13 @@ def _sampler_finite(run: _Run, rollout: Rollout) -> bool:
     return run.dist.max(float(bad))[0] == 0
 
 
-def _skipped_step(run: _Run, rollout: Rollout, rewards: torch.Tensor) -> StepResult:
+def _skipped_step(run: _Run, prompts, rollout: Rollout, rewards: torch.Tensor) -> StepResult:
     """The step's result without a learner update: sampled tokens whose log-probs are not finite teach nothing."""
-    with torch.no_grad():
-        pi_old = sequence_logprobs(run.model, rollout.tokens, run.task.prompt_len, run.args.temperature)
+    if run.args.model != "tinygpt":
+        pi_old = hf_policy.score(run, prompts, rollout)
+    else:
+        with torch.no_grad():
+            pi_old = sequence_logprobs(run.model, rollout.tokens, run.task.prompt_len, run.args.temperature)
     nan = float("nan")
     return StepResult(pi_old=pi_old, entropy=nan, loss=nan, grad_norm=nan,
                       skipped=run.args.epochs * run.args.minibatches, loss_scale=run.scaler.get_scale(),

@@ -213,6 +213,29 @@ def test_the_engine_profile_shows_a_mismatch_in_bf16(tmp_path, ids_config):
     assert record["frac_tokens_differ"] > 0 and record["mean_abs_dlogp"] > 0 and summary["mean_abs_dlogp"] > 0
 
 
+def test_a_non_finite_sampler_log_prob_skips_the_update(tmp_path, ids_config, monkeypatch):
+    """One NaN among the sampler's log-probs: the step is logged, counted as skipped, and the weights do not move."""
+    real = hf_policy.roll_out
+
+    def nan_roll_out(run, idx, first, seed):
+        prompts, ro, seconds = real(run, idx, first, seed)
+        ro.logprobs[0, 0] = float("nan")
+        return prompts, ro, seconds
+
+    monkeypatch.setattr(hf_policy, "roll_out", nan_roll_out)
+    args = _args(tmp_path / "nan", f"hf:{ids_config}", "--task", "add")
+    args.steps = 1
+    logged = []
+    train(args, log=logged.append)
+    assert any("NON-FINITE sampler log-probs" in m and "skipped" in m for m in logged), logged
+    record = _records(tmp_path / "nan")[0]
+    assert record["skipped"] >= 1 and record["loss"] is None
+    start = hf_policy.load(hf_policy.parse_model(f"hf:{ids_config}"), 0, DEV)[0].state_dict()
+    trained = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)["model"]
+    trained = {k.removeprefix("hf."): v for k, v in trained.items()}
+    assert trained.keys() == start.keys() and all(torch.equal(trained[k], start[k]) for k in start)
+
+
 # --- the real model (slow) ---------------------------------------------------------------------
 
 
