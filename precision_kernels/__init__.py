@@ -10,6 +10,7 @@ from .backend import active_backend
 from .ops import (
     attention,
     check_temperature,
+    fp8_linear,
     layer_norm,
     linear,
     linear_logprobs,
@@ -31,5 +32,5 @@ __all__ = [
     "Precision", "active_backend", "backend", "active_profile", "numerics", "reference", "round_to", "use_profile",
     "layer_norm", "linear", "linear_logprobs", "linear_sample", "log_softmax", "matmul", "rms_norm", "softmax",
     "token_logprobs", "matched_mode", "check_temperature", "attention",
-    "quantize_fp8", "scaled_mm",
+    "quantize_fp8", "scaled_mm", "fp8_linear",
 ]
