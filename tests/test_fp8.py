@@ -256,6 +256,25 @@ def test_zero_padding_of_k_changes_nothing(table):
         assert_bitwise(pk.scaled_mm(pad_a, pad_b, sa, sb), pk.scaled_mm(a, b, sa, sb))
 
 
+@pytest.mark.skipif(DEV.type != "cpu", reason="benchmarks/precision_error runs on CPU tensors")
+def test_precision_error_row_is_a_rowwise_e4m3_linear():
+    """The fp8 family's precision_error row: pk and torch._scaled_mm on the same per-row e4m3fn operands (shape
+    (rows, d) x (d, 4d), output in the input dtype), measured against the FP64 product of the dequantised ones."""
+    from precision_kernels.ops.registry import ErrorSizes, all_families
+
+    (case,) = all_families()["fp8"].error_cases(ErrorSizes(rows=8, width=16, vocab=16, d=64))
+    x, w = (t.to(BF16) for t in case.build(lambda shape, s, g: s * torch.randn(shape, generator=g), 1.0,
+                                           torch.Generator().manual_seed(0)))
+    ours, theirs, ref = case.pk_op(x, w), case.torch_op(x, w), case.oracle(x, w)
+    assert ours.dtype == theirs.dtype == BF16 and ours.shape == theirs.shape == ref.shape == (8, 256)
+    xq, sx = pk.quantize_fp8(x, E4M3, axis=-1)
+    wq, sw = pk.quantize_fp8(w, E4M3, axis=-1)
+    assert torch.equal(ref, _ref64(xq, wq.t(), sx, sw.t()))
+    summary = numerics.error_summary(ours, ref)
+    assert summary["frac_correctly_rounded"] >= 0.99 and summary["max_ulp"] <= 1, summary
+    assert numerics.ulp_distance(ours, theirs).max() <= 1
+
+
 # ---- custom ops ------------------------------------------------------------------------------------
 
 

@@ -255,6 +255,34 @@ def reference_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor,
     return out if bias is None else out + bias.double()
 
 
+def _error_cases(sizes):
+    """scaled_mm as an e4m3fn x e4m3fn linear layer with row-wise scales: activations (rows, d) times a weight
+    (4d, d), both quantised per row by ``quantize_fp8`` from the benchmark's rounded inputs, output in the input's
+    dtype. pk, ``torch._scaled_mm`` and the oracle quantise the same values the same way, so they see the same fp8
+    operands and scales; the oracle is the FP64 product of the dequantised operands."""
+    from .registry import ErrorCase
+
+    e4 = torch.float8_e4m3fn
+
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.d), scale, g), sample((4 * sizes.d, sizes.d), 1.0, g)
+
+    def operands(x, w):
+        (xq, sx), (wq, sw) = quantize_fp8(x, e4, axis=-1), quantize_fp8(w, e4, axis=-1)
+        return xq, wq.t(), sx, sw.t()               # b column-major, as torch's CUDA op wants it
+
+    def pk_op(x, w):
+        return scaled_mm(*operands(x, w), out_dtype=x.dtype)
+
+    def torch_op(x, w):
+        return torch._scaled_mm(*operands(x, w), out_dtype=x.dtype)
+
+    def oracle(x, w):
+        return reference_scaled_mm(*operands(x, w))
+
+    return [ErrorCase("scaled_mm e4m3", build, pk_op, torch_op, oracle)]
+
+
 def _samples(dtype, rows, n, k, seed):
     from ._samples import DEV
     from .registry import Sample
@@ -349,6 +377,7 @@ def _register() -> None:
         samples=_samples,
         opcheck=_opcheck,
         bad_inputs=_bad_inputs,
+        error_cases=_error_cases,
     ))
 
 
