@@ -54,12 +54,23 @@ def test_every_kernel_family_compiles_for_sm80_and_sm90(tmp_path):
     report = _compile_check(tmp_path)
     targets = {(r["kernel"], r["target"]) for r in report["records"]}
     kernels = {k for k, _ in targets}
-    assert "round_to" in kernels
+    assert {"round_to", "round_to_fp8"} <= kernels
     assert all((k, t) in targets for k in kernels for t in ("sm_80", "sm_90"))
     assert report["audit_problems"] == []
     for r in report["records"]:
         assert RECORD_KEYS <= set(r)
         assert r["registers"] > 0 and r["shared_bytes"] >= 0 and r["spill_bytes"] >= 0, r  # cuobjdump was read
+
+
+def test_round_to_compiles_every_fp8_output(tmp_path):
+    """``round_to``'s kernel with each fp8 output code ops/rounding.py launches (e4m3fn, e5m2, saturating e5m2),
+    stored through a uint8 pointer, compiles for sm_80 and sm_90."""
+    from precision_kernels.ops.rounding import FP8_OUT_KIND
+
+    report = _compile_check(tmp_path, "--all", "--kernel", "round_to_fp8")
+    compiled = {(r["config"]["OUT_KIND"], r["target"]) for r in report["records"] if r["ok"]}
+    assert compiled == {(k, t) for k in FP8_OUT_KIND.values() for t in ("sm_80", "sm_90")}
+    assert report["audit_problems"] == []
 
 
 def test_lm_head_variants_do_not_spill_registers(tmp_path):

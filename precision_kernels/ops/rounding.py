@@ -111,6 +111,10 @@ def _compile_kernels(table: dict) -> None:
     compile_registry.register(table, "round_to", round_to_kernel,
                               signature={"x_ptr": "*fp32", "out_ptr": "*i16", "n_elements": "i64"},
                               configs=[{"OUT_KIND": 1, "BLOCK": 1024}, {"OUT_KIND": 2, "BLOCK": 1024}])
+    # fp8 outputs are stored through a uint8 view: e4m3fn, e5m2 overflowing to inf, e5m2 saturating.
+    compile_registry.register(table, "round_to_fp8", round_to_kernel,
+                              signature={"x_ptr": "*fp32", "out_ptr": "*u8", "n_elements": "i64"},
+                              configs=[{"OUT_KIND": k, "BLOCK": 1024} for k in dict.fromkeys(FP8_OUT_KIND.values())])
 
 
 def reference_round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
