@@ -17,10 +17,13 @@ same tokens in the matched profile. Rows:
   rounded to the compute precision, and split-KV attention with rounded chunk outputs
   merged by their log-sum-exps;
 * fp16/bf16 x {engine-matmul, engine-attention}: each of the two alone;
-* fp16/bf16 with an fp32 LM head, engine: the common partial fix.
+* fp16/bf16 with an fp32 LM head, engine: the common partial fix;
+* an FP8 (W8A8 e4m3) rollout against a bf16 and an fp16 learner, and the FP8 matched variant
+  (the learner runs the same quantised linears).
 
-Matched rows must show exactly zero mismatch. In the engine rows the mismatch follows
-the precision's rounding unit, so bf16 (8 significant bits) > fp16 (11) > fp32 (24).
+Rows whose sampler runs the learner's kernels and precision must show exactly zero mismatch.
+In the engine rows the mismatch follows the precision's rounding unit, so bf16 (8 significant
+bits) > fp16 (11) > fp32 (24).
 """
 
 from __future__ import annotations
@@ -41,11 +44,20 @@ def plot(records: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{r['precision']}\n{'fp32 head' if r['head'] != r['precision'] else ''}\n{r['profile']}"
-              for r in records]
-    palette = {"matched": "tab:green", "engine-matmul": "tab:orange", "engine-attention": "tab:purple"}
-    colors = [palette.get(r["profile"], "tab:red") for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    def label(r):
+        sampler, learner = r.get("sampler", r["precision"]), r.get("learner", r["precision"])
+        if sampler != r["precision"] or learner != r["precision"]:
+            return f"{sampler} rollout, {learner} learner" if sampler != learner else f"{sampler} {r['profile']}"
+        return f"{r['precision']}{' fp32-head' if r['head'] != r['precision'] else ''} {r['profile']}"
+
+    def color(r):
+        if r.get("sampler", r["precision"]) != r.get("learner", r["precision"]):
+            return "tab:blue"
+        return {"matched": "tab:green", "engine-matmul": "tab:orange", "engine-attention": "tab:purple"}.get(
+            r["profile"], "tab:red")
+
+    labels, colors = [label(r) for r in records], [color(r) for r in records]
     floor = 1e-18  # zero has no place on a log axis: exact zeros sit on the floor, labelled "0"
     for ax, key, title in zip(axes, ("mean_abs_dlogp", "kl_k3", "frac_tokens_differ"),
                               ("mean |Δ log p|", "KL(μ‖π) k3", "fraction of tokens not bitwise equal")):
@@ -54,12 +66,12 @@ def plot(records: list[dict], path: str) -> None:
         ax.set_yscale("log")
         ax.set_ylim(floor / 2, max(vals) * 5)
         ax.set_title(title)
-        ax.set_xticks(range(len(records)), labels, fontsize=7)
+        ax.set_xticks(range(len(records)), labels, fontsize=7, rotation=60, ha="right")
         for i, r in enumerate(records):
             if r[key] == 0:
                 ax.text(i, floor * 1.5, "0", ha="center", fontsize=8)
     fig.suptitle("sampler vs learner mismatch (green: matched, red: engine, orange: split-K matmul alone, "
-                 "purple: split-KV attention alone)")
+                 "purple: split-KV attention alone, blue: fp8 rollout)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -11,9 +11,14 @@ the learner then rescores the same tokens in the matched profile (``measure``). 
   chunk's partial output rounded and the chunks merged by their log-sum-exps;
 * fp16/bf16 x {engine-matmul, engine-attention}: one of the two alone, attention's share
   of the mismatch beside the matmuls';
-* fp16/bf16 with an fp32 LM head, engine: the common partial fix.
+* fp16/bf16 with an fp32 LM head, engine: the common partial fix;
+* FP8 rollouts: the sampler's block linears W8A8 in e4m3 (``pk.fp8_linear``; the LM head,
+  norms and attention at the compute precision) against a bf16 or an fp16 learner, and the
+  FP8 matched variant, whose learner runs the same quantised linears.
 
-Matched rows must show exactly zero mismatch (``matched_rows_zero``). ``headline`` gives
+A record's ``sampler`` and ``learner`` name each side's linear precision. Rows whose sampler
+runs the learner's kernels at the learner's precision (matched profile, ``sampler == learner``)
+must show exactly zero mismatch (``matched_rows_zero``). ``headline`` gives
 the bf16 / fp16 ratios of the engine rows; ``format_table`` and ``format_headline`` the text that
 ``rl.demo`` and ``benchmarks/mismatch.py`` print. The CLI, JSON and plot are
 ``benchmarks/mismatch.py``'s.
@@ -38,12 +43,15 @@ from .sampler import generate
 from .tasks import get_task
 
 DEMO_CHECKPOINT = "runs/demo/checkpoint.pt"
+# (precision, LM head, sampler profile, sampler linears, learner linears); None: the compute precision.
 VARIANTS = [
-    ("fp32", None, "matched"), ("fp16", None, "matched"), ("bf16", None, "matched"),
-    ("fp32", None, "engine"), ("fp16", None, "engine"), ("bf16", None, "engine"),
-    ("fp16", None, "engine-matmul"), ("bf16", None, "engine-matmul"),
-    ("fp16", None, "engine-attention"), ("bf16", None, "engine-attention"),
-    ("fp16", "fp32", "engine"), ("bf16", "fp32", "engine"),
+    ("fp32", None, "matched", None, None), ("fp16", None, "matched", None, None), ("bf16", None, "matched", None, None),
+    ("fp32", None, "engine", None, None), ("fp16", None, "engine", None, None), ("bf16", None, "engine", None, None),
+    ("fp16", None, "engine-matmul", None, None), ("bf16", None, "engine-matmul", None, None),
+    ("fp16", None, "engine-attention", None, None), ("bf16", None, "engine-attention", None, None),
+    ("fp16", "fp32", "engine", None, None), ("bf16", "fp32", "engine", None, None),
+    ("bf16", None, "matched", "fp8", None), ("fp16", None, "matched", "fp8", None),
+    ("bf16", None, "matched", "fp8", "fp8"),
 ]
 
 
@@ -69,21 +77,25 @@ def load_policy(checkpoint: str | None, seed: int = 0) -> tuple[dict, ModelConfi
 
 
 def measure(state: dict, base: ModelConfig, precision: str, head: str | None, profile: str,
-            prompts: torch.Tensor, temperature: float, seed: int, task: str = "reverse") -> dict:
+            sampler: str | None, learner: str | None, prompts: torch.Tensor, temperature: float, seed: int,
+            task: str = "reverse") -> dict:
+    """One row: the sampler (``profile``, linears ``sampler``) against the matched learner (linears ``learner``)."""
     name = task
     task = get_task(name)
-    cfg = ModelConfig(**{**base.__dict__, "precision": precision, "head_precision": head})
+    cfg = ModelConfig(**{**base.__dict__, "precision": precision, "head_precision": head,
+                         "linear_precision": learner})
     device = pk.backend.device()  # the kernels' device
     model = TinyGPT(cfg)
     model.load_state_dict(state)
     model.to(device)
     ro = generate(model, prompts.to(device), task.max_new_tokens, temperature=temperature,
                   generator=torch.Generator(device=device).manual_seed(seed), profile=profile, eos_id=task.eos_id,
-                  pad_id=task.pad_id)
+                  pad_id=task.pad_id, linear_precision=sampler)
     with torch.no_grad():
-        learner = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
-    m = mismatch_metrics(ro.logprobs, learner, ro.mask)
+        scored = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
+    m = mismatch_metrics(ro.logprobs, scored, ro.mask)
     return {"task": name, "precision": precision, "head": head or precision, "profile": profile,
+            "sampler": sampler or precision, "learner": learner or precision,
             "kl_k1": m["k1"], "kl_k2": m["k2"], "kl_k3": m["k3"], **m}
 
 
@@ -103,8 +115,8 @@ def run(quick: bool, checkpoint: str | None, seed: int = 0, temperature: float =
     n_prompts, repeats = (32, 1) if quick else (64, 4)
     prompts = task.make_dataset(n_prompts, seed=1234)[0]
     records = []
-    jobs = [(state, cfg, precision, head, profile, prompts, temperature, seed + r, task_name)
-            for precision, head, profile in VARIANTS for r in range(repeats)]
+    jobs = [(state, cfg, *variant, prompts, temperature, seed + r, task_name)
+            for variant in VARIANTS for r in range(repeats)]
     # The interpreter is single-threaded Python: one worker process per core halves the wall time.
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -125,10 +137,15 @@ def run(quick: bool, checkpoint: str | None, seed: int = 0, temperature: float =
     return records, source
 
 
+def _same_kernels(r: dict) -> bool:
+    """The sampler's linears and LM head at the learner's compute precision (rows of older files: always)."""
+    return r["head"] == r.get("sampler", r["precision"]) == r.get("learner", r["precision"]) == r["precision"]
+
+
 def headline(records: list[dict]) -> dict:
     """bf16 / fp16 ratios in the engine profile (published reference: ~8x relative RMS error, ~24x KL)."""
     def get(p, key):
-        return next(r[key] for r in records if r["precision"] == p and r["profile"] == "engine" and r["head"] == p)
+        return next(r[key] for r in records if r["precision"] == p and r["profile"] == "engine" and _same_kernels(r))
 
     def ratio(a, b):
         return a / b if b > 0 else math.inf if a > 0 else float("nan")
@@ -139,17 +156,32 @@ def headline(records: list[dict]) -> dict:
             "mean_abs_dlogp_ratio": ratio(get("bf16", "mean_abs_dlogp"), get("fp16", "mean_abs_dlogp"))}
 
 
+def fp8_headline(records: list[dict]) -> dict:
+    """Each FP8 rollout row's mean |dlogp| over the engine row of its learner's precision (absent rows: none)."""
+    out = {}
+    for r in records:
+        if r.get("sampler") == "fp8" and r.get("learner") != "fp8":
+            engine = [e for e in records if e["precision"] == r["precision"] and e["profile"] == "engine"
+                      and _same_kernels(e)]
+            if engine and engine[0]["mean_abs_dlogp"] > 0:
+                out[r["precision"]] = r["mean_abs_dlogp"] / engine[0]["mean_abs_dlogp"]
+    return out
+
+
 def matched_rows_zero(records: list[dict]) -> bool:
-    """Whether every matched-profile row shows exactly zero mismatch (no token differs, max |dlogp| 0)."""
+    """Whether every row whose sampler runs the learner's kernels and precision shows exactly zero mismatch
+    (no token differs, max |dlogp| 0)."""
     return all(r["frac_tokens_differ"] == 0 and r["max_abs_dlogp"] == 0
-               for r in records if r["profile"] == "matched")
+               for r in records if r["profile"] == "matched" and r.get("sampler") == r.get("learner"))
 
 
 def format_table(records: list[dict]) -> str:
-    lines = [f"{'precision':<9} {'head':<5} {'profile':<16} {'mean|dlogp|':>11} {'max|dlogp|':>10} "
+    lines = [f"{'precision':<9} {'head':<5} {'profile':<16} {'sampler':<7} {'learner':<7} {'mean|dlogp|':>11} "
+             f"{'max|dlogp|':>10} "
              f"{'tok differ':>10} {'k1':>10} {'k3 (KL)':>10} {'seq k3':>10} {'relRMS lp':>10} {'p99|dp|':>9}"]
     for r in records:
-        lines.append(f"{r['precision']:<9} {r['head']:<5} {r['profile']:<16} {r['mean_abs_dlogp']:>11.3g} "
+        lines.append(f"{r['precision']:<9} {r['head']:<5} {r['profile']:<16} {r.get('sampler', r['precision']):<7} "
+                     f"{r.get('learner', r['precision']):<7} {r['mean_abs_dlogp']:>11.3g} "
                      f"{r['max_abs_dlogp']:>10.3g} {r['frac_tokens_differ']:>10.2%} {r['kl_k1']:>10.2e} "
                      f"{r['kl_k3']:>10.2e} {r['seq_k3']:>10.2e} {r['rel_rms_logp']:>10.3g} {r['dp_p99']:>9.2e}")
     return "\n".join(lines)
@@ -158,6 +190,11 @@ def format_table(records: list[dict]) -> str:
 def format_headline(records: list[dict]) -> str:
     """One line: the engine profile's bf16 / fp16 ratios beside the published reference points."""
     h = headline(records)
-    return (f"engine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
+    line = (f"engine profile, bf16 / fp16: relative RMS error of log p {h['rel_rms_logp_ratio']:.1f}x, "
             f"of p {h['rel_rms_prob_ratio']:.1f}x, KL (k3) {h['kl_k3_ratio']:.1f}x "
             f"(published reference points: ~8x and ~24x)")
+    fp8 = fp8_headline(records)
+    if fp8:
+        line += "\nfp8 rollout, mean |dlogp| over the engine row of the learner's precision: " + ", ".join(
+            f"{p} learner {x:.1f}x" for p, x in fp8.items())
+    return line

@@ -4,6 +4,10 @@ Precision policy: master weights are fp32 parameters; every forward rounds them 
 compute precision with ``pk.round_to`` (one launch for all of them), activations are
 kept in the compute precision, and every dot product and reduction runs in our kernels
 with fp32 accumulation; attention is one fused ``pk.attention`` launch (bottom-right causal).
+With ``linear_precision="fp8"`` the block linears run W8A8 (``pk.fp8_linear``: e4m3 weights
+quantised per output row from the fp32 masters once per ``compute_weights``, e4m3 activations
+per token, a straight-through gradient); norms, attention, the KV cache and the LM head stay in
+the compute precision, as FP8 rollout engines keep them.
 The only PyTorch glue is exact and elementwise on equal dtypes (embedding lookup, residual
 adds, ReLU and its square) plus reshapes and cache writes.
 
@@ -29,6 +33,11 @@ import torch.nn as nn
 
 import precision_kernels as pk
 
+# The linears' precisions besides the compute precision (None): "fp8" runs each block linear W8A8 with
+# e4m3 weights quantised per output row from the fp32 masters and e4m3 activations per token (pk.fp8_linear).
+LINEAR_PRECISIONS = (None, "fp8")
+FP8_FORMAT = torch.float8_e4m3fn
+
 
 @dataclass
 class ModelConfig:
@@ -39,6 +48,7 @@ class ModelConfig:
     max_seq_len: int = 16
     precision: str = "fp16"
     head_precision: str | None = None   # None: same as precision; "fp32" keeps the LM head in fp32
+    linear_precision: str | None = None  # None: linears in `precision`; "fp8": W8A8 e4m3 (LM head excluded)
     mlp_ratio: int = 4
     norm_eps: float = 1e-6
 
@@ -48,6 +58,8 @@ class ModelConfig:
         self.precision = pk.Precision.parse(self.precision).value
         if self.head_precision is not None:
             self.head_precision = pk.Precision.parse(self.head_precision).value
+        if self.linear_precision not in LINEAR_PRECISIONS:
+            raise ValueError(f"linear_precision must be one of {LINEAR_PRECISIONS}, got {self.linear_precision!r}")
 
     @property
     def head_dim(self) -> int:
@@ -128,6 +140,10 @@ def to_head_precision(h: torch.Tensor, head_dtype: torch.dtype) -> torch.Tensor:
     return pk.round_to(h.to(torch.float32), head_dtype)
 
 
+BLOCK_LINEARS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight")
+FP8_KEY = ":fp8"  # compute_weights' key suffix of a linear's (values, row scales) in fp8
+
+
 class _Weight(nn.Module):
     def __init__(self, value: torch.Tensor) -> None:
         super().__init__()
@@ -169,8 +185,17 @@ class TinyGPT(nn.Module):
 
     # ---- weights in the compute precision -------------------------------------------------
 
-    def compute_weights(self) -> dict[str, torch.Tensor]:
-        """Every weight rounded to its compute precision, in one ``round_to`` launch per precision."""
+    def compute_weights(self, linear_precision: str | None = "model") -> dict[str, torch.Tensor]:
+        """Every weight rounded to its compute precision, in one ``round_to`` launch per precision.
+
+        With fp8 linears (``linear_precision``, default the config's) each block linear's weight also gets
+        its fp8 form under ``name + FP8_KEY``: ``pk.quantize_fp8`` of the fp32 master, per output row. The
+        rounded weight stays in the dict: the straight-through gradient flows to the master through it.
+        """
+        if linear_precision == "model":
+            linear_precision = self.cfg.linear_precision
+        if linear_precision not in LINEAR_PRECISIONS:
+            raise ValueError(f"linear_precision must be one of {LINEAR_PRECISIONS}, got {linear_precision!r}")
         named = dict(self.named_parameters())
         groups: dict[torch.dtype, list[str]] = {}
         for name in named:
@@ -182,7 +207,18 @@ class TinyGPT(nn.Module):
             rounded = pk.round_to(flat, dtype)
             for name, part in zip(names, rounded.split([named[n].numel() for n in names])):
                 out[name] = part.view(named[name].shape)
+        if linear_precision == "fp8":
+            for name in named:
+                if name.endswith(BLOCK_LINEARS):
+                    out[name + FP8_KEY] = pk.quantize_fp8(named[name].detach(), FP8_FORMAT, axis=-1)
         return out
+
+    def _linear(self, w: dict, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A block linear: ``pk.linear`` in the compute precision, or W8A8 when ``w`` holds the weight's fp8 form."""
+        fp8 = w.get(name + FP8_KEY)
+        if fp8 is None:
+            return pk.linear(x, w[name])
+        return pk.fp8_linear(x, w[name], weight_fp8=fp8, dtype=FP8_FORMAT)
 
     # ---- shared layer code ----------------------------------------------------------------
 
@@ -195,7 +231,7 @@ class TinyGPT(nn.Module):
         B, T, D = x.shape
         H, hd = cfg.n_heads, cfg.head_dim
         h = pk.rms_norm(x, w[b + "attn_norm.weight"], eps=cfg.norm_eps)
-        qkv = pk.linear(h, w[b + "attn.qkv.weight"])                       # one launch for Q, K and V
+        qkv = self._linear(w, b + "attn.qkv.weight", h)                    # one launch for Q, K and V
         q, k, v = qkv.view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, hd)
         if cache is not None:
             cache.keys[i][:, :, start:start + T] = k
@@ -205,13 +241,13 @@ class TinyGPT(nn.Module):
         # whole cache and its row equals the full pass's row (I3); one fused launch, no score buffer
         att = pk.attention(q, k, v, causal=True, scale=1.0 / math.sqrt(hd))     # (B, H, T, hd)
         att = att.transpose(1, 2).reshape(B, T, D)
-        return pk.linear(att, w[b + "attn.proj.weight"])
+        return self._linear(w, b + "attn.proj.weight", att)
 
     def _mlp(self, w: dict, i: int, x: torch.Tensor) -> torch.Tensor:
         b = f"blocks.{i}."
         h = pk.rms_norm(x, w[b + "mlp_norm.weight"], eps=self.cfg.norm_eps)
-        m = torch.relu(pk.linear(h, w[b + "mlp.fc.weight"]))
-        return pk.linear(m * m, w[b + "mlp.proj.weight"])                   # ReLU^2: exact glue
+        m = torch.relu(self._linear(w, b + "mlp.fc.weight", h))
+        return self._linear(w, b + "mlp.proj.weight", m * m)               # ReLU^2: exact glue
 
     def _layers(self, w: dict, tokens: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
         if start + tokens.shape[1] > self.cfg.max_seq_len:

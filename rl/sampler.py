@@ -98,15 +98,18 @@ def check_decode_args(model: TinyGPT, prompts, max_new_tokens, eos_id, pad_id) -
 @torch.no_grad()
 def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              seed: int | None = None, first_index: int = 0, generator: torch.Generator | None = None,
-             profile: str = "matched", eos_id: int | None = None, pad_id: int | None = None) -> Rollout:
+             profile: str = "matched", eos_id: int | None = None, pad_id: int | None = None,
+             linear_precision: str | None = "model") -> Rollout:
     """Sample ``max_new_tokens`` tokens after each prompt (all prompts share one length).
 
     A sequence stops after it samples ``eos_id``; EOS is a real action (mask True, its
     log-prob kept). After it come ``pad_id`` tokens (``eos_id`` when not given) with
     log-prob 0.0 and mask False. With ``profile="engine"`` every sampler kernel runs in
-    the engine profile. Randomness: ``seed`` (an int in [0, 2^63)) keys every draw by
-    (seed, ``first_index`` + row, position), so sampling a batch in pieces with matching
-    ``first_index`` offsets gives bitwise the same rollout as one call (module doc); or
+    the engine profile. ``linear_precision``: the sampler's linears, "fp8" for an FP8 (W8A8)
+    rollout whatever the learner runs (``TinyGPT.compute_weights``; default: the model's own).
+    Randomness: ``seed`` (an int in [0, 2^63)) keys every draw by (seed, ``first_index`` + row,
+    position), so sampling a batch in pieces with matching ``first_index`` offsets gives
+    bitwise the same rollout as one call (module doc); or
     ``generator``, a stream (reproducible, but a row's draw depends on the rows before it);
     not both. Arguments are checked first (``check_decode_args``; ``temperature`` by the
     kernels' fp32 rule).
@@ -134,7 +137,7 @@ def generate(model: TinyGPT, prompts: torch.Tensor, max_new_tokens: int, *, temp
     seeds = None if seed is None else sequence_seeds(seed, B, max_new_tokens, first_index, prompts.device)
 
     with pk.use_profile(profile):
-        weights = model.compute_weights()
+        weights = model.compute_weights(linear_precision)
         head = weights["lm_head.weight"]
         cache = model.new_cache(B)
         h = model.prefill(prompts, cache, weights)

@@ -77,7 +77,14 @@ from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
 from .tasks import Task, get_task
 from .torch_model import torch_forward
-from .train_flags import build_parser, check_args, refuse_resume_conflicts, resolve_device
+from .train_flags import (
+    build_parser,
+    check_args,
+    matched_run,
+    refuse_resume_conflicts,
+    resolve_device,
+    sampler_linears,
+)
 from .warmup import supervised_warmup
 
 
@@ -88,7 +95,8 @@ class StrictStop(RuntimeError):
 def _build(args, device: torch.device):
     task = get_task(args.task)
     cfg = ModelConfig(vocab_size=task.vocab_size, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                      max_seq_len=task.seq_len, precision=args.precision, head_precision=args.head_precision)
+                      max_seq_len=task.seq_len, precision=args.precision, head_precision=args.head_precision,
+                      linear_precision=args.linear_precision)
     model = TinyGPT(cfg, seed=args.seed, init=args.init).to(device)  # drawn on CPU: the same on every device
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     # Dynamic loss scaling only where gradients are fp16; skipped steps are counted.
@@ -281,7 +289,8 @@ def _progress_bar(run: _Run):
     from tqdm import tqdm
 
     a = run.args
-    return tqdm(total=a.steps, initial=run.start, desc=f"{a.precision}/{a.profile}/{a.algo}", file=sys.stderr,
+    fp8 = "" if sampler_linears(a) is None else f"/fp8-{'matched' if matched_run(a) else 'rollout'}"
+    return tqdm(total=a.steps, initial=run.start, desc=f"{a.precision}{fp8}/{a.profile}/{a.algo}", file=sys.stderr,
                 dynamic_ncols=True)
 
 
@@ -296,8 +305,10 @@ def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
     t0 = time.perf_counter()
     rollout = generate(run.model, prompts, run.task.max_new_tokens, temperature=args.temperature,
                        profile=args.profile, eos_id=run.task.eos_id, pad_id=run.task.pad_id,
-                       seed=step_seed(args.seed, step), first_index=first * args.group)
+                       seed=step_seed(args.seed, step), first_index=first * args.group,
+                       linear_precision=sampler_linears(args))
     return prompts, rollout, time.perf_counter() - t0
+
 
 
 def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
@@ -366,7 +377,7 @@ def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: 
     run.skipped_total += skipped
     mism = reduce_mismatch(mismatch_metrics(rollout.logprobs, res.pi_old, rollout.mask), dist)
     # NaN log-probs on both sides are bitwise equal, yet no match: a non-finite |dlogp| fails the check.
-    if args.profile == "matched" and (mism["frac_tokens_differ"] > 0 or not math.isfinite(mism["max_abs_dlogp"])):
+    if matched_run(args) and (mism["frac_tokens_differ"] > 0 or not math.isfinite(mism["max_abs_dlogp"])):
         msg = (f"MATCHED-MODE MISMATCH at step {step}: {mism['frac_tokens_differ']:.2%} of tokens differ "
                f"(max |dlogp| {mism['max_abs_dlogp']:.3g}); the sampler and learner kernels disagree")
         if args.strict:
@@ -407,6 +418,7 @@ def _finish(run: _Run, wall: float) -> dict:
     rl_seconds = run.rl_seconds_before + wall
     summary = {
         "task": args.task, "precision": args.precision, "profile": args.profile, "algo": args.algo,
+        "linear_precision": args.linear_precision, "rollout_precision": sampler_linears(args),
         "device": str(run.dist.device), "world_size": run.dist.world_size,
         "steps": history[-1]["step"] if history else run.start, "final_accuracy": accuracy,
         "final_reward": history[-1]["reward"] if history else float("nan"),

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="precision of the LM head (default: --precision); fp32 is the common partial fix")
     p.add_argument("--profile", default="matched", choices=["matched", "engine"], help="the sampler's profile")
+    p.add_argument("--linear-precision", default=None, choices=["fp8"],
+                   help="TinyGPT's block linears in sampler and learner: fp8 runs them W8A8 (e4m3, per-token "
+                        "activations, row-wise weights; straight-through gradient): the FP8 matched variant")
+    p.add_argument("--rollout-precision", default=None, choices=["fp8"],
+                   help="the sampler's block linears only: fp8 is an FP8 (W8A8) rollout against the learner's "
+                        "--precision (the LM head stays at --precision)")
     p.add_argument("--algo", default="pg", choices=list(ALGOS))
     p.add_argument("--agg", default=None, choices=list(AGGREGATIONS),
                    help="loss aggregation (default token-mean; gspo is sequence-level and refuses it)")
@@ -158,6 +164,9 @@ def check_args(args) -> None:
         for flag, dest in TINYGPT_FLAGS:
             need(not given(getattr(args, dest)), flag, f"left out with --model {args.model} (it shapes TinyGPT "
                  f"and its warm-up only)", getattr(args, dest))
+        for flag, dest in (("--linear-precision", "linear_precision"), ("--rollout-precision", "rollout_precision")):
+            need(getattr(args, dest, None) is None, flag, f"left out with --model {args.model} (FP8 linears are "
+                 f"TinyGPT's)", getattr(args, dest, None))
     positive_int("--steps", args.steps)
     positive_int("--batch", args.batch)
     positive_int("--group", args.group, low=2)  # the group-mean baseline needs two samples per prompt
@@ -214,6 +223,16 @@ def check_args(args) -> None:
         held = [p.name for p in (ckpt, metrics) if p.exists() and (p.stat().st_size > 0 or p == ckpt)]
         need(not held, "--out", f"a directory without a run (it holds {', '.join(held)}; pass --resume to "
              f"continue it or --overwrite to start over)", args.out)
+
+
+def sampler_linears(args) -> str | None:
+    """The sampler's linear precision: ``--rollout-precision`` when given, else the learner's ``--linear-precision``."""
+    return args.rollout_precision or args.linear_precision
+
+
+def matched_run(args) -> bool:
+    """Whether the sampler runs the learner's kernels at the learner's precision, so any mismatch is a bug."""
+    return args.profile == "matched" and sampler_linears(args) == args.linear_precision
 
 
 def resume_conflicts(stored: dict, args) -> list[str]:

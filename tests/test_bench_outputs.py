@@ -97,7 +97,7 @@ def test_the_checkpoints_task_is_measured(tmp_path, monkeypatch):
     """A sort checkpoint is measured on sort prompts (its vocabulary and lengths), not on reverse ones."""
     jobs = []
 
-    def measure(state, cfg, precision, head, profile, prompts, temperature, seed, task="reverse"):
+    def measure(state, cfg, precision, head, profile, sampler, learner, prompts, temperature, seed, task="reverse"):
         jobs.append((task, tuple(prompts.shape)))
         return {"task": task, "precision": precision, "head": head or precision, "profile": profile, "x": 0.0}
 
