@@ -163,9 +163,11 @@ def test_fp16_loss_scaler_skips_inf_gradients_and_recovers():
 
 
 def _args(tmp_path, *extra):
+    # One layer, and the last step's evaluation on 4 prompts: these tests compare runs, not what they learn.
     return build_parser().parse_args(["--steps", "3", "--batch", "2", "--group", "2", "--d-model", "32",
-                                      "--eval-every", "100", "--dataset-size", "32", "--warmup-target", "0.0",
-                                      "--no-progress", "--out", str(tmp_path), *extra])
+                                      "--layers", "1", "--eval-every", "100", "--eval-prompts", "4",
+                                      "--dataset-size", "32", "--warmup-target", "0.0", "--no-progress",
+                                      "--out", str(tmp_path), *extra])
 
 
 def test_resumed_run_ends_with_the_same_weights(tmp_path):
@@ -186,7 +188,8 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_gspo_with_a_kl_penalty_resumes_bit_for_bit(tmp_path):
     """The frozen KL anchor travels in the checkpoint: a resumed run ends where the full run does."""
-    flags = ["--algo", "gspo", "--kl-coef", "0.05", "--kl-estimator", "k2", "--strict"]
+    # two layers: with this seed the one-layer policy's first step has all-equal group rewards and stays put
+    flags = ["--algo", "gspo", "--kl-coef", "0.05", "--kl-estimator", "k2", "--strict", "--layers", "2"]
     a = _args(tmp_path / "full", *flags)
     a.steps = 2
     train(a, log=lambda *_: None)
@@ -264,8 +267,8 @@ def test_training_repeats_bit_for_bit_across_processes(tmp_path):
     import subprocess
     import sys
 
-    flags = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--eval-every", "100",
-             "--dataset-size", "32", "--warmup-target", "0.2", "--no-progress"]
+    flags = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--layers", "1", "--eval-every",
+             "100", "--eval-prompts", "4", "--dataset-size", "32", "--warmup-target", "0.2", "--no-progress"]
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-m", "rl.train", *flags, "--out", str(tmp_path / name)], check=True,
                        capture_output=True)
