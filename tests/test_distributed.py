@@ -17,7 +17,7 @@ import torch
 from rl.distributed import Dist
 from rl.metrics import mismatch_metrics, reduce_mismatch
 
-FLAGS = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--dataset-size", "32",
+FLAGS = ["--steps", "2", "--batch", "2", "--group", "2", "--d-model", "32", "--layers", "1", "--dataset-size", "32",
          "--warmup-target", "0.0", "--eval-prompts", "2", "--no-progress", "--strict"]
 
 
