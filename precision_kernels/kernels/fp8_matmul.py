@@ -20,16 +20,13 @@
 * 0, the interpreter: no ``tl.dot`` (OpenBLAS's value for an element depends on its position
   in the tile). Both operands are widened to fp32, multiplied elementwise and each element's
   BLOCK_K products added in K order by ``tl.sum`` over the leading K axis.
-* 1, compiled on targets without fp8 tensor cores (sm_80): the operands are widened to fp16
-  (exact: every e4m3 and e5m2 value is an fp16 value) and summed by an fp16 ``tl.dot`` with
-  an fp32 accumulator.
-* 2, compiled on sm_90: ``tl.dot`` on the fp8 operands themselves, with
-  ``max_num_imprecise_acc=0``: Triton's default on sm_90 lets fp8 dots accumulate 2^30
-  products at the tensor core's reduced precision before promoting to fp32, which breaks I6.
-  (Compiled offline with Triton 3.9 for sm_90, this dot becomes fp16 ``mma.sync`` on the
-  upcast operands: Triton uses fp8 ``wgmma`` only when ``max_num_imprecise_acc >= 32``, and
-  then sums the 32 products of each instruction at the tensor core's precision. So full fp32
-  accumulation and fp8 MMA exclude each other there.)
+* 1, compiled (every CUDA target): the operands are widened to fp16 (exact: every e4m3 and
+  e5m2 value is an fp16 value) and summed by an fp16 ``tl.dot`` with an fp32 accumulator;
+  on sm_90 Triton 3.9 lowers it to fp16 ``wgmma``. No fp8 dot: Triton uses fp8 ``wgmma`` only
+  with ``max_num_imprecise_acc >= 32`` (its default on sm_90 is 2^30), and then sums the 32
+  products of each instruction at the tensor core's reduced precision before promoting to
+  fp32, which breaks I6; with ``max_num_imprecise_acc=0`` it falls back to fp16 ``mma.sync``
+  on upcast operands, slower than this path's ``wgmma`` (compiled offline for sm_90).
 
 The row count M is never specialised (``tile_kernel``), so a one-row launch runs the same
 compiled kernel as the batch.
@@ -38,19 +35,9 @@ compiled kernel as the batch.
 import triton
 import triton.language as tl
 
-from .formats import FP8_E4M3FN
 from .matmul import _block_products_split_n
 from .rounding import round_fp32, to_fp32
 from .specialization import tile_kernel
-
-
-@triton.jit
-def _fp8_pointer(ptrs, KIND: tl.constexpr):
-    """Compiled fp8 dot only: uint8 pointers of fp8 data as e4m3fn (KIND 3) or e5m2 (KIND 4) pointers."""
-    if KIND == FP8_E4M3FN:
-        return ptrs.to(tl.pointer_type(tl.float8e4nv), bitcast=True)
-    else:
-        return ptrs.to(tl.pointer_type(tl.float8e5), bitcast=True)
 
 
 @triton.jit
@@ -92,26 +79,14 @@ def _fp8_sum_over_k(acc, a_base, b_base, a_ok, b_ok, stride_ak, stride_bk, K,
     else:
         a_ptrs = a_base + offs_k[None, :] * stride_ak
         b_ptrs = b_base + offs_k[:, None] * stride_bk
-        if DOT == 2:
-            a_ptrs = _fp8_pointer(a_ptrs, A_KIND)
-            b_ptrs = _fp8_pointer(b_ptrs, B_KIND)
         for k0 in range(0, K, BLOCK_K):
-            # load: lanes past K (and masked rows/columns) read +0.0 on both operands (the fp8 dot's
-            # pointers hold fp8 values, the widening path's the uint8 patterns, whose 0 is +0.0 too)
-            if DOT == 2:
-                a = tl.load(a_ptrs, mask=a_ok & (offs_k[None, :] < K - k0), other=0.0)
-                b = tl.load(b_ptrs, mask=b_ok & (offs_k[:, None] < K - k0), other=0.0)
-            else:
-                a = tl.load(a_ptrs, mask=a_ok & (offs_k[None, :] < K - k0), other=0)
-                b = tl.load(b_ptrs, mask=b_ok & (offs_k[:, None] < K - k0), other=0)
-            if DOT == 2:
-                # fp8 tensor cores, every product accumulated in full fp32 precision
-                acc = tl.dot(a, b, acc, max_num_imprecise_acc=0)
-            else:
-                # exact widening to fp16, then fp16 tensor cores with an fp32 accumulator
-                a = to_fp32(a, A_KIND).to(tl.float16)
-                b = to_fp32(b, B_KIND).to(tl.float16)
-                acc = tl.dot(a, b, acc)
+            # load: lanes past K (and masked rows/columns) read the pattern 0 (+0.0) on both operands
+            a = tl.load(a_ptrs, mask=a_ok & (offs_k[None, :] < K - k0), other=0)
+            b = tl.load(b_ptrs, mask=b_ok & (offs_k[:, None] < K - k0), other=0)
+            # exact widening to fp16, then fp16 tensor cores with an fp32 accumulator
+            a = to_fp32(a, A_KIND).to(tl.float16)
+            b = to_fp32(b, B_KIND).to(tl.float16)
+            acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K * stride_ak
             b_ptrs += BLOCK_K * stride_bk
     return acc

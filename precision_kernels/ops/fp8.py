@@ -30,16 +30,10 @@ OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fp8_dot_mode() -> int:
-    """How the compiled scaled-mm kernel sums a K block (kernels/fp8_matmul.py, ``DOT``).
-
-    0 under the interpreter (elementwise products, K-ordered sums); on CUDA 2 (fp8 ``tl.dot`` with
-    full fp32 accumulation, ``max_num_imprecise_acc=0``) on sm_90, and 1 (operands widened exactly
-    to fp16, fp16 ``tl.dot``) on every other target. Both keep I6; kernels/fp8_matmul.py says which
-    instructions Triton picks for each.
-    """
-    if not NATIVE_DOT:
-        return 0
-    return 2 if torch.cuda.get_device_capability() == (9, 0) else 1
+    """How the scaled-mm kernel sums a K block (kernels/fp8_matmul.py, ``DOT``): 0 under the interpreter
+    (elementwise products, K-ordered sums); 1 compiled (operands widened exactly to fp16, fp16 ``tl.dot``
+    with an fp32 accumulator; kernels/fp8_matmul.py says why not an fp8 dot on sm_90). Both keep I6."""
+    return 1 if NATIVE_DOT else 0
 
 
 # ---- quantize_fp8 ---------------------------------------------------------------------------
