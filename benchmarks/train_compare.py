@@ -4,7 +4,13 @@ counterpart of the paper's Figure 1.
     python -m benchmarks.train_compare --runs fp16:matched,fp16:engine,bf16:matched,bf16:engine \\
         --algo pg --seeds 0 1 --steps 40 --out runs/compare_long/pg [--overwrite] [-- further rl.train flags]
 
-Every (run, seed) is one ``rl.train`` run in ``OUT/<precision>-<profile>-<algo>-s<seed>/`` with its
+A configuration is ``PRECISION:PROFILE`` or ``PRECISION:PROFILE:LINEARS`` with LINEARS ``fp8-rollout``
+(an FP8 W8A8 sampler against the PRECISION learner: ``rl.train --rollout-precision fp8``) or ``fp8``
+(the FP8 matched variant: ``--linear-precision fp8``), e.g.
+
+    python -m benchmarks.train_compare --runs bf16:matched,bf16:matched:fp8-rollout,bf16:matched:fp8 --algo pg
+
+Every (run, seed) is one ``rl.train`` run in ``OUT/<precision>[-<linears>]-<profile>-<algo>-s<seed>/`` with its
 per-step ``metrics.jsonl`` (reward, mismatch, loss, ...; greedy accuracy on the first
 ``--eval-prompts`` training prompts every ``--eval-every`` steps). Writes a table (final accuracy,
 steps to 95% and to 99% greedy accuracy, mismatch), ``OUT/summary.json`` and
@@ -22,50 +28,59 @@ from rl.train import build_parser, train
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 PROFILES = ("matched", "engine")
+# The optional third field: rl.train's flags for the FP8 linears.
+LINEARS = {"fp8-rollout": ["--rollout-precision", "fp8"], "fp8": ["--linear-precision", "fp8"]}
 DEFAULT_RUNS = "fp16:matched,fp16:engine,bf16:matched,bf16:engine"
 
 
-def parse_runs(text: str) -> list[tuple[str, str]]:
-    """``"fp16:matched,bf16:engine"`` -> ``[("fp16", "matched"), ("bf16", "engine")]``.
+def parse_runs(text: str) -> list[tuple[str, str, str | None]]:
+    """``"fp16:engine,bf16:matched:fp8-rollout"`` -> ``[("fp16", "engine", None), ("bf16", "matched", "fp8-rollout")]``.
 
     A bad entry raises ValueError naming it."""
     runs = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if len(parts) != 2 or parts[0] not in PRECISIONS or parts[1] not in PROFILES:
-            raise ValueError(f"--runs entries must be PRECISION:PROFILE with PRECISION in {PRECISIONS} and "
-                             f"PROFILE in {PROFILES}, got {item!r}")
-        runs.append((parts[0], parts[1]))
+        ok = len(parts) in (2, 3) and parts[0] in PRECISIONS and parts[1] in PROFILES
+        if not ok or (len(parts) == 3 and parts[2] not in LINEARS):
+            raise ValueError(f"--runs entries must be PRECISION:PROFILE[:LINEARS] with PRECISION in {PRECISIONS}, "
+                             f"PROFILE in {PROFILES} and LINEARS in {tuple(LINEARS)}, got {item!r}")
+        runs.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
     if len(set(runs)) != len(runs):
         raise ValueError(f"--runs lists a configuration twice: {text!r}")
     return runs
 
 
-def run_name(precision: str, profile: str, algo: str, seed: int) -> str:
-    return f"{precision}-{profile}-{algo}-s{seed}"
+def run_name(precision: str, profile: str, algo: str, seed: int, linears: str | None = None) -> str:
+    return f"{precision}{'-' + linears if linears else ''}-{profile}-{algo}-s{seed}"
+
+
+def train_flags(precision: str, profile: str, linears: str | None, algo: str, steps: int, seed: int) -> list[str]:
+    """The ``rl.train`` flags of one configuration and seed (``--out`` and the shared flags aside)."""
+    return ["--precision", precision, "--profile", profile, *LINEARS.get(linears, []), "--algo", algo,
+            "--steps", str(steps), "--seed", str(seed)]
 
 
 def run(runs, seeds, algo: str, steps: int, out: str, extra: list[str]) -> list[dict]:
     """Train every (seed, configuration); a run's ``metrics.jsonl`` is written step by step as it goes."""
     results = []
     for seed in seeds:
-        for precision, profile in runs:
-            name = run_name(precision, profile, algo, seed)
-            args = build_parser().parse_args(["--precision", precision, "--profile", profile, "--algo", algo,
-                                              "--steps", str(steps), "--seed", str(seed),
+        for precision, profile, linears in runs:
+            name = run_name(precision, profile, algo, seed, linears)
+            args = build_parser().parse_args([*train_flags(precision, profile, linears, algo, steps, seed),
                                               "--out", os.path.join(out, name), *extra])
             train(args, log=lambda msg, name=name: print(f"[{name}] {msg}", flush=True))
-            results.append(load_run(out, name, seed, precision, profile, algo))
+            results.append(load_run(out, name, seed, precision, profile, algo, linears))
     return results
 
 
-def load_run(out: str, name: str, seed: int, precision: str, profile: str, algo: str) -> dict:
+def load_run(out: str, name: str, seed: int, precision: str, profile: str, algo: str,
+             linears: str | None = None) -> dict:
     with open(os.path.join(out, name, "metrics.jsonl")) as f:
         history = [json.loads(line) for line in f if line.strip()]
     summary_path = os.path.join(out, name, "summary.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
     return {"name": name, "seed": seed, "precision": precision, "profile": profile, "algo": algo,
-            "summary": summary, "history": history}
+            "linears": linears, "summary": summary, "history": history}
 
 
 def first_step_at(history: list[dict], level: float) -> int | None:
@@ -88,11 +103,11 @@ def row(r: dict) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    lines = [f"{'run':<26} {'steps':>5} {'final acc':>9} {'reward':>7} {'to 95%':>6} {'to 99%':>6} "
+    lines = [f"{'run':<38} {'steps':>5} {'final acc':>9} {'reward':>7} {'to 95%':>6} {'to 99%':>6} "
              f"{'mean|dlogp|':>11} {'max|dlogp|':>10} {'tok differ':>10} {'skipped':>7}"]
     for r in results:
         x = row(r)
-        lines.append(f"{x['name']:<26} {x['steps']:>5} {x['final_accuracy']:>9.1%} {x['final_reward']:>7.3f} "
+        lines.append(f"{x['name']:<38} {x['steps']:>5} {x['final_accuracy']:>9.1%} {x['final_reward']:>7.3f} "
                      f"{str(x['steps_to_95']):>6} {str(x['steps_to_99']):>6} {x['mean_abs_dlogp']:>11.3g} "
                      f"{x['max_abs_dlogp']:>10.3g} {x['frac_tokens_differ']:>10.2%} {x['skipped']:>7}")
     return "\n".join(lines)
@@ -112,15 +127,16 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    styles = {("fp32", "matched"): ("tab:green", "-"), ("fp32", "engine"): ("tab:green", "--"),
-              ("fp16", "matched"): ("tab:blue", "-"), ("fp16", "engine"): ("tab:blue", "--"),
-              ("bf16", "matched"): ("tab:red", "-"), ("bf16", "engine"): ("tab:red", "--")}
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    colors = {"fp32": "tab:green", "fp16": "tab:blue", "bf16": "tab:red"}
+    linear_colors = {"fp8-rollout": "tab:purple", "fp8": "tab:orange"}
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["precision"], r["profile"], r["algo"]), []).append(r)
-    for (precision, profile, algo), rs in groups.items():
-        color, ls = styles[(precision, profile)]
-        label = f"{precision} {profile} {algo} ({len(rs)} seed{'s' if len(rs) > 1 else ''})"
+        groups.setdefault((r["precision"], r["profile"], r["algo"], r.get("linears")), []).append(r)
+    for (precision, profile, algo, linears), rs in groups.items():
+        color = linear_colors.get(linears, colors[precision])
+        ls = "-" if profile == "matched" else "--"
+        label = (f"{precision}{' ' + linears if linears else ''} {profile} {algo} "
+                 f"({len(rs)} seed{'s' if len(rs) > 1 else ''})")
         metrics = [
             ("reward", lambda h: True, lambda h: h["reward"]),
             ("accuracy", lambda h: h.get("evaluated", True), lambda h: h["accuracy"]),
@@ -146,7 +162,8 @@ def plot(results: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated PRECISION:PROFILE configurations")
+    parser.add_argument("--runs", default=DEFAULT_RUNS,
+                        help="comma-separated PRECISION:PROFILE[:LINEARS] configurations (LINEARS: fp8-rollout, fp8)")
     parser.add_argument("--algo", default="pg", help="rl.train --algo for every run")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -163,9 +180,9 @@ def main(argv=None) -> int:
         parser.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     if args.records:
-        results = [load_run(args.out, run_name(p, q, args.algo, s), s, p, q, args.algo)
-                   for s in args.seeds for p, q in runs
-                   if os.path.exists(os.path.join(args.out, run_name(p, q, args.algo, s), "metrics.jsonl"))]
+        results = [load_run(args.out, run_name(p, q, args.algo, s, lin), s, p, q, args.algo, lin)
+                   for s in args.seeds for p, q, lin in runs
+                   if os.path.exists(os.path.join(args.out, run_name(p, q, args.algo, s, lin), "metrics.jsonl"))]
     else:
         extra = ["--no-progress", "--eval-every", str(args.eval_every), "--eval-prompts", str(args.eval_prompts),
                  *(["--overwrite"] if args.overwrite else []), *args.extra]
