@@ -30,9 +30,14 @@ model's EOS), ``len(answer) + 1`` positions, surrounding whitespace ignored.
 ``CHAT_TASKS`` holds the tasks that exist only in words:
 
     add1     system "Reply with the answer only.", user "3 + 5"  -> "8"  (100 problems)
+    paren    system "Reply with the word in parentheses.", user "cat"  -> "(cat)"  (32 problems)
 
 ``add1``'s reward is binary under either setting: 1.0 when the response stopped and its
 last integer is the sum (SmolLM2-135M-Instruct tends to answer "The answer is 8."), else 0.0.
+``paren``'s is the character rule above. It is there for models too weak for ``add1``: the
+first 2 layers of SmolLM2-135M-Instruct, whatever the prompt, open most responses with " (",
+so they earn a partial reward on some samples and not on others, and RL has advantages to
+follow (on ``add1`` they earn nothing and no weight moves).
 """
 
 from __future__ import annotations
@@ -338,7 +343,32 @@ class AddInWords:
         return float(stopped and bool(found) and found[-1] == answer)
 
 
-CHAT_TASKS: dict[str, type] = {"add1": AddInWords}
+class ParenthesesInWords:
+    """A word put in parentheses: ``"cat"`` under "Reply with the word in parentheses." -> ``"(cat)"``."""
+
+    name = "paren"
+    system = "Reply with the word in parentheses."
+    words = ("cat", "dog", "sun", "car", "box", "cup", "hat", "pen", "map", "key", "egg", "bed", "bus", "fox", "ice",
+             "jam", "kid", "leg", "net", "owl", "pig", "rat", "sea", "tea", "toy", "van", "web", "yak", "zoo", "arm",
+             "bag", "cow")
+    n_problems = len(words)
+    text_max_new_tokens = 5  # "(", the word, ")" and EOS (SmolLM2's tokenizer), one spare
+
+    def text_problems(self, n: int, seed: int = 0) -> list[tuple[list[dict], str]]:
+        """``n`` distinct words (at most ``n_problems``) in a seeded order, as chat messages and the answer."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.n_problems:
+            raise ValueError(f"n must be an int in [0, {self.n_problems}] ({self.name} has {self.n_problems} "
+                             f"problems), got {n!r}")
+        order = torch.randperm(self.n_problems, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        return [([{"role": "system", "content": self.system}, {"role": "user", "content": self.words[i]}],
+                 f"({self.words[i]})") for i in order]
+
+    def text_reward(self, answer: str, text: str, stopped: bool, partial: bool = True) -> float:
+        """The character rule of the synthetic tasks in words (module doc): ``(cat)`` and the stop, 6 positions."""
+        return text_reward(answer, text, stopped, partial)
+
+
+CHAT_TASKS: dict[str, type] = {"add1": AddInWords, "paren": ParenthesesInWords}
 
 
 def get_any_task(name: str):

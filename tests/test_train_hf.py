@@ -6,8 +6,9 @@ of different lengths: the KV-cache sampler's log-probs equal the learner's bitwi
 fp32/fp16/bf16, and a batch sampled in pieces equals the whole; the engine profile differs in
 bf16; the embedding backward is served under the mode; the flags that do not apply are refused;
 ``rl.train`` runs with zero matched mismatch (``--strict``), differs under ``--profile engine``
-and resumes bit for bit. Behind ``slow`` (PK_SLOW=1): the same runs on ``smollm2:2`` and
-SmolLM2-135M-Instruct's greedy accuracy on ``add1`` before any RL.
+and resumes bit for bit; the ``paren`` task's rewards. Behind ``slow`` (PK_SLOW=1): the same runs
+on ``smollm2:2`` (on ``paren``: its 2-layer cut earns nothing on ``add1``, so no weight would
+move) and SmolLM2-135M-Instruct's greedy accuracy on ``add1`` before any RL.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import precision_kernels as pk
 from rl import hf, hf_policy
 from rl.learner import sequence_logprobs
-from rl.tasks import AddInWords
+from rl.tasks import AddInWords, ParenthesesInWords
 from rl.tiny_hf import write_tiny_llama
 from rl.train import build_parser, main, train
 
@@ -246,20 +247,47 @@ def _smollm2_or_skip():
         pytest.skip(str(e))
 
 
+def test_the_paren_task_rewards_the_opening_parenthesis(tiny):
+    """The task the smollm2:2 run uses: a response that only opens with "(" earns 1/6 partial, 0 binary."""
+    _, tokenizer = tiny
+    task = hf_policy.TextTask("paren", tokenizer)
+    prompts = task.prompt_set(ParenthesesInWords.n_problems, seed=0, device=DEV)
+    assert sorted(prompts.answers) == sorted(f"({w})" for w in ParenthesesInWords.words)
+    assert len(set(prompts.answers)) == 32 and task.max_new_tokens == 5
+    rows = [tokenizer(s)["input_ids"] + [2] for s in (f" {prompts.answers[0]} ", "( x and", "x")]
+    width = max(len(r) for r in rows)
+    responses = torch.tensor([r + [2] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows])
+    three = prompts[[0, 0, 0]]
+    assert torch.equal(task.reward(three, responses, mask, partial=True), torch.tensor([1.0, 1 / 6, 0.0]))
+    assert task.reward(three, responses, mask, partial=False).tolist() == [1.0, 0.0, 0.0]
+
+
 @pytest.mark.slow
 @SLOW
 def test_smollm2_2_runs_without_matched_mismatch_and_resumes_bit_for_bit(tmp_path):
+    """On paren (add1 earns the 2-layer cut nothing, so no weight would move), the weights move and the run
+    resumes bit for bit: records, weights and AdamW's state."""
     _smollm2_or_skip()
-    flags = ["--task", "add1", "--batch", "1", "--lr", "1e-5", "--strict"]
+    flags = ["--task", "paren", "--reward", "partial", "--batch", "1", "--lr", "1e-5", "--strict"]
     train(_args(tmp_path / "full", "smollm2:2", *flags), log=print)
     part = _args(tmp_path / "part", "smollm2:2", *flags)
     part.steps = 1
     train(part, log=print)
     train(_args(tmp_path / "part", "smollm2:2", *flags, "--resume"), log=print)
     full = _records(tmp_path / "full")
-    assert full == _records(tmp_path / "part") and all(r["frac_tokens_differ"] == 0 for r in full)
-    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["model"] for d in ("full", "part"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full == _records(tmp_path / "part") and [r["step"] for r in full] == [1, 2]
+    assert all(r["frac_tokens_differ"] == 0 and r["max_abs_dlogp"] == 0 and r["n_tokens"] > 0 for r in full)
+    assert any(r["reward"] > 0 for r in full) and any(r["grad_norm"] > 0 for r in full), full
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("full", "part"))
+    assert a["model"].keys() == b["model"].keys() and a["step"] == b["step"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa and sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    start = hf_policy.load(hf_policy.parse_model("smollm2:2"), 0, DEV)[0].state_dict()
+    trained = {k.removeprefix("hf."): v for k, v in a["model"].items()}
+    assert trained.keys() == start.keys()
+    assert any(not torch.equal(trained[k], start[k].to(trained[k].device)) for k in start)   # the learner moved them
 
 
 @pytest.mark.slow
@@ -272,22 +300,41 @@ def test_smollm2_2_engine_sampler_differs_in_bf16(tmp_path):
     assert train(args, log=print)["mean_abs_dlogp"] > 0
 
 
+def _greedy_reward(model, tokenizer, task_name: str, partial: bool) -> float:
+    """Mean reward of greedy responses to all of a task's problems, plain torch outside the mode."""
+    task = hf_policy.TextTask(task_name, tokenizer)
+    prompts = task.prompt_set(task.task.n_problems, seed=0, device=DEV)
+    with torch.no_grad():
+        out = model.generate(prompts.ids, attention_mask=prompts.mask, do_sample=False, top_k=None, top_p=None,
+                             max_new_tokens=task.max_new_tokens, eos_token_id=task.eos_id, pad_token_id=task.pad_id)
+    responses = out[:, prompts.ids.shape[1]:]
+    stopped_before = torch.cumsum((responses == task.eos_id).long(), 1) - (responses == task.eos_id).long()
+    return float(task.reward(prompts, responses, stopped_before == 0, partial=partial).mean())
+
+
 @pytest.mark.slow
 @SLOW
 def test_smollm2_partly_solves_add1_out_of_the_box():
     """Greedy accuracy before any RL, plain torch outside the mode (fp32, all 30 layers): neither 0 nor 1."""
     _smollm2_or_skip()
     model, tokenizer = hf.load_smollm2(dtype=torch.float32)
-    task = hf_policy.TextTask("add1", tokenizer)
-    prompts = task.prompt_set(AddInWords.n_problems, seed=0, device=DEV)
-    with torch.no_grad():
-        out = model.generate(prompts.ids, attention_mask=prompts.mask, do_sample=False, top_k=None, top_p=None,
-                             max_new_tokens=task.max_new_tokens, eos_token_id=task.eos_id, pad_token_id=task.pad_id)
-    responses = out[:, prompts.ids.shape[1]:]
-    stopped_before = torch.cumsum((responses == task.eos_id).long(), 1) - (responses == task.eos_id).long()
-    accuracy = float(task.reward(prompts, responses, stopped_before == 0, partial=False).mean())
+    accuracy = _greedy_reward(model, tokenizer, "add1", partial=False)
     print(f"SmolLM2-135M-Instruct greedy accuracy on add1 (100 problems, plain torch fp32): {accuracy:.0%}")
     assert 0.2 < accuracy < 0.95
+
+
+@pytest.mark.slow
+@SLOW
+def test_smollm2_2_earns_nothing_on_add1_and_a_partial_reward_on_paren():
+    """Why the smollm2:2 run trains on paren: greedy (plain torch fp32), its 2-layer cut solves no add1 problem,
+    and its responses open with "(" often enough for a partial reward on paren."""
+    _smollm2_or_skip()
+    model, tokenizer = hf.load_smollm2(layers=2, dtype=torch.float32)
+    accuracy = _greedy_reward(model, tokenizer, "add1", partial=False)
+    paren = _greedy_reward(model, tokenizer, "paren", partial=True)
+    print(f"smollm2:2 greedy, plain torch fp32: add1 accuracy {accuracy:.0%} (100 problems), "
+          f"paren partial reward {paren:.3f} (32 problems)")
+    assert accuracy == 0 and paren > 0
 
 
 # --- the same mismatch under verl's and TRL's names ---------------------------------------------
