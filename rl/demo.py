@@ -14,7 +14,7 @@ import sys
 import time
 
 from rl.metrics import json_safe
-from rl.mismatch import format_headline, format_table, matched_rows_zero, run
+from rl.mismatch import format_headline, format_table, matched_rows_zero, must_match, nonzero, run
 from rl.train import build_parser, train
 
 TARGET_ACCURACY = 0.95
@@ -25,11 +25,11 @@ def demo_failures(final_accuracy: float, records: list[dict], target: float = TA
     failures = []
     if not final_accuracy >= target:  # NaN (never evaluated) fails too
         failures.append(f"greedy accuracy {final_accuracy:.1%} is below {target:.0%}")
-    if not any(r["profile"] == "matched" for r in records):
+    if not any(must_match(r) for r in records):
         failures.append("no matched mismatch row was measured")
     elif not matched_rows_zero(records):
-        bad = [f"{r['precision']}/{r['head']}" for r in records
-               if r["profile"] == "matched" and (r["frac_tokens_differ"] != 0 or r["max_abs_dlogp"] != 0)]
+        bad = [f"{r['precision']}/{r['head']}/{r.get('sampler', r['precision'])}" for r in records
+               if must_match(r) and nonzero(r)]
         failures.append(f"matched rows with a non-zero mismatch: {', '.join(bad)}")
     return failures
 

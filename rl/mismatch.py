@@ -168,11 +168,19 @@ def fp8_headline(records: list[dict]) -> dict:
     return out
 
 
+def must_match(r: dict) -> bool:
+    """Whether a row's sampler runs the learner's kernels and precision (matched profile, same linears), so
+    its mismatch must be exactly zero."""
+    return r["profile"] == "matched" and r.get("sampler") == r.get("learner")
+
+
+def nonzero(r: dict) -> bool:
+    return r["frac_tokens_differ"] != 0 or r["max_abs_dlogp"] != 0
+
+
 def matched_rows_zero(records: list[dict]) -> bool:
-    """Whether every row whose sampler runs the learner's kernels and precision shows exactly zero mismatch
-    (no token differs, max |dlogp| 0)."""
-    return all(r["frac_tokens_differ"] == 0 and r["max_abs_dlogp"] == 0
-               for r in records if r["profile"] == "matched" and r.get("sampler") == r.get("learner"))
+    """Whether every ``must_match`` row shows exactly zero mismatch (no token differs, max |dlogp| 0)."""
+    return not any(must_match(r) and nonzero(r) for r in records)
 
 
 def format_table(records: list[dict]) -> str:

@@ -35,3 +35,11 @@ def test_demo_exit_code(tmp_path, monkeypatch, accuracy, records, code):
     monkeypatch.setattr(demo, "train", lambda args: {"final_accuracy": accuracy})
     monkeypatch.setattr(demo, "run", lambda quick, checkpoint: (records, "stub policy"))
     assert demo.main() == code
+
+
+def test_an_fp8_rollout_row_may_differ_but_an_fp8_matched_row_may_not():
+    rollout = {**_row("bf16", "matched", 1.0, 0.1), "sampler": "fp8", "learner": "bf16"}
+    fp8_matched = {**_row("bf16", "matched"), "sampler": "fp8", "learner": "fp8"}
+    assert demo.demo_failures(0.99, [*GOOD, rollout, fp8_matched]) == []
+    bad = demo.demo_failures(0.99, [*GOOD, rollout, {**fp8_matched, "max_abs_dlogp": 2.0**-10}])
+    assert len(bad) == 1 and "bf16/bf16/fp8" in bad[0]
