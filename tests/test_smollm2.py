@@ -25,6 +25,8 @@ pytest.importorskip("transformers")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Different lengths, so the batch is left-padded (the pad id, 2, is also EOS).
 PROMPTS = ("The capital of France is", "Water boils at", "def add(a, b):", "Once upon a time, in a small village,")
+# make test's case: the shortest and the longest prompt (one row left-padded by 7 tokens), half the cost
+TWO_PROMPTS = (PROMPTS[1], PROMPTS[3])
 
 
 SLOW = pytest.mark.skipif(not os.environ.get("PK_SLOW"), reason="minutes under the interpreter: PK_SLOW=1 runs it")
@@ -51,8 +53,8 @@ def _in(model, dtype):
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
-def _matched_roundtrip(model, tokenizer, max_new_tokens: int, seed: int = 0):
-    ids, mask = hf.encode_prompts(tokenizer, PROMPTS)
+def _matched_roundtrip(model, tokenizer, max_new_tokens: int, seed: int = 0, prompts=PROMPTS):
+    ids, mask = hf.encode_prompts(tokenizer, prompts)
     assert (mask == 0).any() and mask[:, -1].all(), "prompts must be left-padded"
     with pk.matched_mode(audit=True) as report:
         s = hf.sample(model, ids, mask, max_new_tokens, seed=seed)
@@ -73,7 +75,7 @@ def test_smollm2_2_layers_generate_equals_forward_bitwise_bf16(smollm2_2):
     model = _in(model, torch.bfloat16)
     assert len(model.model.layers) == 2 and model.config.num_hidden_layers == 2 and not model.training
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == 2 == tokenizer.eos_token_id
-    s, learner, report = _matched_roundtrip(model, tokenizer, max_new_tokens=2)
+    s, learner, report = _matched_roundtrip(model, tokenizer, max_new_tokens=2, prompts=TWO_PROMPTS)
     _assert_bitwise(s, learner, report, 2)
 
 
