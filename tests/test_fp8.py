@@ -317,7 +317,7 @@ def _fp8_refusals():
 @pytest.mark.parametrize("case", range(len(_fp8_refusals())), ids=[c[0] for c in _fp8_refusals()])
 def test_other_ops_refuse_fp8(case):
     _, call, match = _fp8_refusals()[case]
-    with pytest.raises(TypeError, match=f"{match}.*only by pk.quantize_fp8 and pk.scaled_mm"):
+    with pytest.raises(TypeError, match=f"{match}.*only by pk.quantize_fp8, pk.scaled_mm and pk.fp8_linear"):
         call()
 
 
