@@ -51,8 +51,10 @@ def test_two_process_runs_repeat_bit_for_bit_and_resume(tmp_path):
 
     # One process: the same samples, and the same update up to the all-reduce's summation order
     # (AdamW steps of lr 2e-3; a rank stepping on its half of the gradient alone is ~1e-3 off).
-    subprocess.run([sys.executable, "-m", "rl.train", *FLAGS, "--out", str(tmp_path / "one")], check=True,
-                   capture_output=True, timeout=300)
+    # (in this process: a third interpreter start-up costs more than the run)
+    from rl.train import build_parser, train
+
+    train(build_parser().parse_args([*FLAGS, "--out", str(tmp_path / "one")]), log=lambda *_: None)
     for two, one in zip(_records(tmp_path / "a"), _records(tmp_path / "one")):
         assert (two["n_tokens"], two["reward"]) == (one["n_tokens"], one["reward"])
     w1 = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
