@@ -20,14 +20,12 @@ dtypes, as in ops/fp8.py.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import profiles
-from ._common import check_float, check_same_dtype
 from ._custom import op_name, require
 from .fp8 import quantize_fp8
+from .matmul import check_linear_operands, merge_rows
 from .rounding import FP8_DTYPES, round_to
 
 # ---- custom ops (pattern: ops/_custom.py) ----------------------------------------------------
@@ -127,24 +125,14 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, *, weight_fp8: tuple[torch
     * Forward: ``pk.scaled_mm`` with the row scales of both; gradients (to ``x`` and ``weight``):
       ``dX = dY @ dequant(W)``, ``dW = dY^T @ dequant(X)`` on ``pk.matmul`` in x's dtype.
     """
-    check_float("x", x)
-    check_float("weight", weight)
-    check_same_dtype(x=x, weight=weight)
-    if x.dim() < 1:
-        raise ValueError(f"x must have shape (..., K) with at least 1 dim, got {tuple(x.shape)}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape (N, K), got {tuple(weight.shape)}")
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"inner dimensions differ: x is {tuple(x.shape)} (K={x.shape[-1]}), "
-                         f"weight is {tuple(weight.shape)} (K={weight.shape[1]})")
+    check_linear_operands(x, weight)
     if dtype not in FP8_DTYPES:
         raise TypeError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
     if weight_fp8 is None:
         values, scales = quantize_fp8(weight.detach(), dtype, axis=-1)
     else:
         values, scales = _check_weight_fp8(weight_fp8, weight)
-    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-    out = torch.ops.pk.fp8_linear(rows, weight, values.view(torch.uint8), values.dtype, scales, dtype)[0]
+    out = torch.ops.pk.fp8_linear(merge_rows(x), weight, values.view(torch.uint8), values.dtype, scales, dtype)[0]
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -44,7 +44,7 @@ from ._common import (
     validate_temperature,
 )
 from ._custom import fp32_value, op_name
-from .matmul import _k_chunk, _mm, _rows, reference_linear
+from .matmul import _k_chunk, _mm, merge_rows, reference_linear
 from .registry import ErrorCase, MatchesTorch, OpcheckCase, OpFamily, Raises, Sample, register_family
 from .rounding import round_to
 from .token_logprobs import BAD_TEMPERATURES, reference_token_logprobs
@@ -226,7 +226,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Te
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool, got {type(return_entropy).__name__}")
     ids = check_token_ids("tokens", tokens, hidden.shape[:-1])
-    logprob, entropy, _, _ = torch.ops.pk.linear_logprobs(_rows(hidden), weight, ids, t32, return_entropy)
+    logprob, entropy, _, _ = torch.ops.pk.linear_logprobs(merge_rows(hidden), weight, ids, t32, return_entropy)
     lead = hidden.shape[:-1]
     if return_entropy:
         return logprob.reshape(lead), entropy.reshape(lead)
@@ -280,7 +280,7 @@ def linear_sample(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     _check_head(hidden, weight)
     t32 = validate_temperature(temperature)  # the op rounds it to float32
     lead = hidden.shape[:-1]
-    h2 = _rows(hidden)
+    h2 = merge_rows(hidden)
     if seeds is not None:
         if generator is not None:
             raise ValueError("pass seeds or generator, not both (seeds fix the noise; a generator draws seeds)")

@@ -201,7 +201,19 @@ def _check_pair(a_name: str, a, b_name: str, b) -> torch.dtype:
     return check_same_dtype(**{a_name: a, b_name: b})
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
+def check_linear_operands(x, weight) -> None:
+    """x (..., K) and weight (N, K) of one float dtype (``pk.linear``'s and ``pk.fp8_linear``'s operands)."""
+    _check_pair("x", x, "weight", weight)
+    if x.dim() < 1:
+        raise ValueError(f"x must have shape (..., K) with at least 1 dim, got {tuple(x.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape (N, K), got {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"inner dimensions differ: x is {tuple(x.shape)} (K={x.shape[-1]}), "
+                         f"weight is {tuple(weight.shape)} (K={weight.shape[1]})")
+
+
+def merge_rows(t: torch.Tensor) -> torch.Tensor:
     """Merge the leading dims of t (..., K) into rows: a view whenever the strides allow, else a copy."""
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
@@ -227,7 +239,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"batch sizes differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
         return torch.ops.pk.matmul(a, b)
-    out = torch.ops.pk.matmul(_rows(a), b)
+    out = torch.ops.pk.matmul(merge_rows(a), b)
     return out.reshape(*a.shape[:-1], b.shape[1])
 
 
@@ -237,20 +249,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     The bias is added in fp32 before the single final rounding. The weight is read
     transposed through its strides (no copy).
     """
-    _check_pair("x", x, "weight", weight)
+    check_linear_operands(x, weight)
     if bias is not None:
         check_float("bias", bias)
         check_same_dtype(x=x, bias=bias)
-    if x.dim() < 1:
-        raise ValueError(f"x must have shape (..., K) with at least 1 dim, got {tuple(x.shape)}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape (N, K), got {tuple(weight.shape)}")
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"inner dimensions differ: x is {tuple(x.shape)} (K={x.shape[-1]}), "
-                         f"weight is {tuple(weight.shape)} (K={weight.shape[1]})")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    out = torch.ops.pk.linear(_rows(x), weight, bias)
+    out = torch.ops.pk.linear(merge_rows(x), weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
