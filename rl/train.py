@@ -310,7 +310,6 @@ def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
     return prompts, rollout, time.perf_counter() - t0
 
 
-
 def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
     """Score the rollout, take the learner step; returns its result, the rewards and the seconds."""
     t0 = time.perf_counter()
