@@ -1,0 +1,90 @@
+"""What the sampler-learner mismatch does to an update, before the reward shows it: phantom clipping and
+importance-weight collapse. Pure functions of log-prob tensors and a mask, computed in float64.
+
+With δ_t = π_old,t − μ_t (the learner's log-prob at the start of the step minus the sampler's, of the
+sampled token y_t) over the tokens where ``mask`` is True, and Δ_i = Σ_t δ_t, the sequence log-ratio
+log(π_old(y_i) / μ(y_i)) of sequence i:
+
+clip_frac_sampler
+    the fraction of sampled tokens whose ratio exp(δ_t) lies outside [1 − ε, 1 + ε] (ε the learner's PPO ε,
+    0.2). What ``--ratio sampler`` clips before the policy has moved ("phantom clipping"); 0 when matched.
+ess_seq
+    ESS/N of the sequence-level weights w_i = exp(Δ_i): (Σ w_i)² / (N Σ w_i²), in (0, 1]. 1 when every
+    weight is equal (exactly 1 when matched); about exp(−Var Δ) for log-normal weights, so it collapses
+    once L·σ² (length times the per-token variance of δ) passes about 1.
+seq_logratio_mean, seq_logratio_std
+    the mean and the population std (``correction=0``) of Δ_i over the sequences. E_μ[δ_t] = −KL(μ‖π), so
+    the mean falls about linearly with length: the paper's offline figure.
+
+Sequences without a sampled token are left out of the sequence-level figures (as ``rl.metrics`` does);
+with none at all, ``ess_seq`` and the log-ratio figures are NaN and the clip fraction is 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PPO_EPS = 0.2
+DIAGNOSTIC_KEYS = ("clip_frac_sampler", "ess_seq", "seq_logratio_mean", "seq_logratio_std")
+# The short names the progress bar shows, in the order it shows them.
+BAR_KEYS = {"clip_frac_sampler": "clip", "ess_seq": "ess"}
+
+
+def _check(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if old_logp.shape != mu.shape or mu.shape != mask.shape or mu.dim() != 2:
+        raise ValueError(f"old_logp, mu and mask must be equal (B, N) shapes, got {tuple(old_logp.shape)}, "
+                         f"{tuple(mu.shape)} and {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    return mask
+
+
+def token_logratios(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """δ = π_old − μ in float64, (B, N); exactly 0 where ``mask`` is False (whatever the tensors hold there)."""
+    _check(old_logp, mu, mask)
+    delta = old_logp.detach().double() - mu.detach().double()
+    return torch.where(mask, delta, torch.zeros((), dtype=torch.float64, device=delta.device))
+
+
+def seq_logratios(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Δ_i = Σ_t δ_t of every sequence with at least one sampled token, float64 (B',)."""
+    return token_logratios(old_logp, mu, mask).sum(dim=1)[mask.any(dim=1)]
+
+
+def clip_frac_sampler(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, eps: float = PPO_EPS) -> float:
+    """Fraction of sampled tokens with exp(π_old − μ) outside [1 − eps, 1 + eps] (0.0 when none is sampled)."""
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1):
+        raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
+    ratio = token_logratios(old_logp, mu, mask).exp()[mask]
+    if ratio.numel() == 0:
+        return 0.0
+    outside = (ratio < 1.0 - eps) | (ratio > 1.0 + eps)
+    return float(outside.double().mean())
+
+
+def ess_from_logweights(logw: torch.Tensor) -> float:
+    """ESS/N = (Σ w)² / (N Σ w²) of the weights w = exp(logw), shifted by max(logw) so no weight overflows."""
+    if logw.numel() == 0:
+        return math.nan
+    w = (logw.double() - logw.double().max()).exp()
+    return float(w.sum() ** 2 / (w.numel() * (w * w).sum()))
+
+
+def ess_seq(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> float:
+    """ESS/N of the sequence weights exp(Δ_i) (module doc); NaN without a sampled token."""
+    return ess_from_logweights(seq_logratios(old_logp, mu, mask))
+
+
+def sampler_diagnostics(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
+                        eps: float = PPO_EPS) -> dict[str, float]:
+    """Every figure of ``DIAGNOSTIC_KEYS`` as Python floats (module doc)."""
+    seq = seq_logratios(old_logp, mu, mask)
+    empty = seq.numel() == 0
+    return {
+        "clip_frac_sampler": clip_frac_sampler(old_logp, mu, mask, eps),
+        "ess_seq": ess_from_logweights(seq),
+        "seq_logratio_mean": math.nan if empty else float(seq.mean()),
+        "seq_logratio_std": math.nan if empty else float(seq.std(correction=0)),
+    }
