@@ -23,6 +23,10 @@ The algorithms (per-token terms before aggregation; ``sg`` = stop-gradient):
 * ``tis``:  −A_i · sg(min(exp(π_old − μ), C)) · π_t                       (C = 2)
 * ``mis``:  −A_i · sg(ρ_i) · π_t with ρ_i = exp(Σ_t (π_old − μ)) over the sampled tokens;
   sequences with ρ_i > C get weight 0 (they stay in the token count)     (C = 2)
+* ``pg-seq-is`` (the paper's PG-Seq-IS): −A_i · sg(ρ_i) · π_t with ρ_i = exp(Σ_t (π − μ)) over the sampled
+  tokens, π the current learner log-probs (detached), untruncated. A sequence whose Σ_t (π − μ) passes
+  fp32's exp range (about 88.7) gets an infinite weight and a non-finite loss, as the unbounded estimator
+  asks; the trainer reports it.
 * ``ppo``:  −w_t · min(r_t · A_i, clip(r_t, 1 − ε, 1 + ε) · A_i)                 (ε = 0.2), where
   the ratio is chosen by ``ratio``:
 
@@ -63,7 +67,7 @@ import math
 
 import torch
 
-ALGOS = ("pg", "tis", "mis", "ppo", "grpo", "gspo")
+ALGOS = ("pg", "tis", "mis", "pg-seq-is", "ppo", "grpo", "gspo")
 CLIPPED = ("ppo", "grpo", "gspo")      # objectives that allow several epochs on one rollout and a --ratio
 SEQUENCE_LEVEL = ("gspo",)            # aggregate per sequence; ``agg`` does not apply
 GSPO_EPS = (3e-4, 4e-4)               # (ε_low, ε_high) of the GSPO paper
@@ -155,6 +159,11 @@ def mis_weights(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
     return w, kept
 
 
+def seq_is_weights(logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Untruncated sequence weights ρ_i = exp(Σ_t (π − μ)) over the sampled tokens, (B,), detached."""
+    return torch.exp(_masked_diff(logp.detach(), mu.detach(), mask).sum(dim=1))
+
+
 def ppo_ratio(logp: torch.Tensor, base: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """r_t = exp(π − base) with gradient through π (base: π_old or μ); exactly 1 where ``mask`` is False."""
     return torch.exp(_masked_diff(logp, base.detach(), mask))
@@ -198,6 +207,13 @@ def mis_loss(logp: torch.Tensor, mu: torch.Tensor, old_logp: torch.Tensor, advan
              denominator: float | None = None) -> torch.Tensor:
     """Masked (sequence-level) importance sampling: pg weighted by ρ_i, sequences with ρ_i > C dropped."""
     w, _ = mis_weights(old_logp, mu, mask, cap)
+    return aggregate(-(advantages * w)[:, None] * logp, mask, agg, denominator)
+
+
+def pg_seq_is_loss(logp: torch.Tensor, mu: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   agg: str = "token-mean", denominator: float | None = None) -> torch.Tensor:
+    """PG-Seq-IS: pg with each sequence weighted by ρ_i = exp(Σ_t (π − μ)), detached and untruncated."""
+    w = seq_is_weights(logp, mu, mask)
     return aggregate(-(advantages * w)[:, None] * logp, mask, agg, denominator)
 
 
@@ -287,12 +303,13 @@ def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask
                 denominator: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Dispatch on ``algo`` (one of ``ALGOS``); returns ``(loss, stats)`` with stats as floats.
 
-    ``mu`` is needed by tis/mis/ppo/grpo/gspo, ``old_logp`` by tis/mis and by ppo/grpo/gspo with
+    ``mu`` is needed by every algorithm but pg, ``old_logp`` by tis/mis and by ppo/grpo/gspo with
     ``ratio="old"``; ``ratio`` is ppo/grpo/gspo's and ``tis_cap`` ppo/grpo's (see ``ppo_loss``);
     gspo ignores ``agg`` (sequence level). ``denominator``: see the module doc. Stats:
     ``tis_weight_mean`` and ``tis_capped_frac`` (tis), ``mis_kept_frac`` and ``mis_weight_mean``
-    (mis), ``ppo_clip_frac`` and ``ppo_ratio_max_dev`` (ppo/grpo, max |r_t − 1| on sampled
-    tokens), plus ``tis_weight_mean`` and ``tis_capped_frac`` of w_t when ``tis_cap`` is set;
+    (mis), ``seq_is_weight_mean`` and ``seq_is_weight_max`` of ρ_i (pg-seq-is), ``ppo_clip_frac`` and
+    ``ppo_ratio_max_dev`` (ppo/grpo, max |r_t − 1| on sampled tokens), plus ``tis_weight_mean`` and
+    ``tis_capped_frac`` of w_t when ``tis_cap`` is set;
     ``gspo_clip_frac`` (sequences whose s_i is outside the clip range) and ``gspo_ratio_max_dev``
     (max |s_i − 1|) for gspo.
     """
@@ -317,6 +334,11 @@ def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask
             w, kept = mis_weights(old_logp, mu, m, cap)
             stats["mis_kept_frac"] = float(kept.float().mean()) if kept.numel() else 0.0
             stats["mis_weight_mean"] = float(w.mean()) if w.numel() else 0.0
+        elif algo == "pg-seq-is":
+            has_tok = m.any(dim=1)
+            w = seq_is_weights(logp, mu, m)[has_tok]
+            stats["seq_is_weight_mean"] = float(w.mean()) if w.numel() else 0.0
+            stats["seq_is_weight_max"] = float(w.max()) if w.numel() else 0.0
         elif algo in ("ppo", "grpo"):
             r, w = _ppo_terms(logp.detach(), mu, old_logp, m, ratio, tis_cap)
             clipped = ((r < 1.0 - clip_eps) | (r > 1.0 + clip_eps)) & m
@@ -337,6 +359,8 @@ def policy_loss(algo: str, logp: torch.Tensor, *, advantages: torch.Tensor, mask
         loss = tis_loss(logp, mu, old_logp, advantages, m, agg, cap, denominator)
     elif algo == "mis":
         loss = mis_loss(logp, mu, old_logp, advantages, m, agg, cap, denominator)
+    elif algo == "pg-seq-is":
+        loss = pg_seq_is_loss(logp, mu, advantages, m, agg, denominator)
     elif algo == "gspo":
         loss = gspo_loss(logp, mu, advantages, m, old_logp=old_logp, ratio=ratio, denominator=denominator)
     else:

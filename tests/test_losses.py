@@ -115,6 +115,29 @@ def test_mis():
     assert close(grad_of(loss3, logp), [-0.5 * E / 3, -0.5 * E / 3, 0.5 * EM01 / 3, 0.0])
 
 
+def test_pg_seq_is():
+    logp, mu, mask, adv = case()
+    # log ρ = Σ (π − μ) = [0 + 1, −0.1], untruncated: ρ = [e, e^−0.1]; π_old plays no part (OLD is ignored)
+    loss = L.pg_seq_is_loss(logp, mu, adv, mask)
+    assert loss.item() == pytest.approx((0.5 * E * 0.5 + 0.5 * E * 1.0 + 0.5 * EM01 * -2.0) / 3)
+    assert close(grad_of(loss, logp), [-0.5 * E / 3, -0.5 * E / 3, 0.5 * EM01 / 3, 0.0])
+    assert close(L.seq_is_weights(logp, mu, mask), [E, EM01])
+    loss2, stats = L.policy_loss("pg-seq-is", logp, advantages=adv, mask=mask, mu=mu, old_logp=OLD)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert stats == pytest.approx({"seq_is_weight_mean": (E + EM01) / 2, "seq_is_weight_max": E}, rel=1e-6)
+    # the weight follows the current π, not π_old (the paper's estimator): shift π by 0.2 on one token
+    shifted = (logp.detach() + torch.tensor([[0.2, 0.0], [0.0, 0.0]])).requires_grad_()
+    assert close(L.seq_is_weights(shifted, mu, mask), [math.exp(1.2), EM01])
+
+
+def test_pg_seq_is_needs_mu_and_no_old_logp():
+    logp, mu, mask, adv = case()
+    with pytest.raises(ValueError, match="mu"):
+        L.policy_loss("pg-seq-is", logp, advantages=adv, mask=mask)
+    loss, _ = L.policy_loss("pg-seq-is", logp, advantages=adv, mask=mask, mu=mu)
+    assert torch.isfinite(loss)
+
+
 def test_mis_huge_ratio_is_finite():
     logp, mu, mask, adv = case()
     old = logp.detach() + torch.tensor([[500.0, 500.0], [0.0, 0.0]])  # log ρ_0 = 1000: exp overflows
@@ -164,7 +187,8 @@ def test_matched_first_pass_ppo_equals_pg():
     assert torch.equal(g_ppo, g_pg)
     g_tis = grad_of(L.tis_loss(logp, mu, mu, adv, mask), logp)
     g_mis = grad_of(L.mis_loss(logp, mu, mu, adv, mask), logp)
-    assert torch.equal(g_tis, g_pg) and torch.equal(g_mis, g_pg)
+    g_seq_is = grad_of(L.pg_seq_is_loss(logp, mu, adv, mask), logp)
+    assert torch.equal(g_tis, g_pg) and torch.equal(g_mis, g_pg) and torch.equal(g_seq_is, g_pg)
 
 
 # policy_loss on the case with π_old = π: expected loss and stats written out by hand.
