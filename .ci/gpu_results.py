@@ -10,7 +10,7 @@
 ``DIR/results.json`` holds the plan (steps, timeouts, estimates), the versions, and one record
 per finished step: status (``ok``, ``failed``, ``timeout``), return code, seconds, the test
 counts and failures from the selection plugin's outcome lines, and attached JSON (the benchmark report, the
-compile check). ``DIR/summary.md`` is the table a README section is made from: dated, with the
+compile check). ``DIR/summary.md`` is the table a docs/RESULTS.md section is made from: dated, with the
 machine's name.
 """
 

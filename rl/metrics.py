@@ -143,7 +143,7 @@ def json_safe(obj):
     return obj
 
 
-# The same mismatch under the names other RL stacks log, over the same sampled tokens (README: the mapping).
+# The same mismatch under the names other RL stacks log, over the same sampled tokens.
 # verl: training/rollout_probs_diff_* are |p_learner - p_sampler| (its torch.std is Bessel-corrected),
 # rollout_corr/kl and rollout_corr/k3_kl are our k1 and k3. TRL: sampling/sampling_logp_difference/* are
 # |delta| (our mean_abs_dlogp, max_abs_dlogp); sampling/importance_sampling_ratio/* are exp(delta) per token

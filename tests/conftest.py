@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, settings
 # Before anything imports triton: the backend (and TRITON_INTERPRET) is decided here.
 import precision_kernels  # noqa: F401
 
-# CI profile (DESIGN.md section 8): reproducible, no deadline (an interpreter launch
+# CI profile (DESIGN.md section 10): reproducible, no deadline (an interpreter launch
 # takes 10-1000 ms), about 20 examples per property. HYPOTHESIS_PROFILE=thorough digs deeper.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=20,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
