@@ -10,8 +10,8 @@ import torch
 class Precision(enum.Enum):
     """FP32, FP16, BF16 or one of the two FP8 formats, with the facts that decide how each one rounds.
 
-    The FP8 formats are storage formats only: ``pk.round_to``, ``pk.quantize_fp8`` and
-    ``pk.scaled_mm`` take them, no other op does. ``FP8_E4M3`` is ``torch.float8_e4m3fn``
+    The FP8 formats are storage formats only; which ops make and take them: DESIGN.md section 9.
+    ``FP8_E4M3`` is ``torch.float8_e4m3fn``
     (no infinity; 0x7F/0xFF are its only NaNs, so its top binade stops at 448), ``FP8_E5M2``
     is ``torch.float8_e5m2`` (IEEE-style: infinities and several NaNs).
     """

@@ -292,7 +292,7 @@ def test_opcheck():
 
 
 def _fp8_refusals():
-    """Every op but round_to, quantize_fp8 and scaled_mm refuses fp8 tensors, naming the argument."""
+    """Every tensor argument but scaled_mm's a, b and fp8_linear's weight_fp8 refuses fp8 (DESIGN.md section 9)."""
     x8, w8 = fp8(3, 4), fp8(5, 4, seed=1)
     x, w = rand(3, 4), rand(5, 4, seed=1)
     ids = torch.tensor([0, 1, 2], device=DEV)
@@ -311,13 +311,16 @@ def _fp8_refusals():
         ("attention", lambda: pk.attention(*[x8.reshape(1, 1, 3, 4)] * 3), "q is torch.float8_e4m3fn"),
         ("scaled_mm bias", lambda: pk.scaled_mm(x8, w8.t(), torch.ones(()), torch.ones(()), bias=rand(5).to(E4M3)),
          "bias is torch.float8_e4m3fn"),
+        ("quantize_fp8 x", lambda: pk.quantize_fp8(x8, E4M3), "x is torch.float8_e4m3fn"),
+        ("fp8_linear x", lambda: pk.fp8_linear(x8, w), "x is torch.float8_e4m3fn"),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_fp8_refusals())), ids=[c[0] for c in _fp8_refusals()])
 def test_other_ops_refuse_fp8(case):
     _, call, match = _fp8_refusals()[case]
-    with pytest.raises(TypeError, match=f"{match}.*only by pk.quantize_fp8, pk.scaled_mm and pk.fp8_linear"):
+    refusal = r"taken only by pk.scaled_mm \(a, b\) and pk.fp8_linear's weight_fp8"
+    with pytest.raises(TypeError, match=f"{match}.*{refusal}"):
         call()
 
 

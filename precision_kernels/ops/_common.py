@@ -118,11 +118,10 @@ def check_float(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        # fp8 is a storage format here: only pk.round_to (to it), pk.quantize_fp8, pk.scaled_mm and
-        # pk.fp8_linear's weight_fp8 handle it.
-        raise TypeError(f"{name} is {t.dtype}: fp8 tensors are taken only by pk.quantize_fp8, pk.scaled_mm and "
-                        f"pk.fp8_linear's weight_fp8 (pk.round_to produces them); widen with .float() or multiply "
-                        f"with pk.scaled_mm")
+        # fp8 is a storage format here (DESIGN.md section 9 lists the ops that make and take it).
+        raise TypeError(f"{name} is {t.dtype}: fp8 tensors are taken only by pk.scaled_mm (a, b) and "
+                        f"pk.fp8_linear's weight_fp8 (pk.round_to and pk.quantize_fp8 make them); widen with "
+                        f".float() or multiply with pk.scaled_mm")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     check_device(name, t)

@@ -7,8 +7,8 @@ check compares inputs with ``allclose``, which fp8 tensors do not support). Neit
 a quantised matmul has no true gradient, so a caller that trains through one supplies its own
 (e.g. straight-through: dX = dY @ dequant(W), dW = dY^T @ dequant(X) with ``pk.matmul``).
 
-These two ops and ``pk.round_to`` (to fp8) are the only ones that handle fp8 tensors; every
-other op refuses them (``_common.check_float``).
+Which ops make and take fp8 tensors, and which refuse them (``_common.check_float``): DESIGN.md
+section 9.
 """
 
 from __future__ import annotations
