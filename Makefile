@@ -36,7 +36,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m rl.demo
-	$(PY) -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png >/dev/null
+	$(PY) -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png --force >/dev/null
 	@echo "plot: runs/demo/mismatch.png"
 
 compile-check: $(STAMP)

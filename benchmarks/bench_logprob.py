@@ -14,9 +14,10 @@ extra memory stays below what importing torch and triton already touched reads a
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
+
+from benchmarks._output import OutputPathError, prepare_json_path, write_json
 
 _CHILD = r"""
 import resource, sys, time, torch
@@ -56,6 +57,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="rows 256, V 8192")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
+    try:  # checked before the measurement, not after it
+        prepare_json_path(args.json)
+    except OutputPathError as e:
+        parser.error(str(e))
     rows, vocab = (256, 8192) if args.quick else (args.rows, args.vocab)
     records = [measure(rows, args.d, vocab, dtype, variant)
                for dtype in ("float16", "bfloat16") for variant in ("unfused", "fused")]
@@ -65,8 +70,7 @@ def main(argv=None) -> int:
         print(f"{r['dtype']:<9} {r['variant']:<8} {r['seconds']:>9.3f} {r['peak_extra_MiB']:>15.1f} "
               f"{r['logits_MiB']:>11.1f} {r['peak_extra_MiB'] / r['logits_MiB']:>12.1%}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+        write_json(records, args.json)
     return 0
 
 

@@ -14,13 +14,13 @@ instructions, so same-dtype ratios would mislead.)
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import pytest
 import torch
 
 import precision_kernels as pk
+from benchmarks._output import OutputPathError, prepare_json_path, write_json
 from benchmarks.launches import count_launches
 from precision_kernels import backend
 
@@ -102,11 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--reps", type=int, default=3, help="timed calls per pk row (best of)")
     args = parser.parse_args(argv)
+    try:  # checked before the measurement, not after it
+        prepare_json_path(args.json)
+    except OutputPathError as e:
+        parser.error(str(e))
     rows = table(args.reps)
     print_table(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"backend": backend.BACKEND, "rows": rows}, f, indent=1)
+        write_json({"backend": backend.BACKEND, "rows": rows}, args.json)
 
 
 # ------------------------------------------------------------------ pytest-benchmark entry points

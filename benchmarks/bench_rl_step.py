@@ -15,13 +15,13 @@ inflates wall time but hardly CPU time (the interpreter runs on one thread).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
 from benchmarks import torch_baseline as base
+from benchmarks._output import OutputPathError, prepare_json_path, write_json
 from benchmarks.launches import count_launches
 from rl.learner import StepConfig, learner_step
 from rl.model import ModelConfig, TinyGPT
@@ -81,6 +81,10 @@ def main(argv=None) -> int:
                         help="torch threads for both sides (default 1, as rl.train runs; on a shared machine "
                              "multi-threaded torch waits on busy cores and its time swings 10x)")
     args = parser.parse_args(argv)
+    try:  # checked before the measurement, not after it
+        prepare_json_path(args.json)
+    except OutputPathError as e:
+        parser.error(str(e))
     torch.set_num_threads(args.threads)
     task = get_task("reverse")
     cfg = ModelConfig(vocab_size=task.vocab_size, max_seq_len=task.seq_len, precision=args.precision)
@@ -116,8 +120,7 @@ def main(argv=None) -> int:
     print(f"{'plain PyTorch eager fp32':<26} {bs:>8.3f}s {bl:>8.3f}s {bs + bl:>8.3f}s {bc:>8.3f}s")
     print(f"ratio pk / PyTorch: {report['ratio']:.0f}x wall, {kc / bc:.0f}x CPU time   (budget {RATIO_BUDGET}x)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(report, args.json)
     return 0
 
 

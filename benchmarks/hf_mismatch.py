@@ -33,19 +33,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
-import pathlib
 import time
 
 import torch
 
 import precision_kernels as pk
+from benchmarks._output import prepare_json_path, write_json
 from rl.metrics import bitwise_differ, mismatch_metrics
 
 MODELS = ("llama", "qwen3", "gpt2", "llama-odd")
 REAL_MODELS = ("smollm2",)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VOCAB = 96
+# The random-init models' max_position_embeddings (n_positions for gpt2): prompt + sampled tokens fit in it.
+MAX_POSITIONS = 64
 
 
 def build_model(name: str, dtype: torch.dtype, seed: int = 0):
@@ -58,7 +59,7 @@ def build_model(name: str, dtype: torch.dtype, seed: int = 0):
     import transformers as tf
 
     common = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                  max_position_embeddings=MAX_POSITIONS, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if name == "llama":
         cls, cfg = tf.LlamaForCausalLM, tf.LlamaConfig(hidden_size=64, intermediate_size=128, **common)
     elif name == "llama-odd":
@@ -68,7 +69,7 @@ def build_model(name: str, dtype: torch.dtype, seed: int = 0):
                                                        **common)
     elif name == "gpt2":
         cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
-                                                     n_positions=64, bos_token_id=1, eos_token_id=2)
+                                                     n_positions=MAX_POSITIONS, bos_token_id=1, eos_token_id=2)
     else:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     torch.manual_seed(seed)
@@ -249,19 +250,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _check_json_path(parser: argparse.ArgumentParser, path: str | None) -> None:
-    """Fail before minutes of measuring, not after: the --json file (and its folder) is created now, empty."""
-    if path is None:
+def real_model_positions(name: str) -> int:
+    """The real model's context length (its max_position_embeddings), read from the GGUF header alone."""
+    from rl.gguf_check import read_gguf_header
+    from rl.hf import find_gguf
+
+    header = read_gguf_header(find_gguf())
+    arch = header.metadata.get("general.architecture")
+    positions = header.metadata.get(f"{arch}.context_length")
+    if not isinstance(positions, int) or positions < 1:
+        raise ValueError(f"{header.path}: no {arch}.context_length in its header")
+    return positions
+
+
+def check_lengths(model: str, prompt_len: int | None, max_new: int, positions: int) -> None:
+    """``ValueError`` naming the flag unless the prompts plus ``max_new`` sampled tokens fit in ``positions``.
+
+    For the real model the longest prompt's UTF-8 bytes bound its token count from above (a
+    byte-level BPE token is at least one byte, and its tokenizer adds no BOS).
+    """
+    if max_new < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new}")
+    if model in REAL_MODELS:
+        longest = max(len(p.encode()) for p in SMOLLM2_PROMPTS)
+        if longest + max_new > positions:
+            raise ValueError(f"--max-new-tokens must be at most {positions - longest} for --model {model} "
+                             f"(its {positions} positions less the longest prompt's {longest} tokens at most), "
+                             f"got {max_new}")
         return
-    p = pathlib.Path(path)
-    if p.is_dir():
-        parser.error(f"--json {path!r} is a directory")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a"):
-            pass
-    except OSError as e:
-        parser.error(f"--json {path!r} cannot be written ({e.strerror or e})")
+    if prompt_len < 1:
+        raise ValueError(f"--prompt-len must be >= 1, got {prompt_len}")
+    if prompt_len + max_new > positions:
+        raise ValueError(f"--prompt-len + --max-new-tokens must be at most the models' max_position_embeddings "
+                         f"{positions}, got {prompt_len} + {max_new}")
 
 
 def main(argv=None) -> int:
@@ -291,9 +312,13 @@ def main(argv=None) -> int:
         parser.error(f"--batch must be at most {len(SMOLLM2_PROMPTS)} for --model {args.model} (its prompts), "
                      f"got {args.batch}")
     max_new = args.max_new_tokens if args.max_new_tokens is not None else (3 if real else 12)
-    if max_new < 1:
-        parser.error(f"--max-new-tokens must be >= 1, got {max_new}")
-    _check_json_path(parser, args.json)
+    prompt_len = None if real else (15 if args.prompt_len is None else args.prompt_len)
+    try:
+        positions = real_model_positions(args.model) if real else MAX_POSITIONS
+        check_lengths(args.model, prompt_len, max_new, positions)
+        prepare_json_path(args.json)
+    except (ValueError, ImportError) as e:  # OutputPathError, a damaged GGUF, the model not installed
+        parser.error(str(e))
     t0 = time.perf_counter()
     if real:
         rows = run_real(args.model, args.layers, batch=args.batch, max_new_tokens=max_new, seed=args.seed)
@@ -301,7 +326,6 @@ def main(argv=None) -> int:
               f"temperature 1; sampler generate() (KV cache) vs learner one forward; "
               f"engine = sampler under pk.use_profile('engine') inside the mode, learner matched")
     else:
-        prompt_len = 15 if args.prompt_len is None else args.prompt_len
         names = MODELS if args.model == "all" else (args.model,)
         rows = [measure(n, prec, matched, batch=args.batch, prompt_len=prompt_len,
                         max_new_tokens=max_new, seed=args.seed)
@@ -321,9 +345,9 @@ def main(argv=None) -> int:
     print(f"matched rows exactly zero, nothing uncovered: {zero}; uncovered ops under matched_mode(audit=True): "
           f"{', '.join(uncovered) or 'none'}   ({time.perf_counter() - t0:.1f}s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(rows, args.json)
     return 0 if zero else 1
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,10 +1,12 @@
 """Sampler-vs-learner mismatch by precision and profile: the paper's finding, rerunnable on a laptop.
 
-    python -m benchmarks.mismatch [--quick] [--json PATH] [--png PATH] [--checkpoint PATH]
-    python -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png
+    python -m benchmarks.mismatch [--quick] [--json PATH] [--png PATH] [--force] [--checkpoint PATH]
+    python -m benchmarks.mismatch --records runs/demo/mismatch.json --png runs/demo/mismatch.png --force
 
 The measurement itself is ``rl.mismatch``; this tool prints its table, writes JSON and
-draws the plot (``--records`` redraws rows measured before, e.g. by ``make demo``).
+draws the plot (``--records`` redraws rows measured before, e.g. by ``make demo``). The plot goes
+to ``runs/mismatch.png`` unless ``--png`` says otherwise (``--png ""``: none); a file already
+there is replaced only with ``--force`` (checked before the measurement).
 
 A fixed policy (``--checkpoint PATH``, measured on the task it was trained on; a missing
 or damaged file is an error; without the flag, the demo's trained checkpoint when it
@@ -33,9 +35,19 @@ import json
 import os
 import time
 
-from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_json
+from benchmarks._output import (
+    OutputExistsError,
+    OutputPathError,
+    prepare_json_path,
+    prepare_output_path,
+    write_figure,
+    write_json,
+)
 from rl.checkpoint import CheckpointError, read_checkpoint
-from rl.mismatch import DEMO_CHECKPOINT, format_headline, format_table, matched_rows_zero, run
+from rl.mismatch import DEMO_CHECKPOINT, format_headline, format_table, load_policy, matched_rows_zero, run
+from rl.model import TinyGPT
+
+DEFAULT_PNG = "runs/mismatch.png"
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -73,14 +85,35 @@ def plot(records: list[dict], path: str) -> None:
     fig.suptitle("sampler vs learner mismatch (green: matched, red: engine, orange: split-K matmul alone, "
                  "purple: split-KV attention alone, blue: fp8 rollout)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def check_tinygpt_checkpoint(path: str) -> None:
+    """``CheckpointError`` unless ``path`` is an rl.train checkpoint of a TinyGPT policy that loads as one."""
+    ckpt = read_checkpoint(path)
+    stored = ckpt["extra"].get("args") if isinstance(ckpt.get("extra"), dict) else None
+    model = stored.get("model", "tinygpt") if isinstance(stored, dict) else None
+    if model != "tinygpt":
+        what = "weights without rl.train's flags" if stored is None else f"a --model {model} run's weights"
+        raise CheckpointError(f"{path}: holds {what}; this tool measures TinyGPT policies "
+                              f"(rl.train --model tinygpt) only")
+    try:
+        state, cfg, _, _ = load_policy(path)
+        TinyGPT(cfg).load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit the TinyGPT its flags describe "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one sampling seed (finishes in well under 45 s)")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--png", metavar="PATH", default="runs/mismatch.png")
+    parser.add_argument("--png", metavar="PATH", default=DEFAULT_PNG,
+                        help=f'the plot (default {DEFAULT_PNG}; "" for none); an existing file is refused '
+                             f'unless --force')
+    parser.add_argument("--force", action="store_true", help="replace an existing --png file")
     parser.add_argument("--checkpoint", default=None,
                         help=f"an rl.train checkpoint (default: {DEMO_CHECKPOINT} when it exists, "
                              f"else a seeded random model)")
@@ -89,12 +122,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:  # every output path and the checkpoint are checked before the measurement, not after it
         prepare_json_path(args.json)
-        prepare_output_path(args.png, "--png")
+        try:
+            prepare_output_path(args.png, "--png", replace=args.force)
+        except OutputExistsError as e:
+            parser.error(f"{e} (--force replaces it)")
         checkpoint = args.checkpoint
         if checkpoint is None and os.path.exists(DEMO_CHECKPOINT):
             checkpoint = DEMO_CHECKPOINT
         if checkpoint is not None and not args.records:
-            read_checkpoint(checkpoint)
+            check_tinygpt_checkpoint(checkpoint)
     except (OutputPathError, CheckpointError) as e:
         parser.error(f"--checkpoint: {e}" if isinstance(e, CheckpointError) else str(e))
     t0 = time.perf_counter()

@@ -18,11 +18,20 @@ import functools
 
 import torch
 
-from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_json
+from benchmarks._output import (
+    OutputExistsError,
+    OutputPathError,
+    prepare_json_path,
+    prepare_output_path,
+    write_figure,
+    write_json,
+)
 from precision_kernels import numerics
 from precision_kernels.ops.registry import ErrorSizes, all_families
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+DEFAULT_PNG = "runs/precision_error.png"
 
 
 def _sample(shape, dist: str, scale: float, g: torch.Generator) -> torch.Tensor:
@@ -121,19 +130,25 @@ def plot(records: list[dict], path: str) -> None:
     axes[1].set_title("log-prob outputs (fp32)")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--png", metavar="PATH", default="runs/precision_error.png")
+    parser.add_argument("--png", metavar="PATH", default=DEFAULT_PNG,
+                        help=f'the plot (default {DEFAULT_PNG}; "" for none); an existing file is refused '
+                             f'unless --force')
+    parser.add_argument("--force", action="store_true", help="replace an existing --png file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:  # the output paths are checked before the measurement, not after it
         prepare_json_path(args.json)
-        prepare_output_path(args.png, "--png")
+        prepare_output_path(args.png, "--png", replace=args.force)
+    except OutputExistsError as e:
+        parser.error(f"{e} (--force replaces it)")
     except OutputPathError as e:
         parser.error(str(e))
     records = run(args.quick, args.seed)

@@ -43,13 +43,13 @@ earlier, separate copy of the model, whose attention was a manual softmax rather
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks._output import OutputPathError, prepare_json_path, write_json
 from rl import torch_model as tm
 from rl.losses import ALGOS, compute_advantages, policy_loss
 from rl.metrics import mismatch_metrics
@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
                          "sensitive to other processes on a shared 2-core machine")
     ap.add_argument("--json", metavar="PATH", help="write the figures (with per-step history) here")
     args = ap.parse_args(argv)
+    try:  # checked before the measurement, not after it
+        prepare_json_path(args.json)
+    except OutputPathError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     rc = RecipeConfig(task=args.task, init=args.init, algo=args.algo, agg=args.agg, partial=not args.binary,
                       lr=args.lr, warmup_stop_at=args.warmup_stop_at, rl_max_steps=args.rl_max_steps)
@@ -214,9 +218,8 @@ def main(argv: list[str] | None = None) -> None:
           "|dlogp| and differ: mean |log p| difference and fraction of tokens not bitwise equal between the "
           "KV-cache sampler and the full-sequence learner, both plain fp32 torch")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": asdict(rc), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "wall_s": wall, "runs": runs}, f, indent=1)
+        write_json({"config": asdict(rc), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "wall_s": wall, "runs": runs}, args.json)
 
 
 if __name__ == "__main__":

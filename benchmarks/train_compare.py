@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 
+from benchmarks._output import write_figure, write_json
 from rl.train import build_parser, train
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -157,7 +158,8 @@ def plot(results: list[dict], path: str) -> None:
         ax.set_xlabel("RL step")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, "--out", dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -188,9 +190,8 @@ def main(argv=None) -> int:
                  *(["--overwrite"] if args.overwrite else []), *args.extra]
         results = run(runs, args.seeds, args.algo, args.steps, args.out, extra)
     print(format_table(results))
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump([{**{k: v for k, v in r.items() if k != "history"}, "table": row(r)} for r in results], f,
-                  indent=1)
+    write_json([{**{k: v for k, v in r.items() if k != "history"}, "table": row(r)} for r in results],
+               os.path.join(args.out, "summary.json"), "--out")
     png = os.path.join(args.out, "train_compare.png")
     plot(results, png)
     print(f"plot: {png}")

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .output_paths import open_output, output_target, temp_prefix
 
 FORMAT_VERSION = 2
 
@@ -38,16 +39,12 @@ class CheckpointError(ValueError):
     """The file is not a checkpoint this module can read: missing, empty, cut short, crafted, another format."""
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that saves of ``path`` killed half-way left in its directory; return them."""
-    path = Path(path)
-    if not path.parent.is_dir():
+    target, in_place = output_target(path)
+    if in_place or not target.parent.is_dir():
         return []
-    stale = sorted(path.parent.glob(f"{_temp_prefix(path)}*.tmp"))
+    stale = sorted(target.parent.glob(f"{temp_prefix(target)}*.tmp"))
     for tmp in stale:
         try:
             tmp.unlink()
@@ -56,40 +53,12 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def _creation_mode() -> int:
-    """0666 less the umask: the mode ``open()`` would give a new file (reading the umask sets it back at once)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _creation_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not every platform/filesystem allows this
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, then ``os.replace``
+    (``rl.output_paths``' rule: a link's target is replaced, the link kept; a device is written in place)."""
+    with open_output(path, "checkpoint") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def generator_states(generators: dict[str, torch.Generator] | None) -> dict[str, torch.Tensor]:
@@ -143,6 +112,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (a save that never completed?)")
+    _check_container(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -159,6 +129,37 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint format {version!r}, this rl.checkpoint reads "
                               f"format {FORMAT_VERSION} only")
     return ckpt
+
+
+# torch.save writes a zip archive; torch before 1.6 wrote a bare pickle (its first byte is the PROTO opcode).
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", 0x80
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a file that is neither of torch.save's containers, saying what it looks like instead."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO:
+        return
+    text = _as_text(head)
+    if text is None:
+        kind = f"it starts with {head[:8]!r}"
+    elif text.lstrip()[:1] in ("{", "["):
+        kind = "it is JSON text"
+    else:
+        kind = f"it is text ({text.strip()[:24]!r})"
+    raise CheckpointError(f"{path}: not a checkpoint: {kind}; rl.train's checkpoint.pt is a torch.save zip archive")
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` as text when it is printable UTF-8 (a character cut off at its end allowed), else None."""
+    for cut in range(4):
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text if all(c.isprintable() or c.isspace() for c in text) else None
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scaler=None,
