@@ -10,6 +10,7 @@ installed package).
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 
@@ -174,3 +175,77 @@ def test_carried_cut_generate_equals_forward_bitwise(dtype):
     assert s["response_mask"].all() and torch.isfinite(s["logp"]).all()
     assert torch.equal(s["logp"].view(torch.int32), learner.view(torch.int32)), (s["logp"] - learner).abs().max()
     assert not report.uncovered, report.summary()
+
+
+def _damaged_copies(path: pathlib.Path):
+    """``path`` cut short at every byte of its header and a sample of its data, and each header byte flipped."""
+    from rl.gguf_check import read_gguf_header
+
+    data = path.read_bytes()
+    header = read_gguf_header(path)
+    header_end = len(data) - sum(nbytes for *_, nbytes in header.tensors.values())
+    for n in [*range(header_end), *range(header_end, len(data), 97)]:
+        yield f"cut at {n}", data[:n]
+    for i in range(header_end):
+        yield f"byte {i} flipped", data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+
+
+def test_a_damaged_gguf_is_one_error_naming_the_file(tiny_gguf, tmp_path):
+    """Every cut and every flipped header byte: a GGUFFileError naming the file, or a header that reads in full."""
+    gguf = _gguf()
+    from rl.gguf_check import GGUFFileError, read_gguf_header, read_gguf_header_from
+
+    bad = tmp_path / "bad.gguf"
+    refused, passed = 0, 0
+    names = read_gguf_header(tiny_gguf).tensors.keys()
+    for what, data in _damaged_copies(tiny_gguf):
+        try:
+            header = read_gguf_header_from(io.BytesIO(data), bad)  # a file each would cost ~3 ms to write
+        except GGUFFileError as e:
+            assert str(e).startswith(f"{bad}: not a readable GGUF file: "), (what, str(e))
+            refused += 1
+            continue
+        # What the check lets through (a flipped byte inside a number) the real reader reads too; every
+        # tenth such file is read, the reader costing ~5 ms.
+        assert header.tensors.keys() == names, what
+        if passed % 10 == 0:
+            bad.write_bytes(data)
+            gguf.GGUFReader(bad)
+        passed += 1
+    assert refused > 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_export_subset_names_a_damaged_source(tiny_gguf, tmp_path, capsys, damage):
+    data = tiny_gguf.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    # Cut inside the metadata, or a string length in it set to 2**40.
+    bad.write_bytes(data[:100] if damage == "truncated" else data[:24] + (1 << 40).to_bytes(8, "little") + data[32:])
+    with pytest.raises(SystemExit) as exc:
+        export_subset.main(["--source", str(bad), "--out", str(tmp_path / "out"), "--layers", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{bad}: not a readable GGUF file" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_export_subset_out_must_be_a_folder(tiny_gguf, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out, match in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot create the folder")):
+        with pytest.raises(SystemExit) as exc:
+            export_subset.main(["--source", str(tiny_gguf), "--out", str(out), "--layers", "1"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"--out {out}" in err and match in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_export_subset_creates_a_missing_folder_and_refuses_an_existing_cut_unless_forced(tiny_gguf, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "new" / "deeper"
+    path = export_subset.export_subset(1, out, str(tiny_gguf))
+    first = path.read_bytes()
+    path.write_bytes(b"someone's file")
+    with pytest.raises(SystemExit) as exc:
+        export_subset.main(["--source", str(tiny_gguf), "--out", str(out), "--layers", "1"])
+    assert exc.value.code == 2 and "--force" in capsys.readouterr().err and path.read_bytes() == b"someone's file"
+    assert export_subset.main(["--source", str(tiny_gguf), "--out", str(out), "--layers", "1", "--force"]) == 0
+    assert path.read_bytes() == first and sorted(p.name for p in out.iterdir()) == [path.name]
