@@ -1,4 +1,4 @@
-"""The benchmarks' bad input: a clear error naming the flag, before any work (issue 27, item 6).
+"""The benchmarks' bad input: a clear error naming the flag, before any work.
 
 Each case makes the measurement itself raise, so a check that ran after it would show as that
 error instead of the refusal.
