@@ -9,15 +9,22 @@ from them, so the table measures each op's own error:
 * fp16/bf16 outputs: fraction correctly rounded, max and mean ulp from the correctly
   rounded FP64 result;
 * fp32 outputs (log-probs): max absolute and max relative error.
+
+The rows are this benchmark's own table (``ERROR_CASES``): which inputs, which torch op to set
+beside ours. The FP64 oracles are the library's (``pk.reference``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
+import precision_kernels as pk
 from benchmarks._output import (
     OutputExistsError,
     OutputPathError,
@@ -26,12 +33,124 @@ from benchmarks._output import (
     write_figure,
     write_json,
 )
-from precision_kernels import numerics
-from precision_kernels.ops.registry import ErrorSizes, all_families
+from precision_kernels import numerics, reference
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 DEFAULT_PNG = "runs/precision_error.png"
+
+
+class ErrorCase(NamedTuple):
+    """One row: ``build(sample, scale, g) -> args``, where ``sample(shape, scale, g)`` draws fp32 values of the
+    row's distribution; the pk op, torch's op and the FP64 oracle each run on them."""
+
+    kernel: str
+    build: Callable
+    pk_op: Callable
+    torch_op: Callable
+    oracle: Callable
+
+
+class ErrorSizes(NamedTuple):
+    """Shapes of the rows: rows per call, softmax width, vocabulary, hidden size."""
+
+    rows: int
+    width: int
+    vocab: int
+    d: int
+
+
+def _matmul(sizes):
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.d), scale, g), sample((sizes.d, sizes.rows), 1.0, g)
+
+    return [ErrorCase("matmul", build, pk.matmul, torch.matmul, reference.matmul)]
+
+
+def _softmax(sizes):
+    def build(sample, scale, g):
+        return (sample((sizes.rows, sizes.width), scale, g),)
+
+    return [ErrorCase("softmax", build, pk.softmax, lambda x: torch.softmax(x, -1), reference.softmax),
+            ErrorCase("log_softmax", build, pk.log_softmax, lambda x: torch.log_softmax(x, -1), reference.log_softmax)]
+
+
+def _rms_norm(sizes):
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.d), scale, g), 1 + 0.1 * torch.randn(sizes.d, generator=g)
+
+    def torch_rms_norm(x, w):
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps=1e-6)
+
+    return [ErrorCase("rms_norm", build, pk.rms_norm, torch_rms_norm, reference.rms_norm)]
+
+
+def _layer_norm(sizes):
+    def build(sample, scale, g):
+        return (sample((sizes.rows, sizes.d), scale, g), 1 + 0.1 * torch.randn(sizes.d, generator=g),
+                0.1 * torch.randn(sizes.d, generator=g))
+
+    def torch_layer_norm(x, w, b):
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5)
+
+    return [ErrorCase("layer_norm", build, pk.layer_norm, torch_layer_norm, reference.layer_norm)]
+
+
+def _token_logprobs(sizes):
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.vocab), scale, g), torch.randint(0, sizes.vocab, (sizes.rows,), generator=g)
+
+    def torch_token_logprobs(logits, tokens):
+        return torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+
+    return [ErrorCase("token_logprobs", build, pk.token_logprobs, torch_token_logprobs, reference.token_logprobs)]
+
+
+def _linear_logprobs(sizes):
+    def build(sample, scale, g):
+        h = sample((sizes.rows, sizes.d), scale, g)
+        w = sample((sizes.vocab, sizes.d), 1.0 / math.sqrt(sizes.d), g)
+        return h, w, torch.randint(0, sizes.vocab, (sizes.rows,), generator=g)
+
+    def torch_linear_logprobs(h, w, tokens):
+        return torch.log_softmax(torch.nn.functional.linear(h, w).float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+
+    return [ErrorCase("linear_logprobs", build, pk.linear_logprobs, torch_linear_logprobs,
+                      reference.linear_logprobs)]
+
+
+def _scaled_mm(sizes):
+    """scaled_mm as an e4m3fn x e4m3fn linear layer with row-wise scales: activations (rows, d) times a weight
+    (4d, d), both quantised per row by ``quantize_fp8`` from the benchmark's rounded inputs, output in the input's
+    dtype. pk, ``torch._scaled_mm`` and the oracle quantise the same values the same way, so they see the same fp8
+    operands and scales; the oracle is the FP64 product of the dequantised operands."""
+    e4 = torch.float8_e4m3fn
+
+    def build(sample, scale, g):
+        return sample((sizes.rows, sizes.d), scale, g), sample((4 * sizes.d, sizes.d), 1.0, g)
+
+    def operands(x, w):
+        (xq, sx), (wq, sw) = pk.quantize_fp8(x, e4, axis=-1), pk.quantize_fp8(w, e4, axis=-1)
+        return xq, wq.t(), sx, sw.t()               # b column-major, as torch's CUDA op wants it
+
+    def pk_op(x, w):
+        return pk.scaled_mm(*operands(x, w), out_dtype=x.dtype)
+
+    def torch_op(x, w):
+        return torch._scaled_mm(*operands(x, w), out_dtype=x.dtype)
+
+    def oracle(x, w):
+        return reference.scaled_mm(*operands(x, w))
+
+    return [ErrorCase("scaled_mm e4m3", build, pk_op, torch_op, oracle)]
+
+
+# The table, in the rows' order: each function gives its op's rows at the given sizes.
+ERROR_CASES = (_matmul, _softmax, _rms_norm, _layer_norm, _token_logprobs, _linear_logprobs, _scaled_mm)
+
+
+def error_cases(sizes: ErrorSizes) -> list[ErrorCase]:
+    return [case for rows in ERROR_CASES for case in rows(sizes)]
 
 
 def _sample(shape, dist: str, scale: float, g: torch.Generator) -> torch.Tensor:
@@ -48,18 +167,18 @@ def _sample(shape, dist: str, scale: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _cases(quick: bool):
-    """(kernel, distribution label, input builder, pk op, torch op, oracle): every registered family's
-    error cases (ops/registry.py), per distribution."""
+    """(kernel, distribution label, input builder, pk op, torch op, oracle): every row of ``ERROR_CASES``, per
+    distribution."""
     rows = 64 if quick else 256
     sizes = ErrorSizes(rows=rows, width=1024 if quick else 4096, vocab=2048 if quick else 8192, d=256)
-    family_cases = [c for family in all_families().values() if family.error_cases for c in family.error_cases(sizes)]
+    table = error_cases(sizes)
     cases = []
     for dist, scale, label in (("normal", 1.0, "N(0,1)"), ("heavy", 1.0, "t2"), ("normal", 10.0, "N(0,10^2)")):
         def sample(shape, s, g, dist=dist):
             return _sample(shape, dist, s, g)
 
         cases += [(c.kernel, label, functools.partial(c.build, sample, scale), c.pk_op, c.torch_op, c.oracle)
-                  for c in family_cases]
+                  for c in table]
     return cases
 
 

@@ -1,4 +1,4 @@
-"""Bad input, table-driven from the op registry's rows, for every public op (DESIGN.md section 5).
+"""Bad input, table-driven from the op families' rows (tests/families), for every public op (DESIGN.md section 5).
 
 * Wrong dtype / device / rank / shape, None, out-of-range ids, temperature and eps edge
   values: a TypeError or ValueError (IndexError for a softmax ``dim``, as torch) whose
@@ -16,14 +16,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from families import MatchesTorch, NonFinite, Raises, bad_input_rows
+from families.token_logprobs import BAD_TEMPERATURES
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 import precision_kernels as pk
 from precision_kernels import backend
 from precision_kernels.ops._common import check_temperature
-from precision_kernels.ops.registry import MatchesTorch, NonFinite, Raises, all_families
-from precision_kernels.ops.token_logprobs import BAD_TEMPERATURES
 
 DEV = backend.device()
 BF16, F32 = torch.bfloat16, torch.float32
@@ -64,10 +64,10 @@ def launches(monkeypatch):
     return names
 
 
-# ---- the registry's bad-input rows (ops/registry.py: each family's ``bad_inputs``) ---------------------
+# ---- the families' bad-input rows (tests/families: each family's ``bad_inputs``) -----------------------
 
 X, W, T = (lambda: rand(3, 4)), (lambda: rand(5, 4, seed=1)), (lambda: ids(0, 4, 2))
-ROWS = [row for family in all_families().values() if family.bad_inputs for row in family.bad_inputs()]
+ROWS = bad_input_rows()
 # Wrong arguments, torch.ops.pk calls that skip the wrappers' checks, ids out of range (checked inside the op).
 ERRORS = [row for row in ROWS if isinstance(row, Raises)]
 EMPTY = [row for row in ROWS if isinstance(row, MatchesTorch)]

@@ -4,8 +4,8 @@
 or aliased), test_autograd_registration (autograd goes through register_autograd),
 test_faketensor (the fake implementation's shapes, dtypes and strides match the real one)
 and test_aot_dispatch_dynamic (AOT autograd with dynamic shapes, forward and backward).
-Inputs are tiny: each real call is an interpreter launch. The cases come from the op registry
-(each family's ``opcheck``); the layout checks of direct ``torch.ops.pk`` calls are bad-input rows
+Inputs are tiny: each real call is an interpreter launch. The cases are the families' test data
+(tests/families: each family's ``opcheck``); the layout checks of direct ``torch.ops.pk`` calls are bad-input rows
 (tests/test_bad_input.py).
 """
 
@@ -16,12 +16,13 @@ import random
 
 import pytest
 import torch
+from families import all_samples, opcheck_cases
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import precision_kernels as pk
 from precision_kernels.ops._common import observe_launches
 from precision_kernels.ops._custom import NAMESPACE, fp32_value
-from precision_kernels.ops.registry import all_families, all_samples
+from precision_kernels.ops.registry import all_families
 
 DEVICE = pk.backend.device()
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -37,9 +38,9 @@ def ids(*values):
 
 
 def _cases():
-    """(id, op, args) from every registered family (ops/registry.py): each forward op in fp32 and a 16-bit
+    """(id, op, args) from every family's test data (tests/families): each forward op in fp32 and a 16-bit
     dtype, optional arguments both ways; each backward op."""
-    return [case for family in all_families().values() if family.opcheck for case in family.opcheck()]
+    return opcheck_cases()
 
 
 CASES = _cases()

@@ -258,11 +258,11 @@ def test_zero_padding_of_k_changes_nothing(table):
 
 @pytest.mark.skipif(DEV.type != "cpu", reason="benchmarks/precision_error runs on CPU tensors")
 def test_precision_error_row_is_a_rowwise_e4m3_linear():
-    """The fp8 family's precision_error row: pk and torch._scaled_mm on the same per-row e4m3fn operands (shape
+    """The scaled_mm precision_error row: pk and torch._scaled_mm on the same per-row e4m3fn operands (shape
     (rows, d) x (d, 4d), output in the input dtype), measured against the FP64 product of the dequantised ones."""
-    from precision_kernels.ops.registry import ErrorSizes, all_families
+    from benchmarks.precision_error import ErrorSizes, error_cases
 
-    (case,) = all_families()["fp8"].error_cases(ErrorSizes(rows=8, width=16, vocab=16, d=64))
+    (case,) = [c for c in error_cases(ErrorSizes(rows=8, width=16, vocab=16, d=64)) if c.kernel == "scaled_mm e4m3"]
     x, w = (t.to(BF16) for t in case.build(lambda shape, s, g: s * torch.randn(shape, generator=g), 1.0,
                                            torch.Generator().manual_seed(0)))
     ours, theirs, ref = case.pk_op(x, w), case.torch_op(x, w), case.oracle(x, w)

@@ -1,6 +1,6 @@
 """The interpreter fast paths (precision_kernels.interpreter_fast) change no bit of any kernel output.
 
-Each sample of the op registry runs at random small shapes (hypothesis) with the fast paths and
+Each sample of the op families (tests/families) runs at random small shapes (hypothesis) with the fast paths and
 again with them removed (the plain Triton 3.9 interpreter), forward and backward, and
 the results must be bitwise equal. One subprocess checks that ``PK_INTERPRETER_FAST=0``
 leaves Triton untouched and computes the same bits.
@@ -17,12 +17,12 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from families import all_samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton.runtime import interpreter
 
 from precision_kernels import interpreter_fast
-from precision_kernels.ops.registry import all_samples
 
 pytestmark = pytest.mark.skipif(
     not interpreter_fast.active(),
@@ -55,7 +55,7 @@ def _assert_same_bits(fast: list, plain: list) -> None:
 
 
 def _run_sample(sample_id: str, dtype, rows, n, k, seed) -> list:
-    """A registered sample (ops/registry.py): its outputs, then the gradients of a random linear function of
+    """A family's sample (tests/families): its outputs, then the gradients of a random linear function of
     its differentiable outputs with respect to its differentiable inputs."""
     sample = all_samples(dtype, rows, n, k, seed)[sample_id]
     outs = sample.fn(*sample.args)
@@ -153,7 +153,6 @@ def test_other_triton_version_falls_back_to_plain_interpreter():
 _SUBPROCESS = """
 import sys, torch, triton
 from precision_kernels import interpreter_fast
-from precision_kernels.ops.registry import all_samples
 from triton.runtime import interpreter
 assert not interpreter_fast.active()
 assert "__new__" not in vars(triton.language.core.block_type)

@@ -15,12 +15,12 @@ import dataclasses
 
 import pytest
 import torch
+from families import row_samples
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import precision_kernels as pk
 from precision_kernels import profiles
-from precision_kernels.ops.registry import all_families
 from precision_kernels.profiles import FittedTiles, MatmulConfig, MBucket
 
 pytestmark = pytest.mark.skipif(pk.active_backend() != "interpreter", reason="interpreter tile tables only")
@@ -205,11 +205,10 @@ def interpreter_row_table(block_rows, fit=True):
 
 
 def _row_family(dtype, rows, n, seed):
-    """Every registered family's row samples (ops/registry.py): outputs and gradients of row kernels whose rows
+    """Every family's row samples (tests/families): outputs and gradients of row kernels whose rows
     are independent, forward and backward (rms_norm and layer_norm give x's gradient only: their weight
     gradients sum over rows per program, so block_rows is their order), softmax, log_softmax, token_logprobs."""
-    return [t for family in all_families().values() if family.row_samples
-            for t in family.row_samples(dtype, rows, n, seed)]
+    return row_samples(dtype, rows, n, seed)
 
 
 @settings(max_examples=3)

@@ -1,18 +1,18 @@
 """The one launch path (ops/_common.launch): every kernel launch of every op family receives the backend's
 launch options (FMA contraction off) and the tile config's warps, and goes through ``launch``. The calls are
-the op registry's samples, forward and backward."""
+the op families' samples (tests/families), forward and backward."""
 
 import functools
 
 import pytest
 import torch
+from families import all_samples
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 from precision_kernels import backend
 from precision_kernels.ops import _common
 from precision_kernels.ops._common import launch, observe_launches
-from precision_kernels.ops.registry import all_samples
 
 DEV = backend.device()
 
@@ -34,7 +34,7 @@ def received(monkeypatch):
 
 
 def _run_sample(sample_id: str, dtype) -> None:
-    """A registered sample (ops/registry.py) forward, then backward through every output that has a gradient."""
+    """A family's sample (tests/families) forward, then backward through every output that has a gradient."""
     sample = all_samples(dtype, rows=5, n=9, k=8, seed=0)[sample_id]
     outs = sample.fn(*sample.args)
     outs = outs if isinstance(outs, tuple) else (outs,)

@@ -3,14 +3,16 @@ op module, public op, custom op, kernel and matched-mode overload belongs to exa
 
 import pkgutil
 
+import families
 import pytest
 import torch
+from families import Raises
 from torch._library.custom_ops import OPDEFS
 
 import precision_kernels as pk
 from precision_kernels import ops, reference
 from precision_kernels.compile_registry import kernel_specs
-from precision_kernels.ops.registry import OpFamily, Raises, all_families, references, register_family
+from precision_kernels.ops.registry import OpFamily, all_families, references, register_family
 
 FAMILIES = all_families()
 
@@ -73,12 +75,15 @@ def test_references_are_pk_reference_attributes():
 
 
 def test_every_family_with_public_ops_gives_test_data():
+    files = {m.name for m in pkgutil.iter_modules(families.__path__) if not m.name.startswith("_")}
+    assert files == set(families.MODULES), "list every module of tests/families in families.MODULES"
+    assert set(families.MODULES) <= set(FAMILIES), "a test data module names no registered family"
     for family in FAMILIES.values():
         if family.public:
-            missing = [f for f in ("samples", "opcheck", "bad_inputs") if getattr(family, f) is None]
-            assert not missing, f"{family.name} gives no {missing}"
-    rows = {row.id for family in FAMILIES.values() if family.bad_inputs for row in family.bad_inputs()
-            if isinstance(row, Raises)}
+            data = families.MODULES.get(family.name, family)
+            missing = [f for f in ("samples", "opcheck", "bad_inputs") if getattr(data, f, None) is None]
+            assert not missing, f"{family.name} gives no {missing} (tests/families/{family.name}.py)"
+    rows = {row.id for row in families.bad_input_rows() if isinstance(row, Raises)}
     for name in (n for family in FAMILIES.values() for n in family.public):
         assert any(row.startswith(f"{name}/") for row in rows), f"no bad-input row '{name}/...'"
 

@@ -20,10 +20,10 @@ import os
 
 import pytest
 import torch
+from families import all_samples
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import precision_kernels as pk
-from precision_kernels.ops.registry import all_samples
 
 DEVICE = pk.backend.device()
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -125,7 +125,7 @@ def test_several_ops_inductor_bitwise(dtype, inductor_with_rounding):
 
 
 def _all_samples_outputs(compile_with=None):
-    """Every registered sample (ops/registry.py) called in one function, plain or compiled; its outputs and the
+    """Every family's sample (tests/families) called in one function, plain or compiled; its outputs and the
     gradients of a loss over them with respect to every differentiable input."""
     samples = list(all_samples(BF16, rows=3, n=8, k=8, seed=0).values())
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 import triton
 
-from .. import profiles
+from .. import compile_registry, profiles
 from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
 from ..kernels.fp8_matmul import scaled_mm_kernel
 from ..precision import Precision
 from ._common import NATIVE_DOT, check_device, check_float, kernel_view, kind, launch
 from ._custom import op_name, require
+from .registry import OpFamily, register_family
 from .rounding import FP8_DTYPES, round_to
 
 # Storage codes of the fp8 operands in the kernels (kernels/rounding.py's to_fp32).
@@ -222,8 +223,6 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
 def _compile_kernels(table: dict) -> None:
     """The scaled-mm kernel in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as
     uint8 patterns, DOT = 1 (exact widening to fp16, fp16 tensor cores): the path every CUDA target runs."""
-    from .. import compile_registry
-
     # every M bucket's tiles (the compile check audits that they share one instruction family)
     bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", "fp16")))
     e4, e5, bf16 = FP8_KIND[torch.float8_e4m3fn], FP8_KIND[torch.float8_e5m2], kind(torch.bfloat16)
@@ -248,130 +247,11 @@ def reference_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor,
     return out if bias is None else out + bias.double()
 
 
-def _error_cases(sizes):
-    """scaled_mm as an e4m3fn x e4m3fn linear layer with row-wise scales: activations (rows, d) times a weight
-    (4d, d), both quantised per row by ``quantize_fp8`` from the benchmark's rounded inputs, output in the input's
-    dtype. pk, ``torch._scaled_mm`` and the oracle quantise the same values the same way, so they see the same fp8
-    operands and scales; the oracle is the FP64 product of the dequantised operands."""
-    from .registry import ErrorCase
-
-    e4 = torch.float8_e4m3fn
-
-    def build(sample, scale, g):
-        return sample((sizes.rows, sizes.d), scale, g), sample((4 * sizes.d, sizes.d), 1.0, g)
-
-    def operands(x, w):
-        (xq, sx), (wq, sw) = quantize_fp8(x, e4, axis=-1), quantize_fp8(w, e4, axis=-1)
-        return xq, wq.t(), sx, sw.t()               # b column-major, as torch's CUDA op wants it
-
-    def pk_op(x, w):
-        return scaled_mm(*operands(x, w), out_dtype=x.dtype)
-
-    def torch_op(x, w):
-        return torch._scaled_mm(*operands(x, w), out_dtype=x.dtype)
-
-    def oracle(x, w):
-        return reference_scaled_mm(*operands(x, w))
-
-    return [ErrorCase("scaled_mm e4m3", build, pk_op, torch_op, oracle)]
-
-
-def _samples(dtype, rows, n, k, seed):
-    from ._samples import DEV
-    from .registry import Sample
-
-    g = torch.Generator().manual_seed(seed)
-    x, w = torch.randn(rows, k, generator=g).to(dtype).to(DEV), torch.randn(n, k, generator=g).to(dtype).to(DEV)
-
-    def quantized_linear(x, w):
-        xq, sx = quantize_fp8(x, torch.float8_e4m3fn, axis=-1)
-        wq, sw = quantize_fp8(w, torch.float8_e5m2, axis=-1)
-        out = scaled_mm(xq, wq.t(), sx, sw.t(), out_dtype=dtype)
-        # fp8 values as their bits, widened to int16: the generic tests compare 16- and 32-bit views
-        return xq.view(torch.uint8).to(torch.int16), sx, wq.view(torch.uint8).to(torch.int16), sw, out
-
-    return [Sample("scaled_mm", quantized_linear, (x, w))]
-
-
-def _fp8_rand(*shape, dtype, seed):
-    from ._samples import rand
-
-    return round_to(rand(*shape, seed=seed), dtype)
-
-
-def _opcheck():
-    from ._samples import BF16, F32, rand
-    from .registry import OpcheckCase
-
-    ops, e4, e5 = torch.ops.pk, torch.float8_e4m3fn, torch.float8_e5m2
-    a, b = _fp8_rand(3, 20, dtype=e4, seed=1), _fp8_rand(5, 20, dtype=e5, seed=2).t()
-    one = torch.ones((), device=a.device)
-    return [
-        OpcheckCase("scaled_mm/rowwise", ops.scaled_mm,
-                    (a.view(torch.uint8), e4, b.view(torch.uint8), e5, rand(3, 1).abs(), rand(1, 5, seed=1).abs(), None,
-                     BF16)),
-        OpcheckCase("scaled_mm/tensorwise/bias/fp32", ops.scaled_mm,
-                    (a.view(torch.uint8), e4, b.view(torch.uint8), e5, one, one, rand(5, seed=3), F32)),
-        OpcheckCase("quantize_fp8/rowwise", ops.quantize_fp8, (rand(3, 4), e4, True)),
-        OpcheckCase("quantize_fp8/tensorwise/bf16", ops.quantize_fp8, (rand(3, 4, dtype=BF16), e5, False)),
-    ]
-
-
-def _bad_inputs():
-    from ._samples import BF16, meta, rand
-    from .registry import Raises
-
-    e4, ops = torch.float8_e4m3fn, torch.ops.pk
-
-    # torch's cast builds the fp8 operands: a bad-input call may launch nothing, and the values do not matter
-    def a():
-        return rand(3, 4).to(e4)
-
-    def b():
-        return rand(4, 5, seed=1).to(e4)
-
-    def one():
-        return torch.ones((), device=rand(1).device)
-
-    return [
-        Raises("scaled_mm/a float", lambda: scaled_mm(rand(3, 4), b(), one(), one()), TypeError, "a must be float8"),
-        Raises("scaled_mm/None b", lambda: scaled_mm(a(), None, one(), one()), TypeError, "b must be a torch.Tensor"),
-        Raises("scaled_mm/scale dtype", lambda: scaled_mm(a(), b(), one().half(), one()), TypeError,
-               "scale_a must be float32"),
-        Raises("scaled_mm/scale shape", lambda: scaled_mm(a(), b(), rand(3, 1)[:, :1].expand(3, 2), one()), ValueError,
-               "scale_a and scale_b"),
-        Raises("scaled_mm/inner", lambda: scaled_mm(a(), b()[:3], one(), one()), ValueError, "inner dimensions"),
-        Raises("scaled_mm/out_dtype", lambda: scaled_mm(a(), b(), one(), one(), out_dtype=e4), TypeError, "out_dtype"),
-        Raises("scaled_mm/bias", lambda: scaled_mm(a(), b(), one(), one(), bias=rand(4)), ValueError,
-               "bias must have shape"),
-        Raises("scaled_mm/device", lambda: scaled_mm(a(), b(), one(), meta(1)), ValueError, "scale_b is on meta"),
-        Raises("pk::scaled_mm/inner", lambda: ops.scaled_mm(a().view(torch.uint8), e4, a().view(torch.uint8), e4,
-                                                             one(), one(), None, BF16), ValueError, "pk::scaled_mm"),
-        Raises("pk::scaled_mm/fp8", lambda: ops.scaled_mm(a(), e4, b(), e4, one(), one(), None, BF16), ValueError,
-               "pk::scaled_mm"),
-        Raises("quantize_fp8/dtype", lambda: quantize_fp8(rand(3, 4), BF16), TypeError, "dtype must be"),
-        Raises("quantize_fp8/axis", lambda: quantize_fp8(rand(3, 4), e4, axis=0), ValueError, "axis must be"),
-        Raises("quantize_fp8/fp8 x", lambda: quantize_fp8(a(), e4), TypeError, "x is torch.float8_e4m3fn"),
-        Raises("pk::quantize_fp8/dtype", lambda: ops.quantize_fp8(rand(3, 4), BF16, True), ValueError,
-               "pk::quantize_fp8"),
-    ]
-
-
-def _register() -> None:
-    from .registry import OpFamily, register_family
-
-    register_family(OpFamily(
-        name="fp8",
-        public=("quantize_fp8", "scaled_mm"),
-        custom_ops=("pk::quantize_fp8", "pk::scaled_mm"),
-        kernels=(scaled_mm_kernel,),
-        compile_kernels=_compile_kernels,
-        reference={"scaled_mm": reference_scaled_mm},
-        samples=_samples,
-        opcheck=_opcheck,
-        bad_inputs=_bad_inputs,
-        error_cases=_error_cases,
-    ))
-
-
-_register()
+register_family(OpFamily(
+    name="fp8",
+    public=("quantize_fp8", "scaled_mm"),
+    custom_ops=("pk::quantize_fp8", "pk::scaled_mm"),
+    kernels=(scaled_mm_kernel,),
+    compile_kernels=_compile_kernels,
+    reference={"scaled_mm": reference_scaled_mm},
+))

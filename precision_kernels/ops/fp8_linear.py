@@ -26,6 +26,7 @@ from .. import profiles
 from ._custom import op_name, require
 from .fp8 import quantize_fp8
 from .matmul import check_linear_operands, merge_rows
+from .registry import OpFamily, register_family
 from .rounding import FP8_DTYPES, round_to
 
 # ---- custom ops (pattern: ops/_custom.py) ----------------------------------------------------
@@ -169,76 +170,9 @@ def reference_fp8_linear(x: torch.Tensor, weight: torch.Tensor, *, weight_fp8=No
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _samples(dtype, rows, n, k, seed):
-    from ._samples import DEV
-    from .registry import Sample
-
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, k, generator=g).to(dtype).to(DEV).requires_grad_()
-    w = torch.randn(n, k, generator=g).to(dtype).to(DEV).requires_grad_()
-    return [Sample("fp8_linear", fp8_linear, (x, w))]
-
-
-def _opcheck():
-    from ._samples import BF16, rand
-    from .registry import OpcheckCase
-
-    ops, e4, e5 = torch.ops.pk, torch.float8_e4m3fn, torch.float8_e5m2
-    x, w = rand(3, 20, dtype=BF16), rand(5, 20, dtype=BF16, seed=1)
-    wq, sw = quantize_fp8(w, e5, axis=-1)
-    xq, sx = quantize_fp8(x, e4, axis=-1)
-    grad = rand(3, 5, dtype=BF16, seed=2)
-    return [
-        OpcheckCase("fp8_linear/e4m3 x e5m2", ops.fp8_linear, (x.requires_grad_(), w.requires_grad_(),
-                                                                wq.view(torch.uint8), e5, sw, e4)),
-        OpcheckCase("fp8_linear_backward", ops.fp8_linear_backward,
-                    (grad, xq.view(torch.uint8), e4, sx, wq.view(torch.uint8), e5, sw, "interpreter", True, True)),
-        OpcheckCase("fp8_linear_backward/x only", ops.fp8_linear_backward,
-                    (grad, xq.view(torch.uint8), e4, sx, wq.view(torch.uint8), e5, sw, "interpreter", True, False)),
-    ]
-
-
-def _bad_inputs():
-    from ._samples import BF16, F32, rand
-    from .registry import Raises
-
-    e4 = torch.float8_e4m3fn
-
-    def w():
-        return rand(5, 4, dtype=BF16)
-
-    def fp8_pair(rows, scale_shape):  # torch's cast: a bad-input call may launch nothing
-        return rand(rows, 4).to(e4), torch.ones(scale_shape, device=rand(1).device)
-
-    return [
-        Raises("fp8_linear/fp8 x", lambda: fp8_linear(rand(3, 4).to(e4), w()), TypeError, "x is torch.float8_e4m3fn"),
-        Raises("fp8_linear/dtypes", lambda: fp8_linear(rand(3, 4, dtype=F32), w()), TypeError, "dtype mismatch"),
-        Raises("fp8_linear/inner", lambda: fp8_linear(rand(3, 5, dtype=BF16), w()), ValueError, "inner dimensions"),
-        Raises("fp8_linear/dtype", lambda: fp8_linear(rand(3, 4, dtype=BF16), w(), dtype=BF16), TypeError,
-               "dtype must be"),
-        Raises("fp8_linear/weight_fp8 pair", lambda: fp8_linear(rand(3, 4, dtype=BF16), w(), weight_fp8=w()),
-               TypeError, "weight_fp8 must be"),
-        Raises("fp8_linear/weight_fp8 tensor-wise",
-               lambda: fp8_linear(rand(3, 4, dtype=BF16), w(), weight_fp8=fp8_pair(5, ())), ValueError,
-               "weight_fp8 scales"),
-        Raises("fp8_linear/weight_fp8 shape",
-               lambda: fp8_linear(rand(3, 4, dtype=BF16), w(), weight_fp8=fp8_pair(4, (4, 1))),
-               ValueError, "weight_fp8 values"),
-    ]
-
-
-def _register() -> None:
-    from .registry import OpFamily, register_family
-
-    register_family(OpFamily(
-        name="fp8_linear",
-        public=("fp8_linear",),
-        custom_ops=("pk::fp8_linear", "pk::fp8_linear_backward"),
-        reference={"fp8_linear": reference_fp8_linear},
-        samples=_samples,
-        opcheck=_opcheck,
-        bad_inputs=_bad_inputs,
-    ))
-
-
-_register()
+register_family(OpFamily(
+    name="fp8_linear",
+    public=("fp8_linear",),
+    custom_ops=("pk::fp8_linear", "pk::fp8_linear_backward"),
+    reference={"fp8_linear": reference_fp8_linear},
+))

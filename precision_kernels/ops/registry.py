@@ -62,26 +62,6 @@ class NonFinite(NamedTuple):
     theirs: Callable
 
 
-class ErrorCase(NamedTuple):
-    """A ``benchmarks/precision_error`` row: ``build(sample, scale, g) -> args``, where ``sample(shape, scale, g)``
-    draws fp32 values of the row's distribution; the pk op, torch's op and the FP64 oracle each run on them."""
-
-    kernel: str
-    build: Callable
-    pk_op: Callable
-    torch_op: Callable
-    oracle: Callable
-
-
-class ErrorSizes(NamedTuple):
-    """Shapes of the precision_error rows: rows per call, softmax width, vocabulary, hidden size."""
-
-    rows: int
-    width: int
-    vocab: int
-    d: int
-
-
 @dataclass(frozen=True)
 class OpFamily:
     """One kernel family's declaration. Only ``name`` is required; each generic test uses what a family gives.
@@ -112,8 +92,6 @@ class OpFamily:
     opcheck: Callable[[], list[OpcheckCase]] | None = None
     # bad_inputs() -> [Raises | MatchesTorch | NonFinite]: wrong arguments, empty inputs, non-finite rows.
     bad_inputs: Callable[[], list] | None = None
-    # error_cases(ErrorSizes) -> [ErrorCase]: rows of benchmarks/precision_error.
-    error_cases: Callable[[ErrorSizes], list[ErrorCase]] | None = None
 
     def batch_args(self) -> dict[str, frozenset[str]]:
         """Kernel name -> the arguments it tells Triton not to specialise (its batch-varying ones)."""
@@ -156,17 +134,6 @@ def all_families() -> dict[str, OpFamily]:
     if missing:
         raise ValueError(f"ops.FAMILY_MODULES lists {missing}, whose modules register no family of that name")
     return {name: _FAMILIES[name] for name in ops.FAMILY_MODULES}
-
-
-def all_samples(dtype, rows: int, n: int, k: int, seed: int) -> dict[str, Sample]:
-    """Every family's samples at one shape, by id (ids are unique across families)."""
-    out: dict[str, Sample] = {}
-    for family in all_families().values():
-        for s in family.samples(dtype, rows, n, k, seed) if family.samples else ():
-            if s.id in out:
-                raise ValueError(f"sample id {s.id!r} is used twice")
-            out[s.id] = s
-    return out
 
 
 def references() -> dict[str, Callable]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from .. import backend
+from .. import backend, compile_registry
 from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
 from ..kernels.rounding import FP8_E5M2_SATURATING, round_to_kernel
 from ._common import check_device, kind, launch
 from ._custom import op_name, require
+from .registry import OpFamily, register_family
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Output codes of kernels/rounding.py's round_fp32 for the fp8 formats: (dtype, saturate) -> OUT_KIND.
@@ -106,8 +107,6 @@ def round_to(x: torch.Tensor, dtype: torch.dtype, *, saturate: bool | None = Non
 
 
 def _compile_kernels(table: dict) -> None:
-    from .. import compile_registry
-
     compile_registry.register(table, "round_to", round_to_kernel,
                               signature={"x_ptr": "*fp32", "out_ptr": "*i16", "n_elements": "i64"},
                               configs=[{"OUT_KIND": 1, "BLOCK": 1024}, {"OUT_KIND": 2, "BLOCK": 1024}])
@@ -122,55 +121,11 @@ def reference_round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.detach().to(torch.float64)
 
 
-def _samples(dtype, rows, n, k, seed):
-    from ._samples import DEV
-    from .registry import Sample
-
-    g = torch.Generator().manual_seed(seed)
-    # wide exponent range: subnormal results, ties, overflow to inf (fp32 input whatever dtype is)
-    x = torch.randn(rows, n, generator=g) * torch.exp2(torch.randint(-30, 20, (rows, n), generator=g).float())
-    return [Sample("round_to", lambda x: (round_to(x, torch.float16), round_to(x, torch.bfloat16)), (x.to(DEV),))]
-
-
-def _opcheck():
-    from ._samples import BF16, F16, rand
-    from .registry import OpcheckCase
-
-    ops = torch.ops.pk
-    return [OpcheckCase("round_to/bf16", ops.round_to, (rand(3, 5, grad=True), BF16)),
-            OpcheckCase("round_to/fp16", ops.round_to, (rand(2, 3, 5, grad=True), F16))]
-
-
-def _bad_inputs():
-    from ._samples import BF16, F16, F32, meta, rand
-    from .registry import MatchesTorch, Raises
-
-    X, ops = (lambda: rand(3, 4)), torch.ops.pk
-    return [
-        Raises("round_to/None", lambda: round_to(None, BF16), TypeError, "x must be a torch.Tensor"),
-        Raises("round_to/dtype", lambda: round_to(X().half(), BF16), TypeError, "float32 input x"),
-        Raises("round_to/target", lambda: round_to(X(), torch.int8), TypeError, "dtype must be"),
-        Raises("round_to/device", lambda: round_to(meta(3, 4), BF16), ValueError, "x is on meta"),
-        Raises("pk::round_to/dtype", lambda: ops.round_to(rand(3), F32), ValueError, "pk::round_to"),
-        Raises("pk::round_to/input", lambda: ops.round_to(rand(3, dtype=F16), BF16), ValueError, "pk::round_to"),
-        MatchesTorch("round_to", lambda: round_to(rand(0, 3), BF16), lambda: torch.empty(0, 3, dtype=BF16)),
-    ]
-
-
-def _register() -> None:
-    from .registry import OpFamily, register_family
-
-    register_family(OpFamily(
-        name="rounding",
-        public=("round_to",),
-        custom_ops=("pk::round_to",),
-        kernels=(round_to_kernel,),
-        compile_kernels=_compile_kernels,
-        reference={"round_to": reference_round_to},
-        samples=_samples,
-        opcheck=_opcheck,
-        bad_inputs=_bad_inputs,
-    ))
-
-
-_register()
+register_family(OpFamily(
+    name="rounding",
+    public=("round_to",),
+    custom_ops=("pk::round_to",),
+    kernels=(round_to_kernel,),
+    compile_kernels=_compile_kernels,
+    reference={"round_to": reference_round_to},
+))
