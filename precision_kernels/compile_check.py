@@ -37,6 +37,7 @@ interpreted) kernels. Audits:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -45,6 +46,8 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+
+from .ops.registry import all_families
 
 TARGETS = (80, 90)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
@@ -124,10 +127,21 @@ def reduce_operand_layouts(ttgir: str, order_sensitive_only: bool = False) -> li
     return layouts
 
 
-def _load_kernels() -> dict:
-    from .compile_registry import kernel_specs
-
-    return kernel_specs()
+def kernel_specs() -> dict:
+    """Every kernel the compile check knows, by name (a ``compile_registry.KernelSpec`` with its ``family``): each
+    op family's ``compile_kernels``, in registry order."""
+    table = {}
+    for family in all_families().values():
+        if family.compile_kernels is None:
+            continue
+        part = {}
+        family.compile_kernels(part)
+        for name, spec in part.items():
+            if name in table:
+                raise ValueError(f"kernel {name!r} is registered by families {table[name].family!r} "
+                                 f"and {family.name!r}")
+            table[name] = dataclasses.replace(spec, family=family.name)
+    return table
 
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
@@ -234,7 +248,7 @@ def run(all_configs: bool, kernel_filter: str | None = None, only: list[str] | N
     (``lm_head`` covers ``lm_head_dlogits``); ``kernel_filter``: a substring of the kernel name;
     ``matched_only``: leave out the engine profile's split-K configs (SPLITS > 1).
     """
-    kernels = _load_kernels()
+    kernels = kernel_specs()
     if only:
         unknown = [f for f in only if not any(_selected(n, None, [f]) for n in kernels)]
         if unknown:

@@ -9,7 +9,7 @@ table's (the ones that run compiled), in both profiles where the engine changes 
 
 The entries themselves live with their op family: each record in the op registry
 (ops/registry.py) holds a ``compile_kernels(table)`` function that calls ``register`` once per
-kernel and format; ``kernel_specs`` runs them all.
+kernel and format; ``compile_check.kernel_specs`` runs them all.
 
 ``make test`` compiles the first config of one kernel per family (the name without its
 dtype suffix); ``--all`` compiles every config of every kernel.
@@ -17,7 +17,6 @@ dtype suffix); ``--all`` compiles every config of every kernel.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -80,21 +79,3 @@ def register(table: dict, name: str, fn, signature: dict, configs: list, *, redu
             raise ValueError(f"kernel {name!r}: call specialisation {call.name!r} specialises batch-varying {varying}")
     table[name] = KernelSpec(name, fn, dict(signature), [dict(c) for c in configs], reduce_layout_group,
                              expects_mma, tuple(calls))
-
-
-def kernel_specs() -> dict[str, KernelSpec]:
-    """Every kernel the compile check knows, by name: each op family's ``compile_kernels``, in registry order."""
-    from .ops.registry import all_families
-
-    table: dict[str, KernelSpec] = {}
-    for family in all_families().values():
-        if family.compile_kernels is None:
-            continue
-        part: dict[str, KernelSpec] = {}
-        family.compile_kernels(part)
-        for name, spec in part.items():
-            if name in table:
-                raise ValueError(f"kernel {name!r} is registered by families {table[name].family!r} "
-                                 f"and {family.name!r}")
-            table[name] = dataclasses.replace(spec, family=family.name)
-    return table

@@ -146,7 +146,7 @@ def test_every_kernel_is_in_the_registration_table():
     import pkgutil
 
     from precision_kernels import kernels
-    from precision_kernels.compile_registry import kernel_specs
+    from precision_kernels.compile_check import kernel_specs
 
     defined = set()
     for mod in pkgutil.iter_modules(kernels.__path__):

@@ -11,7 +11,7 @@ from torch._library.custom_ops import OPDEFS
 
 import precision_kernels as pk
 from precision_kernels import ops, reference
-from precision_kernels.compile_registry import kernel_specs
+from precision_kernels.compile_check import kernel_specs
 from precision_kernels.ops.registry import OpFamily, all_families, references, register_family
 
 FAMILIES = all_families()
