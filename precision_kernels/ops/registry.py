@@ -120,19 +120,19 @@ def register_family(family: OpFamily) -> OpFamily:
 
 
 def all_families() -> dict[str, OpFamily]:
-    """Every family by name, in the order of ``ops.FAMILY_MODULES`` (each module registers the family of its name)."""
-    import importlib
+    """Every family by name, in the order of ``ops.FAMILY_MODULES``.
 
+    Importing the ``ops`` package registers them all: its ``__init__`` imports every family module (for
+    its public functions), and each module registers the family of its own name when it runs."""
     from .. import ops
 
-    for module in ops.FAMILY_MODULES:
-        importlib.import_module(f"{ops.__name__}.{module}")
     unlisted = sorted(set(_FAMILIES) - set(ops.FAMILY_MODULES))
     if unlisted:
         raise ValueError(f"op families {unlisted} are registered but not listed in ops.FAMILY_MODULES")
     missing = [m for m in ops.FAMILY_MODULES if m not in _FAMILIES]
     if missing:
-        raise ValueError(f"ops.FAMILY_MODULES lists {missing}, whose modules register no family of that name")
+        raise ValueError(f"ops.FAMILY_MODULES lists {missing}, but no family of that name is registered: "
+                         f"ops/__init__.py imports each family module, and the module registers its family")
     return {name: _FAMILIES[name] for name in ops.FAMILY_MODULES}
 
 
