@@ -4,6 +4,9 @@ Every import statement counts, at module level or inside a function or an ``if``
 from the source with ``ast`` (nothing is imported). An import of a package that contains the
 importing module (its own ``__init__``, or an ancestor's) does not count: Python has already
 started that package before the submodule runs.
+
+An import the statements do not show (``importlib.import_module``, ``__import__``) would hide an
+edge from this check, so no module of these packages imports one of their own modules that way.
 """
 
 from __future__ import annotations
@@ -47,6 +50,32 @@ def _imported(node: ast.AST, importer: str, modules: dict[str, Path]) -> list[st
         target = node.module
     # ``from pkg import name``: a submodule when pkg.name is one, else an attribute of pkg itself
     return [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names]
+
+
+def _is_dynamic_import(node: ast.AST) -> bool:
+    """``importlib.import_module(...)``, ``import_module(...)`` or ``__import__(...)``."""
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    if isinstance(f, ast.Attribute):
+        return f.attr == "import_module" and isinstance(f.value, ast.Name) and f.value.id == "importlib"
+    return isinstance(f, ast.Name) and f.id in ("import_module", "__import__")
+
+
+def dynamic_imports(root: Path, packages: tuple[str, ...]) -> list[str]:
+    """``module:line target`` for every dynamic import in ``packages`` of one of their modules, or of a name
+    the source does not spell out (not a string literal: it could be one of them)."""
+    found = []
+    for name, path in sorted(kv for package in packages for kv in module_names(root, package).items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not _is_dynamic_import(node) or not node.args:
+                continue
+            arg = node.args[0]
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                found.append(f"{name}:{node.lineno} {ast.unparse(arg)}")
+            elif arg.value.startswith(".") or arg.value.split(".")[0] in packages:
+                found.append(f"{name}:{node.lineno} {arg.value}")
+    return found
 
 
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
@@ -120,3 +149,23 @@ def test_the_check_finds_a_circle_through_a_function_level_import(tmp_path):
     assert graph["pkg.sub.b"] == {"pkg.a"}  # ``import pkg`` is its own package's __init__: left out
     assert graph["pkg.c"] == {"pkg.sub.b"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+# ops/_attention_registry.py goes with the attention family's move onto the common registration pattern.
+EXEMPT = ("precision_kernels.ops._attention_registry:",)
+
+
+def test_no_dynamic_import_of_own_modules():
+    found = [f for f in dynamic_imports(ROOT, ("rl", "precision_kernels")) if not f.startswith(EXEMPT)]
+    assert not found, "imports the import graph cannot see (write an import statement): " + "; ".join(found)
+
+
+def test_the_check_finds_dynamic_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import importlib\nB = importlib.import_module('.b', __package__)\n")
+    (pkg / "b.py").write_text("from importlib import import_module\n\n\ndef f(m):\n"
+                              "    return import_module(f'pkg.{m}')\n")
+    (pkg / "c.py").write_text("import importlib\nnp = importlib.import_module('numpy')\nd = __import__('pkg.b')\n")
+    assert dynamic_imports(tmp_path, ("pkg",)) == ["pkg.a:2 .b", "pkg.b:5 f'pkg.{m}'", "pkg.c:3 pkg.b"]
