@@ -18,6 +18,11 @@ seq_logratio_mean, seq_logratio_std
 
 Sequences without a sampled token are left out of the sequence-level figures (as ``rl.metrics`` does);
 with none at all, ``ess_seq`` and the log-ratio figures are NaN and the clip fraction is 0.
+
+Against response length (``benchmarks.length_mismatch``): ``prefix_figures`` takes the first L tokens of
+the sequences that reach L (the cumulative log-ratio at L), ``length_bin_figures`` the whole sequences whose
+length lies in a bin, ``cumulative_logratio`` the mean cumulative log-ratio at every position and
+``fit_slope`` its least-squares line, in nats per 1,000 tokens.
 """
 
 from __future__ import annotations
@@ -88,3 +93,78 @@ def sampler_diagnostics(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Te
         "seq_logratio_mean": math.nan if empty else float(seq.mean()),
         "seq_logratio_std": math.nan if empty else float(seq.std(correction=0)),
     }
+
+
+# ---- against response length (benchmarks.length_mismatch) -------------------------------------------------
+
+def token_figures(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, eps: float = PPO_EPS) -> dict:
+    """The token- and sequence-level figures of one set of sequences: counts, mean and max |δ|, k3 = mean
+    exp(δ) − 1 − δ, mean and variance of δ (population), and ``sampler_diagnostics``' four."""
+    delta = token_logratios(old_logp, mu, mask)[mask]
+    n = delta.numel()
+    out = {"n_seqs": int(mask.any(dim=1).sum()), "n_tokens": n}
+    if n:
+        out.update(mean_abs_dlogp=float(delta.abs().mean()), max_abs_dlogp=float(delta.abs().max()),
+                   k3=float((torch.expm1(delta) - delta).mean()), dlogp_mean=float(delta.mean()),
+                   dlogp_var=float(delta.var(correction=0)))
+    else:
+        out.update(dict.fromkeys(("mean_abs_dlogp", "max_abs_dlogp", "k3", "dlogp_mean", "dlogp_var"), math.nan))
+    out.update(sampler_diagnostics(old_logp, mu, mask, eps))
+    out["clip_frac"] = out.pop("clip_frac_sampler")
+    return out
+
+
+def _prefix_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Whether every row's sampled tokens are its first ones (EOS ends a response; nothing is sampled after)."""
+    lengths = mask.sum(dim=1, keepdim=True)
+    return torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths)
+
+
+def prefix_figures(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, length: int,
+                   eps: float = PPO_EPS) -> dict:
+    """``token_figures`` of the first ``length`` tokens of every sequence that reaches ``length`` tokens: the
+    cumulative log-ratio at position ``length``, as the paper's length figure reads."""
+    if not _prefix_mask(mask):
+        raise ValueError("mask must be True on a prefix of each row (the sampled tokens up to EOS)")
+    rows = mask.sum(dim=1) >= length
+    return token_figures(old_logp[rows, :length], mu[rows, :length], mask[rows, :length], eps)
+
+
+def length_bin_figures(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, low: int, high: int,
+                       eps: float = PPO_EPS) -> dict:
+    """``token_figures`` of the whole sequences whose actual length lies in (low, high]."""
+    n = mask.sum(dim=1)
+    rows = (n > low) & (n <= high)
+    return token_figures(old_logp[rows], mu[rows], mask[rows], eps)
+
+
+def cumulative_logratio(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> tuple[list, list]:
+    """For t = 1..N: the mean over the sequences that reach t tokens of Σ_{s<t} δ_s, and how many reach t.
+
+    A position no sequence reaches gives NaN and 0."""
+    if not _prefix_mask(mask):
+        raise ValueError("mask must be True on a prefix of each row (the sampled tokens up to EOS)")
+    cum = token_logratios(old_logp, mu, mask).cumsum(dim=1)
+    reach = mask.sum(dim=0)
+    total = torch.where(mask, cum, torch.zeros_like(cum)).sum(dim=0)
+    mean = torch.where(reach > 0, total / reach.clamp_min(1), torch.full_like(total, math.nan))
+    return mean.tolist(), reach.tolist()
+
+
+def fit_slope(curve: list[float], reach: list[int], min_seqs: int = 2) -> dict:
+    """Least-squares line y = a + b·t through the curve's points t = 1.. reached by ``min_seqs`` sequences or more.
+
+    Returns ``slope_nats_per_1k`` (1000·b), ``intercept`` (a), ``r2`` and ``n_points``; NaN with under two points.
+    """
+    pts = [(t + 1, y) for t, (y, r) in enumerate(zip(curve, reach)) if r >= min_seqs and math.isfinite(y)]
+    if len(pts) < 2:
+        return {"slope_nats_per_1k": math.nan, "intercept": math.nan, "r2": math.nan, "n_points": len(pts)}
+    t = torch.tensor([p[0] for p in pts], dtype=torch.float64)
+    y = torch.tensor([p[1] for p in pts], dtype=torch.float64)
+    tc, yc = t - t.mean(), y - y.mean()
+    b = float((tc * yc).sum() / (tc * tc).sum())
+    a = float(y.mean()) - b * float(t.mean())
+    ss_tot = float((yc * yc).sum())
+    ss_res = float(((y - a - b * t) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return {"slope_nats_per_1k": 1000.0 * b, "intercept": a, "r2": r2, "n_points": len(pts)}
