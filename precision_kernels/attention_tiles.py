@@ -1,14 +1,15 @@
 """Tile tables of the fused attention kernels (kernels/attention.py), per backend table and dtype name.
 
 Two tiles per table and dtype are reduction orders (``AttentionConfig`` says which); the others
-change no bit, and under the interpreter they are fitted to each call (``FittedAttentionTiles``).
+change no bit. Under the interpreter they are fitted to each call (``FittedAttentionTiles``); the
+CUDA table fixes them per kernel (``FixedAttentionTiles``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tiles import _count, _pow2_at_least
+from .tiles import checked_count, pow2_at_least
 
 
 @dataclass(frozen=True)
@@ -47,39 +48,76 @@ class FittedAttentionTiles:
     max_product: int = 1 << 18
 
     def fit(self, kernel: str, items: int, rows: int, keys: int, head_dim: int) -> AttentionConfig:
-        block_d = max(2, _pow2_at_least(head_dim))
+        block_d = max(2, pow2_at_least(head_dim))
         if kernel == "dkdv":
-            free = min(max(_pow2_at_least(keys), 2), self.max_rows)
+            free = min(max(pow2_at_least(keys), 2), self.max_rows)
             per_item = block_d * self.block_m_bwd * free
             block_m, block_n_bwd = self.block_m_bwd, free
         else:
-            free = min(max(_pow2_at_least(rows), 2), self.max_rows)
+            free = min(max(pow2_at_least(rows), 2), self.max_rows)
             per_item = block_d * self.block_n * free
             block_m, block_n_bwd = free, self.block_n
-        block_items = min(_pow2_at_least(items), max(self.max_product // per_item, 1))
+        block_items = min(pow2_at_least(items), max(self.max_product // per_item, 1))
         return AttentionConfig(block_n=self.block_n, block_m_bwd=self.block_m_bwd, block_m=block_m,
                                block_n_bwd=block_n_bwd, block_d=block_d, block_items=block_items)
 
 
+@dataclass(frozen=True)
+class AttentionKernelTiles:
+    """One kernel's part of a fixed table: its free tile (query rows per program for fwd and dq, keys per
+    program for dkdv) and its warps."""
+
+    free: int
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class FixedAttentionTiles:
+    """Attention tiles fixed per dtype (CUDA): one item per program, ``tl.dot`` tiles (every dimension >= 16,
+    ``block_d`` the head dim padded to a power of two >= 16); the two orders, then each kernel's free tile."""
+
+    block_n: int
+    block_m_bwd: int
+    fwd: AttentionKernelTiles
+    dq: AttentionKernelTiles
+    dkdv: AttentionKernelTiles
+    num_stages: int = 2
+
+    def fit(self, kernel: str, items: int, rows: int, keys: int, head_dim: int) -> AttentionConfig:
+        own = getattr(self, kernel)
+        block_m = self.block_m_bwd if kernel == "dkdv" else own.free
+        block_n_bwd = own.free if kernel == "dkdv" else self.block_n
+        return AttentionConfig(block_n=self.block_n, block_m_bwd=self.block_m_bwd, block_m=block_m,
+                               block_n_bwd=block_n_bwd, block_d=max(16, pow2_at_least(head_dim)),
+                               num_warps=own.num_warps, num_stages=self.num_stages)
+
+
 _ATTENTION_INTERP = FittedAttentionTiles(block_n=64, block_m_bwd=64)
-# CUDA: one item per program, tl.dot tiles (every dimension >= 16). Per dtype the two orders (block_n,
-# block_m_bwd), then per kernel its free tile (query rows for fwd/dq, keys for dkdv) and warps. Every product
+# CUDA: per dtype the two orders (block_n, block_m_bwd), then per kernel its free tile and warps. Every product
 # but q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits), which needs many registers. Measured with
 # compile_check --all --kernel attention (sm_80 and sm_90): no spills at head dims <= 16 (TinyGPT's 8); at 64
 # and 128 every kernel but the fp32 dq spills, 8-1144 bytes (fp32 dk/dv at 128: 2848). Untuned without a GPU.
-_ATTENTION_CUDA = {
-    "fp32": ((16, 16), {"fwd": (32, 4), "dq": (16, 4), "dkdv": (16, 4)}),
-    "fp16": ((32, 32), {"fwd": (64, 4), "dq": (32, 8), "dkdv": (32, 8)}),
-    "bf16": ((32, 32), {"fwd": (64, 4), "dq": (32, 8), "dkdv": (32, 8)}),
+_ATTENTION_CUDA32 = FixedAttentionTiles(block_n=16, block_m_bwd=16, fwd=AttentionKernelTiles(free=32, num_warps=4),
+                                        dq=AttentionKernelTiles(free=16, num_warps=4),
+                                        dkdv=AttentionKernelTiles(free=16, num_warps=4))
+_ATTENTION_CUDA16 = FixedAttentionTiles(block_n=32, block_m_bwd=32, fwd=AttentionKernelTiles(free=64, num_warps=4),
+                                        dq=AttentionKernelTiles(free=32, num_warps=8),
+                                        dkdv=AttentionKernelTiles(free=32, num_warps=8))
+_ATTENTION_TABLE = {
+    ("interpreter", "fp32"): _ATTENTION_INTERP,
+    ("interpreter", "fp16"): _ATTENTION_INTERP,
+    ("interpreter", "bf16"): _ATTENTION_INTERP,
+    ("cuda", "fp32"): _ATTENTION_CUDA32,
+    ("cuda", "fp16"): _ATTENTION_CUDA16,
+    ("cuda", "bf16"): _ATTENTION_CUDA16,
 }
 ATTENTION_KERNELS = ("fwd", "dq", "dkdv")
 
 
 def attention_orders_for(table: str, dtype_name: str) -> tuple[int, int]:
     """(block_n, block_m_bwd): the key block of the forward/dq sums and the query block of the dk/dv sums."""
-    if table == "interpreter":
-        return _ATTENTION_INTERP.block_n, _ATTENTION_INTERP.block_m_bwd
-    return _ATTENTION_CUDA[dtype_name][0]
+    entry = _ATTENTION_TABLE[(table, dtype_name)]
+    return entry.block_n, entry.block_m_bwd
 
 
 def attention_config_for(table: str, dtype_name: str, kernel: str, *, items: int, rows: int, keys: int,
@@ -88,13 +126,6 @@ def attention_config_for(table: str, dtype_name: str, kernel: str, *, items: int
     (``(batch, kv head)`` for dkdv), ``rows`` queries and ``keys`` keys of head dim ``head_dim``."""
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {ATTENTION_KERNELS}")
-    items, rows, keys, head_dim = (_count(n, v) for n, v in
+    items, rows, keys, head_dim = (checked_count(n, v) for n, v in
                                    (("items", items), ("rows", rows), ("keys", keys), ("head_dim", head_dim)))
-    if table == "interpreter":
-        return _ATTENTION_INTERP.fit(kernel, items, rows, keys, head_dim)
-    (block_n, block_m_bwd), per_kernel = _ATTENTION_CUDA[dtype_name]
-    free, num_warps = per_kernel[kernel]
-    block_m = block_m_bwd if kernel == "dkdv" else free
-    block_n_bwd = free if kernel == "dkdv" else block_n
-    return AttentionConfig(block_n=block_n, block_m_bwd=block_m_bwd, block_m=block_m, block_n_bwd=block_n_bwd,
-                           block_d=max(16, _pow2_at_least(head_dim)), num_warps=num_warps, num_stages=2)
+    return _ATTENTION_TABLE[(table, dtype_name)].fit(kernel, items, rows, keys, head_dim)

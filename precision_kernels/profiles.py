@@ -33,7 +33,9 @@ from . import backend
 from .attention_tiles import (
     ATTENTION_KERNELS,
     AttentionConfig,
+    AttentionKernelTiles,
     FittedAttentionTiles,
+    FixedAttentionTiles,
     attention_config_for,
     attention_orders_for,
 )
@@ -43,11 +45,12 @@ from .tiles import (
     LM_HEAD_BWD_CHUNK,
     FittedTiles,
     LMHeadConfig,
+    LMHeadTiles,
     MatmulConfig,
     MBucket,
     RowConfig,
-    _count,
     check_m_buckets,
+    checked_count,
     lm_head_config_for,
     matmul_block_k_for,
     matmul_buckets_for,
@@ -58,12 +61,13 @@ from .tiles import (
 )
 
 __all__ = [
-    "ATTENTION_KERNELS", "LM_HEAD_BWD_CHUNK", "PROFILES", "AttentionConfig", "EngineConfig", "FittedAttentionTiles",
-    "FittedTiles", "LMHeadConfig", "MBucket", "MatmulConfig", "RowConfig", "active_profile", "attention_config",
-    "attention_config_for", "attention_orders_for", "attention_splits_for", "check_m_buckets", "config_backend",
-    "engine_config", "engine_splits_for", "lm_head_config", "lm_head_config_for", "matmul_block_k_for",
-    "matmul_buckets_for", "matmul_config", "matmul_config_for", "matmul_entry_for", "num_splits_heuristic",
-    "pick_m_bucket", "row_config", "row_config_for", "table_backend", "use_profile",
+    "ATTENTION_KERNELS", "LM_HEAD_BWD_CHUNK", "PROFILES", "AttentionConfig", "AttentionKernelTiles", "EngineConfig",
+    "FittedAttentionTiles", "FittedTiles", "FixedAttentionTiles", "LMHeadConfig", "LMHeadTiles", "MBucket",
+    "MatmulConfig", "RowConfig", "active_profile", "attention_config", "attention_config_for", "attention_orders_for",
+    "attention_splits_for", "check_m_buckets", "config_backend", "engine_config", "engine_splits_for",
+    "lm_head_config", "lm_head_config_for", "matmul_block_k_for", "matmul_buckets_for", "matmul_config",
+    "matmul_config_for", "matmul_entry_for", "num_splits_heuristic", "pick_m_bucket", "row_config", "row_config_for",
+    "table_backend", "use_profile",
 ]
 
 PROFILES = ("matched", "engine", "engine-matmul", "engine-attention")
@@ -194,7 +198,7 @@ def attention_splits_for(items: int, rows: int, keys: int, block: int | None = N
     whole blocks of ``block`` keys (default ``attention_split_block``; a kernel whose key tile is larger
     passes its tile), chunk count by ``num_splits_heuristic``.
     """
-    items, rows, keys = (_count(n, v) for n, v in (("items", items), ("rows", rows), ("keys", keys)))
+    items, rows, keys = (checked_count(n, v) for n, v in (("items", items), ("rows", rows), ("keys", keys)))
     if active_profile() not in _SPLIT_KV_PROFILES or rows > _ENGINE.attention_split_rows or items == 0:
         return 1, 0
     block = _ENGINE.attention_split_block if block is None else block

@@ -71,21 +71,23 @@ class FittedTiles:
 
     def fit(self, m: int, n: int, k: int, items: int | None = None) -> MatmulConfig:
         """The tiles of a call with ``m`` rows, ``n`` columns and depth ``k`` (``items`` batch items when batched)."""
-        block_k = min(self.block_k, _pow2_at_least(k))
-        block_n = min(max(_pow2_at_least(n), self.min_block_n), self.max_block_n)
+        block_k = min(self.block_k, pow2_at_least(k))
+        block_n = min(max(pow2_at_least(n), self.min_block_n), self.max_block_n)
         per_k_lane = self.max_product // block_k
-        block_m = min(_pow2_at_least(m), max(per_k_lane // block_n, 1))
+        block_m = min(pow2_at_least(m), max(per_k_lane // block_n, 1))
         if items is None:
             return MatmulConfig(block_m=block_m, block_n=block_n, block_k=block_k)
-        block_batch = min(_pow2_at_least(items), max(per_k_lane // (block_n * block_m), 1))
+        block_batch = min(pow2_at_least(items), max(per_k_lane // (block_n * block_m), 1))
         return MatmulConfig(block_m=block_m, block_n=block_n, block_k=block_k, block_batch=block_batch)
 
 
-def _pow2_at_least(x: int) -> int:
+def pow2_at_least(x: int) -> int:
+    """The least power of two >= x (1 for x <= 1): a tile that covers x lanes."""
     return 1 << max(int(x) - 1, 0).bit_length()
 
 
-def _count(name: str, value) -> int | None:
+def checked_count(name: str, value) -> int | None:
+    """``value`` (a call's row, column or item count, or None when not given), or ValueError naming ``name``."""
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ValueError(f"{name} must be a count (int >= 0), got {value!r}")
     return value
@@ -205,7 +207,7 @@ def matmul_config_for(table: str, dtype_name: str, batched: bool = False, m: int
     batched, ``items``.
     """
     entry = matmul_entry_for(table, dtype_name, batched)
-    m, n, k, items = (_count(name, v) for name, v in (("m", m), ("n", n), ("k", k), ("items", items)))
+    m, n, k, items = (checked_count(name, v) for name, v in (("m", m), ("n", n), ("k", k), ("items", items)))
     form = "batched " if batched else ""
     if isinstance(entry, FittedTiles):
         missing = [name for name, v in (("m", m), ("n", n), ("k", k)) + ((("items", items),) if batched else ())
@@ -261,7 +263,7 @@ def row_config_for(table: str, rows: int | None = None) -> RowConfig:
     cfg = _ROWS[table]
     if rows is None or table != "interpreter":
         return cfg
-    return dataclasses.replace(cfg, block_rows=min(cfg.block_rows, _pow2_at_least(_count("rows", rows))))
+    return dataclasses.replace(cfg, block_rows=min(cfg.block_rows, pow2_at_least(checked_count("rows", rows))))
 
 
 # ---- fused LM head (kernels/lm_head.py) --------------------------------------------------
@@ -282,16 +284,33 @@ class LMHeadConfig:
     num_stages: int = 2
 
 
-_LM_HEAD_BLOCK_M = {"interpreter": 256}
-# CUDA tiles per dtype: (block_m, block_v, num_warps, num_stages), one config for SCORE, SAMPLE
-# and the backward (I5). Chosen so that every variant compiles without register spills on
-# sm_80 and sm_90, generic and as the JIT specialises a contiguous call
+@dataclass(frozen=True)
+class LMHeadTiles:
+    """One LM-head table entry: the tiles the matmuls' K order leaves free. ``block_v`` None is the row
+    kernels' ``block_cols`` of the same table, read at each call (the interpreter: I5 with token_logprobs)."""
+
+    block_m: int
+    block_v: int | None
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+_LM_HEAD_INTERP = LMHeadTiles(block_m=256, block_v=None)
+# CUDA: one entry per dtype for SCORE, SAMPLE and the backward (I5). Chosen so that every variant
+# compiles without register spills on sm_80 and sm_90, generic and as the JIT specialises a contiguous call
 # (``compile_check --all --only lm_head``; tests/test_compile_check.py). 64 x 128 tiles over
 # 8 warps spilled 16-1080 bytes (SAMPLE keeps the Philox state and the Gumbel keys beside the
 # logits tile; fp32's FMA dots spilled in SCORE too). Smaller tiles alone were not enough:
 # ptxas lands on an occupancy step (64/80/128/168 registers) and spills 4-24 bytes for it when
 # the demand is just above one, so these were searched variant by variant.
-_LM_HEAD_CUDA = {"fp32": (16, 32, 4, 2), "fp16": (64, 64, 8, 3), "bf16": (64, 64, 8, 3)}
+_LM_HEAD_TABLE = {
+    ("interpreter", "fp32"): _LM_HEAD_INTERP,
+    ("interpreter", "fp16"): _LM_HEAD_INTERP,
+    ("interpreter", "bf16"): _LM_HEAD_INTERP,
+    ("cuda", "fp32"): LMHeadTiles(block_m=16, block_v=32, num_warps=4, num_stages=2),
+    ("cuda", "fp16"): LMHeadTiles(block_m=64, block_v=64, num_warps=8, num_stages=3),
+    ("cuda", "bf16"): LMHeadTiles(block_m=64, block_v=64, num_warps=8, num_stages=3),
+}
 # Vocab columns per backward chunk: the dlogits buffer is (rows x this) at most.
 LM_HEAD_BWD_CHUNK = 8192
 
@@ -300,9 +319,7 @@ def lm_head_config_for(table: str, dtype_name: str) -> LMHeadConfig:
     # the matmuls' K order (every bucket, or fitted tile of a K > BLOCK_K call, keeps it), so the logits
     # tiles equal pk.linear's for any M
     block_k = matmul_block_k_for(table, dtype_name)
-    if table == "interpreter":
-        return LMHeadConfig(block_m=_LM_HEAD_BLOCK_M[table], block_v=_ROWS[table].block_cols, block_k=block_k,
-                            num_warps=4)
-    block_m, block_v, num_warps, num_stages = _LM_HEAD_CUDA[dtype_name]
-    return LMHeadConfig(block_m=block_m, block_v=block_v, block_k=block_k, num_warps=num_warps,
-                        num_stages=num_stages)
+    tiles = _LM_HEAD_TABLE[(table, dtype_name)]
+    block_v = _ROWS[table].block_cols if tiles.block_v is None else tiles.block_v
+    return LMHeadConfig(block_m=tiles.block_m, block_v=block_v, block_k=block_k, num_warps=tiles.num_warps,
+                        num_stages=tiles.num_stages)
