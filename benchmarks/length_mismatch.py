@@ -45,7 +45,7 @@ import time
 
 import torch
 
-from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_json
+from benchmarks._output import OutputPathError, prepare_json_path, prepare_output_path, write_figure, write_json
 from rl.diagnostics import cumulative_logratio, fit_slope, length_bin_figures, prefix_figures, token_figures
 
 # name: (sampler precision, sampler mode, learner precision); mode "profile" is --profile.
@@ -257,7 +257,7 @@ def plot(records: list[dict], raw: dict, prefix: str, title: str) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths = [f"{prefix}_seq_logratio.png"]
-    fig.savefig(paths[0], dpi=110)
+    write_figure(fig, paths[0], dpi=110)
     plt.close(fig)
     cols = min(3, len(raw))
     rows = -(-len(raw) // cols)
@@ -276,7 +276,7 @@ def plot(records: list[dict], raw: dict, prefix: str, title: str) -> list[str]:
         ax.axis("off")
     fig.tight_layout()
     paths.append(f"{prefix}_token_probs.png")
-    fig.savefig(paths[1], dpi=110)
+    write_figure(fig, paths[1], dpi=110)
     plt.close(fig)
     return paths
 
