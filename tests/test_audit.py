@@ -263,6 +263,21 @@ def test_audit_reasons_say_what_happened():
     assert classify(aten.add.Scalar, (x, 2.0, 1), {})[0] == "allowed"
 
 
+def test_gathers_backward_is_allowed_and_a_scatter_add_that_sums_is_not():
+    """gather's backward scatters one value into each zero slot (exact); a repeated index or a non-zero slot adds."""
+    x, index = torch.randn(3, 7, requires_grad=True), torch.tensor([[1], [6], [0]])
+    with pk.matched_mode(strict=True):
+        torch.log_softmax(x, -1).gather(-1, index).sum().backward()
+    src = torch.randn(3, 2)
+    assert classify(aten.scatter_add.default, (torch.zeros(3, 7), 1, torch.tensor([[1, 2]] * 3), src), {})[0] \
+        == "allowed"
+    for base, idx in ((torch.zeros(3, 7), torch.tensor([[2, 2]] * 3)), (torch.ones(3, 7), torch.tensor([[1, 2]] * 3))):
+        for op in (aten.scatter_add.default, aten.scatter_add_.default):
+            assert classify(op, (base, 1, idx, src), {})[0] == "uncovered"
+    with pk.matched_mode(strict=True), pytest.raises(UncoveredOpError, match="scatter_add"):
+        torch.zeros(3, 7).scatter_add_(1, torch.tensor([[2, 2]] * 3), src)
+
+
 # ---------------------------------------------------------------------------------------------
 # Threads: the mode is per thread, and pk's launches under the interpreter take turns.
 

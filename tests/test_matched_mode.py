@@ -109,6 +109,56 @@ def test_bmm_and_addmm(dtype):
     assert rec.op == "addmm.default" and "beta=0.5" in rec.reason and rec.count == 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_and_in_place_products_write_the_functional_forms_bits(dtype):
+    """mm/bmm/mv/dot/addmm with out=, and addmm_: the functional form's bits, in the caller's tensor."""
+    a, b, c = randn((13, 40), dtype, 1), randn((40, 9), dtype, 2), randn((13, 9), dtype, 3)
+    a3, b3, v = randn((2, 13, 40), dtype, 4), randn((2, 40, 9), dtype, 5), randn((40,), dtype, 6)
+    bias = randn((9,), dtype, 7)
+    with pk.matched_mode() as report:
+        want = {"mm": torch.mm(a, b), "bmm": torch.bmm(a3, b3), "mv": torch.mv(a, v), "dot": torch.dot(v, v),
+                "addmm": torch.addmm(c, a, b), "bias": torch.addmm(bias, a, b), "add": c + torch.mm(a, b)}
+        # TRL's fused LM head: a tile of a larger buffer (strided) as out=, then acc.addmm_(...)
+        buffer = torch.full((16, 12), 7.0, dtype=dtype)
+        tile = buffer[:13, :9]
+        assert torch.mm(a, b, out=tile) is tile
+        got = {"bmm": torch.bmm(a3, b3, out=torch.empty(0, dtype=dtype)),
+               "mv": torch.mv(a, v, out=torch.empty(13, dtype=dtype)),
+               "dot": torch.dot(v, v, out=torch.empty((), dtype=dtype)),
+               "addmm": torch.addmm(c, a, b, out=torch.empty(13, 9, dtype=dtype)),
+               "bias": torch.addmm(bias, a, b, out=torch.empty(0, dtype=dtype))}
+        acc = c.clone()
+        assert acc.addmm_(a, b) is acc
+    assert_bitwise(tile, want["mm"])
+    assert bool((buffer[13:] == 7).all()) and bool((buffer[:, 9:] == 7).all())       # nothing written outside
+    for name, value in got.items():
+        assert_bitwise(value, want[name])
+    assert_bitwise(acc, want["addmm"])
+    assert_bitwise(want["addmm"], want["add"])          # a full input: add(c, mm(a, b)) bit for bit
+    assert_bitwise(want["mm"], pk.matmul(a, b))
+    assert not report.uncovered
+    for op in ("mm.out", "bmm.out", "mv.out", "dot.out", "addmm.out", "addmm_.default"):
+        assert report.served[op] >= 1, op
+
+
+def test_out_products_that_alias_an_input_or_need_a_resize():
+    a, b = randn((8, 8), torch.float32, 1), randn((8, 8), torch.float32, 2)
+    with pk.matched_mode() as report:
+        want = torch.addmm(a, a, b)
+        aliased = a.clone()
+        aliased.addmm_(aliased, b)                      # the input is read before it is written
+        wrong = torch.empty(3, 3)
+        with pytest.warns(UserWarning, match="resized"):
+            torch.mm(a, b, out=wrong)                   # torch resizes a non-empty out: left to torch, recorded
+        scaled = a.clone().addmm_(a, b, beta=2.0)       # beta != 1: torch, recorded
+    assert_bitwise(aliased, want)
+    assert wrong.shape == (8, 8)
+    torch.testing.assert_close(scaled, torch.addmm(a, a, b, beta=2.0))
+    reasons = {r.op: r.reason for r in report.uncovered.values()}
+    assert set(reasons) == {"mm.out", "addmm_.default"}, reasons
+    assert "out= tensor of shape (3, 3)" in reasons["mm.out"] and "beta=2.0" in reasons["addmm_.default"]
+
+
 def test_arguments_pk_refuses_go_to_torch():
     a, b = randn((3, 4), torch.float32, 1), randn((4, 5), torch.float16, 2)
     with pk.matched_mode() as report:

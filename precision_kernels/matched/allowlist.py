@@ -109,6 +109,26 @@ def float_result(func, args: tuple, kwargs: dict) -> bool:
     return has_float(flat_tensors(out if isinstance(out, (list, tuple)) else [out]))
 
 
+def scatter_add_is_exact(func, args: tuple, kwargs: dict) -> bool:
+    """Whether a ``scatter_add`` puts each source value alone into a zero slot, as ``gather``'s backward does.
+
+    Each result is then ``0 + x``: exact, whatever the order. Read from the index and the slots' values
+    (no two indices of a line alike, every slot written zero), so a scatter that sums does not pass.
+    """
+    base, dim, index = _arg(func, args, kwargs, "self", None), _arg(func, args, kwargs, "dim", 0), \
+        _arg(func, args, kwargs, "index", None)
+    if not isinstance(base, torch.Tensor) or not isinstance(index, torch.Tensor) or index.numel() == 0:
+        return False
+    if index.dim() == 0 or base.dim() == 0:
+        return bool(base.reshape(-1)[index.reshape(-1)] == 0)
+    d = dim % index.dim()
+    with _disable_current_modes():
+        n = index.shape[d]
+        ordered = index.sort(dim=d).values
+        alike = n > 1 and bool((ordered.narrow(d, 1, n - 1) == ordered.narrow(d, 0, n - 1)).any())
+        return not alike and bool((base.gather(d, index) == 0).all())
+
+
 def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
     """("allowed" | "sampling" | "uncovered", reason) for an op that pk does not serve.
 
@@ -151,6 +171,8 @@ def classify(func, args: tuple, kwargs: dict) -> tuple[str, str]:
         return "allowed", "elementwise"
     if name in SELECTIONS:
         return "allowed", "exact selection"
+    if name == "scatter_add" and scatter_add_is_exact(func, args, kwargs):
+        return "allowed", "scatter_add of one value into each zero slot (gather's backward, exact)"
     if not inputs:
         return "allowed", "no tensor inputs (creation)"
     integer_inputs = not has_float(inputs)

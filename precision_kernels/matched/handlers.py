@@ -8,9 +8,7 @@ own); any other exception is a bug and propagates.
 
 What is served:
 
-* ``mm``, ``bmm``, ``mv``, ``dot`` -> ``pk.matmul``; ``addmm`` with ``beta == alpha == 1`` and a
-  bias of shape (N,) or (1, N) -> ``pk.linear`` (bias added in fp32 before the one
-  rounding). ``matmul``/``linear``/``einsum`` decompose into these before dispatch.
+* the products (``mm``, ``bmm``, ``mv``, ``dot``, ``addmm``, their ``out=`` and in-place forms): ``products.py``;
 * ``_softmax`` / ``_log_softmax`` over the last dim (``half_to_float`` included: the 16-bit
   input is widened exactly and reduced in fp32; a 0-d input is one row of one) ->
   ``pk::softmax`` / ``pk::log_softmax``. A fully masked row (every input -inf) is NaN, and so is
@@ -57,11 +55,11 @@ from collections.abc import Callable
 import torch
 
 from .. import profiles
-from ..ops import linear as pk_linear
 from ..ops import matmul, rms_norm
 from ..ops._common import FLOAT_DTYPES
 from ..ops.softmax import as_rows
 from ._common import Decline, check_tensors
+from .products import PRODUCT_HANDLERS
 
 aten = torch.ops.aten
 
@@ -105,54 +103,6 @@ def _row_sums(x2: torch.Tensor) -> torch.Tensor:
     ones = torch.ones((), dtype=torch.float32, device=x2.device).expand(x2.shape[1], 1)
     with profiles.use_profile("matched"):     # a row reduction, never the engine's split-K
         return matmul(x32, ones).reshape(x2.shape[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# Products.
-
-
-def _check_product(a: torch.Tensor, b: torch.Tensor, a_dims: int, b_dims: int) -> None:
-    """Arguments torch would reject (or pk lacks) go back to torch, which raises its own error."""
-    check_tensors(a, b)
-    if a.dtype != b.dtype:
-        raise Decline(f"dtypes differ: {a.dtype} and {b.dtype}")
-    if a.dim() != a_dims or b.dim() != b_dims:
-        raise Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[-1] != b.shape[0 if b_dims == 1 else -2] or (a_dims == 3 and a.shape[0] != b.shape[0]):
-        raise Decline(f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
-
-
-def _mm(a, b):
-    _check_product(a, b, 2, 2)
-    return matmul(a, b)
-
-
-def _bmm(a, b):
-    _check_product(a, b, 3, 3)
-    return matmul(a, b)
-
-
-def _mv(a, v):
-    _check_product(a, v, 2, 1)
-    return matmul(a, v.reshape(-1, 1)).reshape(a.shape[0])
-
-
-def _dot(a, b):
-    _check_product(a, b, 1, 1)
-    return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
-
-
-def _addmm(bias, a, b, *, beta=1, alpha=1):
-    if beta != 1 or alpha != 1:
-        raise Decline(f"addmm with beta={beta}, alpha={alpha} (pk serves beta == alpha == 1)")
-    _check_product(a, b, 2, 2)
-    check_tensors(bias)
-    n = b.shape[-1]
-    if tuple(bias.shape) not in ((n,), (1, n)):
-        raise Decline(f"addmm input of shape {tuple(bias.shape)} is not a bias of shape ({n},) or (1, {n})")
-    if not (bias.dtype == a.dtype == b.dtype):
-        raise Decline(f"addmm dtypes differ: {bias.dtype}, {a.dtype}, {b.dtype}")
-    return pk_linear(a, b.mT, bias.reshape(n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,11 +331,7 @@ def _embedding_dense_backward(grad, indices, num_weights, padding_idx, scale_gra
 
 
 HANDLERS: dict[str, Callable] = {
-    "aten.mm.default": _mm,
-    "aten.bmm.default": _bmm,
-    "aten.mv.default": _mv,
-    "aten.dot.default": _dot,
-    "aten.addmm.default": _addmm,
+    **PRODUCT_HANDLERS,
     "aten._softmax.default": _softmax,
     "aten._log_softmax.default": _log_softmax,
     "aten._softmax_backward_data.default": _softmax_backward_data,
