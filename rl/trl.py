@@ -45,9 +45,16 @@ import precision_kernels as pk
 from .metrics import DASHBOARD_KEYS, dashboard_metrics
 
 try:
+    import trl
     from trl import GRPOConfig, GRPOTrainer
 except ImportError as err:  # the optional extra
     raise ImportError("rl.trl needs TRL: pip install -e '.[trl]' (make setup installs it)") from err
+
+# The trainer overrides GRPOTrainer's private steps (_generate_single_turn, _get_per_token_logps_and_entropies,
+# _generate_and_score_completions), which TRL changes between minor versions.
+SUPPORTED_TRL = "1.16."
+if not trl.__version__.startswith(SUPPORTED_TRL):
+    raise ImportError(f"rl.trl supports TRL {SUPPORTED_TRL}x (pyproject's [trl] extra), found {trl.__version__}")
 
 __all__ = ["GRPOConfig", "MatchedGRPOTrainer", "check_on_policy", "positions", "token_logprobs"]
 

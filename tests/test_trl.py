@@ -15,12 +15,14 @@ import torch
 
 pytest.importorskip("trl", reason="TRL is not installed: pip install -e '.[trl]' (make setup installs it)")
 
+import precision_kernels as pk  # noqa: E402
 from rl.tiny_hf import write_tiny_llama  # noqa: E402
 from rl.trl import TRL_KEYS, GRPOConfig, MatchedGRPOTrainer, check_on_policy, token_logprobs  # noqa: E402
 
 PROMPTS = ["hello world", "ab"]
 EXTRA_EOS = "="           # a character the random-init model draws now and then
 MAX_NEW = 6
+DEVICE = pk.backend.device()
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,9 @@ def model_dir(tmp_path_factory):
 
 def _config(out, **overrides):
     settings = dict(output_dir=str(out), per_device_train_batch_size=4, num_generations=2,
-                    max_completion_length=MAX_NEW, max_steps=2, learning_rate=0.05, bf16=False, use_cpu=True,
-                    report_to="none", logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True)
+                    max_completion_length=MAX_NEW, max_steps=2, learning_rate=0.05, bf16=False,
+                    use_cpu=DEVICE.type == "cpu", report_to="none", logging_steps=1, save_strategy="no", seed=0,
+                    disable_tqdm=True)
     settings.update(overrides)
     return GRPOConfig(**settings)
 
@@ -41,6 +44,7 @@ def _model_and_tokenizer(model_dir):
 
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(tf.AutoConfig.from_pretrained(model_dir), attn_implementation="sdpa")
+    model.to(DEVICE)
     tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EXTRA_EOS)]
     return model, tokenizer
