@@ -15,6 +15,7 @@ import time
 
 from rl.metrics import json_safe
 from rl.mismatch import format_headline, format_table, matched_rows_zero, must_match, nonzero, run
+from rl.output_paths import write_output
 from rl.train import build_parser, train
 
 TARGET_ACCURACY = 0.95
@@ -44,8 +45,8 @@ def main() -> int:
     print(f"policy: {source}; 32 prompts of the reverse task, temperature 1")
     print(format_table(records))
     print("\n" + format_headline(records))
-    with open("runs/demo/mismatch.json", "w") as f:  # strict JSON: a figure that is not finite is null
-        json.dump(json_safe(records), f, indent=1, allow_nan=False)
+    # strict JSON (a figure that is not finite is null), written by rl.output_paths' rule
+    write_output(json.dumps(json_safe(records), indent=1, allow_nan=False), "runs/demo/mismatch.json")
     print(f"\nmetrics: runs/demo/metrics.jsonl   summary: runs/demo/summary.json   "
           f"mismatch: runs/demo/mismatch.json   ({time.perf_counter() - t0:.0f}s in all)")
     failures = demo_failures(summary["final_accuracy"], records)

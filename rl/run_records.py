@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .metrics import json_safe
+from .output_paths import write_output
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -65,13 +66,8 @@ def records_up_to(metrics_path: Path, step: int, log=print) -> list[dict]:
     if [r["step"] for r in records] != list(range(1, step + 1)):
         log(f"WARNING {metrics_path} holds the records of steps {[r['step'] for r in records]}, not 1..{step}: "
             f"the summary covers those")
-    if changed:
-        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-        with tmp.open("w") as f:
-            f.write("".join(line + "\n" for line in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, metrics_path)
+    if changed:  # atomically (rl.output_paths: a link keeps its link, its target is replaced)
+        write_output("".join(line + "\n" for line in kept), metrics_path, "--out")
     return records
 
 
