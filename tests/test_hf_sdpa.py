@@ -183,6 +183,40 @@ def test_sliding_window_is_reported_and_its_backward_stays_on_torch():
     assert "forward ran on torch" in reasons[SDPA_BWD], report.summary()
 
 
+def test_an_sdpa_call_pk_cannot_serve_runs_on_torch_where_torch_does_not_raise():
+    """scale=1e39 is inf in float32: torch returns NaN, pk.attention refuses it. Inside the mode the call runs on
+    torch and is reported (audit), or is refused as uncovered (strict); it never raises where torch does not."""
+    from precision_kernels.matched import UncoveredOpError
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1e39)
+    with pk.matched_mode(audit=True) as report:
+        got = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1e39)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert report.served[SDPA] == 0
+    reasons = {rec.op: rec.reason for rec in report.uncovered.values()}
+    assert "fell back to torch: scale must be finite in float32" in reasons[SDPA], report.summary()
+    with pk.matched_mode(strict=True), pytest.raises(UncoveredOpError, match="scale must be finite in float32"):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1e39)
+
+
+def test_the_sdpa_backward_is_reported_in_the_profile_it_runs_matched():
+    """Under the engine profile the SDPA forward is served by the engine, its backward by the matched kernels (the
+    only ones it has): the report says so, and strict lets a backward run under an active engine profile."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g, requires_grad=True) for _ in range(3))
+    with pk.use_profile("engine"), pk.matched_mode(strict=True, allow_engine=True) as report:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+    assert report.served_profiles[SDPA] == {"engine": 1}
+    assert report.served_profiles[SDPA_BWD] == {"matched": 1}, report.summary()
+    with pk.matched_mode(strict=True) as report:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with pk.use_profile("engine"):
+            out.sum().backward()
+    assert report.served_profiles[SDPA_BWD] == {"matched": 1}
+
+
 SMOLLM2 = pytest.mark.skipif(not os.environ.get("PK_SLOW"), reason="loads the real model (about 30 s): PK_SLOW=1")
 
 

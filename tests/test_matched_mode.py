@@ -286,6 +286,24 @@ def test_fused_rms_norm_and_layer_norm():
         assert uncovered_ops(report) == {"native_layer_norm.default"}
 
 
+def test_a_norms_eps_pk_refuses_runs_on_torch_and_is_reported():
+    """torch takes an eps of 1e39 (inf in float32) or below 0; pk refuses it: inside the mode it runs on torch."""
+    x, w = randn((4, 16), torch.float32, 1), randn((16,), torch.float32, 2)
+    for eps in (1e39, -1.0):
+        want = torch.ops.aten.native_layer_norm(x, [16], w, None, eps)
+        with pk.matched_mode(audit=True) as report:
+            got = torch.ops.aten.native_layer_norm(x, [16], w, None, eps)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, equal_nan=True)
+        (rec,) = report.uncovered.values()
+        assert rec.op == "native_layer_norm.default" and "fell back to torch: eps must be" in rec.reason
+        with pk.matched_mode(strict=True), pytest.raises(UncoveredOpError, match="eps must be"):
+            torch.ops.aten.native_layer_norm(x, [16], w, None, eps)
+    if hasattr(torch.ops.aten, "_fused_rms_norm"):
+        with pytest.raises(mode.Decline, match="eps must be finite in float32"):
+            HANDLERS["aten._fused_rms_norm.default"](x, [16], w, 1e39)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_norm_backward_is_batch_invariant(dtype):
     x, dy = randn((9, 70), dtype, 21, scale=2.0), randn((9, 70), dtype, 22)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
-from ..ops._common import FLOAT_DTYPES
+from ..ops._common import FLOAT_DTYPES, check_fp32_real
 
 
 class Decline(Exception):
@@ -41,3 +41,15 @@ def check_tensors(*tensors: torch.Tensor | None) -> None:
             raise Decline(f"dtype {t.dtype} is not served (pk serves float32, float16, bfloat16)")
         if t.device.type != want:
             raise Decline(f"tensor on {t.device}, the active backend runs on {want}")
+
+
+def fp32_scalar(name: str, value, *, nonnegative: bool = False) -> float:
+    """A scalar pk's kernel uses as float32 (an SDPA scale, a norm's eps) -> float, or ``Decline``.
+
+    Torch takes values pk refuses (a scale of 1e39 is inf in float32: torch returns NaN, pk.attention
+    raises); inside the mode such a call runs on torch and is reported, it never raises where torch does not.
+    """
+    try:
+        return check_fp32_real(name, value, nonnegative=nonnegative)
+    except (TypeError, ValueError) as why:
+        raise Decline(str(why)) from None

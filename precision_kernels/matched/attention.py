@@ -51,7 +51,7 @@ import torch
 
 from .. import profiles
 from ..ops.attention import MAX_HEAD_DIM
-from ._common import Decline, check_tensors
+from ._common import Decline, check_tensors, fp32_scalar
 
 _NEG_INF = float("-inf")
 aten = torch.ops.aten
@@ -123,9 +123,7 @@ def plan(q, k, v, dropout_p, is_causal, attn_mask, scale) -> _Plan:
     if is_causal and attn_mask is not None:
         raise Decline("is_causal=True together with attn_mask")
     tq, tk = q.shape[2], k.shape[2]
-    s = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    if not math.isfinite(s):
-        raise Decline(f"scale {scale}")
+    s = fp32_scalar("scale", 1.0 / math.sqrt(q.shape[3]) if scale is None else scale)
     if is_causal and tq != tk:
         # top-left: query t sees keys 0..t
         rows = torch.arange(tq, device=q.device)[:, None]
@@ -268,6 +266,14 @@ def _cudnn_attention_backward(grad_out, query, key, value, out, logsumexp, philo
                               cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, *, scale=None):
     return _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, attn_bias, scale)
 
+
+# Their backward always runs pk's matched kernels, whatever profile is active (ops/attention.py).
+SDPA_BACKWARDS = frozenset(name for name in (
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward.default",
+    "aten._scaled_dot_product_flash_attention_backward.default",
+    "aten._scaled_dot_product_efficient_attention_backward.default",
+    "aten._scaled_dot_product_cudnn_attention_backward.default",
+))
 
 SDPA_HANDLERS = {
     "aten._scaled_dot_product_flash_attention_for_cpu.default": _flash_attention_for_cpu,

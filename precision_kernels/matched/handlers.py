@@ -58,7 +58,7 @@ from .. import profiles
 from ..ops import matmul, rms_norm
 from ..ops._common import FLOAT_DTYPES
 from ..ops.softmax import as_rows
-from ._common import Decline, check_tensors
+from ._common import Decline, check_tensors, fp32_scalar
 from .products import PRODUCT_HANDLERS
 
 aten = torch.ops.aten
@@ -253,6 +253,7 @@ def _check_affine(x: torch.Tensor, *params: torch.Tensor | None) -> None:
 
 def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     _one_norm_dim(x, normalized_shape, "layer norm")
+    fp32_scalar("eps", eps, nonnegative=True)
     check_tensors(x, weight, bias)
     _check_affine(x, weight, bias)
     y2, mean, rstd = torch.ops.pk.layer_norm(as_rows(x), weight, bias, eps)
@@ -287,7 +288,7 @@ def _rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
 def _fused_rms_norm(x, normalized_shape, weight, eps):
     _one_norm_dim(x, normalized_shape, "rms norm")
     check_tensors(x, weight)
-    e = torch.finfo(x.dtype).eps if eps is None else eps
+    e = torch.finfo(x.dtype).eps if eps is None else fp32_scalar("eps", eps, nonnegative=True)
     w = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device) if weight is None else weight
     return rms_norm(x, w, e), _rms_rstd(x, e)
 
@@ -348,6 +349,11 @@ if hasattr(aten, "_fused_rms_norm"):
 HANDLERS["aten.embedding_dense_backward.default"] = _embedding_dense_backward
 
 # Scaled-dot-product attention, forward and backward together (matched/attention.py).
-from .attention import SDPA_HANDLERS  # noqa: E402
+from .attention import SDPA_BACKWARDS, SDPA_HANDLERS  # noqa: E402
 
 HANDLERS.update(SDPA_HANDLERS)
+
+# Handlers that run pk's matched kernels whatever profile is active: the row sums (sum, mean, the embedding
+# backward) pin it, and so does the SDPA backward. The report states them as matched, and strict lets them run.
+MATCHED_ONLY = frozenset({"aten.mean.dim", "aten.mean.default", "aten.sum.dim_IntList", "aten.sum.default",
+                          "aten.embedding_dense_backward.default", *SDPA_BACKWARDS})

@@ -20,7 +20,9 @@ another dim, ``addmm`` with ``beta != 1``, a dtype pk lacks, a tensor on another
 falls back to torch, and the fallback is always recorded as uncovered.
 
 Profiles: pk's kernels run in the active profile (``pk.use_profile``). The report records the
-profile that served each op (``report.served_profiles``). The engine profile's kernels are not
+profile that served each op (``report.served_profiles``): the active one, or "matched" for the
+handlers that always run the matched kernels (``handlers.MATCHED_ONLY``: the row sums, the SDPA
+backward), whatever is active. The engine profile's kernels are not
 batch-invariant (split-K decode), so ``strict=True`` refuses to serve an op under it, unless
 the caller asks for it by name with ``allow_engine=True`` (an engine sampler that wants the
 audit's other guarantees); without ``strict`` the engine is served and reported.
@@ -41,7 +43,7 @@ from ..ops.registry import all_families
 from . import vector_path
 from ._common import Decline, flat_tensors, has_float
 from .allowlist import classify
-from .handlers import HANDLERS
+from .handlers import HANDLERS, MATCHED_ONLY
 
 
 class UncoveredOpError(RuntimeError):
@@ -155,8 +157,11 @@ class _MatchedDispatchMode(TorchDispatchMode):
         self.report, self.audit, self.strict, self.allow_engine = report, audit, strict, allow_engine
 
     def _profile(self, func, args, kwargs) -> str:
-        """The active profile, refused under ``strict`` unless it is "matched" or the engine was asked for."""
-        profile = profiles.active_profile()
+        """The profile the op runs in, refused under ``strict`` unless it is "matched" or the engine was asked for.
+
+        The active one, except for handlers that always run matched (``handlers.MATCHED_ONLY``).
+        """
+        profile = "matched" if str(func) in MATCHED_ONLY else profiles.active_profile()
         if profile != "matched" and self.strict and not self.allow_engine:
             name = str(func).removeprefix("aten.")
             raise UncoveredOpError(f"matched_mode(strict=True): {name} ({_dtype_of(args, kwargs)}, shape "
