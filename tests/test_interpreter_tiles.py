@@ -25,6 +25,9 @@ from precision_kernels.profiles import FittedTiles, MatmulConfig, MBucket
 
 pytestmark = pytest.mark.skipif(pk.active_backend() != "interpreter", reason="interpreter tile tables only")
 
+# Fitted tiles change the interpreter's programs; CPU twins ignore tiles, so these run the interpreter.
+pytestmark = [pytestmark, pytest.mark.usefixtures("interpreter_executor")]
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The table before M buckets (one 256 x 128 tile), and small odd tiles with BLOCK_N = 2.
 SINGLE = (MBucket(None, MatmulConfig(block_m=256, block_n=128, block_k=32)),)

@@ -36,6 +36,9 @@ from precision_kernels.ops.matmul import ENGINE_K_ALIGN
 
 pytestmark = pytest.mark.skipif(not backend.INTERPRETED, reason="the documented K order is the interpreter's")
 
+# The Triton source's K loop, not its CPU twin (tests/test_cpu_executor_matmul.py holds the twin to it).
+pytestmark = [pytestmark, pytest.mark.usefixtures("interpreter_executor")]
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # (rows, columns, K): K a multiple of the interpreter's BLOCK_K (32), with a partial last block, below it

@@ -8,6 +8,9 @@
   module-wide for the length of a launch (and the fast paths keep per-launch state), so two
   threads launching at once would run inside each other's patches. Launches from several
   threads then take turns, each computing exactly what it computes alone.
+  On the interpreter backend a launch runs the kernel's compiled CPU twin instead, where
+  ``cpu_executor.choose`` picks one (DESIGN.md section 3.7): same bits, no lock (a twin writes
+  only its launch's outputs).
 * ``NATIVE_DOT``: the one decision whether kernels may use ``tl.dot`` (compiled) or must
   multiply-and-sum in K order (interpreter; DESIGN.md section 3).
 * ``check_temperature``: the one temperature rule of every op that takes one.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import backend
+from .. import backend, cpu_executor
 from ._custom import FP32_OVERFLOW, fp32_value
 
 # tl.dot on native operands only when compiled: the interpreter's tl.dot (OpenBLAS) depends on
@@ -35,11 +38,13 @@ _CONFIG_LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 @dataclass(frozen=True)
 class LaunchRecord:
-    """One kernel launch as ``launch`` made it: kernel name, grid, and the launch options passed."""
+    """One kernel launch as ``launch`` made it: kernel name, grid, the launch options passed, and what ran it:
+    "triton" (a compiled kernel), "interpreter" (the Triton interpreter) or "twin" (its CPU twin)."""
 
     kernel: str
     grid: tuple
     options: dict
+    executor: str = cpu_executor.COMPILED
 
 
 _observers: list[list[LaunchRecord]] = []
@@ -68,9 +73,13 @@ def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
         return
     options = {name: getattr(config, name) for name in _CONFIG_LAUNCH_OPTIONS if hasattr(config, name)}
     options.update(backend.launch_options())
+    twin = cpu_executor.choose(kernel, constexprs) if backend.INTERPRETED else None
+    executor = cpu_executor.TWIN if twin else cpu_executor.INTERPRETER if backend.INTERPRETED else cpu_executor.COMPILED
     for records in _observers:
-        records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options)))
-    if backend.INTERPRETED:
+        records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options), executor))
+    if twin is not None:
+        cpu_executor.run_twin(twin, kernel, grid, args, constexprs)
+    elif backend.INTERPRETED:
         with _INTERPRETER_LAUNCH:
             kernel[grid](*args, **constexprs, **options)
     else:
