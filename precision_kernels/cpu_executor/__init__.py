@@ -7,8 +7,8 @@ stays the CPU specification; tests hold every twin bitwise equal to it (DESIGN.m
 /work/coord/EXECUTOR_API.md for how to write one).
 
 * ``@twin(kernel)`` registers a twin for a ``@triton.jit`` kernel. Twins live in one module per
-  kernel family in this package (``cpu_executor/matmul.py`` ...); every public module here is
-  imported on the first CPU launch, so a new family module needs no list edited.
+  kernel family in this package (``cpu_executor/matmul.py`` ...), listed in
+  ``_import_family_modules`` and imported on the first CPU launch.
 * ``choose(kernel, constexprs)`` is the selection rule ``ops/_common.launch`` applies on the
   interpreter backend: the twin, unless the executor in effect is the interpreter
   (``PK_CPU_EXECUTOR=interpreter`` or ``use_cpu_executor("interpreter")``), the launch is a
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import inspect
 import os
-import pkgutil
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -84,6 +82,12 @@ def twin(kernel) -> Callable[[Callable], Callable]:
     return register
 
 
+def _import_family_modules() -> None:
+    """The family modules, one import line each (an import statement keeps the import graph visible to
+    tests/test_import_graph.py). A new family's twin module adds its line here."""
+    from . import matmul  # noqa: F401
+
+
 def load_twins() -> None:
     """Import every family module of this package once (they register their twins on import).
 
@@ -97,9 +101,7 @@ def load_twins() -> None:
         if _loaded:
             return
         try:
-            for module in pkgutil.iter_modules(__path__):
-                if not module.name.startswith("_"):
-                    importlib.import_module(f"{__name__}.{module.name}")
+            _import_family_modules()
         except ImportError as e:
             if (e.name or "").split(".")[0] not in ("numba", "llvmlite"):
                 raise

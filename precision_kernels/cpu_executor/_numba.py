@@ -2,6 +2,7 @@
 
 Imported only by the family modules (so only on the CPU backend's first launch).
 
+* **Cache**: ``cache=True`` everywhere, in a folder named by this module's hash (``_cache_dir``).
 * **Threading layer**: "threadsafe" (OpenMP, else TBB). numba's default may pick ``workqueue``,
   which aborts the process when two Python threads call a parallel function at once.
 * **Threads**: ``threads()`` is ``torch.get_num_threads()`` (capped at numba's pool); a twin runs
@@ -19,6 +20,9 @@ Imported only by the family modules (so only on the CPU backend's first launch).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 import torch
@@ -27,6 +31,17 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 numba.config.THREADING_LAYER = "threadsafe"
+
+
+def _cache_dir() -> str:
+    """numba's cache folder, named by this module's source: numba invalidates a cached function when its own
+    file changes, but not when a helper it calls from here does, so an edit here must start a new cache."""
+    digest = hashlib.sha256(Path(__file__).read_bytes() + numba.__version__.encode()).hexdigest()[:16]
+    return str(Path(__file__).parent / "__pycache__" / f"numba-{digest}")
+
+
+# Before any function here is decorated: the cache locator is chosen at decoration.
+numba.config.CACHE_DIR = _cache_dir()
 
 FP32, FP16, BF16 = 0, 1, 2
 
