@@ -450,6 +450,26 @@ def test_softmax_state_lives_as_long_as_the_output():
         assert not handlers._SOFTMAX_SAVED
 
 
+def test_sdpa_state_lives_as_long_as_the_output():
+    """The SDPA forward's kept lse uses the same memo as the softmax's: gone with the output's storage."""
+    from precision_kernels.matched import attention
+
+    q, k, v = (randn((1, 2, 5, 8), torch.float32, s) for s in (60, 61, 62))
+    leaf = q.clone().requires_grad_(True)
+    gc.collect()
+    assert not attention._SERVED_FORWARDS
+    with pk.matched_mode():
+        out = F.scaled_dot_product_attention(leaf, k, v, is_causal=True)
+        assert len(attention._SERVED_FORWARDS) == 1
+        out.sum().backward()
+        del out
+    gc.collect()
+    assert not attention._SERVED_FORWARDS
+    with torch.no_grad(), pk.matched_mode():
+        F.scaled_dot_product_attention(leaf * 1.0, k, v, is_causal=True)   # no grad (generate): nothing kept
+        assert not attention._SERVED_FORWARDS
+
+
 # --- the served table comes from the op registry ---------------------------------------------
 
 

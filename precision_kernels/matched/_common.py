@@ -1,6 +1,9 @@
-"""What the matched-mode modules share: the decline signal and how an op and its inputs are read."""
+"""What the matched-mode modules share: the decline signal, how an op and its inputs are read, and the memo a
+served forward leaves for its backward."""
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -53,3 +56,33 @@ def fp32_scalar(name: str, value, *, nonnegative: bool = False) -> float:
         return check_fp32_real(name, value, nonnegative=nonnegative)
     except (TypeError, ValueError) as why:
         raise Decline(str(why)) from None
+
+
+class ForwardMemo:
+    """What served forwards keep for their backward ops, looked up by the forward's output.
+
+    A backward op receives the forward's output, not the forward's call: softmax's backward gets the
+    probabilities, SDPA's backward its ``out``. The memo is keyed by the output's place in its storage
+    (what autograd saves for the backward shares the storage, not the tensor object), and an entry is
+    dropped when that storage is freed: torch keeps a storage's Python object alive exactly as long as
+    the storage, so an entry lives as long as the output does (its graph, or the caller, holds it).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, object] = {}
+
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple:
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+
+    def keep(self, out: torch.Tensor, value) -> None:
+        key = self._key(out)
+        self._entries[key] = value
+        weakref.finalize(out.untyped_storage(), self._entries.pop, key, None)
+
+    def get(self, out: torch.Tensor):
+        """What the forward that returned ``out`` kept, or None (it did not run on pk, or kept nothing)."""
+        return self._entries.get(self._key(out))
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -44,14 +44,13 @@ pass, so decode cannot equal prefill there.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from .. import profiles
 from ..ops.attention import MAX_HEAD_DIM
-from ._common import Decline, check_tensors, fp32_scalar
+from ._common import Decline, ForwardMemo, check_tensors, fp32_scalar
 
 _NEG_INF = float("-inf")
 aten = torch.ops.aten
@@ -140,12 +139,8 @@ def plan(q, k, v, dropout_p, is_causal, attn_mask, scale) -> _Plan:
     return _Plan(attn_mask, key_start if bool(key_start.any()) else None, False, s)
 
 
-# Served forwards whose inputs require grad: output storage key -> (pk's lse, tile table, weakref to out storage).
-_SERVED_FORWARDS: dict[tuple, tuple[torch.Tensor, str]] = {}
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+# Served forwards whose inputs require grad: output -> (pk's lse, tile table).
+_SERVED_FORWARDS = ForwardMemo()
 
 
 def _torch_lse_layout(lse: torch.Tensor) -> torch.Tensor:
@@ -159,9 +154,7 @@ def _torch_lse_layout(lse: torch.Tensor) -> torch.Tensor:
 def _remember(out: torch.Tensor, lse: torch.Tensor, q, k, v) -> None:
     """Keep pk's lse and tile table for the backward of ``out``, while its storage lives (only when grad may flow)."""
     if (q.requires_grad or k.requires_grad or v.requires_grad) and out.numel():
-        key = _storage_key(out)
-        _SERVED_FORWARDS[key] = (lse, profiles.table_backend())
-        weakref.finalize(out.untyped_storage(), _SERVED_FORWARDS.pop, key, None)
+        _SERVED_FORWARDS.keep(out, (lse, profiles.table_backend()))
 
 
 def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
@@ -173,7 +166,7 @@ def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, 
 
 def _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, attn_mask, scale):
     """(dq, dk, dv) on pk for a forward pk served (``Decline`` when it ran on torch; never declines otherwise)."""
-    saved = _SERVED_FORWARDS.get(_storage_key(out))
+    saved = _SERVED_FORWARDS.get(out)
     if saved is None:
         raise Decline("the forward ran on torch (its outputs are torch's), so its backward runs on torch")
     lse, table = saved
@@ -246,7 +239,7 @@ def _efficient_attention(query, key, value, attn_bias, compute_log_sumexp, dropo
 
 def _efficient_attention_backward(grad_out_, query, key, value, attn_bias, out, logsumexp, philox_seed,
                                   philox_offset, dropout_p, grad_input_mask, is_causal=False, *, scale=None):
-    if _SERVED_FORWARDS.get(_storage_key(out)) is not None and grad_input_mask[3]:
+    if _SERVED_FORWARDS.get(out) is not None and grad_input_mask[3]:
         raise RuntimeError("matched mode: the SDPA backward asks for attn_bias's gradient, which pk does not compute")
     dq, dk, dv = _served_backward(grad_out_, query, key, value, out, dropout_p, is_causal, attn_bias, scale)
     return (dq if grad_input_mask[0] else None, dk if grad_input_mask[1] else None,

@@ -49,7 +49,6 @@ What is served:
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -58,7 +57,7 @@ from .. import profiles
 from ..ops import matmul, rms_norm
 from ..ops._common import FLOAT_DTYPES
 from ..ops.softmax import as_rows
-from ._common import Decline, check_tensors, fp32_scalar
+from ._common import Decline, ForwardMemo, check_tensors, fp32_scalar
 from .products import PRODUCT_HANDLERS
 
 aten = torch.ops.aten
@@ -108,21 +107,13 @@ def _row_sums(x2: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Softmax and log-softmax, forward and backward.
 
-# Served softmaxes whose input requires grad: output storage key -> (input, its version, row max, row sum).
-_SOFTMAX_SAVED: dict[tuple, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = {}
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    """The tensor's place in its storage: the output autograd saves for a backward shares it, not the object."""
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+# Served softmaxes whose input requires grad: output -> (input, its version, row max, row sum).
+_SOFTMAX_SAVED = ForwardMemo()
 
 
 def _keep_for_backward(y: torch.Tensor, x: torch.Tensor, row_max, row_sum) -> None:
-    key = _storage_key(y)
     # x itself, not a view made here: a view made below autograd does not share x's version counter.
-    _SOFTMAX_SAVED[key] = (x, x._version, row_max, row_sum)
-    # torch keeps a storage's Python object alive as long as the storage: the entry lives exactly as long.
-    weakref.finalize(y.untyped_storage(), _SOFTMAX_SAVED.pop, key, None)
+    _SOFTMAX_SAVED.keep(y, (x, x._version, row_max, row_sum))
 
 
 def _softmax_forward(x, dim, half_to_float, log: bool):
@@ -165,7 +156,7 @@ def _softmax_backward_data(grad, out, dim, input_dtype):
     _check_softmax_grad(grad, out, dim, input_dtype)
     if out.numel() == 0:
         return torch.empty(out.shape, dtype=input_dtype, device=out.device)
-    saved = _SOFTMAX_SAVED.get(_storage_key(out))
+    saved = _SOFTMAX_SAVED.get(out)
     if saved is None:
         raise Decline("the forward softmax did not run on pk, so its input and row statistics are not kept")
     x, x_version, row_max, row_sum = saved
