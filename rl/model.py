@@ -25,6 +25,7 @@ warm-up and the speed baseline; outside the invariants).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ import torch
 import torch.nn as nn
 
 import precision_kernels as pk
+
+from .policy import check_full_prompts
 
 # The linears' precisions besides the compute precision (None): "fp8" runs each block linear W8A8 with
 # e4m3 weights quantised per output row from the fp32 masters and e4m3 activations per token (pk.fp8_linear).
@@ -260,17 +263,39 @@ class TinyGPT(nn.Module):
         h = pk.rms_norm(x, w["norm_f.weight"], eps=self.cfg.norm_eps)
         return to_head_precision(h, self.cfg.head_dtype)
 
-    # ---- entry points ---------------------------------------------------------------------
+    # ---- entry points (the rl.policy.Policy interface, ``start`` aside: rl.policies) ---------
 
-    def hidden_states(self, tokens: torch.Tensor, weights: dict | None = None) -> torch.Tensor:
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cfg.max_seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @contextlib.contextmanager
+    def numerics(self, profile: str = "matched", *, audit: bool = False):
+        """Every op here is a kernel or exact glue, so the profile alone sets the numerics (no mode, no report)."""
+        with pk.use_profile(profile):
+            yield None
+
+    def hidden_states(self, tokens: torch.Tensor, weights: dict | None = None,
+                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalised hidden states of a full causal pass, (B, T, d_model), head precision."""
+        check_full_prompts(prompt_mask, tokens)
         return self._layers(weights or self.compute_weights(), tokens, None, 0)
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.cfg, batch, self.tok_emb.weight.device)
 
-    def prefill(self, prompts: torch.Tensor, cache: KVCache, weights: dict) -> torch.Tensor:
+    def prefill(self, prompts: torch.Tensor, cache: KVCache, weights: dict,
+                prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the prompts through the model, fill the cache; returns the last position's hidden state (B, d)."""
+        check_full_prompts(prompt_mask, prompts)
         h = self._layers(weights, prompts, cache, 0)
         cache.length = prompts.shape[1]
         return h[:, -1]

@@ -22,7 +22,7 @@ A response position only counts where ``mask`` is True (sampled, up to and inclu
 the first EOS); anything after the first EOS is ignored, and a response that stops
 early loses the positions it never produced.
 
-In words, for any tokenizer (``rl.hf_policy``): every task also states its problems as
+In words, for any tokenizer (``rl.task_views.TextTask``): every task also states its problems as
 chat messages with a text answer (``text_problems``) and scores a decoded response
 (``text_reward``). A synthetic task's prompt is its own characters (``"402917="``) and its
 reward the same rule over characters: the answer's characters, then the stop (the

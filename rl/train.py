@@ -33,9 +33,12 @@ Every flag is checked before any work (``rl.train_flags.check_args``). An existi
 its checkpoint (an error when there is none) and refuses flags that differ from the stored
 run's, except ``RESUME_MAY_DIFFER``.
 
-One RL step is ``_roll_out``, ``_learn``, ``_log_step`` and ``_checkpoint`` on the run that
-``_set_up`` builds (``_train`` is the loop). Randomness comes only from seeded generators and
-keyed seeds, so the checkpoint holds just the data-order generator (``rl.checkpoint``).
+The model is a policy (``rl.policy.Policy``: TinyGPT, or a Hugging Face LM) that
+``rl.policies.build_policy`` builds from ``--model``; this loop never asks which: the policy
+starts the run (TinyGPT's warm-up) and sets the numerics of its passes. One RL step is
+``_roll_out``, ``_learn``, ``_log_step`` and ``_checkpoint`` on the run that ``_set_up`` builds
+(``_train`` is the loop). Randomness comes only from seeded generators and keyed seeds, so the
+checkpoint holds just the data-order generator (``rl.checkpoint``).
 
 Resume keeps the whole run's record: the checkpoint holds the running figures (the last accuracy,
 the skipped-step total, the RL seconds so far), ``metrics.jsonl`` keeps the records up to the
@@ -67,16 +70,16 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, hf_policy
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
 from .metrics import json_safe, mismatch_metrics, reduce_mismatch
-from .model import ModelConfig, TinyGPT
+from .policies import build_policy
+from .policy import Policy
 from .rollout import Rollout
 from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
-from .tasks import Task, get_task
-from .torch_model import torch_forward
+from .task_views import PromptSet
 from .train_flags import (
     build_parser,
     check_args,
@@ -85,42 +88,23 @@ from .train_flags import (
     resolve_device,
     sampler_linears,
 )
-from .warmup import supervised_warmup
 
 
 class StrictStop(RuntimeError):
     """``--strict``: a matched-profile mismatch or a non-finite figure stopped the run."""
 
 
-def _build(args, device: torch.device):
-    task = get_task(args.task)
-    cfg = ModelConfig(vocab_size=task.vocab_size, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                      max_seq_len=task.seq_len, precision=args.precision, head_precision=args.head_precision,
-                      linear_precision=args.linear_precision)
-    model = TinyGPT(cfg, seed=args.seed, init=args.init).to(device)  # drawn on CPU: the same on every device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    # Dynamic loss scaling only where gradients are fp16; skipped steps are counted.
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16", init_scale=2.0**12)
-    return task, cfg, model, optimizer, scaler
-
-
-def evaluate(model: TinyGPT, task, prompts: torch.Tensor, dist: distributed.Dist | None = None) -> float:
+def evaluate(model: Policy, task, prompts: PromptSet, dist: distributed.Dist | None = None) -> float:
     """Greedy accuracy over ``prompts`` on the kernels (split over the ranks, then summed)."""
     dist = dist or distributed.Dist(device=prompts.device)
-    if isinstance(model, hf_policy.HFPolicy):
-        return hf_policy.evaluate(model, task, prompts, dist)
     n = len(prompts)
     lo, hi = dist.rank * n // dist.world_size, (dist.rank + 1) * n // dist.world_size
     right = 0.0
     if hi > lo:
-        responses, mask = greedy(model, prompts[lo:hi], task.max_new_tokens, task.eos_id, task.pad_id)
-        right = task.accuracy(prompts[lo:hi], responses, mask) * (hi - lo)
+        part = prompts[lo:hi]
+        responses, mask = greedy(model, part.ids, task.max_new_tokens, task.eos_id, task.pad_id, prompt_mask=part.mask)
+        right = task.n_right(part, responses, mask)
     return dist.sum(right)[0] / n
-
-
-def step_seed(run_seed: int, step: int) -> int:
-    """The sampler seed of RL step ``step``: ``mix_seed(run_seed, step)`` (``rl.sampler``)."""
-    return mix_seed(run_seed, step)
 
 
 def train(args, log=print) -> dict:
@@ -168,21 +152,21 @@ class _Run:
     args: argparse.Namespace
     dist: distributed.Dist
     log: Callable[[str], None]
-    task: Task
-    cfg: ModelConfig
-    model: TinyGPT
+    task: object  # the task view (rl.task_views): prompt set, rewards, the greedy count
+    model: Policy
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    prompts_all: torch.Tensor
+    prompts_all: PromptSet
     data_gen: torch.Generator  # the data order: a CPU generator, the same on every device and rank
     start: int = 0
     warm: dict | None = None
-    kl_anchor: TinyGPT | None = None  # the frozen post-warm-up policy the KL penalty pulls towards
+    kl_anchor: Policy | None = None  # the frozen post-warm-up policy the KL penalty pulls towards
     accuracy: float = float("nan")
     history: list[dict] = field(default_factory=list)
     skipped_total: int = 0
     rl_seconds_before: float = 0.0  # the RL seconds of the segments before a resume
     t_started: float = 0.0          # perf_counter() when this segment's first step began
+    uncovered_told: set[str] = field(default_factory=set)  # ops the sampler's mode left to torch, told once
 
     @property
     def ckpt_path(self) -> Path:
@@ -193,7 +177,7 @@ class _Run:
         return Path(self.args.out) / "metrics.jsonl"
 
     @property
-    def eval_prompts(self) -> torch.Tensor:
+    def eval_prompts(self) -> PromptSet:
         n = self.args.eval_prompts
         return self.prompts_all if n is None else self.prompts_all[:n]
 
@@ -206,7 +190,7 @@ class _Run:
 
 
 def _set_up(args, dist: distributed.Dist, log) -> _Run:
-    """Check a resume against the stored flags, build model and data, then resume or warm up."""
+    """Check a resume against the stored flags, build the policy and its prompt set, then resume or start."""
     ckpt_path = Path(args.out) / "checkpoint.pt"
     if args.resume:
         refuse_resume_conflicts(_read_for_resume(ckpt_path, dist.device)["extra"].get("args", {}), args)
@@ -219,17 +203,16 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for tmp in remove_stale_temps(ckpt_path):
             log(f"removed {tmp}, left by a checkpoint save that was cut short")
-    if args.model == "tinygpt":
-        task, cfg, model, optimizer, scaler = _build(args, dist.device)
-        prompts_all = task.make_dataset(args.dataset_size, seed=args.seed)[0].to(dist.device)
-    else:  # a Hugging Face causal LM: its task view, the left-padded prompt set (rl.hf_policy)
-        task, cfg, model, optimizer, scaler, prompts_all = hf_policy.build(args, dist.device)
-    run = _Run(args, dist, log, task, cfg, model, optimizer, scaler, prompts_all,
+    setup = build_policy(args, dist.device)
+    optimizer = torch.optim.AdamW(setup.policy.parameters(), lr=args.lr, weight_decay=0.0)
+    # Dynamic loss scaling only where gradients are fp16; skipped steps are counted.
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=args.precision == "fp16", init_scale=2.0**12)
+    run = _Run(args, dist, log, setup.task, setup.policy, optimizer, scaler, setup.prompts,
                data_gen=torch.Generator().manual_seed(args.seed + 1))
     if args.resume:
         _resume(run)
     else:
-        _warm_up(run)
+        _start(run)
         # Until the first evaluation, the accuracy shown is the warm-up's (plain fp32 path); a greedy pass over
         # the training set costs as much as two RL steps under the interpreter.
         run.accuracy = run.warm["accuracy"] if run.warm else float("nan")
@@ -265,21 +248,14 @@ def _resume(run: _Run) -> None:
     run.log(f"resumed from {run.ckpt_path} at step {run.start}")
 
 
-def _warm_up(run: _Run) -> None:
-    """The supervised warm-up on the plain-torch forward over the model's fp32 master weights."""
-    if run.args.model != "tinygpt":
-        return hf_policy.start(run)  # an HF model starts RL as it is
+def _start(run: _Run) -> None:
+    """A new run: the policy's start (TinyGPT's warm-up), then the KL anchor, a frozen copy of the started policy."""
     if run.dist.is_main:
         run.metrics_path.write_text("")  # check_args refused an existing run unless --overwrite
-    t0 = time.perf_counter()
-    res = supervised_warmup(torch_forward(run.model), run.task, run.prompts_all, params=run.model.parameters(),
-                            train_prompts=run.prompts_all, stop_at=run.args.warmup_target, seed=run.args.seed)
-    run.dist.broadcast_params(run.model.parameters())  # every rank starts RL from rank 0's weights
-    run.warm = {"steps": res.steps, "accuracy": res.accuracy, "seconds": time.perf_counter() - t0,
-                "reached": res.reached}
-    run.log(f"warm-up (plain PyTorch fp32): {res.steps} steps, greedy accuracy {res.accuracy:.1%}, "
-            f"{run.warm['seconds']:.1f}s")
-    if run.args.kl_coef > 0:
+    a = run.args
+    run.warm = run.model.start(run.task, run.prompts_all, dist=run.dist, log=run.log, target=a.warmup_target,
+                               seed=a.seed)
+    if a.kl_coef > 0:
         run.kl_anchor = copy.deepcopy(run.model).requires_grad_(False)
 
 
@@ -294,42 +270,48 @@ def _progress_bar(run: _Run):
                 dynamic_ncols=True)
 
 
-def _roll_out(run: _Run, step: int) -> tuple[torch.Tensor, Rollout, float]:
+def _roll_out(run: _Run, step: int) -> tuple[PromptSet, Rollout, float]:
     """This rank's whole prompt groups of the step's global batch, sampled with keyed seeds; and the seconds."""
-    args = run.args
+    args, task = run.args, run.task
     first, last = run.dist.shard(args.batch)
     idx = torch.randint(0, len(run.prompts_all), (args.batch,), generator=run.data_gen)[first:last]
-    if args.model != "tinygpt":
-        return hf_policy.roll_out(run, idx, first, step_seed(args.seed, step))
-    prompts = run.prompts_all[idx.to(run.dist.device)].repeat_interleave(args.group, dim=0)
-    t0 = time.perf_counter()
-    rollout = generate(run.model, prompts, run.task.max_new_tokens, temperature=args.temperature,
-                       profile=args.profile, eos_id=run.task.eos_id, pad_id=run.task.pad_id,
-                       seed=step_seed(args.seed, step), first_index=first * args.group,
-                       linear_precision=sampler_linears(args))
+    prompts = run.prompts_all[idx].repeat(args.group)
+    t0, reports = time.perf_counter(), []
+    rollout = generate(run.model, prompts.ids, task.max_new_tokens, temperature=args.temperature,
+                       profile=args.profile, eos_id=task.eos_id, pad_id=task.pad_id,
+                       seed=mix_seed(args.seed, step), first_index=first * args.group,
+                       linear_precision=sampler_linears(args), prompt_mask=prompts.mask, report=reports)
+    for report in reports:
+        _tell_uncovered(run, report)
     return prompts, rollout, time.perf_counter() - t0
 
 
-def _learn(run: _Run, prompts: torch.Tensor, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
+def _tell_uncovered(run: _Run, report) -> None:
+    """Log, once per op, what the sampler's matched mode ran on torch (not served, not exact): the policy's forward
+    may differ from the learner's there (the learner runs the same ops)."""
+    new = {f"{r.op} ({r.dtype})" for r in report.uncovered.values()} - run.uncovered_told
+    if new:
+        run.uncovered_told |= new
+        run.log(f"WARNING matched mode ran these ops on torch: {', '.join(sorted(new))}")
+
+
+def _learn(run: _Run, prompts: PromptSet, rollout: Rollout) -> tuple[StepResult, torch.Tensor, float]:
     """Score the rollout, take the learner step; returns its result, the rewards and the seconds."""
     t0 = time.perf_counter()
-    task, args = run.task, run.args
-    hf = args.model != "tinygpt"
-    if hf:
-        rewards = hf_policy.rewards(run, prompts, rollout)
-    else:
-        rewards = task.reward(prompts, rollout.tokens[:, task.prompt_len:], rollout.mask,
-                              partial=args.reward == "partial")
+    args, P = run.args, prompts.ids.shape[1]
+    rewards = run.task.reward(prompts, rollout.tokens[:, P:], rollout.mask, partial=args.reward == "partial")
     if not _sampler_finite(run, rollout):
         return _skipped_step(run, prompts, rollout, rewards), rewards, time.perf_counter() - t0
-    if hf:
-        return hf_policy.learn(run, prompts, rollout, rewards), rewards, time.perf_counter() - t0
-    anchor_logp = None
-    if run.kl_anchor is not None:
-        with torch.no_grad():
-            anchor_logp = sequence_logprobs(run.kl_anchor, rollout.tokens, task.prompt_len, args.temperature)
-    result = learner_step(run.model, run.optimizer, run.scaler, rollout, rewards, args.group, task.prompt_len,
-                          run.step_cfg, anchor_logp=anchor_logp, dist=run.dist)
+    # The learner's passes run in the policy's numerics; the optimizer's and the loss scaler's own ops (foreach
+    # norms, unscaling) are not kernels, so an HF policy's mode is not audited here.
+    with run.model.numerics():
+        anchor_logp = None
+        if run.kl_anchor is not None:
+            with torch.no_grad():
+                anchor_logp = sequence_logprobs(run.kl_anchor, rollout.tokens, P, args.temperature,
+                                                prompt_mask=prompts.mask)
+        result = learner_step(run.model, run.optimizer, run.scaler, rollout, rewards, args.group, P, run.step_cfg,
+                              anchor_logp=anchor_logp, dist=run.dist, prompt_mask=prompts.mask)
     return result, rewards, time.perf_counter() - t0
 
 
@@ -339,13 +321,11 @@ def _sampler_finite(run: _Run, rollout: Rollout) -> bool:
     return run.dist.max(float(bad))[0] == 0
 
 
-def _skipped_step(run: _Run, prompts, rollout: Rollout, rewards: torch.Tensor) -> StepResult:
+def _skipped_step(run: _Run, prompts: PromptSet, rollout: Rollout, rewards: torch.Tensor) -> StepResult:
     """The step's result without a learner update: sampled tokens whose log-probs are not finite teach nothing."""
-    if run.args.model != "tinygpt":
-        pi_old = hf_policy.score(run, prompts, rollout)
-    else:
-        with torch.no_grad():
-            pi_old = sequence_logprobs(run.model, rollout.tokens, run.task.prompt_len, run.args.temperature)
+    with run.model.numerics(), torch.no_grad():
+        pi_old = sequence_logprobs(run.model, rollout.tokens, prompts.ids.shape[1], run.args.temperature,
+                                   prompt_mask=prompts.mask)
     nan = float("nan")
     return StepResult(pi_old=pi_old, entropy=nan, loss=nan, grad_norm=nan,
                       skipped=run.args.epochs * run.args.minibatches, loss_scale=run.scaler.get_scale(),
@@ -430,7 +410,7 @@ def _finish(run: _Run, wall: float) -> dict:
         "frac_tokens_differ": sum(h["frac_tokens_differ"] for h in history) / n,
         "steps_to_95": next((h["step"] for h in history if h["accuracy"] >= 0.95), None),
         "steps_to_99": next((h["step"] for h in history if h["accuracy"] >= 0.99), None),
-        "config": asdict(run.cfg),
+        "config": asdict(run.model.cfg),
     }
     if run.dist.is_main:
         (Path(args.out) / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))

@@ -15,7 +15,7 @@ import torch
 
 import precision_kernels as pk
 
-from .hf_policy import MODEL_FORMS, check_task, parse_model
+from .hf import MODEL_FORMS, check_task, parse_model
 from .losses import AGGREGATIONS, ALGOS, CLIPPED, KL_ESTIMATORS, RATIOS, SEQUENCE_LEVEL
 from .tasks import CHAT_TASKS, TASKS, get_any_task
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="RL training CLI: ``python -m rl.train`` trains the sanity recipe on "
                                             "the kernels.")
     p.add_argument("--model", default="tinygpt", metavar="MODEL",
-                   help=f"the policy: {MODEL_FORMS} (rl.hf_policy; an HF model skips the warm-up)")
+                   help=f"the policy: {MODEL_FORMS} (rl.policies; an HF model skips the warm-up)")
     p.add_argument("--task", default="reverse", choices=sorted(TASKS) + sorted(CHAT_TASKS),
                    help="add1 is in words: it needs a model with a tokenizer")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])

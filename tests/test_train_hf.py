@@ -20,8 +20,11 @@ import pytest
 import torch
 
 import precision_kernels as pk
+import rl.train
 from rl import hf, hf_policy
 from rl.learner import sequence_logprobs
+from rl.sampler import generate
+from rl.task_views import PromptSet, TextTask
 from rl.tasks import AddInWords, ParenthesesInWords
 from rl.tiny_hf import write_tiny_llama
 from rl.train import build_parser, main, train
@@ -54,21 +57,21 @@ def ids_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return hf_policy.load(hf_policy.parse_model(f"hf:{tiny_dir}"), 0, DEV)
+    return hf.load_model(hf.parse_model(f"hf:{tiny_dir}"), 0, DEV)
 
 
-def _padded(tokenizer, texts=TEXTS) -> hf_policy.PromptSet:
+def _padded(tokenizer, texts=TEXTS) -> PromptSet:
     rows = [tokenizer(t)["input_ids"] for t in texts]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=DEV)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=DEV)
-    return hf_policy.PromptSet(ids, mask)
+    return PromptSet(ids, mask)
 
 
 def _sample(policy, prompts, profile="matched", first_index=0, n=3):
-    return hf_policy.generate(policy, prompts, n, temperature=1.0, seed=11, first_index=first_index,
-                              profile=profile, eos_id=2, pad_id=2)
+    return generate(policy, prompts.ids, n, temperature=1.0, seed=11, first_index=first_index, profile=profile,
+                    eos_id=2, pad_id=2, prompt_mask=prompts.mask)
 
 
 def _score(policy, rollout, prompts):
@@ -101,9 +104,15 @@ def test_left_padded_sampler_log_probs_equal_the_learners_bitwise(tiny, precisio
     assert torch.equal(bits(torch.cat([h.logprobs for h in halves])), bits(ro.logprobs))
 
 
+def test_an_hf_policy_refuses_fp8_linears(tiny):
+    """FP8 linears are TinyGPT's: the HF policy names the argument rather than rounding to its precision."""
+    with pytest.raises(ValueError, match="linear_precision"):
+        hf_policy.HFPolicy(tiny[0], "bf16").compute_weights("fp8")
+
+
 def test_the_prompt_set_is_the_chat_template_left_padded(tiny):
     model, tokenizer = tiny
-    task = hf_policy.TextTask("add1", tokenizer)
+    task = TextTask("add1", tokenizer)
     prompts = task.prompt_set(5, seed=3, device=DEV)
     problems = AddInWords().text_problems(5, seed=3)
     assert prompts.answers == [answer for _, answer in problems]
@@ -115,14 +124,14 @@ def test_the_prompt_set_is_the_chat_template_left_padded(tiny):
 
 def test_text_rewards_decode_up_to_eos(tiny):
     _, tokenizer = tiny
-    task = hf_policy.TextTask("add1", tokenizer)
-    prompts = hf_policy.PromptSet(torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long),
+    task = TextTask("add1", tokenizer)
+    prompts = PromptSet(torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long),
                                   ["8", "8", "8"])
     responses = torch.tensor([tokenizer(s)["input_ids"] + [2] for s in ("It is 8", "It is 8", "8 or 9!")])
     mask = torch.ones_like(responses, dtype=torch.bool)
     mask[1, -1] = False                                    # row 1 never sampled its EOS: it did not stop
     assert task.reward(prompts, responses, mask, partial=True).tolist() == [1.0, 0.0, 0.0]
-    reverse = hf_policy.TextTask("reverse", tokenizer)
+    reverse = TextTask("reverse", tokenizer)
     prompts.answers = ["123456"] * 3
     responses = torch.tensor([tokenizer(s)["input_ids"] + [2] for s in ("123456  ", "123000  ", " 123456 ")])
     got = reverse.reward(prompts, responses, torch.ones_like(responses, dtype=torch.bool), partial=True)
@@ -216,14 +225,14 @@ def test_the_engine_profile_shows_a_mismatch_in_bf16(tmp_path, ids_config):
 
 def test_a_non_finite_sampler_log_prob_skips_the_update(tmp_path, ids_config, monkeypatch):
     """One NaN among the sampler's log-probs: the step is logged, counted as skipped, and the weights do not move."""
-    real = hf_policy.roll_out
+    real = rl.train.generate
 
-    def nan_roll_out(run, idx, first, seed):
-        prompts, ro, seconds = real(run, idx, first, seed)
+    def nan_generate(*args, **kwargs):
+        ro = real(*args, **kwargs)
         ro.logprobs[0, 0] = float("nan")
-        return prompts, ro, seconds
+        return ro
 
-    monkeypatch.setattr(hf_policy, "roll_out", nan_roll_out)
+    monkeypatch.setattr(rl.train, "generate", nan_generate)
     args = _args(tmp_path / "nan", f"hf:{ids_config}", "--task", "add")
     args.steps = 1
     logged = []
@@ -231,7 +240,7 @@ def test_a_non_finite_sampler_log_prob_skips_the_update(tmp_path, ids_config, mo
     assert any("NON-FINITE sampler log-probs" in m and "skipped" in m for m in logged), logged
     record = _records(tmp_path / "nan")[0]
     assert record["skipped"] >= 1 and record["loss"] is None
-    start = hf_policy.load(hf_policy.parse_model(f"hf:{ids_config}"), 0, DEV)[0].state_dict()
+    start = hf.load_model(hf.parse_model(f"hf:{ids_config}"), 0, DEV)[0].state_dict()
     trained = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)["model"]
     trained = {k.removeprefix("hf."): v for k, v in trained.items()}
     assert trained.keys() == start.keys() and all(torch.equal(trained[k], start[k]) for k in start)
@@ -250,7 +259,7 @@ def _smollm2_or_skip():
 def test_the_paren_task_rewards_the_opening_parenthesis(tiny):
     """The task the smollm2:2 run uses: a response that only opens with "(" earns 1/6 partial, 0 binary."""
     _, tokenizer = tiny
-    task = hf_policy.TextTask("paren", tokenizer)
+    task = TextTask("paren", tokenizer)
     prompts = task.prompt_set(ParenthesesInWords.n_problems, seed=0, device=DEV)
     assert sorted(prompts.answers) == sorted(f"({w})" for w in ParenthesesInWords.words)
     assert len(set(prompts.answers)) == 32 and task.max_new_tokens == 5
@@ -284,7 +293,7 @@ def test_smollm2_2_runs_without_matched_mismatch_and_resumes_bit_for_bit(tmp_pat
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa and sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
-    start = hf_policy.load(hf_policy.parse_model("smollm2:2"), 0, DEV)[0].state_dict()
+    start = hf.load_model(hf.parse_model("smollm2:2"), 0, DEV)[0].state_dict()
     trained = {k.removeprefix("hf."): v for k, v in a["model"].items()}
     assert trained.keys() == start.keys()
     assert any(not torch.equal(trained[k], start[k].to(trained[k].device)) for k in start)   # the learner moved them
@@ -302,7 +311,7 @@ def test_smollm2_2_engine_sampler_differs_in_bf16(tmp_path):
 
 def _greedy_reward(model, tokenizer, task_name: str, partial: bool) -> float:
     """Mean reward of greedy responses to all of a task's problems, plain torch outside the mode."""
-    task = hf_policy.TextTask(task_name, tokenizer)
+    task = TextTask(task_name, tokenizer)
     prompts = task.prompt_set(task.task.n_problems, seed=0, device=DEV)
     with torch.no_grad():
         out = model.generate(prompts.ids, attention_mask=prompts.mask, do_sample=False, top_k=None, top_p=None,
