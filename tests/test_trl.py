@@ -82,15 +82,12 @@ def _train(model_dir, out, *, matched, temperature, audit=False):
     return trainer, steps, compared
 
 
-@pytest.fixture(scope="module")
-def matched_runs(model_dir, tmp_path_factory):
-    return {t: _train(model_dir, tmp_path_factory.mktemp(f"matched{t}"), matched=True, temperature=t, audit=t == 1.0)
-            for t in (1.0, 0.7)}
-
-
+# One run per test: under pytest-xdist a shared fixture would run once per worker.
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_trls_mismatch_metrics_are_exactly_0_and_1_in_the_mode(matched_runs, temperature):
-    _, steps, _ = matched_runs[temperature]
+def test_in_the_mode_trls_metrics_are_0_and_1_and_generates_logits_are_the_learners(model_dir, tmp_path,
+                                                                                      temperature):
+    audit = temperature == 1.0
+    trainer, steps, compared = _train(model_dir, tmp_path, matched=True, temperature=temperature, audit=audit)
     assert len(steps) == 2
     for step in steps:
         assert step["sampling/sampling_logp_difference/mean"] == 0.0
@@ -99,11 +96,7 @@ def test_trls_mismatch_metrics_are_exactly_0_and_1_in_the_mode(matched_runs, tem
             assert step[f"sampling/importance_sampling_ratio/{stat}"] == 1.0
         assert step["rollout_corr/k3_kl"] == 0.0 and step["rollout_corr/kl"] == 0.0
         assert step["training/rollout_probs_diff_max"] == 0.0
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_generates_logits_are_the_training_forwards_bit_for_bit(matched_runs, temperature):
-    _, steps, compared = matched_runs[temperature]
+    # generate()'s logits and the training forward's (with grad), row by row, bit for bit
     assert compared, "no training forward was compared"
     for learner, sampler, _ in compared:
         assert learner.dtype == sampler.dtype == torch.float32
@@ -111,7 +104,17 @@ def test_generates_logits_are_the_training_forwards_bit_for_bit(matched_runs, te
     assert any(padded for _, _, padded in compared), "no left-padded prompt"
     lengths = [learner.shape[0] for learner, _, _ in compared]
     assert min(lengths) < MAX_NEW, f"no completion stopped at an EOS: {lengths}"
-    assert {s["completions/min_length"] for s in steps} != {float(MAX_NEW)}
+    # generate() passes position ids only to a forward whose signature names them
+    assert "position_ids" in inspect.signature(trainer.model.forward).parameters
+    if audit:
+        assert len(trainer.matched_reports) == 2
+        # TRL sums each completion's rewards with nansum: a float reduction pk does not serve, outside the policy.
+        assert trainer.uncovered_ops == {"nansum.default"}
+        served = set().union(*(r.served for r in trainer.matched_reports))
+        for op in ("mm.default", "_log_softmax.default", "_log_softmax_backward_data.default",
+                   "_scaled_dot_product_flash_attention_for_cpu.default",
+                   "_scaled_dot_product_flash_attention_for_cpu_backward.default", "embedding_dense_backward.default"):
+            assert op in served, op
 
 
 def test_without_the_mode_the_same_metrics_are_not_zero(model_dir, tmp_path):
@@ -122,16 +125,27 @@ def test_without_the_mode_the_same_metrics_are_not_zero(model_dir, tmp_path):
     assert any(not torch.equal(learner, sampler) for learner, sampler, _ in compared)
 
 
-def test_the_audit_leaves_only_the_rewards_nansum_uncovered(matched_runs):
-    trainer, _, _ = matched_runs[1.0]
-    assert len(trainer.matched_reports) == 2
-    # TRL sums each completion's rewards with nansum: a float reduction pk does not serve, outside the policy.
-    assert trainer.uncovered_ops == {"nansum.default"}
-    served = set().union(*(r.served for r in trainer.matched_reports))
-    for op in ("mm.default", "_log_softmax.default", "_log_softmax_backward_data.default",
-               "_scaled_dot_product_flash_attention_for_cpu.default",
-               "_scaled_dot_product_flash_attention_for_cpu_backward.default", "embedding_dense_backward.default"):
-        assert op in served, op
+def test_trls_own_fused_lm_head_is_served_whole_and_batch_invariant_in_the_mode():
+    """TRL's chunked log-prob head tiles its logits with torch.mm(out=tile) and accumulates its backward with
+    addmm_: the mode serves both, leaves nothing uncovered, and a row alone gets the bits it gets in the batch."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(7, 32, generator=g).to(DEVICE), torch.randn(99, 32, generator=g).to(DEVICE)
+    targets = torch.randint(0, 99, (7,), generator=g).to(DEVICE)
+
+    def head(rows):
+        h = hidden[rows].clone().requires_grad_(True)
+        logp, entropy, *_ = ChunkedLogProbFunction.apply(h, weight, None, targets[rows], 0.7, 40, None, 1.0,
+                                                         ("log_probs", "entropy"))
+        (logp.sum() + entropy.sum()).backward()
+        return logp.detach(), h.grad
+
+    with pk.matched_mode(strict=True) as report:
+        batch, alone = head(slice(0, 7)), head(slice(2, 3))
+    assert report.served["mm.out"] > 0 and report.served["addmm_.default"] > 0, report.summary()
+    for b, a in zip(batch, alone):
+        assert torch.equal(b[2:3].view(torch.int32), a.view(torch.int32))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3])
@@ -147,11 +161,6 @@ def test_token_logprobs_are_those_of_the_distribution_generate_samples_from(temp
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     p = torch.softmax(warped.reshape(4, 5, 99).double(), -1)
     torch.testing.assert_close(entropy.double(), -(p * p.log()).sum(-1), rtol=1e-5, atol=1e-5)
-
-
-def test_the_forward_wrapper_keeps_the_signature_generate_reads(matched_runs):
-    trainer, _, _ = matched_runs[1.0]
-    assert "position_ids" in inspect.signature(trainer.model.forward).parameters
 
 
 REFUSED = [
