@@ -1,6 +1,6 @@
 """TRL's ``GRPOTrainer``, bitwise on-policy without vLLM: ``MatchedGRPOTrainer``.
 
-    trainer = MatchedGRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(..., bf16=False),
+    trainer = MatchedGRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(...),
                                  train_dataset=dataset, processing_class=tokenizer)
     trainer.train()          # logs sampling/sampling_logp_difference/* == 0, importance_sampling_ratio/* == 1
 
@@ -29,8 +29,8 @@ Refused at construction, with the option named (``check_on_policy``): settings t
 distribution ``generate()`` samples from while the learner scores the plain softmax (``top_p < 1``,
 ``top_k > 0``, ``min_p``, ``repetition_penalty != 1`` and the other logits processors), and those that
 run outside the mode (``use_vllm``, ``use_liger_kernel``, Hub kernels, ``torch_compile``, paged /
-continuous-batching generation, a ``rollout_func``), and autocast mixed precision (``bf16``/``fp16``:
-load the model in the dtype instead).
+continuous-batching generation, a ``rollout_func``). Mixed precision (``bf16=True``, TRL's default) is
+kept: accelerate wraps the model's forward in autocast, and generate() and the learner both call it.
 """
 
 from __future__ import annotations
@@ -124,10 +124,6 @@ def check_on_policy(args, model=None, rollout_func=None) -> None:
                 "generates with paged attention kernels outside the mode, and returns no logits to score")
     if args.cache_implementation == "paged":
         _refuse("cache_implementation='paged'", "runs paged attention kernels outside the mode")
-    if args.bf16 or args.fp16:
-        _refuse(f"{'bf16' if args.bf16 else 'fp16'}=True (autocast mixed precision)",
-                "runs the training forward under autocast; load the model in the dtype instead "
-                "(dtype=torch.bfloat16) and pass bf16=False")
     if rollout_func is not None:
         _refuse("rollout_func", "generates outside the trainer's generate(), whose logits the sampler's log-probs "
                                 "are taken from")
@@ -176,7 +172,7 @@ class MatchedGRPOTrainer(GRPOTrainer):
             raise TypeError(f"matched and audit must be bools, got {matched!r} and {audit!r}")
         config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
         if config is None:
-            raise ValueError("MatchedGRPOTrainer needs args=GRPOConfig(...) with bf16=False (module doc)")
+            raise ValueError("MatchedGRPOTrainer needs args=GRPOConfig(...): the settings it checks (module doc)")
         check_on_policy(config, kwargs.get("model", args[0] if args else None), kwargs.get("rollout_func"))
         super().__init__(*args, **kwargs)
         self.matched, self.audit = matched, audit

@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory):
 
 def _config(out, **overrides):
     settings = dict(output_dir=str(out), per_device_train_batch_size=4, num_generations=2,
-                    max_completion_length=MAX_NEW, max_steps=2, learning_rate=0.05, bf16=False,
+                    max_completion_length=MAX_NEW, max_steps=2, learning_rate=0.05,
                     use_cpu=DEVICE.type == "cpu", report_to="none", logging_steps=1, save_strategy="no", seed=0,
                     disable_tqdm=True)
     settings.update(overrides)
@@ -54,12 +54,16 @@ def _length_reward(completions, **_):
     return [float(len(c)) for c in completions]
 
 
-def _train(model_dir, out, *, matched, temperature, audit=False):
-    """Two steps; returns the trainer, its logged steps and, per training forward, the rows compared to generate()."""
+def _train(model_dir, out, *, matched, temperature, audit=False, bf16=True):
+    """Two steps; returns the trainer, its logged steps and, per training forward, the rows compared to generate().
+
+    ``bf16=True`` is TRL's default: bf16 autocast around the model's forward, for generate() and the learner alike.
+    """
     from datasets import Dataset
 
     model, tokenizer = _model_and_tokenizer(model_dir)
-    trainer = MatchedGRPOTrainer(model=model, reward_funcs=_length_reward, args=_config(out, temperature=temperature),
+    args = _config(out, temperature=temperature, bf16=bf16)
+    trainer = MatchedGRPOTrainer(model=model, reward_funcs=_length_reward, args=args,
                                  train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tokenizer,
                                  matched=matched, audit=audit)
     compared = []
@@ -68,7 +72,8 @@ def _train(model_dir, out, *, matched, temperature, audit=False):
         if not torch.is_grad_enabled():           # generate() and the rollout's scoring run without grad
             return
         rollout = trainer.last_rollout
-        ids, mask, logits = kwargs["input_ids"], kwargs["attention_mask"], output.logits[:, :-1].detach()
+        # bf16 logits under autocast: widened exactly, as generate() widens its own
+        ids, mask, logits = kwargs["input_ids"], kwargs["attention_mask"], output.logits[:, :-1].detach().float()
         n = logits.shape[1]
         for row in range(ids.shape[0]):
             # the rollout's row with these tokens (TRL shuffles the rows; equal rows have equal logits)
@@ -86,8 +91,10 @@ def _train(model_dir, out, *, matched, temperature, audit=False):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_in_the_mode_trls_metrics_are_0_and_1_and_generates_logits_are_the_learners(model_dir, tmp_path,
                                                                                       temperature):
+    # T = 1: fp32, audited; T = 0.7: TRL's default bf16 autocast
     audit = temperature == 1.0
-    trainer, steps, compared = _train(model_dir, tmp_path, matched=True, temperature=temperature, audit=audit)
+    trainer, steps, compared = _train(model_dir, tmp_path, matched=True, temperature=temperature, audit=audit,
+                                      bf16=not audit)
     assert len(steps) == 2
     for step in steps:
         assert step["sampling/sampling_logp_difference/mean"] == 0.0
@@ -170,7 +177,6 @@ REFUSED = [
     ("use_kernels", dict(model_init_kwargs={"use_kernels": True})),
     ("continuous_batching", dict(use_transformers_continuous_batching=True)),
     ("cache_implementation='paged'", dict(cache_implementation="paged")),
-    ("bf16=True", dict(bf16=True)),
     ("top_p=0.9", dict(top_p=0.9)),
     ("top_k=5", dict(top_k=5)),
     ("top_k=None", dict(top_k=None)),
