@@ -95,6 +95,31 @@ def sampler_diagnostics(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Te
     }
 
 
+def step_diagnostics(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, dist=None,
+                     eps: float = PPO_EPS) -> dict[str, float]:
+    """``sampler_diagnostics`` of a training step's sequences over every rank (``rl.distributed.Dist``).
+
+    One process: ``sampler_diagnostics`` itself. Under torchrun the ranks' token and sequence counts, clipped
+    tokens, Σ Δ_i and Σ Δ_i² are summed, and the ESS's Σ w and Σ w² are summed after shifting every rank's
+    log-weights by the global max, so the figures are those of the whole batch (the std from the sums).
+    """
+    if dist is None or not dist.active:
+        return sampler_diagnostics(old_logp, mu, mask, eps)
+    seq = seq_logratios(old_logp, mu, mask)
+    n_tok = int(mask.sum())
+    n_clip = clip_frac_sampler(old_logp, mu, mask, eps) * n_tok
+    top = dist.max(float(seq.max()) if seq.numel() else -math.inf)[0]
+    w = (seq - top).exp() if seq.numel() else seq
+    tok, clip, n, s1, s2, w1, w2 = dist.sum(float(n_tok), n_clip, float(seq.numel()), float(seq.sum()),
+                                            float((seq * seq).sum()), float(w.sum()), float((w * w).sum()))
+    if n == 0:
+        return {"clip_frac_sampler": 0.0, "ess_seq": math.nan, "seq_logratio_mean": math.nan,
+                "seq_logratio_std": math.nan}
+    mean = s1 / n
+    return {"clip_frac_sampler": clip / tok, "ess_seq": w1 * w1 / (n * w2), "seq_logratio_mean": mean,
+            "seq_logratio_std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
+
+
 # ---- against response length (benchmarks.length_mismatch) -------------------------------------------------
 
 def token_figures(old_logp: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, eps: float = PPO_EPS) -> dict:

@@ -72,22 +72,16 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
+from .diagnostics import step_diagnostics
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
-from .metrics import json_safe, mismatch_metrics, reduce_mismatch
+from .metrics import dashboard_metrics, json_safe, mismatch_metrics, reduce_mismatch
 from .policies import build_policy
 from .policy import Policy
 from .rollout import Rollout
 from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
 from .task_views import PromptSet
-from .train_flags import (
-    build_parser,
-    check_args,
-    matched_run,
-    refuse_resume_conflicts,
-    resolve_device,
-    sampler_linears,
-)
+from .train_flags import build_parser, check_args, matched_run, refuse_resume_conflicts, resolve_device, sampler_linears
 
 
 class StrictStop(RuntimeError):
@@ -136,7 +130,8 @@ def _train(args, dist: distributed.Dist, log) -> dict:
         _checkpoint(run, step)
         if bar is not None:
             bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{run.accuracy:.0%}",
-                            dlogp=f"{record['mean_abs_dlogp']:.1e}", refresh=False)
+                            dlogp=f"{record['mean_abs_dlogp']:.1e}", clip=f"{record['clip_frac_sampler']:.1%}",
+                            ess=f"{record['ess_seq']:.3f}", refresh=False)
             bar.update(1)
         if args.stop_at is not None and run.accuracy >= args.stop_at:
             break
@@ -366,10 +361,13 @@ def _log_step(run: _Run, step: int, rollout: Rollout, res: StepResult, rewards: 
     if evaluated:
         run.accuracy = evaluate(run.model, run.task, run.eval_prompts, dist)
     reward = dist.sum(float(rewards.mean()))[0] / dist.world_size  # every rank holds as many sequences
+    # Phantom clipping and weight collapse (rl.diagnostics); verl's and TRL's figures of this rank (cheap: float64).
     record = {"step": step, "reward": reward, "accuracy": run.accuracy, "evaluated": evaluated,
               "entropy": res.entropy, "loss": res.loss, "grad_norm": res.grad_norm, "loss_scale": res.loss_scale,
               "skipped": skipped, "skipped_total": run.skipped_total, "sample_s": sample_s,
-              "learn_s": learn_s, **res.stats, **mism}
+              "learn_s": learn_s, **res.stats, **mism,
+              **step_diagnostics(res.pi_old, rollout.logprobs, rollout.mask, dist, run.step_cfg.ppo_eps),
+              **dashboard_metrics(rollout.logprobs, res.pi_old, rollout.mask)}
     if args.kl_coef > 0 and run.step_cfg.kl_estimator == "k1":
         record["reward_penalised"] = dist.sum(float(res.rewards.mean()))[0] / dist.world_size
     run.history.append(record)
