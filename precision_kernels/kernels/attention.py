@@ -67,7 +67,7 @@ _STRIDES = ("stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_vb", "st
             "stride_mb", "stride_mh", "stride_mt", "stride_mk")
 DQ_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min") + _STRIDES + ("stride_dob", "stride_doh")
 FWD_BATCH_ARGS = ("n_items", "Tq", "Tk", "ks_min", "split_keys") + _STRIDES
-DKDV_BATCH_ARGS = ("n_kv_items", "Tq", "Tk", "ks_min", "qb_lo", "qb_hi", "shift_min") + _STRIDES + (
+DKDV_BATCH_ARGS = ("n_kv_items", "Tq", "Tk", "ks_min", "qb_hi", "shift_min") + _STRIDES + (
     "stride_dob", "stride_doh")
 
 # ---- loading -------------------------------------------------------------------------------

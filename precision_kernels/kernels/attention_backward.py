@@ -222,8 +222,8 @@ def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_p
 
 
 @triton.jit
-def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                      pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                      pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                       stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                       stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                       stride_dob, stride_doh, stride_dot, stride_dod,
@@ -253,20 +253,20 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, de
     v = _widen(tl.load(_interp_pointer(v_ptr, KIND) + (b * stride_vb + hk * stride_vh)[None, None, :, None]
                        + (key * stride_vt)[None, None, :, :] + (d * stride_vd)[:, None, None, None],
                        mask=kv_ok, other=0), KIND, False)
-    # query blocks start at each item's query origin: the row at key position ks (bottom-right aligned)
-    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
     i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
-    qb_start = qb_lo
+    qb_start = 0
     if CAUSAL:
         # rows before the first that can see this tile's first key contribute nothing: not visited
         first = pid_n * BLOCK_N + shift_min
-        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+        qb_start = tl.where(first > 0, first // BLOCK_M, 0)
     dk = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
     dv = tl.full((BLOCK_ITEMS, BLOCK_N, BLOCK_D), -0.0, tl.float32)
     key_s = key[None, :, :]
     key_ok_s = key_ok[None, :, :]
     for g in range(GROUP):
         h = hk * GROUP + g
+        # query blocks start at the head's query origin (ops/attention._query_origins): its first live row
+        q_org = tl.load(org_ptr + b * H + h, mask=item_ok, other=0)
         q_rows = b * stride_qb + h * stride_qh
         do_rows = b * stride_dob + h * stride_doh
         for qb in range(qb_start, qb_hi):
@@ -312,8 +312,8 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, de
 
 
 @triton.jit
-def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                 pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                 pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                  stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                  stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                  stride_dob, stride_doh, stride_dot, stride_dod,
@@ -338,16 +338,16 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_p
                  + d[:, None] * stride_kd, mask=kv_ok, other=0)
     vt = tl.load(_native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + key[None, :] * stride_vt
                  + d[:, None] * stride_vd, mask=kv_ok, other=0).to(tl.float32)
-    q_org = tl.minimum(tl.maximum(ks - (Tk - Tq), 0), Tq)
     i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
-    qb_start = qb_lo
+    qb_start = 0
     if CAUSAL:
         first = pid_n * BLOCK_N + shift_min
-        qb_start = tl.maximum(qb_lo, tl.where(first > 0, first // BLOCK_M, 0))
+        qb_start = tl.where(first > 0, first // BLOCK_M, 0)
     dk = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
     dv = tl.full((BLOCK_N, BLOCK_D), -0.0, tl.float32)
     for g in range(GROUP):
         h = hk * GROUP + g
+        q_org = tl.load(org_ptr + b * H + h)
         for qb in range(qb_start, qb_hi):
             t = q_org + qb * BLOCK_M + i_rows
             row_ok = (t >= 0) & (t < Tq)
@@ -380,8 +380,8 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_p
 
 
 @row_kernel(batch_args=DKDV_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
-def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                              n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_lo, qb_hi, shift_min,
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr,
+                              dv_ptr, n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_hi, shift_min,
                               stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                               stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                               stride_dob, stride_doh, stride_dot, stride_dod,
@@ -389,22 +389,24 @@ def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse
                               MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, HAS_KS: tl.constexpr,
                               NATIVE_DOT: tl.constexpr, BLOCK_ITEMS: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dk, dv (B * HKV, Tk, D) contiguous. Query blocks run ``qb_lo <= qb < qb_hi`` from each item's query
-    origin (host bounds over the batch); ``shift_min`` bounds how far before a key its first seeing row lies."""
+    """dk, dv (B * HKV, Tk, D) contiguous. Query blocks run ``0 <= qb < qb_hi`` from each (batch, query head)'s
+    query origin ``org_ptr[b * H + h]``, its first row that attends a key (rows before it attend none);
+    ``qb_hi`` is a host bound over the batch, and ``shift_min`` bounds how far before a key its first seeing row
+    lies."""
     pid = tl.program_id(0)
     n_n = tl.cdiv(Tk - ks_min, BLOCK_N)
     pid_i = pid // n_n
     pid_n = pid % n_n
     if NATIVE_DOT:
-        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                     pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                      stride_dob, stride_doh, stride_dot, stride_dod,
                      KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
-        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                          pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_lo, qb_hi, shift_min,
+        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                          pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                           stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                           stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                           stride_dob, stride_doh, stride_dot, stride_dod,

@@ -54,7 +54,7 @@ def compile_kernels(table: dict) -> None:
         compile_registry.register(
             table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_kernel,
             signature={**common, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": ptr,
-                       "dv_ptr": ptr, "n_kv_items": "i32", "HKV": "i32", "qb_lo": "i32", "qb_hi": "i32",
+                       "dv_ptr": ptr, "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32",
                        "shift_min": "i32", **qkvm, **do},
             configs=_compile_configs(name, kind_, "dkdv"), expects_mma=kind_ != 0)
 

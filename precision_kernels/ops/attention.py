@@ -13,8 +13,10 @@
   scores), broadcastable to (B, H, Tq, Tk). It gets no gradient.
 * ``key_start``: an int64 (B,) tensor, each batch row's first real key, in [0, Tk]. Keys before it are
   masked, and key blocks are counted from it, so a left-padded row gives the bits of the same row
-  unpadded (the padding shifts no reduction block). In the backward, query blocks are counted from the
-  row at key position key_start, so the gradients of a left-padded item equal the unpadded item's too.
+  unpadded (the padding shifts no reduction block). In the backward, each (batch, head)'s query blocks
+  are counted from its first row that attends a key (``_query_origins``), so the gradients of an item
+  padded with masked keys (leading by key_start, anywhere by the mask) and rows that attend nothing
+  equal the item's alone, causal or not.
 * ``scale`` defaults to 1 / sqrt(D); it is used as its float32 value.
 * A row with no key to attend (everything masked, or Tk == 0) gives 0, as torch's SDPA does.
 
@@ -192,6 +194,28 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     return out, lse
 
 
+def _query_origins(attn_mask, key_start, b: int, h: int, tq: int, tk: int, causal: bool, device) -> torch.Tensor:
+    """(B * H,) int64: each item's first query row that attends a key (Tq where none does), from the same
+    predicate as the kernels' (keys in [key_start, Tk), the bottom-right causal rule, the mask). dk and dv sum
+    their query blocks from it: a padded row before it attends nothing, and a masked key or a padded row anywhere
+    moves no real row into another block, so the gradients of an item equal those of the item padded."""
+    keys = torch.arange(tk, device=device)
+    starts = key_start.view(b, 1, 1, 1) if key_start is not None else torch.zeros(1, 1, 1, 1, dtype=torch.int64,
+                                                                                   device=device)
+    live = keys >= starts                                                          # (B or 1, 1, 1, Tk)
+    if attn_mask is not None:
+        live = live & (attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf"))
+    while live.dim() < 4:
+        live = live.unsqueeze(0)
+    first_key = torch.where(live.any(-1), live.to(torch.int8).argmax(-1), tk)    # (Bm, Hm, Tq or 1)
+    if causal:
+        row_live = first_key <= (tk - tq) + torch.arange(tq, device=device)
+    else:
+        row_live = first_key < tk
+    row_live = row_live.expand(b, h, tq)
+    return torch.where(row_live.any(-1), row_live.to(torch.int8).argmax(-1), tq).reshape(b * h).contiguous()
+
+
 def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: float):
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -215,30 +239,26 @@ def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: flo
                BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
     else:
         dq.zero_()
-    # Query blocks start at each item's query origin q_org = clamp(ks - (Tk - Tq), 0, Tq), monotone in ks;
-    # causal rows before it see no key. shift = ks - (Tk - Tq) - q_org is monotone too.
     cfg = profiles.attention_config(q.dtype, "dkdv", items=b * hkv, rows=tq, keys=tk - ks_min, head_dim=d)
     bm = cfg.block_m_bwd
-
-    def q_org(ks_value: int) -> int:
-        return min(max(ks_value - (tk - tq), 0), tq)
-
-    qb_lo = 0 if causal else -triton.cdiv(q_org(ks_max), bm)
-    qb_hi = triton.cdiv(tq - q_org(ks_min), bm)
-    shift_min = ks_min - (tk - tq) - q_org(ks_min)
     grid = (triton.cdiv(b * hkv, cfg.block_items) * triton.cdiv(tk - ks_min, cfg.block_n_bwd),)
-    if math.prod(grid) == 0 or dk.numel() == 0:
+    if math.prod(grid) == 0 or dk.numel() == 0 or tq == 0:
         dk.zero_()
         dv.zero_()
         return dq, dk, dv
+    origins = _query_origins(attn_mask, key_start, b, h, tq, tk, causal, q.device)
+    # one read for both host bounds: the first origin, and how far before a key its first seeing row can lie
+    shift = (key_start.view(b, 1) if key_start is not None else 0) - (tk - tq) - origins.view(b, h)
+    org_min, shift_min = torch.stack([origins.min(), shift.min()]).tolist()
+    qb_hi = triton.cdiv(tq - org_min, bm)
     if ks_max > 0:
         # a row's keys before its first real key are not visited; their gradient is 0
         dk.zero_()
         dv.zero_()
     launch(attention_bwd_dkdv_kernel, grid,
-           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), lse, delta,
+           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, origins, kernel_view(dout), lse, delta,
            kernel_view(dk), kernel_view(dv), b * hkv, h, hkv, h // hkv, tq, tk, d, ks_min, scale,
-           qb_lo, qb_hi, shift_min, *strides, *do_strides,
+           qb_hi, shift_min, *strides, *do_strides,
            config=cfg, **common,
            BLOCK_ITEMS=cfg.block_items, BLOCK_M=bm, BLOCK_N=cfg.block_n_bwd, BLOCK_D=cfg.block_d)
     return dq, dk, dv
