@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 numba.config.THREADING_LAYER = "threadsafe"
@@ -62,7 +63,16 @@ def flat(t: torch.Tensor) -> np.ndarray:
     return torch.as_strided(t.detach(), (span,), (1,), t.storage_offset()).numpy()
 
 
+# numpy's fp16 -> fp32 widening (the interpreter's) of every pattern, indexed by the uint16 bits: the hot
+# loops look fp16 up here (``widen16``), exact by construction, NaN payloads included.
+FP16_TO_FP32 = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def widen(raw, kind):
+    raise NotImplementedError
+
+
+def widen16(raw, kind, table):
     raise NotImplementedError
 
 
@@ -159,6 +169,37 @@ def _widen(raw, kind):
         return _fp16_to_fp32(h)
 
     return impl
+
+
+@overload(widen16)
+def _widen16(raw, kind, table):
+    """``widen`` with fp16 looked up in ``table`` (pass ``FP16_TO_FP32``)."""
+    if isinstance(raw, types.Float):
+        return lambda raw, kind, table: raw
+
+    def impl(raw, kind, table):
+        h = np.uint32(np.uint16(raw))
+        if kind == BF16:
+            return _bits_to_fp32(h << np.uint32(16))
+        return table[h]
+
+    return impl
+
+
+@intrinsic
+def stack_f32(typingctx, n):
+    """Pointer to ``n`` (a compile-time constant) float32s on the caller's stack. Use as
+    ``numba.carray(stack_f32(64), (64,))`` directly in the function that uses the array (an intrinsic is
+    expanded in place; a helper returning the array would return its own dead stack frame). LLVM keeps a
+    small stack array in registers, where an ``np.empty`` accumulator is reloaded and stored every step."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), n.literal_value))
+        return builder.bitcast(buffer, ir.PointerType(ir.FloatType()))
+
+    return types.CPointer(types.float32)(n), codegen
 
 
 @overload(rounded)

@@ -27,7 +27,7 @@ from numba import prange
 
 from ..kernels.matmul import bmm_kernel, matmul_kernel
 from . import twin
-from ._numba import flat, round_to_fp32, rounded, threads, widen
+from ._numba import FP16_TO_FP32, flat, round_to_fp32, rounded, stack_f32, threads, widen16
 
 # A tile: ROWS output rows by PANEL output columns; a K block of the panel's B columns is widened
 # once into a (BLOCK_K, PANEL) buffer and reused by every row of the tile.
@@ -36,14 +36,30 @@ PANEL = 64
 
 
 @numba.njit(cache=True, nogil=True)
+def _pack_panel(panel, b, at, sbk, sbn, width, cols, kind, table):
+    """panel[j, n] = widened B[k0 + j, n0 + n] (``at``: where B[k0, n0] is), read along B's unit stride."""
+    if sbn == 1:
+        for j in range(width):
+            row = at + j * sbk
+            for n in range(cols):
+                panel[j, n] = widen16(b[row + n], kind, table)
+    else:
+        for j in range(width):
+            for n in range(cols):
+                panel[j, n] = widen16(b[at + j * sbk + n * sbn], kind, table)
+
+
+@numba.njit(cache=True, nogil=True)
 def _tiles(first, last, a, b, bias, c, M, N, K, k_chunk, sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-           kind, has_bias, splits, block_k):
+           kind, has_bias, splits, block_k, table):
     """Tiles [first, last) of the launch, in tile order (batch item, row block, column panel)."""
     m_blocks = (M + ROWS - 1) // ROWS
     n_panels = (N + PANEL - 1) // PANEL
-    panel = np.empty((block_k, PANEL), np.float32)
+    # columns past N stay 0 in the panel: the block sums run over the whole PANEL width (a fixed trip
+    # count the compiler vectorises) and the extra lanes are never stored
+    panel = np.zeros((block_k, PANEL), np.float32)
     a_row = np.empty(block_k, np.float32)
-    block_sum = np.empty(PANEL, np.float32)
+    block_sum = numba.carray(stack_f32(PANEL), (PANEL,))
     acc = np.empty((ROWS, PANEL), np.float32)
     total = np.empty((ROWS, PANEL), np.float32)
     for tile in range(first, last):
@@ -52,6 +68,7 @@ def _tiles(first, last, a, b, bias, c, M, N, K, k_chunk, sab, sam, sak, sbb, sbk
         n0 = (tile % n_panels) * PANEL
         rows = min(ROWS, M - m0)
         cols = min(PANEL, N - n0)
+        panel[:, cols:] = np.float32(0.0)
         total[:rows, :cols] = np.float32(0.0)
         for split in range(splits):
             lo = split * k_chunk if splits > 1 else 0
@@ -59,18 +76,16 @@ def _tiles(first, last, a, b, bias, c, M, N, K, k_chunk, sab, sam, sak, sbb, sbk
             acc[:rows, :cols] = np.float32(0.0)
             for k0 in range(lo, hi, block_k):
                 width = min(block_k, hi - k0)
-                for j in range(width):
-                    b_at = item * sbb + (k0 + j) * sbk + n0 * sbn
-                    for n in range(cols):
-                        panel[j, n] = widen(b[b_at + n * sbn], kind)
+                _pack_panel(panel, b, item * sbb + k0 * sbk + n0 * sbn, sbk, sbn, width, cols, kind, table)
                 for m in range(rows):
                     a_at = item * sab + (m0 + m) * sam + k0 * sak
                     for j in range(width):
-                        a_row[j] = widen(a[a_at + j * sak], kind)
-                    block_sum[:cols] = np.float32(0.0)
+                        a_row[j] = widen16(a[a_at + j * sak], kind, table)
+                    for n in range(PANEL):
+                        block_sum[n] = np.float32(0.0)
                     for j in range(width):
                         a_k = a_row[j]
-                        for n in range(cols):
+                        for n in range(PANEL):
                             block_sum[n] += a_k * panel[j, n]
                     for n in range(cols):
                         acc[m, n] += block_sum[n]
@@ -85,22 +100,23 @@ def _tiles(first, last, a, b, bias, c, M, N, K, k_chunk, sab, sam, sak, sbb, sbk
             for n in range(cols):
                 value = total[m, n]
                 if has_bias:
-                    value += widen(bias[n0 + n], kind)
+                    value += widen16(bias[n0 + n], kind, table)
                 c[c_at + n * scn] = rounded(value, kind, c[0])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _tiles_parallel(n_threads, tiles, a, b, bias, c, M, N, K, k_chunk, sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
-                    kind, has_bias, splits, block_k):
+                    kind, has_bias, splits, block_k, table):
     """Every tile, in n_threads contiguous runs of tiles (one run per thread; each tile by one thread)."""
     for t in prange(n_threads):
         _tiles(tiles * t // n_threads, tiles * (t + 1) // n_threads, a, b, bias, c, M, N, K, k_chunk,
-               sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, kind, has_bias, splits, block_k)
+               sab, sam, sak, sbb, sbk, sbn, scb, scm, scn, kind, has_bias, splits, block_k, table)
 
 
 def _run(batch, a, b, bias, c, M, N, K, k_chunk, strides, kind, has_bias, splits, block_k):
     tiles = batch * -(-M // ROWS) * -(-N // PANEL)
-    args = (flat(a), flat(b), flat(bias), flat(c), M, N, K, k_chunk, *strides, kind, has_bias, splits, block_k)
+    args = (flat(a), flat(b), flat(bias), flat(c), M, N, K, k_chunk, *strides, kind, has_bias, splits, block_k,
+            FP16_TO_FP32)
     n_threads = min(threads(), tiles)
     if n_threads == 1:
         _tiles(0, tiles, *args)
@@ -131,7 +147,7 @@ def warm() -> None:
     for dtype in (np.float32, np.int16):
         a, b, bias, c = np.zeros(m * k, dtype), np.zeros(k * n, dtype), np.zeros(n, dtype), np.zeros(m * n, dtype)
         strides = (0, k, 1, 0, n, 1, 0, n, 1)
-        args = (a, b, bias, c, m, n, k, k, *strides, int(dtype == np.int16), True, 1, 32)
+        args = (a, b, bias, c, m, n, k, k, *strides, int(dtype == np.int16), True, 1, 32, FP16_TO_FP32)
         _tiles(0, 2, *args)
         if numba.config.NUMBA_NUM_THREADS > 1:
             _tiles_parallel(2, 2, *args)
