@@ -6,9 +6,11 @@ counterpart of the paper's Figure 1.
 
 A configuration is ``PRECISION:PROFILE`` or ``PRECISION:PROFILE:LINEARS`` with LINEARS ``fp8-rollout``
 (an FP8 W8A8 sampler against the PRECISION learner: ``rl.train --rollout-precision fp8``) or ``fp8``
-(the FP8 matched variant: ``--linear-precision fp8``), e.g.
+(the FP8 matched variant: ``--linear-precision fp8``), or ``bf16-rollout`` / ``fp16-rollout`` (the whole
+sampler model in bf16 / fp16 against the PRECISION learner: ``--rollout-precision bf16|fp16``), e.g.
 
     python -m benchmarks.train_compare --runs bf16:matched,bf16:matched:fp8-rollout,bf16:matched:fp8 --algo pg
+    python -m benchmarks.train_compare --runs fp32:matched,fp32:matched:bf16-rollout --algo grpo -- --ratio sampler
 
 Every (run, seed) is one ``rl.train`` run in ``OUT/<precision>[-<linears>]-<profile>-<algo>-s<seed>/`` with its
 per-step ``metrics.jsonl`` (reward, mismatch, loss, ...; greedy accuracy on the first
@@ -29,8 +31,9 @@ from rl.train import build_parser, train
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 PROFILES = ("matched", "engine")
-# The optional third field: rl.train's flags for the FP8 linears.
-LINEARS = {"fp8-rollout": ["--rollout-precision", "fp8"], "fp8": ["--linear-precision", "fp8"]}
+# The optional third field: rl.train's flags for the FP8 linears or a whole-model rollout precision.
+LINEARS = {"fp8-rollout": ["--rollout-precision", "fp8"], "fp8": ["--linear-precision", "fp8"],
+           "bf16-rollout": ["--rollout-precision", "bf16"], "fp16-rollout": ["--rollout-precision", "fp16"]}
 DEFAULT_RUNS = "fp16:matched,fp16:engine,bf16:matched,bf16:engine"
 
 

@@ -30,6 +30,7 @@ sampler's log-probs equal the learner's bit for bit.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -102,6 +103,14 @@ class HFPolicy(torch.nn.Module):
         """Matched mode in kernel profile ``profile`` (asked for by name: ``allow_engine``); yields its report."""
         with pk.use_profile(profile), pk.matched_mode(audit=audit, allow_engine=profile == "engine") as report:
             yield report
+
+    def at_precision(self, precision: str) -> HFPolicy:
+        """This policy at another compute precision, sharing the fp32 master weights: a sampler apart from the
+        learner (``--rollout-precision``). The LM head follows ``precision`` unless it was set apart."""
+        view = copy.copy(self)  # a shallow copy: the same HF model, so the same masters
+        view.dtype = DTYPES[precision]
+        view.head_dtype = view.dtype if self.head_dtype == self.dtype else self.head_dtype
+        return view
 
     def compute_weights(self, linear_precision: str | None = "model") -> dict[str, torch.Tensor]:
         """The base model's weights in the compute precision (one ``round_to``) and ``lm_head.weight``."""

@@ -14,9 +14,12 @@ the learner then rescores the same tokens in the matched profile (``measure``). 
 * fp16/bf16 with an fp32 LM head, engine: the common partial fix;
 * FP8 rollouts: the sampler's block linears W8A8 in e4m3 (``pk.fp8_linear``; the LM head,
   norms and attention at the compute precision) against a bf16 or an fp16 learner, and the
-  FP8 matched variant, whose learner runs the same quantised linears.
+  FP8 matched variant, whose learner runs the same quantised linears;
+* whole-model rollouts (``--rollout-precision``): the sampler model in bf16 or fp16 (the same fp32
+  weights rounded, ``TinyGPT.at_precision``) against an fp32 learner, the FP32-trainer / BF16-engine setup.
 
-A record's ``sampler`` and ``learner`` name each side's linear precision. Rows whose sampler
+A record's ``sampler`` and ``learner`` name each side's linear precision (the sampler's whole precision in
+a whole-model rollout row). Rows whose sampler
 runs the learner's kernels at the learner's precision (matched profile, ``sampler == learner``)
 must show exactly zero mismatch (``matched_rows_zero``). ``headline`` gives
 the bf16 / fp16 ratios of the engine rows; ``format_table`` and ``format_headline`` the text that
@@ -52,7 +55,9 @@ VARIANTS = [
     ("fp16", "fp32", "engine", None, None), ("bf16", "fp32", "engine", None, None),
     ("bf16", None, "matched", "fp8", None), ("fp16", None, "matched", "fp8", None),
     ("bf16", None, "matched", "fp8", "fp8"),
+    ("fp32", None, "matched", "bf16", None), ("fp32", None, "matched", "fp16", None),
 ]
+WHOLE_MODEL_SAMPLERS = ("fp32", "fp16", "bf16")  # a sampler value that names a precision: the whole model at it
 
 
 def load_policy(checkpoint: str | None, seed: int = 0) -> tuple[dict, ModelConfig, str, str]:
@@ -88,9 +93,10 @@ def measure(state: dict, base: ModelConfig, precision: str, head: str | None, pr
     model = TinyGPT(cfg)
     model.load_state_dict(state)
     model.to(device)
-    ro = generate(model, prompts.to(device), task.max_new_tokens, temperature=temperature,
-                  generator=torch.Generator(device=device).manual_seed(seed), profile=profile, eos_id=task.eos_id,
-                  pad_id=task.pad_id, linear_precision=sampler)
+    whole = sampler in WHOLE_MODEL_SAMPLERS
+    ro = generate(model.at_precision(sampler) if whole else model, prompts.to(device), task.max_new_tokens,
+                  temperature=temperature, generator=torch.Generator(device=device).manual_seed(seed),
+                  profile=profile, eos_id=task.eos_id, pad_id=task.pad_id, linear_precision=None if whole else sampler)
     with torch.no_grad():
         scored = sequence_logprobs(model, ro.tokens, task.prompt_len, temperature)
     m = mismatch_metrics(ro.logprobs, scored, ro.mask)

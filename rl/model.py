@@ -26,6 +26,8 @@ warm-up and the speed baseline; outside the invariants).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -264,6 +266,14 @@ class TinyGPT(nn.Module):
         return to_head_precision(h, self.cfg.head_dtype)
 
     # ---- entry points (the rl.policy.Policy interface, ``start`` aside: rl.policies) ---------
+
+    def at_precision(self, precision: str) -> TinyGPT:
+        """This model at another compute precision, sharing its fp32 master parameters: a sampler apart from the
+        learner (``--rollout-precision``). Its LM head follows ``precision`` unless the config set the head apart."""
+        view = copy.copy(self)  # a shallow copy: the same parameter and module dicts, so the same masters
+        head = self.cfg.head_precision if self.cfg.head_precision != self.cfg.precision else None
+        view.cfg = dataclasses.replace(self.cfg, precision=precision, head_precision=head)
+        return view
 
     @property
     def vocab_size(self) -> int:

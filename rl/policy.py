@@ -38,6 +38,10 @@ class Policy(Protocol):
         """The context every pass of this policy runs in, in kernel profile ``profile``; it yields the matched
         mode's report where the policy runs under the mode with ``audit``, else None."""
 
+    def at_precision(self, precision: str) -> Policy:
+        """The same policy (the same fp32 master weights) at compute precision ``precision``: a sampler apart from
+        the learner."""
+
     def compute_weights(self, linear_precision: str | None = "model") -> dict[str, torch.Tensor]:
         """The weights in the compute precision, ``lm_head.weight`` among them (rounded from the fp32 masters)."""
 

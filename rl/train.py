@@ -70,7 +70,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, train_flags
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
 from .diagnostics import step_diagnostics
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
@@ -81,7 +81,7 @@ from .rollout import Rollout
 from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
 from .task_views import PromptSet
-from .train_flags import build_parser, check_args, matched_run, refuse_resume_conflicts, resolve_device, sampler_linears
+from .train_flags import build_parser, check_args, matched_run, refuse_resume_conflicts, resolve_device
 
 
 class StrictStop(RuntimeError):
@@ -156,6 +156,7 @@ class _Run:
     start: int = 0
     warm: dict | None = None
     kl_anchor: Policy | None = None  # the frozen post-warm-up policy the KL penalty pulls towards
+    sampler: Policy | None = None    # the policy at --rollout-precision bf16/fp16 (the same masters); None: model
     accuracy: float = float("nan")
     history: list[dict] = field(default_factory=list)
     skipped_total: int = 0
@@ -204,6 +205,8 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=args.precision == "fp16", init_scale=2.0**12)
     run = _Run(args, dist, log, setup.task, setup.policy, optimizer, scaler, setup.prompts,
                data_gen=torch.Generator().manual_seed(args.seed + 1))
+    if train_flags.sampler_precision(args) != args.precision:
+        run.sampler = run.model.at_precision(train_flags.sampler_precision(args))
     if args.resume:
         _resume(run)
     else:
@@ -260,7 +263,8 @@ def _progress_bar(run: _Run):
     from tqdm import tqdm
 
     a = run.args
-    fp8 = "" if sampler_linears(a) is None else f"/fp8-{'matched' if matched_run(a) else 'rollout'}"
+    fp8 = "" if train_flags.sampler_linears(a) is None else f"/fp8-{'matched' if matched_run(a) else 'rollout'}"
+    fp8 += f"/{train_flags.sampler_precision(a)}-rollout" if train_flags.sampler_precision(a) != a.precision else ""
     return tqdm(total=a.steps, initial=run.start, desc=f"{a.precision}{fp8}/{a.profile}/{a.algo}", file=sys.stderr,
                 dynamic_ncols=True)
 
@@ -272,10 +276,10 @@ def _roll_out(run: _Run, step: int) -> tuple[PromptSet, Rollout, float]:
     idx = torch.randint(0, len(run.prompts_all), (args.batch,), generator=run.data_gen)[first:last]
     prompts = run.prompts_all[idx].repeat(args.group)
     t0, reports = time.perf_counter(), []
-    rollout = generate(run.model, prompts.ids, task.max_new_tokens, temperature=args.temperature,
+    rollout = generate(run.sampler or run.model, prompts.ids, task.max_new_tokens, temperature=args.temperature,
                        profile=args.profile, eos_id=task.eos_id, pad_id=task.pad_id,
                        seed=mix_seed(args.seed, step), first_index=first * args.group,
-                       linear_precision=sampler_linears(args), prompt_mask=prompts.mask, report=reports)
+                       linear_precision=train_flags.sampler_linears(args), prompt_mask=prompts.mask, report=reports)
     for report in reports:
         _tell_uncovered(run, report)
     return prompts, rollout, time.perf_counter() - t0
@@ -395,7 +399,7 @@ def _finish(run: _Run, wall: float) -> dict:
     rl_seconds = run.rl_seconds_before + wall
     summary = {
         "task": args.task, "precision": args.precision, "profile": args.profile, "algo": args.algo,
-        "linear_precision": args.linear_precision, "rollout_precision": sampler_linears(args),
+        "linear_precision": args.linear_precision, "rollout_precision": args.rollout_precision or args.linear_precision,
         "device": str(run.dist.device), "world_size": run.dist.world_size,
         "steps": history[-1]["step"] if history else run.start, "final_accuracy": accuracy,
         "final_reward": history[-1]["reward"] if history else float("nan"),

@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-precision", default=None, choices=["fp8"],
                    help="TinyGPT's block linears in sampler and learner: fp8 runs them W8A8 (e4m3, per-token "
                         "activations, row-wise weights; straight-through gradient): the FP8 matched variant")
-    p.add_argument("--rollout-precision", default=None, choices=["fp8"],
-                   help="the sampler's block linears only: fp8 is an FP8 (W8A8) rollout against the learner's "
-                        "--precision (the LM head stays at --precision)")
+    p.add_argument("--rollout-precision", default=None, choices=list(ROLLOUT_PRECISIONS),
+                   help="the sampler apart from the learner's --precision: fp8 runs its block linears W8A8 (the LM "
+                        "head stays at --precision); bf16 or fp16 runs the whole sampler model at that precision "
+                        "(weights rounded from the fp32 masters, the run's --profile): --precision fp32 "
+                        "--rollout-precision bf16 is the FP32-trainer / BF16-engine setup")
     p.add_argument("--algo", default="pg", choices=list(ALGOS))
     p.add_argument("--agg", default=None, choices=list(AGGREGATIONS),
                    help="loss aggregation (default token-mean; gspo is sequence-level and refuses it)")
@@ -107,6 +109,8 @@ def given(value) -> bool:
     return not isinstance(value, (_DefaultInt, _DefaultFloat, _DefaultStr))
 
 
+ROLLOUT_PRECISIONS = ("fp8", "bf16", "fp16")
+WHOLE_MODEL_ROLLOUTS = ("bf16", "fp16")  # the sampler's whole model at that precision (Policy.at_precision)
 TINYGPT_FLAGS = (("--d-model", "d_model"), ("--layers", "layers"), ("--heads", "heads"), ("--init", "init"),
                  ("--warmup-target", "warmup_target"))
 
@@ -164,9 +168,15 @@ def check_args(args) -> None:
         for flag, dest in TINYGPT_FLAGS:
             need(not given(getattr(args, dest)), flag, f"left out with --model {args.model} (it shapes TinyGPT "
                  f"and its warm-up only)", getattr(args, dest))
-        for flag, dest in (("--linear-precision", "linear_precision"), ("--rollout-precision", "rollout_precision")):
-            need(getattr(args, dest, None) is None, flag, f"left out with --model {args.model} (FP8 linears are "
-                 f"TinyGPT's)", getattr(args, dest, None))
+        need(args.linear_precision is None, "--linear-precision", f"left out with --model {args.model} (FP8 "
+             f"linears are TinyGPT's)", args.linear_precision)
+        need(args.rollout_precision != "fp8", "--rollout-precision", f"bf16 or fp16 with --model {args.model} "
+             f"(FP8 linears are TinyGPT's)", args.rollout_precision)
+    if args.rollout_precision in WHOLE_MODEL_ROLLOUTS:
+        need(args.rollout_precision != args.precision, "--rollout-precision", f"a precision other than "
+             f"--precision {args.precision} (left out, the sampler runs the learner's)", args.rollout_precision)
+        need(args.linear_precision is None, "--linear-precision", f"left out with --rollout-precision "
+             f"{args.rollout_precision} (the sampler changes one way at a time)", args.linear_precision)
     positive_int("--steps", args.steps)
     positive_int("--batch", args.batch)
     positive_int("--group", args.group, low=2)  # the group-mean baseline needs two samples per prompt
@@ -226,13 +236,19 @@ def check_args(args) -> None:
 
 
 def sampler_linears(args) -> str | None:
-    """The sampler's linear precision: ``--rollout-precision`` when given, else the learner's ``--linear-precision``."""
-    return args.rollout_precision or args.linear_precision
+    """The sampler's linear precision: fp8 with ``--rollout-precision fp8``, else ``--linear-precision``."""
+    return "fp8" if args.rollout_precision == "fp8" else args.linear_precision
+
+
+def sampler_precision(args) -> str:
+    """The sampler's compute precision: ``--rollout-precision`` bf16/fp16 when given, else ``--precision``."""
+    return args.rollout_precision if args.rollout_precision in WHOLE_MODEL_ROLLOUTS else args.precision
 
 
 def matched_run(args) -> bool:
     """Whether the sampler runs the learner's kernels at the learner's precision, so any mismatch is a bug."""
-    return args.profile == "matched" and sampler_linears(args) == args.linear_precision
+    return (args.profile == "matched" and sampler_linears(args) == args.linear_precision
+            and sampler_precision(args) == args.precision)
 
 
 def resume_conflicts(stored: dict, args) -> list[str]:

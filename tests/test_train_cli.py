@@ -84,7 +84,7 @@ BAD_FLAGS = [
     (["--kl-coef", "0.1", "--kl-estimator", "k4"], "--kl-estimator"),
     (["--eval-prompts", "0"], "--eval-prompts"),
     (["--eval-prompts", "513"], "--eval-prompts"),            # more than --dataset-size 512
-    (["--rollout-precision", "fp16"], "--rollout-precision"),  # fp8 is the only other precision a sampler runs
+    (["--rollout-precision", "fp4"], "--rollout-precision"),   # fp8, bf16 or fp16
     (["--linear-precision", "e4m3"], "--linear-precision"),
 ]
 
