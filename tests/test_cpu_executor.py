@@ -40,8 +40,6 @@ KERNELS_WITHOUT_TWIN = {
     "layer_norm_bwd_kernel",
     "token_logprobs_fwd_kernel",
     "token_logprobs_bwd_kernel",
-    "lm_head_kernel",
-    "lm_head_dlogits_kernel",
     "round_to_kernel",
     "scaled_mm_kernel",
 }
