@@ -242,14 +242,15 @@ def parse_model(spec: str) -> ModelSpec:
     raise ValueError(f"--model must be {MODEL_FORMS}, got {spec!r}")
 
 
-def check_task(spec: ModelSpec, task_name: str) -> None:
-    """A chat task needs a tokenizer; a model without one needs room for the task's own ids."""
+def check_task(spec: ModelSpec, task_name: str, task=None) -> None:
+    """A chat task needs a tokenizer; a model without one needs room for the task's own ids (``task``: the task
+    built with the run's options; None: ``task_name`` with its defaults)."""
     if task_name in CHAT_TASKS and not spec.has_tokenizer:
         raise ValueError(f"--task {task_name} is put in words: it needs --model smollm2 or hf:PATH with a "
                          f"tokenizer (tinygpt, or a model without one, reads the synthetic tasks' ids)")
     if spec.kind == "hf" and not spec.has_tokenizer:
         vocab = json.loads(spec.config_file.read_text()).get("vocab_size", 0)
-        need = get_any_task(task_name).vocab_size
+        need = (task or get_any_task(task_name)).vocab_size
         if vocab < need:
             raise ValueError(f"--model {spec.config_file}: vocab_size {vocab} cannot hold --task {task_name}'s "
                              f"{need} token ids (and there is no tokenizer beside it)")

@@ -42,6 +42,7 @@ from .hf import load_model, parse_model, positions
 from .model import to_head_precision
 from .policy import Setup
 from .task_views import IdTask, TextTask
+from .train_flags import task_options
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -179,7 +180,8 @@ def full_mask(tokens: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.T
 def build(args, device: torch.device) -> Setup:
     """The task view, the policy and the left-padded prompt set of ``args`` (rl.train's flags)."""
     model, tokenizer = load_model(parse_model(args.model), args.seed, device)
-    task = TextTask(args.task, tokenizer) if tokenizer is not None else IdTask(args.task)
+    options = task_options(args)
+    task = TextTask(args.task, tokenizer, **options) if tokenizer is not None else IdTask(args.task, **options)
     policy = HFPolicy(model, args.precision, args.head_precision)
     # --dataset-size left at its default takes all of a task with fewer problems (check_args refuses more).
     prompts = task.prompt_set(min(args.dataset_size, getattr(task.task, "n_problems", args.dataset_size)),

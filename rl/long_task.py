@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from .tasks import Task
+from .task_base import Task, response_mask
 
 LENGTHS = (32, 256)          # the response lengths this task takes, inclusive
 WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "star", "rain", "book")
@@ -92,8 +92,6 @@ class LongTask(Task):
     def reward(self, prompts: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor | None = None,
                partial: bool = True) -> torch.Tensor:
         """Per-position class credit and the EOS at position L, over L + 1 positions (module doc); fp32 (B,)."""
-        from .tasks import response_mask
-
         responses = responses.long()
         if mask is None:
             mask = response_mask(responses, self.eos_id)

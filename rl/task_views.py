@@ -51,8 +51,8 @@ class PromptSet:
 class TextTask:
     """A task put to a tokenizer: prompt texts (in the chat template where the tokenizer has one), text answers."""
 
-    def __init__(self, name: str, tokenizer) -> None:
-        self.task, self.tokenizer = get_any_task(name), tokenizer
+    def __init__(self, name: str, tokenizer, **options) -> None:
+        self.task, self.tokenizer = get_any_task(name, **options), tokenizer
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = self.eos_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         self.max_new_tokens = self.task.text_max_new_tokens
@@ -88,8 +88,8 @@ class TextTask:
 class IdTask:
     """A synthetic task in its own token ids: fixed-width prompts (no padding), the task's exact reward."""
 
-    def __init__(self, name: str) -> None:
-        self.task: Task = get_any_task(name)
+    def __init__(self, name: str, **options) -> None:
+        self.task: Task = get_any_task(name, **options)
         self.eos_id, self.pad_id, self.max_new_tokens = self.task.eos_id, self.task.pad_id, self.task.max_new_tokens
 
     def prompt_set(self, n: int, seed: int, device: torch.device) -> PromptSet:

@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tinygpt", metavar="MODEL",
                    help=f"the policy: {MODEL_FORMS} (rl.policies; an HF model skips the warm-up)")
     p.add_argument("--task", default="reverse", choices=sorted(TASKS) + sorted(CHAT_TASKS),
-                   help="add1 is in words: it needs a model with a tokenizer")
+                   help="add1 is in words: it needs a model with a tokenizer; long (rl.long_task) takes "
+                        "--response-length and --symbols")
+    p.add_argument("--response-length", type=int, default=None, metavar="L",
+                   help="--task long: response length, 32 to 256 tokens (default 64)")
+    p.add_argument("--symbols", type=int, default=None, metavar="V",
+                   help="--task long: its vocabulary of symbols (default 64; TinyGPT's vocabulary is V + 3)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--head-precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="precision of the LM head (default: --precision); fp32 is the common partial fix")
@@ -160,8 +165,15 @@ def check_args(args) -> None:
         return isinstance(value, (int, float)) and math.isfinite(value)
 
     model = parse_model(args.model)
-    check_task(model, args.task)
-    n_problems = getattr(get_any_task(args.task), "n_problems", None)
+    for flag, dest in (("--response-length", "response_length"), ("--symbols", "symbols")):
+        need(getattr(args, dest) is None or args.task == "long", flag, "given only with --task long",
+             getattr(args, dest))
+    try:
+        task = get_any_task(args.task, **task_options(args))
+    except ValueError as e:  # the task names its parameter: length or symbols
+        raise ValueError(f"--response-length/--symbols: {e}") from None
+    check_task(model, args.task, task)
+    n_problems = getattr(task, "n_problems", None)
     if n_problems is not None and given(args.dataset_size):
         positive_int("--dataset-size", args.dataset_size, high=n_problems)
     if model.kind != "tinygpt":
@@ -233,6 +245,12 @@ def check_args(args) -> None:
         held = [p.name for p in (ckpt, metrics) if p.exists() and (p.stat().st_size > 0 or p == ckpt)]
         need(not held, "--out", f"a directory without a run (it holds {', '.join(held)}; pass --resume to "
              f"continue it or --overwrite to start over)", args.out)
+
+
+def task_options(args) -> dict:
+    """The task's constructor options from the flags: ``long``'s length and symbols when given."""
+    names = {"response_length": "length", "symbols": "symbols"}
+    return {names[k]: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def sampler_linears(args) -> str | None:

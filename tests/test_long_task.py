@@ -112,3 +112,58 @@ def test_a_fresh_tinygpt_starts_near_the_uniform_reward_below_the_band():
     prompts, _ = task.make_dataset(128, seed=0)
     score = task.warmup_score(model, prompts, seed=0)
     assert score == pytest.approx(task.uniform_reward(), abs=0.04) and not check_band(score)
+
+
+# ---- in the training loop ---------------------------------------------------------------------------------
+
+RUN = ["--task", "long", "--response-length", "32", "--symbols", "16", "--steps", "1", "--batch", "2", "--group", "2",
+       "--d-model", "16", "--layers", "1", "--heads", "1", "--eval-every", "100", "--eval-prompts", "2",
+       "--dataset-size", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--task", "reverse", "--response-length", "64"], "--response-length"),
+    (["--task", "add", "--symbols", "64"], "--symbols"),
+    (["--task", "long", "--response-length", "16"], "--response-length"),
+    (["--task", "long", "--response-length", "512"], "--response-length"),
+    (["--task", "long", "--symbols", "1"], "--symbols"),
+])
+def test_long_task_flags_are_checked_before_any_work(tmp_path, capsys, flags, flag):
+    from rl.train import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*flags, "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tinygpt_run_on_the_long_task_warms_up_on_the_sampled_reward(tmp_path):
+    import json
+
+    from rl.train import build_parser, train
+
+    logs: list[str] = []
+    summary = train(build_parser().parse_args([*RUN, "--warmup-target", "0.0", "--out", str(tmp_path)]),
+                    log=logs.append)
+    assert summary["warmup"]["figure"] == "sampled mean reward" and summary["warmup"]["steps"] == 0
+    assert summary["config"]["vocab_size"] == 19 and summary["config"]["max_seq_len"] == 5 + 33
+    (record,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= record["reward"] <= 1 and record["n_tokens"] > 0 and record["ess_seq"] == 1.0  # fp16 matched
+    assert any("sampled mean reward" in line for line in logs)
+
+
+def test_the_chat_form_through_a_tokenizer():
+    pytest.importorskip("transformers")
+    from rl.task_views import TextTask
+    from rl.tiny_hf import char_tokenizer
+
+    tok = char_tokenizer()
+    view = TextTask("long", tok, length=32)
+    prompts = view.prompt_set(2, seed=0, device=torch.device("cpu"))
+    assert view.max_new_tokens == 65 and len(prompts.answers[0].split()) == 32
+    right = tok(prompts.answers[0])["input_ids"] + [view.eos_id]
+    short = tok(" ".join(prompts.answers[1].split()[:8]))["input_ids"] + [view.eos_id]
+    width = max(len(right), len(short))
+    responses = torch.tensor([row + [view.pad_id] * (width - len(row)) for row in (right, short)])
+    mask = torch.arange(width)[None, :] < torch.tensor([len(right), len(short)])[:, None]
+    assert view.reward(prompts, responses, mask, partial=True).tolist() == pytest.approx([1.0, 8 / 33])
