@@ -1,4 +1,4 @@
-"""Count kernel launches and programs inside a block (interpreter or compiled)."""
+"""Count kernel launches and programs inside a block (interpreter, compiled, or the CPU twins)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,27 @@ class LaunchCount:
 
 @contextlib.contextmanager
 def count_launches() -> Iterator[LaunchCount]:
-    """Patch the Triton launcher for the duration of the block and count every launch and program."""
+    """Patch the Triton launcher and the CPU executor's twin call for the duration of the block and count
+    every launch and program (a twin computes a launch's whole grid: its programs are the grid's)."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    from precision_kernels import cpu_executor
+
     count = LaunchCount()
     originals = {cls: cls.run for cls in (InterpretedFunction, JITFunction)}
+    original_twin = cpu_executor.run_twin
+
+    def run_twin(fn, kernel, grid, args, constexprs):
+        name = getattr(kernel, "__name__", str(kernel))
+        count.launches += 1
+        count.programs += math.prod(grid)
+        count.by_kernel[name] += 1
+        start = time.perf_counter()
+        try:
+            return original_twin(fn, kernel, grid, args, constexprs)
+        finally:
+            count.seconds_by_kernel[name] += time.perf_counter() - start
 
     def wrap(cls):
         original = originals[cls]
@@ -47,7 +62,9 @@ def count_launches() -> Iterator[LaunchCount]:
     try:
         for cls in originals:
             cls.run = wrap(cls)
+        cpu_executor.run_twin = run_twin
         yield count
     finally:
         for cls, original in originals.items():
             cls.run = original
+        cpu_executor.run_twin = original_twin
