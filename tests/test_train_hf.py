@@ -110,6 +110,31 @@ def test_an_hf_policy_refuses_fp8_linears(tiny):
         hf_policy.HFPolicy(tiny[0], "bf16").compute_weights("fp8")
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sdpa_samples_a_left_padded_row_as_its_prompt_alone(tiny_dir, attention):
+    """Why rl.train loads SDPA: served by pk.attention, a row's samples and log-probs in a left-padded batch are
+    those of its prompt alone, bit for bit; eager's softmax runs over the padded row, so its padded rows differ.
+    Prompts of 69 to 162 tokens span several of the interpreter's key blocks, so padding moves the block edges."""
+    model, tokenizer = hf.load_model(hf.parse_model(f"hf:{tiny_dir}"), 0, DEV, attn_implementation=attention)
+    policy = hf_policy.HFPolicy(model, "fp32")
+    texts = ("a" * 139, "b" * 162, "c" * 69)               # the longest is unpadded: equal under either form
+    batch = _sample(policy, _padded(tokenizer, texts))
+    alone = [_sample(policy, _padded(tokenizer, (t,)), first_index=i) for i, t in enumerate(texts)]
+    same = [torch.equal(a.tokens[0, -3:], batch.tokens[i, -3:]) and torch.equal(bits(a.logprobs[0]),
+                                                                                bits(batch.logprobs[i]))
+            for i, a in enumerate(alone)]
+    assert same == ([True] * 3 if attention == "sdpa" else [False, True, False])
+
+
+def test_eager_attention_stays_an_option(tmp_path, ids_config):
+    """--attention eager: the run is matched too (no mismatch, --strict), and its summary says which form ran."""
+    args = _args(tmp_path / "eager", f"hf:{ids_config}", "--task", "add", "--strict", "--attention", "eager")
+    args.steps = 1
+    summary = train(args, log=lambda *_: None)
+    assert summary["config"]["attention"] == "eager" and summary["frac_tokens_differ"] == 0
+    assert _records(tmp_path / "eager")[0]["n_tokens"] > 0
+
+
 def test_the_prompt_set_is_the_chat_template_left_padded(tiny):
     model, tokenizer = tiny
     task = TextTask("add1", tokenizer)
