@@ -131,8 +131,9 @@ class HFSide:
             import transformers as tf
 
             path = args.model[3:]
-            self.base = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            tok = tf.AutoTokenizer.from_pretrained(path)
+            self.base = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                                trust_remote_code=False).eval()
+            tok = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             tok.padding_side = "left"
         texts = [LONG_PROMPTS[i % len(LONG_PROMPTS)] for i in range(args.responses)]
         self.ids, self.mask = hf.encode_prompts(tok, texts, chat=tok.chat_template is not None)
@@ -314,9 +315,17 @@ def main(argv=None) -> int:
     if unknown or len(set(configs)) != len(configs):
         parser.error(f"--configs must name distinct configurations from {', '.join(CONFIGS)}, got {args.configs!r}")
     m = args.model
-    if not (m == "tinygpt" or m == "smollm2" or (m.startswith("smollm2:") and m[8:].isdigit() and 1 <= int(m[8:]) <= 30)
+    cut = m[8:] if m.startswith("smollm2:") else ""
+    if not (m == "tinygpt" or m == "smollm2" or (cut.isascii() and cut.isdigit() and 1 <= int(cut) <= 30)
             or (m.startswith("hf:") and len(m) > 3)):
         parser.error(f"--model must be smollm2, smollm2:LAYERS (1-30), tinygpt or hf:PATH, got {m!r}")
+    if m.startswith("hf:"):
+        from rl.hf_config import refuse_remote_code
+
+        try:  # the directory's own code never runs (every load passes trust_remote_code=False too)
+            refuse_remote_code(m[3:], m)
+        except ValueError as e:
+            parser.error(str(e))
     for flag, value in (("--responses", args.responses), ("--vocab", args.vocab), ("--d-model", args.d_model),
                         ("--tiny-layers", args.tiny_layers), ("--heads", args.heads),
                         ("--score-rows", args.score_rows)):

@@ -23,6 +23,8 @@ A checkpoint gets the mode of any file the process creates (0666 less the umask)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -105,8 +107,12 @@ def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None
     return atomic_save(ckpt, path)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict in ``path``, read with ``weights_only=True``; ``CheckpointError`` if it is not one."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict in ``path``, read with ``weights_only=True``; ``CheckpointError`` if it is not one.
+
+    ``mmap``: map the tensors rather than read them (the step or the flags of a large checkpoint, cheaply).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -114,7 +120,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: the checkpoint file is empty (a save that never completed?)")
     _check_container(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message: a "re-run with weights_only=False" hint, then the offending global on its own line.
         found = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
@@ -160,6 +166,40 @@ def _as_text(head: bytes) -> str | None:
             continue
         return text if all(c.isprintable() or c.isspace() for c in text) else None
     return None
+
+
+def digest_json(obj: Any) -> str:
+    """sha256 of ``obj`` as canonical JSON (sorted keys, no whitespace): equal data, equal digest, however written."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_files(paths) -> str | None:
+    """sha256 over the files' names and bytes, in name order (None for no files): a model's weights or tokenizer."""
+    paths = sorted(Path(p) for p in paths)
+    if not paths:
+        return None
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def identity_conflicts(stored: dict | None, current: dict) -> list[str]:
+    """The parts of a model's identity (name -> digest, ``rl.hf_config.model_identity``) that differ, by name.
+
+    ``stored`` None (a checkpoint written before identities were stored) conflicts with nothing: the
+    caller says the model could not be checked.
+    """
+    if stored is None:
+        return []
+    return [f"its {name} ({'none' if stored.get(name) is None else stored.get(name)[:12]} stored, "
+            f"{'none' if current.get(name) is None else current.get(name)[:12]} now)"
+            for name in sorted(set(stored) | set(current)) if stored.get(name) != current.get(name)]
 
 
 def load_checkpoint(path: str | os.PathLike, *, model=None, optimizer=None, scaler=None,

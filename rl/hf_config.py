@@ -12,11 +12,14 @@ built:
   ``auto_map`` is refused. transformers would ask on stdin whether to import the directory's
   ``.py`` files and run them; the lab never does (every load passes ``trust_remote_code=False``),
   and refusing the directory up front says why instead of failing half-way.
-* ``check_memory``: parameters, gradients, AdamW's two moments and the compute copy, plus the
-  activations of one learner pass, estimated from the config (``estimate_training_bytes``),
-  against the memory available on the run's device; a config that would not fit (``hidden_size``
-  40000, ``num_hidden_layers`` 10**6) is refused with the estimate, not built until the OOM
-  killer acts.
+* ``model_identity``: digests of the model's config, weights and tokenizer, stored in the
+  checkpoint and compared on ``--resume`` by name, so an edited config (``rms_norm_eps``), other
+  weights or another layer count is refused, not trained on under the old run's name.
+* ``check_memory``: parameters, gradients and AdamW's two moments, plus the activations of one
+  learner pass, estimated from the config (``estimate_training_bytes``, a lower bound: what
+  surely is kept, so a run that fits is never refused), against the memory available on the
+  run's device; a config that cannot fit (``hidden_size`` 40000, ``num_hidden_layers`` 10**6)
+  is refused with the estimate, not built until the OOM killer acts.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import digest_files, digest_json
+from .gguf_check import read_gguf_header
+
 # Files that may name custom classes (auto_map) for transformers' Auto* loaders.
 CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # Keys a tokenizer file has and a model config does not: a tokenizer given as the config is named as one.
@@ -38,8 +44,8 @@ SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
              "intermediate_size", "head_dim", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_inner",
              "n_positions", "n_ctx")
 _REQUIRED_IF_GIVEN = SIZE_KEYS[:4]
-# fp32 master weights, their gradients, AdamW's exp_avg and exp_avg_sq, the compute-precision copy (at most fp32).
-TRAINING_BYTES_PER_PARAMETER = 4 + 4 + 8 + 4
+# fp32 master weights, their gradients, AdamW's exp_avg and exp_avg_sq (the compute-precision copy left out).
+TRAINING_BYTES_PER_PARAMETER = 4 + 4 + 8
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,12 @@ def read_hf_config(config_file: str | os.PathLike, spec: str):
     return config, _shape(config, spec, config_file)
 
 
+def check_hf_directory(spec, flag_value: str) -> ModelShape:
+    """An ``hf:`` ``--model`` (``rl.hf.ModelSpec``) before any work: its code refused, its config read and checked."""
+    refuse_remote_code(spec.path, flag_value)
+    return read_hf_config(spec.config_file, flag_value)[1]
+
+
 def _positive(config, name: str, spec: str, config_file: Path, default=None) -> int:
     value = getattr(config, name, None)
     value = default if value is None else value
@@ -165,13 +177,13 @@ def refuse_remote_code(directory: str | os.PathLike, spec: str) -> None:
 def estimate_training_bytes(shape: ModelShape, sequences: int, length: int) -> tuple[int, int, int]:
     """``(total, parameter-state bytes, activation bytes)`` of one RL step on ``sequences`` sequences of ``length``.
 
-    Parameters: ``TRAINING_BYTES_PER_PARAMETER`` each. Activations, in fp32 (the widest compute
-    precision) and kept for the backward: per token and layer the residual stream, norms, q/k/v/o
-    and attention output (about 12 widths), the MLP's 3 intermediate widths, and eager attention's
-    scores and probabilities (2 x heads x length); plus the sampler's KV cache.
+    Parameters: ``TRAINING_BYTES_PER_PARAMETER`` each. Activations, 4 bytes each, kept for the
+    backward: per token and layer the residual stream, norm outputs and q/k/v/o (8 widths), two
+    of the MLP's intermediate widths and eager attention's probabilities (heads x length); plus the
+    sampler's KV cache. A lower bound: the figures a pass cannot do without.
     """
     params = shape.parameters() * TRAINING_BYTES_PER_PARAMETER
-    per_token_layer = 12 * shape.hidden_size + 3 * shape.intermediate_size + 2 * shape.num_attention_heads * length
+    per_token_layer = 8 * shape.hidden_size + 2 * shape.intermediate_size + shape.num_attention_heads * length
     kv_cache = 2 * shape.num_key_value_heads * shape.head_dim
     activations = 4 * sequences * length * shape.num_hidden_layers * (per_token_layer + kv_cache)
     return params + activations, params, activations
@@ -201,9 +213,37 @@ def check_memory(shape: ModelShape, sequences: int, length: int, device: torch.d
     total, params, activations = estimate_training_bytes(shape, sequences, length)
     free = available_bytes(device) if available is None else available
     if total > free:
-        raise _fail(spec, config_file, f"training it needs about {_gib(total)} ({shape.parameters():,} parameters "
-                                       f"x {TRAINING_BYTES_PER_PARAMETER} bytes = {_gib(params)} for weights, "
-                                       f"gradients and AdamW state, plus {_gib(activations)} of activations for "
+        raise _fail(spec, config_file, f"training it needs at least {_gib(total)} ({shape.parameters():,} "
+                                       f"parameters x {TRAINING_BYTES_PER_PARAMETER} bytes = {_gib(params)} for "
+                                       f"weights, gradients and AdamW state, plus {_gib(activations)} of activations "
+                                       f"for "
                                        f"{sequences} sequences of {length} tokens), more than the {_gib(free)} "
                                        f"available on {device.type}")
     return total
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.index.json")
+TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                      "chat_template.jinja")
+
+
+def _files(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+
+
+def model_identity(spec, gguf: Path | None = None) -> dict[str, str | None]:
+    """Digests naming what a ``--model`` builds: ``config``, ``weights`` (None: drawn from the seed) and, for an
+    ``hf:`` directory, ``tokenizer``. TinyGPT has none: its flags are its shape, compared as flags.
+
+    ``spec``: an ``rl.hf.ModelSpec``; ``gguf``: the SmolLM2 file a ``smollm2`` spec loads.
+    """
+    if spec.kind == "tinygpt":
+        return {}
+    if spec.kind == "smollm2":
+        header = read_gguf_header(gguf)
+        scalars = {k: v for k, v in header.metadata.items() if not isinstance(v, list)}
+        return {"config": digest_json({"gguf": scalars, "layers": spec.layers}), "weights": digest_files([gguf])}
+    raw = json.loads(Path(spec.config_file).read_text(encoding="utf-8"))
+    weights = None if spec.random_init else digest_files(_files(Path(spec.path), WEIGHT_PATTERNS))
+    return {"config": digest_json(raw), "weights": weights,
+            "tokenizer": digest_files(_files(Path(spec.path), TOKENIZER_PATTERNS))}

@@ -157,9 +157,11 @@ def open_output(path: str | os.PathLike, flag: str = "path") -> Iterator[BinaryI
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            e.filename = str(target)  # a write into the open file (a full disk) names no file of its own
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable; not every filesystem allows it
         dfd = os.open(target.parent, os.O_RDONLY)

@@ -31,7 +31,9 @@ mismatch: token-weighted means and maxima; the matched check fails if any rank d
 Every flag is checked before any work (``rl.train_flags.check_args``). An existing run in
 ``--out`` is never overwritten unless ``--overwrite`` is given; ``--resume`` continues it from
 its checkpoint (an error when there is none) and refuses flags that differ from the stored
-run's, except ``RESUME_MAY_DIFFER``.
+run's, except ``RESUME_MAY_DIFFER``, and a model whose config, weights or tokenizer changed
+(their digests are in the checkpoint). A full disk stops a run with an error saying that the last
+checkpoint is intact and ``--resume`` continues from it.
 
 The model is a policy (``rl.policy.Policy``: TinyGPT, or a Hugging Face LM) that
 ``rl.policies.build_policy`` builds from ``--model``; this loop never asks which: the policy
@@ -71,17 +73,18 @@ from pathlib import Path
 import torch
 
 from . import distributed, train_flags
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_stale_temps, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint
 from .diagnostics import step_diagnostics
 from .learner import StepConfig, StepResult, learner_step, sequence_logprobs
 from .metrics import dashboard_metrics, json_safe, mismatch_metrics, reduce_mismatch
+from .output_paths import write_output
 from .policies import build_policy
 from .policy import Policy
 from .rollout import Rollout
 from .run_records import append_record, plain_args, records_up_to
 from .sampler import generate, greedy, mix_seed
 from .task_views import PromptSet
-from .train_flags import build_parser, check_args, matched_run, refuse_resume_conflicts, resolve_device
+from .train_flags import build_parser, check_args, matched_run, resolve_device
 
 
 class StrictStop(RuntimeError):
@@ -114,6 +117,8 @@ def train(args, log=print) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(args, dist, log if dist.is_main else (lambda *_: None))
+    except OSError as e:  # a full disk: a clear error saying what is intact and how to go on
+        raise train_flags.disk_full_error(args, e) from None
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         distributed.shutdown()
@@ -163,6 +168,7 @@ class _Run:
     rl_seconds_before: float = 0.0  # the RL seconds of the segments before a resume
     t_started: float = 0.0          # perf_counter() when this segment's first step began
     uncovered_told: set[str] = field(default_factory=set)  # ops the sampler's mode left to torch, told once
+    identity: dict = field(default_factory=dict)  # digests of the model's config and weights, in each checkpoint
 
     @property
     def ckpt_path(self) -> Path:
@@ -187,9 +193,9 @@ class _Run:
 
 def _set_up(args, dist: distributed.Dist, log) -> _Run:
     """Check a resume against the stored flags, build the policy and its prompt set, then resume or start."""
-    ckpt_path = Path(args.out) / "checkpoint.pt"
+    ckpt_path, identity = Path(args.out) / "checkpoint.pt", train_flags.model_identity_of(args)
     if args.resume:
-        refuse_resume_conflicts(_read_for_resume(ckpt_path, dist.device)["extra"].get("args", {}), args)
+        train_flags.refuse_resume(ckpt_path, args, identity, dist.device)
     # Multi-threaded CPU torch (the fp32 warm-up, and the embedding-gradient scatter in the RL glue)
     # accumulates in a thread-dependent order; one thread makes a run repeat bit for bit. The
     # kernels run in the interpreter's numpy either way.
@@ -204,7 +210,7 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
     # Dynamic loss scaling only where gradients are fp16; skipped steps are counted.
     scaler = torch.amp.GradScaler(dist.device.type, enabled=args.precision == "fp16", init_scale=2.0**12)
     run = _Run(args, dist, log, setup.task, setup.policy, optimizer, scaler, setup.prompts,
-               data_gen=torch.Generator().manual_seed(args.seed + 1))
+               data_gen=torch.Generator().manual_seed(args.seed + 1), identity=identity)
     if train_flags.sampler_precision(args) != args.precision:
         run.sampler = run.model.at_precision(train_flags.sampler_precision(args))
     if args.resume:
@@ -215,13 +221,6 @@ def _set_up(args, dist: distributed.Dist, log) -> _Run:
         # the training set costs as much as two RL steps under the interpreter.
         run.accuracy = run.warm["accuracy"] if run.warm else float("nan")
     return run
-
-
-def _read_for_resume(path: Path, device: torch.device) -> dict:
-    try:
-        return read_checkpoint(path, map_location=device)
-    except CheckpointError as e:
-        raise ValueError(f"--resume: {e}") from None
 
 
 def _resume(run: _Run) -> None:
@@ -249,7 +248,7 @@ def _resume(run: _Run) -> None:
 def _start(run: _Run) -> None:
     """A new run: the policy's start (TinyGPT's warm-up), then the KL anchor, a frozen copy of the started policy."""
     if run.dist.is_main:
-        run.metrics_path.write_text("")  # check_args refused an existing run unless --overwrite
+        write_output("", run.metrics_path, "--out")  # check_args refused an existing run unless --overwrite
     a = run.args
     run.warm = run.model.start(run.task, run.prompts_all, dist=run.dist, log=run.log, target=a.warmup_target,
                                seed=a.seed)
@@ -384,7 +383,7 @@ def _checkpoint(run: _Run, step: int) -> None:
     if run.dist.is_main:
         totals = {"accuracy": run.accuracy, "skipped_total": run.skipped_total,
                   "rl_seconds": run.rl_seconds_before + time.perf_counter() - run.t_started}
-        extra = {"warmup": run.warm, "args": plain_args(run.args), "totals": totals}
+        extra = {"warmup": run.warm, "args": plain_args(run.args), "totals": totals, "model": run.identity}
         if run.kl_anchor is not None:
             extra["kl_anchor"] = run.kl_anchor.state_dict()
         save_checkpoint(run.ckpt_path, model=run.model, step=step, optimizer=run.optimizer, scaler=run.scaler,
@@ -415,7 +414,8 @@ def _finish(run: _Run, wall: float) -> dict:
         "config": asdict(run.model.cfg),
     }
     if run.dist.is_main:
-        (Path(args.out) / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
+        write_output(json.dumps(json_safe(summary), indent=1, allow_nan=False), run.ckpt_path.parent / "summary.json",
+                     "--out")
     run.log(f"done: {summary['steps']} RL steps in {wall:.1f}s ({summary['sample_s_per_step']:.2f}s sampling + "
             f"{summary['learn_s_per_step']:.2f}s learning per step); greedy accuracy {accuracy:.1%}; "
             f"mean |dlogp| {summary['mean_abs_dlogp']:.3g}; tokens differing {summary['frac_tokens_differ']:.2%}; "

@@ -7,6 +7,7 @@ flags a ``--resume`` may change, every other stored flag must match (``refuse_re
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 from pathlib import Path
@@ -15,7 +16,9 @@ import torch
 
 import precision_kernels as pk
 
-from .hf import MODEL_FORMS, check_task, parse_model
+from .checkpoint import CheckpointError, identity_conflicts, read_checkpoint
+from .hf import MODEL_FORMS, check_task, find_gguf, parse_model
+from .hf_config import check_hf_directory, check_memory, model_identity
 from .losses import AGGREGATIONS, ALGOS, CLIPPED, KL_ESTIMATORS, RATIOS, SEQUENCE_LEVEL
 from .tasks import CHAT_TASKS, TASKS, get_any_task
 
@@ -128,6 +131,7 @@ TINYGPT_FLAGS = (("--d-model", "d_model"), ("--layers", "layers"), ("--heads", "
 RESUME_MAY_DIFFER = frozenset({"steps", "stop_at", "eval_every", "eval_prompts", "device", "no_progress", "resume",
                                "overwrite", "out"})
 MAX_DATASET_SIZE = 100_000  # distinct prompts are drawn one by one; every task has 10^6 of them
+CHAT_PROMPT_TOKENS = 32  # a chat task's prompt after its template, at fewest: the memory estimate's length
 
 
 def resolve_device(flag: str) -> torch.device:
@@ -168,6 +172,7 @@ def check_args(args) -> None:
         return isinstance(value, (int, float)) and math.isfinite(value)
 
     model = parse_model(args.model)
+    shape = check_hf_directory(model, args.model) if model.kind == "hf" else None
     for flag, dest in (("--response-length", "response_length"), ("--symbols", "symbols")):
         need(getattr(args, dest) is None or args.task == "long", flag, "given only with --task long",
              getattr(args, dest))
@@ -208,7 +213,11 @@ def check_args(args) -> None:
     positive_int("--layers", args.layers)
     positive_int("--heads", args.heads)
     positive_int("--seed", args.seed, low=0, high=2**63 - 1)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
+    if shape is not None:  # what one learner pass of this process holds, against what its device has free
+        length = getattr(task, "seq_len", None) or CHAT_PROMPT_TOKENS + task.text_max_new_tokens
+        check_memory(shape, args.batch * args.group // (world_size() * args.minibatches) or 1, length, device,
+                     args.model, model.config_file)
     need(args.batch % world_size() == 0, "--batch", f"divisible by the number of processes ({world_size()}: "
          f"each takes whole prompt groups)", args.batch)
     need(args.d_model % args.heads == 0, "--d-model", f"divisible by --heads {args.heads}", args.d_model)
@@ -276,21 +285,69 @@ def matched_run(args) -> bool:
 
 
 def resume_conflicts(stored: dict, args) -> list[str]:
-    """Flags whose value differs from the stored run's, as ``--flag: stored X, now Y`` (``RESUME_MAY_DIFFER`` aside)."""
-    current = vars(args)
+    """Flags whose value differs from the stored run's, as ``--flag: stored X, now Y`` (``RESUME_MAY_DIFFER`` aside).
+
+    A flag the stored run has no value for (its checkpoint predates the flag) ran as the flag's default,
+    and is compared as that default.
+    """
+    current, defaults = vars(args), vars(build_parser().parse_args([]))
     out = []
-    for key in sorted(stored):
+    for key in sorted(set(stored) | (set(current) & set(defaults))):
         if key in RESUME_MAY_DIFFER or key not in current:
             continue
-        if stored[key] != current[key]:
-            out.append(f"--{key.replace('_', '-')}: stored {stored[key]!r}, now {current[key]!r}")
+        before = stored.get(key, defaults.get(key))
+        if before != current[key]:
+            was = repr(before) if key in stored else f"nothing (the run predates the flag: it ran as {before!r})"
+            out.append(f"--{key.replace('_', '-')}: stored {was}, now {current[key]!r}")
     return out
 
 
-def refuse_resume_conflicts(stored: dict, args) -> None:
-    """``ValueError`` listing every flag of ``args`` that ``resume_conflicts`` finds against the stored run's."""
+def model_identity_of(args) -> dict:
+    """The digests of what ``--model`` builds (``rl.hf_config.model_identity``), stored in each checkpoint."""
+    spec = parse_model(args.model)
+    return model_identity(spec, find_gguf() if spec.kind == "smollm2" else None)
+
+
+def refuse_resume(ckpt_path: Path, args, identity: dict, device: torch.device) -> None:
+    """``--resume`` checked against ``ckpt_path`` before any work: a damaged checkpoint, flags that differ from the
+    stored run's, or a changed model is a ``ValueError`` naming ``--resume``."""
+    try:
+        extra = read_checkpoint(ckpt_path, map_location=device)["extra"]
+    except CheckpointError as e:
+        raise ValueError(f"--resume: {e}") from None
+    refuse_resume_conflicts(extra.get("args", {}), args, extra.get("model"), identity)
+
+
+def disk_full_error(args, error: OSError) -> OSError | ValueError:
+    """A write that found the disk full as a ``ValueError`` naming ``--out``, saying what is intact and how to go on;
+    any other ``error`` as it is."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return error
+    ckpt = Path(args.out) / "checkpoint.pt"
+    try:
+        step = read_checkpoint(ckpt, mmap=True)["step"] if ckpt.is_file() else None
+    except CheckpointError:
+        step = None
+    then = (f"the last checkpoint, {ckpt} (step {step}), is intact: free some space and rerun with --resume to "
+            f"continue from step {step}" if step is not None else "no checkpoint was written yet: free some space "
+            "and start the run again")
+    return ValueError(f"--out {args.out}: the disk is full (writing {error.filename or 'a run file'}: "
+                      f"{error.strerror}); {then}")
+
+
+def refuse_resume_conflicts(stored: dict, args, stored_identity: dict | None = None,
+                            identity: dict | None = None) -> None:
+    """``ValueError`` listing every flag of ``args`` that ``resume_conflicts`` finds against the stored run's, or
+    naming each part of the model (``identity``: config, weights, tokenizer) that changed since the checkpoint."""
     conflicts = resume_conflicts(stored, args)
     if conflicts:
         raise ValueError("--resume: these flags differ from the stored run's (only "
                          f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_MAY_DIFFER))} may): "
                          + "; ".join(conflicts))
+    if identity and stored_identity is None:
+        raise ValueError(f"--resume: the checkpoint stores no digest of its model, so --model {args.model} cannot "
+                         f"be checked against the model it trained; start a new run in another --out")
+    changed = identity_conflicts(stored_identity, identity or {})
+    if changed:
+        raise ValueError(f"--resume: --model {args.model} is not the model the checkpoint trained: "
+                         f"{'; '.join(changed)} changed; restore it, or start a new run in another --out")

@@ -190,3 +190,27 @@ def test_stale_temps_of_a_killed_save_are_removed(tmp_path):
     assert C.remove_stale_temps(path) == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == [".other.pt.abc.tmp", "checkpoint.pt"]
     assert C.load_checkpoint(path)["step"] == 3
+
+
+def test_digest_json_is_the_data_not_its_spelling():
+    a = C.digest_json({"rms_norm_eps": 1e-6, "layers": [1, 2]})
+    assert a == C.digest_json({"layers": [1, 2], "rms_norm_eps": 0.000001})
+    assert a != C.digest_json({"rms_norm_eps": 1e-5, "layers": [1, 2]})
+
+
+def test_digest_files_covers_names_and_bytes(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"12")
+    (tmp_path / "b.bin").write_bytes(b"3")
+    both = C.digest_files([tmp_path / "b.bin", tmp_path / "a.bin"])
+    assert both == C.digest_files([tmp_path / "a.bin", tmp_path / "b.bin"]) and C.digest_files([]) is None
+    (tmp_path / "b.bin").write_bytes(b"4")
+    assert C.digest_files([tmp_path / "a.bin", tmp_path / "b.bin"]) != both
+
+
+def test_identity_conflicts_name_each_changed_part():
+    stored = {"config": "a" * 64, "weights": None, "tokenizer": "c" * 64}
+    assert C.identity_conflicts(stored, dict(stored)) == []
+    assert C.identity_conflicts(None, stored) == []
+    changed = C.identity_conflicts(stored, {**stored, "config": "b" * 64, "weights": "d" * 64})
+    assert changed == ["its config (aaaaaaaaaaaa stored, bbbbbbbbbbbb now)",
+                       "its weights (none stored, dddddddddddd now)"]

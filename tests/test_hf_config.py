@@ -73,7 +73,7 @@ def test_a_good_config_reads_and_its_parameters_are_counted(tmp_path, tiny_confi
 def test_a_model_that_cannot_fit_is_refused_with_the_estimate(tmp_path, tiny_config, change, parameters):
     path = _write(tmp_path, {**tiny_config, **change})
     _, shape = read_hf_config(path, "hf:x")
-    with pytest.raises(ValueError, match=r"--model hf:x: .*training it needs about [\d.e+]+ GiB .* more than the "
+    with pytest.raises(ValueError, match=r"--model hf:x: .*training it needs at least [\d.e+]+ GiB .* more than the "
                                          r"[\d.e+]+ GiB available on cpu"):
         check_memory(shape, 4, 16, CPU, "hf:x", path)
 
@@ -103,3 +103,35 @@ def test_a_directory_naming_its_own_code_is_refused(tmp_path, tiny_config, name,
 def test_a_directory_without_auto_map_passes(tmp_path, tiny_config):
     _write(tmp_path, tiny_config)
     refuse_remote_code(tmp_path, "hf:x")
+
+
+def test_model_identity_changes_with_the_config_the_weights_and_the_tokenizer(tmp_path):
+    from rl.checkpoint import identity_conflicts
+    from rl.hf import parse_model
+    from rl.hf_config import model_identity
+
+    config = write_tiny_llama(tmp_path / "m", tokenizer=True)
+    spec = parse_model(f"hf:{config.parent}")
+    first = model_identity(spec)
+    assert first["weights"] is None and first["config"] and first["tokenizer"]
+    raw = json.loads(config.read_text())
+    config.write_text(json.dumps(raw, indent=4, sort_keys=True))  # the same data, spelt otherwise
+    assert model_identity(spec) == first
+    config.write_text(json.dumps({**raw, "rms_norm_eps": raw["rms_norm_eps"] * 10}))
+    assert [c.split(" ")[1] for c in identity_conflicts(first, model_identity(spec))] == ["config"]
+    config.write_text(json.dumps(raw))
+    (config.parent / "model.safetensors").write_bytes(b"weights")
+    assert [c.split(" ")[1] for c in identity_conflicts(first, model_identity(parse_model(f"hf:{config.parent}")))
+            ] == ["weights"]
+
+
+def test_smollm2_identity_names_its_layer_count():
+    from rl import hf
+    from rl.hf_config import model_identity
+
+    try:
+        gguf = hf.find_gguf()
+    except hf.ModelNotInstalledError as e:
+        pytest.skip(str(e))
+    two, three = (model_identity(hf.parse_model(f"smollm2:{n}"), gguf) for n in (2, 3))
+    assert two["weights"] == three["weights"] and two["config"] != three["config"]

@@ -234,7 +234,7 @@ def _bypasses(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("package", ["benchmarks"])
+@pytest.mark.parametrize("package", ["benchmarks", "rl"])
 def test_every_output_goes_through_the_rule(package):
     files = sorted((ROOT / package).glob("*.py"))
     found = [hit for f in files if str(f.relative_to(ROOT)) not in _ALLOWED for hit in _bypasses(f)]

@@ -240,3 +240,30 @@ def test_without_strict_a_nan_step_is_skipped_counted_and_logged(tmp_path, capsy
     assert summary["skipped_steps"] == second["skipped_total"]
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(w).all() for w in ckpt["model"].values())  # no update from the NaN step
+
+
+def test_a_full_disk_is_a_clear_error_and_resume_continues(runs, capsys, monkeypatch):
+    """The checkpoint writer finds the disk full at step 3: the step-2 checkpoint stays, and --resume finishes."""
+    import errno
+
+    import rl.checkpoint as C
+
+    out = _copy(runs, "full_disk")
+    argv = [*FLAGS, "--steps", "3", "--out", str(out), "--resume"]
+
+    def full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(C.torch, "save", full)
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert (f"--out {out}: the disk is full (writing {out / 'checkpoint.pt'}: No space left on device); the last "
+            f"checkpoint, {out / 'checkpoint.pt'} (step 2), is intact: free some space and rerun with --resume to "
+            f"continue from step 2") in err
+    assert C.read_checkpoint(out / "checkpoint.pt")["step"] == 2 and not list(out.glob(".checkpoint.pt.*"))
+    assert main(argv) == 0
+    assert [_untimed(r) for r in _records(out)] == [_untimed(r) for r in _records(runs.full)]
