@@ -285,7 +285,7 @@ def load_model(spec: ModelSpec, seed: int, device: torch.device, attn_implementa
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
-                                                        dtype=torch.float32)
+                                                        dtype=torch.float32, trust_remote_code=False)
     else:
         model = tf.AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=attn_implementation,
                                                         dtype=torch.float32, trust_remote_code=False)

@@ -135,3 +135,24 @@ def test_smollm2_identity_names_its_layer_count():
         pytest.skip(str(e))
     two, three = (model_identity(hf.parse_model(f"smollm2:{n}"), gguf) for n in (2, 3))
     assert two["weights"] == three["weights"] and two["config"] != three["config"]
+
+
+def test_every_transformers_load_in_rl_and_benchmarks_refuses_remote_code():
+    """from_pretrained / from_config on an Auto class, or on a tokenizer, always with trust_remote_code=False."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    loads, missing = 0, []
+    for path in sorted([*root.glob("rl/*.py"), *root.glob("benchmarks/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("from_pretrained", "from_config")
+                    and "Auto" in ast.unparse(node.func.value)):
+                continue
+            loads += 1
+            refused = [k for k in node.keywords if k.arg == "trust_remote_code"
+                       and isinstance(k.value, ast.Constant) and k.value.value is False]
+            if not refused:
+                missing.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert loads >= 4 and not missing, f"loads without trust_remote_code=False: {missing}"
