@@ -32,7 +32,10 @@ def _head(rows, d, vocab, dtype, seed, scale=1.0):
 
 
 def _score(ids, temperature, entropy):
-    return lambda h, w: pk.linear_logprobs(h, w, ids, temperature, return_entropy=entropy)
+    """With entropy: the custom op, whose row max and row sum (the backward's state) are compared too."""
+    if entropy:
+        return lambda h, w: torch.ops.pk.linear_logprobs(h, w, ids, temperature, True)
+    return lambda h, w: pk.linear_logprobs(h, w, ids, temperature)
 
 
 def _sample(seeds, temperature):
@@ -87,15 +90,16 @@ def test_nan_inf_and_negative_zero(dtype):
 
 
 def test_negative_zero_logits_tie_with_positive_zero():
-    """z = logit / T underflows to -0 for a logit of -(smallest subnormal) and T = 3: the running max then meets
-    +0 and -0 (numpy's fmax picks by position, as the kernel's BLOCK_M-long rows do), and so does the block max."""
+    """z = logit / T underflows to -0 for a logit of -(smallest subnormal) and T = 3. Vocab block 0 is all -0,
+    block 1 mixed (its max is a tie within the block), block 2 all +0: the running max meets -0 and +0 at each
+    step, and numpy's fmax picks one by the operands' order and their SIMD position, as on the kernel's
+    BLOCK_M-long rows (the stored row max shows which)."""
     tiny = torch.tensor(2.0**-149)
-    h = torch.ones(3, 1)
-    w = torch.where(torch.arange(300)[:, None] % 3 == 0, -tiny, torch.zeros(300, 1))   # logits -tiny or +0
-    w[150:, 0] = torch.where(torch.arange(150) % 2 == 0, -0.0, -tiny)
-    ids = torch.tensor([0, 1, 299])
-    seeds = torch.tensor([5, -6, 7], dtype=torch.int64)
-    _all_modes(h, w, ids, seeds, 3.0)
+    w = torch.zeros(300, 1)
+    w[:128] = -tiny
+    w[128:256] = torch.where(torch.arange(128)[:, None] % 3 == 0, -tiny, torch.tensor(-0.0))
+    ids = torch.tensor([0, 200, 299])
+    _all_modes(torch.ones(3, 1), w, ids, torch.tensor([5, -6, 7], dtype=torch.int64), 3.0)
 
 
 @settings(max_examples=6)
