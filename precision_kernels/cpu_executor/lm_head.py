@@ -255,7 +255,8 @@ def lm_head_twin(grid, h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy
                     _uniforms(0, M, u, seeds, cols, c0, V)
                 else:
                     _uniforms_parallel(n, M, u, seeds, cols, c0, V)
-                noise = np.log(-np.log(u))
+                noise = np.log(u, out=u)             # log(-log(u)) in place (elementwise: the same bits)
+                np.log(np.negative(noise, out=noise), out=noise)
                 _gumbel_max(z, noise, M, cols, BLOCK_V, c0, best_key, tokens, target_z)
         logprob, entropy = _finish(*state, target_z, with_entropy)
     run_max, run_sum, _ = state
