@@ -31,8 +31,6 @@ KERNELS_WITHOUT_TWIN = {
     "attention_fwd_kernel",
     "attention_bwd_dq_kernel",
     "attention_bwd_dkdv_kernel",
-    "softmax_fwd_kernel",
-    "softmax_bwd_kernel",
     "rms_norm_fwd_kernel",
     "rms_norm_bwd_kernel",
     "col_sum_kernel",

@@ -1,0 +1,56 @@
+"""The online log-sum-exp of kernels/lse.py over a whole launch (softmax and token log-probs twins).
+
+Each function is the jit helper of the same name in ``kernels/lse.py``, on blocks laid out by
+``_rows.Rows``: per-row values are (rows,) vectors, per-block row values (n_blocks, rows) arrays,
+tiles (n_blocks, rows, block_cols). The operations, their order and their operands are the
+helpers' own; see ``_rows`` for why the arrays are laid out as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._rows import NEG_INF, ONE, ZERO, Rows
+
+
+def exp_ref(run_max: np.ndarray) -> np.ndarray:
+    return np.where(run_max == NEG_INF, ZERO, run_max)
+
+
+def online_lse(lay: Rows, z: np.ndarray, with_dot: bool):
+    """lse_block_update over every block in index order, from lse_init -> (run_max, run_sum, run_dot)."""
+    z = np.where(lay.mask, z, NEG_INF)
+    maxima = lay.running_max(np.fmax.reduce(z, axis=-1))     # tl.max = np.nanmax = np.fmax.reduce
+    old_max, new_max = maxima[:-1], maxima[1:]
+    ref = exp_ref(new_max)
+    alpha = np.exp(old_max - ref)
+    shifted = z - ref[:, :, None]
+    e = np.exp(shifted)
+    block_sum = np.sum(e, axis=-1)
+    run_sum = np.zeros(lay.rows, np.float32)
+    run_dot = np.zeros(lay.rows, np.float32)
+    if with_dot:
+        old_shift = np.where(old_max == NEG_INF, ZERO, old_max - ref)
+        block_dot = np.sum(e * np.where(e > ZERO, shifted, ZERO), axis=-1)
+    for b in range(lay.n_blocks):
+        new_sum = run_sum * alpha[b] + block_sum[b]
+        if with_dot:
+            run_dot = (run_dot + old_shift[b] * run_sum) * alpha[b] + block_dot[b]
+        run_sum = new_sum
+    return maxima[-1], run_sum, run_dot
+
+
+def lse_finish(run_sum: np.ndarray, run_dot: np.ndarray, with_dot: bool):
+    """-> (log_sum, entropy)."""
+    empty = run_sum == ZERO
+    safe_sum = np.where(empty, ONE, run_sum)
+    log_sum = np.log(safe_sum)
+    if not with_dot:
+        return log_sum, np.zeros_like(run_sum)
+    return log_sum, np.where(empty, ZERO, log_sum - run_dot / safe_sum)
+
+
+def probs(lay: Rows, z: np.ndarray, run_max: np.ndarray, run_sum: np.ndarray) -> np.ndarray:
+    """kernels/softmax.py ``_probs``: exp(z - ref) / sum, 0 in masked lanes and empty rows."""
+    e = np.exp(np.where(lay.mask, z, NEG_INF) - lay.per_block(exp_ref(run_max)))
+    return e / lay.per_block(np.where(run_sum == ZERO, ONE, run_sum))

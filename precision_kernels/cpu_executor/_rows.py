@@ -1,0 +1,171 @@
+"""What the row-kernel twins share (softmax.py, norm.py, layer_norm.py, token_logprobs.py).
+
+The row kernels' bits come from numpy under the interpreter: every reduction is ``tl.sum`` or
+``tl.max`` of a (BLOCK_ROWS, BLOCK_COLS) tile, and the rest is ``np.exp`` / ``np.log`` and
+elementwise fp32 arithmetic on tiles and per-row vectors. So these twins are numpy programs that
+make the same numpy calls on arrays laid out so that each call sees what the interpreter's call
+sees (EXECUTOR_API.md section 3), but for all rows and all blocks at once:
+
+* A launch's row operand becomes **blocks**: a C-contiguous (n_blocks, rows, BLOCK_COLS) fp32
+  array, block b holding columns [b * BLOCK_COLS, (b + 1) * BLOCK_COLS) of every row, masked lanes
+  holding what the kernel's ``tl.load(..., other=0)`` gives them. ``np.sum`` / ``np.fmax.reduce``
+  along its last axis then run numpy's pairwise sum / SIMD max over runs of exactly BLOCK_COLS
+  elements, the tile's rows; per-block row values are (n_blocks, rows) arrays.
+* The row count is padded to a multiple of ``LANES``, and a per-row value broadcast over a tile
+  is a materialised (n_blocks, rows, 1) array. numpy's elementwise loops are exact, but which
+  operand's NaN an ``a + b`` or ``a * b`` of two NaNs keeps, and which zero ``np.fmax(-0, +0)``
+  keeps, depend on where the element falls in numpy's vector loop (the body keeps the first, a
+  tail the second). The interpreter's loops run over power-of-two tiles (no tail) or over the
+  BLOCK_COLS lanes of one row (a broadcast operand); these layouts give every loop the same length.
+  (A precaution: no output of these kernels was seen to depend on it, since np.exp and np.log
+  return one NaN and a subtraction keeps its first operand's.)
+* ``tl.maximum`` of the running row max is the one place where the row itself is not enough:
+  ``np.fmax`` on -0 and +0 keeps a zero that depends on the row's lane in its program's
+  (BLOCK_ROWS,) vector, so ``running_max`` replays those calls program by program when a block
+  max is a zero.
+* Column sums (the norm backward's partials, ``col_sum_kernel``) are ``np.sum(tile, axis=0)`` on
+  the very (BLOCK_ROWS, BLOCK_COLS) tiles of the kernel, padding rows included.
+
+Rounding to fp16/bf16 is ``_numba.rounded`` (compiled; the exact ``round_fp32``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from ._numba import FP16, FP32, flat, rounded
+
+LANES = 16
+NEG_INF = np.float32(-np.inf)
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+
+
+def _matrix(t: torch.Tensor, n_rows: int, n_cols: int, stride: int) -> np.ndarray:
+    """The (n_rows, n_cols) elements a kernel reads at ``ptr + row * stride + col``, as a numpy view."""
+    a = flat(t)
+    return np.lib.stride_tricks.as_strided(a, (n_rows, n_cols), (stride * a.itemsize, a.itemsize), writeable=False)
+
+
+def widened(raw: np.ndarray, kind: int) -> np.ndarray:
+    """to_fp32 of raw elements (fp32 values, or int16 bits of fp16/bf16), as the interpreter computes it."""
+    if kind == FP32:
+        return raw.astype(np.float32)
+    if kind == FP16:
+        return raw.view(np.float16).astype(np.float32)
+    return (raw.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+class Rows:
+    """One row launch's shape: n_rows rows of n_cols, in blocks of ``block_cols``, programs of ``block_rows``."""
+
+    def __init__(self, n_rows: int, n_cols: int, block_rows: int, block_cols: int):
+        self.n_rows, self.n_cols = int(n_rows), int(n_cols)
+        self.block_rows, self.block_cols = int(block_rows), int(block_cols)
+        self.n_blocks = -(-self.n_cols // self.block_cols)
+        self.rows = -(-self.n_rows // LANES) * LANES
+        self.n_programs = -(-self.n_rows // self.block_rows)
+        cols = np.arange(self.n_blocks * self.block_cols).reshape(self.n_blocks, 1, self.block_cols)
+        # the kernel's tile mask: row < n_rows and col < n_cols
+        self.mask = (np.arange(self.rows) < self.n_rows)[None, :, None] & (cols < self.n_cols)
+        self.cols = cols
+
+    def blocks(self, t: torch.Tensor, kind: int, stride: int) -> np.ndarray:
+        """to_fp32(tl.load(row operand, mask, other=0)) of every tile, as blocks (n_blocks, rows, block_cols)."""
+        raw = _matrix(t, self.n_rows, self.n_cols, stride)
+        padded = np.zeros((self.rows, self.n_blocks * self.block_cols), raw.dtype)
+        padded[:self.n_rows, :self.n_cols] = raw
+        tiles = padded.reshape(self.rows, self.n_blocks, self.block_cols).transpose(1, 0, 2)
+        return widened(np.ascontiguousarray(tiles), kind)
+
+    def columns(self, t: torch.Tensor, kind: int) -> np.ndarray:
+        """to_fp32(tl.load(w_ptr + cols, mask=cols < n_cols, other=0)) of every block, as (n_blocks, 1, block_cols)."""
+        raw = np.zeros(self.n_blocks * self.block_cols, flat(t).dtype)
+        raw[:self.n_cols] = flat(t)[:self.n_cols]
+        return widened(raw, kind).reshape(self.n_blocks, 1, self.block_cols)
+
+    def vector(self, t: torch.Tensor, other, dtype=np.float32) -> np.ndarray:
+        """tl.load(ptr + rows, mask=row_mask, other=other), padded rows included."""
+        out = np.full(self.rows, other, dtype)
+        out[:self.n_rows] = flat(t)[:self.n_rows]
+        return out
+
+    def constant(self, value) -> np.ndarray:
+        """tl.full((BLOCK_ROWS,), value, tl.float32)."""
+        return np.full(self.rows, value, np.float32)
+
+    def per_block(self, v: np.ndarray) -> np.ndarray:
+        """v[:, None] of a per-row vector, once per block: (n_blocks, rows, 1), a real array so that numpy's loop
+        over a tile row stays block_cols long (a stride-0 broadcast over blocks would merge them)."""
+        return np.ascontiguousarray(np.broadcast_to(v, (self.n_blocks, self.rows)))[:, :, None]
+
+    def store(self, t: torch.Tensor, values: np.ndarray, kind: int) -> None:
+        """tl.store(out_ptr + row * n_cols + col, round_fp32(values, kind), mask) for blocks ``values``."""
+        _store_blocks(np.ascontiguousarray(values, np.float32), flat(t), self.n_rows, self.n_cols, kind)
+
+    def store_vector(self, t: torch.Tensor, v: np.ndarray) -> None:
+        flat(t)[:self.n_rows] = v[:self.n_rows]
+
+    def running_max(self, block_max: np.ndarray) -> np.ndarray:
+        """The running row max after each block: (n_blocks + 1, rows), row 0 = -inf (lse_init), row b + 1 =
+        tl.maximum(row b, block b's tl.max) = np.fmax on each program's (BLOCK_ROWS,) vectors."""
+        out = np.empty((self.n_blocks + 1, self.rows), np.float32)
+        out[0] = NEG_INF
+        if self.n_blocks == 0:
+            return out
+        if not (block_max == ZERO).any():
+            # no -0/+0 tie can arise and the running max is never NaN: every lane's fmax is unambiguous
+            np.fmax.accumulate(np.concatenate([out[:1], block_max]), axis=0, out=out)
+            return out
+        br = self.block_rows
+        for p in range(self.n_programs):
+            lo, hi = p * br, min((p + 1) * br, self.n_rows)
+            run = np.full(br, NEG_INF, np.float32)
+            for b in range(self.n_blocks):
+                this = np.full(br, NEG_INF, np.float32)   # masked rows: the max of -inf lanes
+                this[:hi - lo] = block_max[b, lo:hi]
+                run = np.fmax(run, this)
+                out[b + 1, lo:hi] = run[:hi - lo]
+        return out
+
+    def column_partials(self, values: np.ndarray, t: torch.Tensor) -> None:
+        """Each program's tl.sum(values, axis=0) over its BLOCK_ROWS rows (masked rows +0), stored at
+        part[program * n_cols + col]: the norm backward's weight-gradient partials."""
+        part = flat(t)
+        br, bc = self.block_rows, self.block_cols
+        tile = np.zeros((br, bc), np.float32)
+        for p in range(self.n_programs):
+            lo, hi = p * br, min((p + 1) * br, self.n_rows)
+            for b in range(self.n_blocks):
+                width = min(bc, self.n_cols - b * bc)
+                tile[:hi - lo] = values[b, lo:hi]
+                tile[hi - lo:] = ZERO
+                start = p * self.n_cols + b * bc
+                part[start:start + width] = np.sum(tile, axis=0)[:width]
+
+
+def running_sum(block_sums: np.ndarray, rows: int) -> np.ndarray:
+    """acc = zeros; acc += block_sums[b] for each block in order (block_sums: (n_blocks, rows))."""
+    acc = np.zeros(rows, np.float32)
+    for b in range(block_sums.shape[0]):
+        acc = acc + block_sums[b]
+    return acc
+
+
+def store_flat(t: torch.Tensor, values: np.ndarray, kind: int) -> None:
+    """flat(t)[i] = round_fp32(values[i], kind) for every i of ``values`` (1-D fp32)."""
+    _store_blocks(np.ascontiguousarray(values, np.float32).reshape(1, 1, -1), flat(t), 1, values.shape[0], kind)
+
+
+@numba.njit(cache=True, nogil=True)
+def _store_blocks(values, out, n_rows, n_cols, kind):
+    bc = values.shape[2]
+    for b in range(values.shape[0]):
+        c0 = b * bc
+        width = min(bc, n_cols - c0)
+        for r in range(n_rows):
+            at = r * n_cols + c0
+            for c in range(width):
+                out[at + c] = rounded(values[b, r, c], kind, out[0])
