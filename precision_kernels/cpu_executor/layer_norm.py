@@ -1,0 +1,74 @@
+"""Twins of LayerNorm (kernels/layer_norm.py): ``layer_norm_fwd_kernel``, ``layer_norm_bwd_kernel``.
+
+The interpreter form, per row, every sum a sum of per-block ``tl.sum``s in block order:
+mean = sum(x) / n; var = sum(where(mask, x - mean, 0)^2) / n; rstd = 1 / sqrt(var + eps);
+y = ((x - mean) * rstd) [* w] [+ b]. Backward with xhat = (x - mean) * rstd and g = dy [* w]:
+c1 = sum(g), c2 = sum(where(mask, g * xhat, 0)), dx = (g - (xhat * (c2 / n) + c1 / n)) * rstd, and the
+per-program partials of dw = where(mask, dy * xhat, 0) and db = dy over BLOCK_ROWS rows
+(``Rows.column_partials``), which ``col_sum_kernel`` (norm.py) adds. HAS_W, HAS_B, WANT_DW, WANT_DB,
+BLOCK_ROWS and BLOCK_COLS are followed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
+from . import twin
+from ._rows import ONE, ZERO, Rows, running_sum
+
+
+@twin(layer_norm_fwd_kernel)
+def layer_norm_fwd_twin(grid, x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, n_rows, n_cols, stride_x, eps,
+                        KIND, W_KIND, B_KIND, HAS_W, HAS_B, BLOCK_ROWS, BLOCK_COLS, **_):
+    lay = Rows(n_rows, n_cols, BLOCK_ROWS, BLOCK_COLS)
+    n = lay.constant(n_cols)
+    with np.errstate(all="ignore"):
+        x = lay.blocks(x_ptr, KIND, stride_x)
+        mean = running_sum(np.sum(x, axis=-1), lay.rows) / n
+        centred = x - lay.per_block(mean)
+        d = np.where(lay.mask, centred, ZERO)
+        ss = running_sum(np.sum(d * d, axis=-1), lay.rows)
+        rstd = ONE / np.sqrt(ss / n + np.float32(eps))
+        y = centred * lay.per_block(rstd)
+        if HAS_W:
+            y = y * lay.columns(w_ptr, W_KIND)
+        if HAS_B:
+            y = y + lay.columns(b_ptr, B_KIND)
+    lay.store(y_ptr, y, KIND)
+    lay.store_vector(mean_ptr, mean)
+    lay.store_vector(rstd_ptr, rstd)
+
+
+@twin(layer_norm_bwd_kernel)
+def layer_norm_bwd_twin(grid, x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+                        n_rows, n_cols, stride_x, stride_dy, KIND, W_KIND, DY_KIND, HAS_W, WANT_DW, WANT_DB,
+                        BLOCK_ROWS, BLOCK_COLS, **_):
+    lay = Rows(n_rows, n_cols, BLOCK_ROWS, BLOCK_COLS)
+    n = lay.constant(n_cols)
+    with np.errstate(all="ignore"):
+        x = lay.blocks(x_ptr, KIND, stride_x)
+        dy = lay.blocks(dy_ptr, DY_KIND, stride_dy)
+        g = dy * lay.columns(w_ptr, W_KIND) if HAS_W else dy
+        per_row_rstd = lay.per_block(lay.vector(rstd_ptr, ZERO))
+        xhat = (x - lay.per_block(lay.vector(mean_ptr, ZERO))) * per_row_rstd
+        c1_mean = running_sum(np.sum(g, axis=-1), lay.rows) / n
+        c2_mean = running_sum(np.sum(np.where(lay.mask, g * xhat, ZERO), axis=-1), lay.rows) / n
+        dx = (g - (xhat * lay.per_block(c2_mean) + lay.per_block(c1_mean))) * per_row_rstd
+        if WANT_DW:
+            lay.column_partials(np.where(lay.mask, dy * xhat, ZERO), dw_part_ptr)
+        if WANT_DB:
+            lay.column_partials(dy, db_part_ptr)
+    lay.store(dx_ptr, dx, KIND)
+
+
+def warm() -> None:
+    """Compile the stores for fp32 and int16 outputs (the rest is numpy)."""
+    import torch
+
+    from .. import ops
+
+    for dtype in (torch.float32, torch.float16):
+        x = torch.ones(2, 3, dtype=dtype, requires_grad=True)
+        w = torch.ones(3, dtype=dtype, requires_grad=True)
+        ops.layer_norm(x, w, torch.zeros(3, dtype=dtype, requires_grad=True)).sum().backward()
