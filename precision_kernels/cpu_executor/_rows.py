@@ -31,11 +31,13 @@ Rounding to fp16/bf16 is ``_numba.rounded`` (compiled; the exact ``round_fp32``)
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import torch
 
-from ._numba import FP16, FP32, flat, rounded
+from ._numba import FP16, FP32, rounded
 
 LANES = 16
 NEG_INF = np.float32(-np.inf)
@@ -43,16 +45,18 @@ ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 
 
-def _matrix(t: torch.Tensor, n_rows: int, n_cols: int, stride: int) -> np.ndarray:
-    """The (n_rows, n_cols) elements a kernel reads at ``ptr + row * stride + col``, as a numpy view."""
-    a = flat(t)
-    return np.lib.stride_tricks.as_strided(a, (n_rows, n_cols), (stride * a.itemsize, a.itemsize), writeable=False)
+def elements(t: torch.Tensor, shape: tuple, strides: tuple, writeable: bool = False) -> np.ndarray:
+    """The elements a kernel reads at ``ptr + sum(index * stride)`` as a numpy view (strides in elements).
+    (``_numba.flat`` does the same for twins that index with the strides themselves; this one is cheaper.)"""
+    a = t.detach().numpy()
+    return np.lib.stride_tricks.as_strided(a, shape, tuple(s * a.itemsize for s in strides), writeable=writeable)
 
 
 def widened(raw: np.ndarray, kind: int) -> np.ndarray:
-    """to_fp32 of raw elements (fp32 values, or int16 bits of fp16/bf16), as the interpreter computes it."""
+    """to_fp32 of raw elements (fp32 values, or int16 bits of fp16/bf16), as the interpreter computes it
+    (fp32: ``raw`` itself, so pass a fresh array)."""
     if kind == FP32:
-        return raw.astype(np.float32)
+        return raw.astype(np.float32, copy=False)
     if kind == FP16:
         return raw.view(np.float16).astype(np.float32)
     return (raw.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
@@ -67,29 +71,39 @@ class Rows:
         self.n_blocks = -(-self.n_cols // self.block_cols)
         self.rows = -(-self.n_rows // LANES) * LANES
         self.n_programs = -(-self.n_rows // self.block_rows)
-        cols = np.arange(self.n_blocks * self.block_cols).reshape(self.n_blocks, 1, self.block_cols)
-        # the kernel's tile mask: row < n_rows and col < n_cols
-        self.mask = (np.arange(self.rows) < self.n_rows)[None, :, None] & (cols < self.n_cols)
-        self.cols = cols
+
+    @property
+    def cols(self) -> np.ndarray:
+        """Each block's column indices, (n_blocks, 1, block_cols)."""
+        return np.arange(self.n_blocks * self.block_cols).reshape(self.n_blocks, 1, self.block_cols)
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """The kernel's tile mask, row < n_rows and col < n_cols: (n_blocks, rows, block_cols)."""
+        return (np.arange(self.rows) < self.n_rows)[None, :, None] & (self.cols < self.n_cols)
 
     def blocks(self, t: torch.Tensor, kind: int, stride: int) -> np.ndarray:
         """to_fp32(tl.load(row operand, mask, other=0)) of every tile, as blocks (n_blocks, rows, block_cols)."""
-        raw = _matrix(t, self.n_rows, self.n_cols, stride)
-        padded = np.zeros((self.rows, self.n_blocks * self.block_cols), raw.dtype)
-        padded[:self.n_rows, :self.n_cols] = raw
-        tiles = padded.reshape(self.rows, self.n_blocks, self.block_cols).transpose(1, 0, 2)
-        return widened(np.ascontiguousarray(tiles), kind)
+        raw = elements(t, (self.n_rows, self.n_cols), (stride, 1))
+        bc, full = self.block_cols, self.n_cols // self.block_cols
+        tiles = np.zeros((self.n_blocks, self.rows, bc), raw.dtype)
+        by_row = tiles.transpose(1, 0, 2)
+        by_row[:self.n_rows, :full] = raw[:, :full * bc].reshape(self.n_rows, full, bc)
+        if full < self.n_blocks:
+            by_row[:self.n_rows, full, :self.n_cols - full * bc] = raw[:, full * bc:]
+        return widened(tiles, kind)
 
     def columns(self, t: torch.Tensor, kind: int) -> np.ndarray:
         """to_fp32(tl.load(w_ptr + cols, mask=cols < n_cols, other=0)) of every block, as (n_blocks, 1, block_cols)."""
-        raw = np.zeros(self.n_blocks * self.block_cols, flat(t).dtype)
-        raw[:self.n_cols] = flat(t)[:self.n_cols]
+        given = elements(t, (self.n_cols,), (1,))
+        raw = np.zeros(self.n_blocks * self.block_cols, given.dtype)
+        raw[:self.n_cols] = given
         return widened(raw, kind).reshape(self.n_blocks, 1, self.block_cols)
 
     def vector(self, t: torch.Tensor, other, dtype=np.float32) -> np.ndarray:
         """tl.load(ptr + rows, mask=row_mask, other=other), padded rows included."""
         out = np.full(self.rows, other, dtype)
-        out[:self.n_rows] = flat(t)[:self.n_rows]
+        out[:self.n_rows] = elements(t, (self.n_rows,), (1,))
         return out
 
     def constant(self, value) -> np.ndarray:
@@ -103,10 +117,11 @@ class Rows:
 
     def store(self, t: torch.Tensor, values: np.ndarray, kind: int) -> None:
         """tl.store(out_ptr + row * n_cols + col, round_fp32(values, kind), mask) for blocks ``values``."""
-        _store_blocks(np.ascontiguousarray(values, np.float32), flat(t), self.n_rows, self.n_cols, kind)
+        out = elements(t, (self.n_rows * self.n_cols,), (1,), writeable=True)
+        _store_blocks(np.ascontiguousarray(values, np.float32), out, self.n_rows, self.n_cols, kind)
 
     def store_vector(self, t: torch.Tensor, v: np.ndarray) -> None:
-        flat(t)[:self.n_rows] = v[:self.n_rows]
+        elements(t, (self.n_rows,), (1,), writeable=True)[:] = v[:self.n_rows]
 
     def running_max(self, block_max: np.ndarray) -> np.ndarray:
         """The running row max after each block: (n_blocks + 1, rows), row 0 = -inf (lse_init), row b + 1 =
@@ -133,7 +148,7 @@ class Rows:
     def column_partials(self, values: np.ndarray, t: torch.Tensor) -> None:
         """Each program's tl.sum(values, axis=0) over its BLOCK_ROWS rows (masked rows +0), stored at
         part[program * n_cols + col]: the norm backward's weight-gradient partials."""
-        part = flat(t)
+        part = elements(t, (self.n_programs * self.n_cols,), (1,), writeable=True)
         br, bc = self.block_rows, self.block_cols
         tile = np.zeros((br, bc), np.float32)
         for p in range(self.n_programs):
@@ -155,8 +170,9 @@ def running_sum(block_sums: np.ndarray, rows: int) -> np.ndarray:
 
 
 def store_flat(t: torch.Tensor, values: np.ndarray, kind: int) -> None:
-    """flat(t)[i] = round_fp32(values[i], kind) for every i of ``values`` (1-D fp32)."""
-    _store_blocks(np.ascontiguousarray(values, np.float32).reshape(1, 1, -1), flat(t), 1, values.shape[0], kind)
+    """t[i] = round_fp32(values[i], kind) for every i of ``values`` (1-D fp32; t contiguous from its first element)."""
+    out = elements(t, values.shape, (1,), writeable=True)
+    _store_blocks(np.ascontiguousarray(values, np.float32).reshape(1, 1, -1), out, 1, values.shape[0], kind)
 
 
 @numba.njit(cache=True, nogil=True)

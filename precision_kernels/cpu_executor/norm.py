@@ -15,8 +15,7 @@ import numpy as np
 
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
 from . import twin
-from ._numba import flat
-from ._rows import ONE, ZERO, Rows, running_sum, store_flat
+from ._rows import ONE, ZERO, Rows, elements, running_sum, store_flat
 
 
 @twin(rms_norm_fwd_kernel)
@@ -51,7 +50,7 @@ def rms_norm_bwd_twin(grid, x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_part_ptr,
 
 @twin(col_sum_kernel)
 def col_sum_twin(grid, part_ptr, out_ptr, n_parts, n_cols, OUT_KIND, BLOCK_ROWS, BLOCK_COLS, **_):
-    parts = flat(part_ptr)[:n_parts * n_cols].reshape(n_parts, n_cols)
+    parts = elements(part_ptr, (n_parts, n_cols), (n_cols, 1))
     total = np.empty(n_cols, np.float32)
     tile = np.zeros((BLOCK_ROWS, BLOCK_COLS), np.float32)
     with np.errstate(all="ignore"):
