@@ -185,3 +185,10 @@ def _store_blocks(values, out, n_rows, n_cols, kind):
             at = r * n_cols + c0
             for c in range(width):
                 out[at + c] = rounded(values[b, r, c], kind, out[0])
+
+
+def compile_store() -> None:
+    """Compile the one compiled piece of the row twins, the rounding store, for fp32 and int16 outputs
+    (each row family's ``warm`` calls this; the rest of a row twin is numpy)."""
+    for dtype in (np.float32, np.int16):
+        _store_blocks(np.zeros((1, 1, 2), np.float32), np.zeros(2, dtype), 1, 2, int(dtype == np.int16))

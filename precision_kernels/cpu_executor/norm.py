@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
-from . import twin
+from . import _rows, twin
 from ._rows import ONE, ZERO, Rows, elements, running_sum, store_flat
 
 
@@ -67,12 +67,6 @@ def col_sum_twin(grid, part_ptr, out_ptr, n_parts, n_cols, OUT_KIND, BLOCK_ROWS,
 
 
 def warm() -> None:
-    """Compile the stores for fp32 and int16 outputs (the rest is numpy)."""
-    import torch
-
-    from .. import ops
-
-    for dtype in (torch.float32, torch.float16):
-        x = torch.ones(2, 3, dtype=dtype, requires_grad=True)
-        w = torch.ones(3, dtype=dtype, requires_grad=True)
-        ops.rms_norm(x, w).sum().backward()
+    """Compile the rounding store (the rest is numpy). A twin module imports no ops module (ops/_common imports
+    this package), so this warms the compiled piece directly."""
+    _rows.compile_store()
