@@ -65,6 +65,32 @@ def test_one_row_and_temperature_above_one():
         _all_modes(h, w, ids, seeds, 1.7)
 
 
+@pytest.mark.parametrize("profile", ["matched", "engine"])
+def test_empty_hidden_dimension(profile):
+    """K = 0: every logit is the empty sum +0 (a uniform distribution)."""
+    h, w, ids, seeds = _head(2, 0, 130, torch.float16, 9)
+    with pk.use_profile(profile):
+        _all_modes(h, w, ids, seeds, 0.7)
+
+
+def test_no_rows_by_vocab_buffer():
+    """The twins hold chunks of columns, never (rows x V): numpy's peak while scoring with entropy, its backward
+    and sampling 128 rows over V = 40000 stays under a quarter of one fp32 (rows x V) buffer."""
+    import tracemalloc
+
+    h, w, ids, seeds = _head(128, 4, 40000, torch.float32, 8)
+    h.requires_grad_()
+    tracemalloc.start()
+    try:
+        logprob, entropy = pk.linear_logprobs(h, w, ids, return_entropy=True)
+        (logprob.sum() + entropy.sum()).backward()
+        pk.linear_sample(h.detach(), w, seeds=seeds)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 128 * 40000 * 4 / 4, peak
+
+
 def test_vocab_past_a_backward_chunk(monkeypatch):
     """V = 8192 + 201: 65 vocab blocks forward, two backward chunks (the second partial) whose grad_hidden
     partials are summed in chunk order. The twin's own column chunks are cut to 5 blocks (13 and a partial one
