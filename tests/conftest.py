@@ -21,3 +21,26 @@ def interpreter_executor(monkeypatch):
     tests of the interpreter itself and of the Triton source on CPU use it
     (``pytestmark = pytest.mark.usefixtures("interpreter_executor")``)."""
     monkeypatch.setenv("PK_CPU_EXECUTOR", "interpreter")
+
+
+@pytest.fixture
+def masked_lanes_undefined(monkeypatch):
+    """A masked ``tl.load`` without ``other`` reads NaN (floats) or all-ones bits (integers), not the interpreter's 0.
+
+    On a GPU such lanes hold whatever is there, so a kernel that relies on them being 0 is wrong there; the
+    compiled-form tests (tests/test_compiled_form*.py) run with this so that a dropped ``other=0`` shows.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_masked_load
+
+    def poisoned(self, ptrs, mask, other, cache_policy, is_volatile):
+        if other is None:
+            dtype_tt = ptrs.get_element_ty()
+            dtype_np = np.dtype(interpreter._get_np_dtype(dtype_tt))
+            fill = np.nan if dtype_np.kind == "f" else True if dtype_np.kind == "b" else np.array(-1).astype(dtype_np)
+            other = interpreter.TensorHandle(np.full(ptrs.data.shape, fill, dtype=dtype_np), dtype_tt)
+        return original(self, ptrs, mask, other, cache_policy, is_volatile)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", poisoned)

@@ -521,20 +521,19 @@ def test_torch_compile_fullgraph_is_bitwise_eager():
 
 
 @pytest.mark.skipif(not pk.backend.INTERPRETED, reason="on a GPU the compiled form is what every test runs")
-def test_compiled_form_runs_under_the_interpreter_and_matches_fp64(monkeypatch):
+def test_compiled_form_runs_under_the_interpreter_and_matches_fp64():
     """The tl.dot form (one item per program, the CUDA table's tiles) on fp32 inputs, whose interpreted tl.dot is
     numpy's: not batch-invariant there (BLAS), but every mask, offset, GQA and loop bound of the GPU kernels is
     exercised, forward and backward, within the same error bounds (they hold for any summation order)."""
-    import importlib
+    from precision_kernels.ops._common import compiled_forms
 
-    monkeypatch.setattr(importlib.import_module("precision_kernels.ops.attention"), "NATIVE_DOT", True)
     b, h, hkv, tq, tk, d = 2, 4, 2, 21, 40, 24
     q, k, v = qkv(b, h, hkv, tq, tk, d, torch.float32, seed=101)
     dout = randn(b, h, tq, d, dtype=torch.float32, seed=104)
     mask = make_mask("bool", b, h, tq, tk, torch.float32, seed=7)
     starts = torch.tensor([0, 11], dtype=torch.int64, device=DEVICE)
     keep = mask & (torch.arange(tk, device=DEVICE) >= starts[:, None, None, None])
-    with profiles.config_backend("cuda"):
+    with profiles.config_backend("cuda"), compiled_forms():
         out, (dq, dk, dv) = grads(q, k, v, dout, attn_mask=mask, key_start=starts)
     leaves = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
     ref = reference_attention(*leaves, attn_mask=keep)

@@ -11,14 +11,17 @@
   On the interpreter backend a launch runs the kernel's compiled CPU twin instead, where
   ``cpu_executor.choose`` picks one (DESIGN.md section 3.7): same bits, no lock (a twin writes
   only its launch's outputs).
-* ``NATIVE_DOT``: the one decision whether kernels may use ``tl.dot`` (compiled) or must
-  multiply-and-sum in K order (interpreter; DESIGN.md section 3).
+* ``native_dot()``: the one decision whether an op launches a kernel's compiled form (``tl.dot``) or
+  its interpreter form (multiply-and-sum in K order; DESIGN.md section 3), read at launch time:
+  ``NATIVE_DOT`` (the backend's default) or, inside ``compiled_forms()``, the compiled form under the
+  interpreter too (tests: DESIGN.md section 3.6).
 * ``check_temperature``: the one temperature rule of every op that takes one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import threading
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ from ._custom import FP32_OVERFLOW, fp32_value
 # tl.dot on native operands only when compiled: the interpreter's tl.dot (OpenBLAS) depends on
 # an element's position in the tile and mis-multiplies bf16.
 NATIVE_DOT: bool = not backend.INTERPRETED
+_compiled_forms_forced: contextvars.ContextVar[bool] = contextvars.ContextVar("pk_compiled_forms", default=False)
 # Config fields that are launch options rather than constexprs.
 _CONFIG_LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
@@ -84,6 +88,27 @@ def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
             kernel[grid](*args, **constexprs, **options)
     else:
         kernel[grid](*args, **constexprs, **options)
+
+
+def native_dot() -> bool:
+    """Whether the op launching now takes the kernels' compiled (``tl.dot``) form."""
+    return NATIVE_DOT or _compiled_forms_forced.get()
+
+
+@contextlib.contextmanager
+def compiled_forms() -> Iterator[None]:
+    """Launch the compiled (``tl.dot``) forms inside the block, under the interpreter too.
+
+    The interpreter's ``tl.dot`` is numpy's matmul: accurate, not batch-invariant, and wrong on bf16
+    operands (it multiplies their bit patterns), so this is for tests of the GPU code on a CPU: accuracy
+    against FP64, and invariants on inputs whose every sum is exact. The CPU executor never sends a
+    compiled-form launch to a twin (``cpu_executor.choose``).
+    """
+    token = _compiled_forms_forced.set(True)
+    try:
+        yield
+    finally:
+        _compiled_forms_forced.reset(token)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

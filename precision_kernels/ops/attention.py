@@ -47,7 +47,7 @@ from .. import profiles
 from ..kernels.attention import attention_fwd_kernel
 from ..kernels.attention_backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from ._attention_registry import bad_inputs, compile_kernels, opcheck, reference_attention, row_samples, samples
-from ._common import NATIVE_DOT, check_device, check_float, check_fp32_real, check_same_dtype, kernel_view, kind, launch
+from ._common import check_device, check_float, check_fp32_real, check_same_dtype, kernel_view, kind, launch, native_dot
 from ._custom import fp32_value, op_name, require
 from .registry import OpFamily, register_family
 
@@ -176,7 +176,7 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     # engine profiles only (a decode step): flash-decoding's chunks of whole key tiles; interpreter tiles
     # take the engine's split block, a tl.dot tile stays whole
     split_block = profiles.engine_config().attention_split_block
-    if not NATIVE_DOT:
+    if not native_dot():
         split_block = min(split_block, block_n)
     else:
         split_block = max(split_block, block_n)
@@ -188,7 +188,7 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     launch(attention_fwd_kernel, grid,
            kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse,
            items, h, h // hkv, tq, tk, d, ks_min, scale, split_keys, *strides,
-           config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=NATIVE_DOT, **flags,
+           config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=native_dot(), **flags,
            BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_D=cfg.block_d,
            SPLIT=chunks > 1)
     return out, lse
@@ -227,7 +227,7 @@ def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: flo
         return dq, dk, dv
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
     do_strides = dout.stride()
-    common = dict(KIND=kind(q.dtype), DO_KIND=kind(dout.dtype), CAUSAL=causal, NATIVE_DOT=NATIVE_DOT, **flags)
+    common = dict(KIND=kind(q.dtype), DO_KIND=kind(dout.dtype), CAUSAL=causal, NATIVE_DOT=native_dot(), **flags)
     delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
     if tq:
         cfg = profiles.attention_config(q.dtype, "dq", items=b * h, rows=tq, keys=tk, head_dim=d)

@@ -20,7 +20,7 @@ from .. import compile_registry, profiles
 from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
 from ..kernels.fp8_matmul import scaled_mm_kernel
 from ..precision import Precision
-from ._common import NATIVE_DOT, check_device, check_float, kernel_view, kind, launch
+from ._common import check_device, check_float, kernel_view, kind, launch, native_dot
 from ._custom import op_name, require
 from .registry import OpFamily, register_family
 from .rounding import FP8_DTYPES, round_to
@@ -34,7 +34,7 @@ def fp8_dot_mode() -> int:
     """How the scaled-mm kernel sums a K block (kernels/fp8_matmul.py, ``DOT``): 0 under the interpreter
     (elementwise products, K-ordered sums); 1 compiled (operands widened exactly to fp16, fp16 ``tl.dot``
     with an fp32 accumulator; kernels/fp8_matmul.py says why not an fp8 dot on sm_90). Both keep I6."""
-    return 1 if NATIVE_DOT else 0
+    return 1 if native_dot() else 0
 
 
 # ---- quantize_fp8 ---------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import triton
 from .. import compile_registry, profiles
 from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
 from ._common import (
-    NATIVE_DOT,
     check_device,
     check_float,
     check_same_dtype,
@@ -38,6 +37,7 @@ from ._common import (
     launch,
     logprob_grad_inputs,
     logprob_outputs,
+    native_dot,
     validate_temperature,
 )
 from ._custom import fp32_value, op_name
@@ -79,7 +79,7 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, seeds:
             entropy if with_entropy else logprob, row_max, row_sum,
             m, v, k, _k_chunk(k, splits), hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
             float(temperature),
-            config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=NATIVE_DOT,
+            config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=native_dot(),
             WITH_ENTROPY=with_entropy, BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
         )
     return logprob, entropy, row_max, row_sum
@@ -137,7 +137,7 @@ def _linear_logprobs_backward_op(h2: torch.Tensor, weight: torch.Tensor, tokens:
                 hv, wv, tokens, g_lp, g_ent, entropy if has_g_entropy else g_lp, row_max, row_sum,
                 kernel_view(dlogits), m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
                 fp32_value(temperature),
-                config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=NATIVE_DOT, HAS_G_ENTROPY=has_g_entropy,
+                config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=native_dot(), HAS_G_ENTROPY=has_g_entropy,
                 BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
             )
             if need_hidden:

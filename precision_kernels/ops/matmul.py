@@ -24,7 +24,7 @@ import triton
 from .. import compile_registry, profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
 from ..reference import f64
-from ._common import NATIVE_DOT, check_float, check_same_dtype, kernel_view, kind, launch
+from ._common import check_float, check_same_dtype, kernel_view, kind, launch, native_dot
 from ._custom import op_name, require
 from .registry import OpFamily, register_family
 
@@ -54,7 +54,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, spli
         matmul_kernel, grid,
         av, bv, bias_v, cv, m, n, k, _k_chunk(k, splits),
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1), cv.stride(0), cv.stride(1),
-        config=cfg, KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=NATIVE_DOT,
+        config=cfg, KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=native_dot(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
     )
     return out
@@ -73,7 +73,7 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
         bmm_kernel, grid,
         av, bv, cv, nb, m, n, k, _k_chunk(k, splits),
         *av.stride(), *bv.stride(), *cv.stride(),
-        config=cfg, KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=NATIVE_DOT, BLOCK_BATCH=cfg.block_batch,
+        config=cfg, KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=native_dot(), BLOCK_BATCH=cfg.block_batch,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
     )
     return out
