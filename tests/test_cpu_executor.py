@@ -31,8 +31,6 @@ KERNELS_WITHOUT_TWIN = {
     "attention_fwd_kernel",
     "attention_bwd_dq_kernel",
     "attention_bwd_dkdv_kernel",
-    "round_to_kernel",
-    "scaled_mm_kernel",
 }
 
 
