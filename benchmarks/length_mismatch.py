@@ -5,9 +5,12 @@
         [--json PATH] [--png PREFIX] [--seed N]
 
 Each configuration samples ``--responses`` responses of up to the longest length with its sampler; the
-matched learner (``pk.matched_mode()`` for an HF model, the matched kernels for TinyGPT) rescores every one
-of them at the configuration's learner precision. Configurations (``CONFIGS``: sampler precision, sampler
-mode, learner precision):
+matched learner rescores every one of them at the configuration's learner precision. The kernel samplers
+and the learner are the RL lab's own (``rl.sampler.generate``: the fused LM head's Gumbel-max draw with
+keyed seeds; ``rl.learner.sequence_logprobs``), on TinyGPT or on an HF model as ``rl.hf_policy.HFPolicy``
+(SDPA attention, every pass under ``pk.matched_mode()``); the plain-torch samplers are ``generate()`` with
+no mode (HF, ``rl.hf.sample``) or ``rl.torch_model.generate`` (TinyGPT). Configurations (``CONFIGS``:
+sampler precision, sampler mode, learner precision):
 
 * ``engine-bf16``, ``engine-fp16``: an inference engine's kernels (``pk.use_profile("engine")``) against
   the matched learner of the same precision, the paper's setting;
@@ -119,47 +122,54 @@ class TinyGPTSide:
 
 
 class HFSide:
-    """SmolLM2 (or its first LAYERS layers) or a local HF model, through ``rl.hf.sample`` / ``rl.hf.score``."""
+    """SmolLM2 (or its first LAYERS layers) or a local HF model as the RL lab's policy (``rl.hf_policy.HFPolicy``,
+    SDPA attention): its kernel samplers are ``rl.sampler.generate``, its learner ``rl.learner.sequence_logprobs``
+    under ``pk.matched_mode()``; the plain-torch sampler is ``generate()`` with no mode (``rl.hf.sample``)."""
 
     def __init__(self, args, max_len: int) -> None:
         from rl import hf
 
-        if args.model.startswith("smollm2"):
-            layers = int(args.model.partition(":")[2]) if ":" in args.model else None
-            self.base, tok = hf.load_smollm2(layers=layers, dtype=torch.float32)
-        else:
-            import transformers as tf
-
-            path = args.model[3:]
-            self.base = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                                trust_remote_code=False).eval()
-            tok = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            tok.padding_side = "left"
+        self.base, tok = hf.load_model(hf.parse_model(args.model), args.seed, torch.device("cpu"),
+                                       attn_implementation="sdpa")
+        if tok is None:
+            raise ValueError(f"--model {args.model}: the length benchmark needs a tokenizer beside the model")
         texts = [LONG_PROMPTS[i % len(LONG_PROMPTS)] for i in range(args.responses)]
         self.ids, self.mask = hf.encode_prompts(tok, texts, chat=tok.chat_template is not None)
         self.eos = tok.eos_token_id
-        self.score_rows = args.score_rows
-        self.copies: dict[str, torch.nn.Module] = {"fp32": self.base}
+        self.pad = self.eos if tok.pad_token_id is None else tok.pad_token_id
+        self.copies: dict[str, torch.nn.Module] = {}
         self.label = args.model
 
-    def _model(self, precision: str):
+    def _policy(self, precision: str):
+        from rl.hf_policy import HFPolicy
+
+        return HFPolicy(self.base, precision)  # rounds the fp32 masters to precision on each pass
+
+    def _torch_model(self, precision: str):
         # .to(bf16/fp16) rounds each fp32 master to nearest even, as pk.round_to does.
         if precision not in self.copies:
-            self.copies[precision] = copy.deepcopy(self.base).to(DTYPES[precision]).eval()
+            self.copies[precision] = self.base if precision == "fp32" else copy.deepcopy(self.base).to(
+                DTYPES[precision]).eval()
         return self.copies[precision]
 
     def run(self, sampler: str, mode: str, learner: str, max_len: int, seed: int):
         from rl import hf
+        from rl.learner import sequence_logprobs
+        from rl.sampler import generate
 
-        with hf.precision_mode(mode):
-            s = hf.sample(self._model(sampler), self.ids, self.mask, max_len, seed=seed, stop_token_id=self.eos)
-        scored = []
-        # Rows scored in chunks to bound the LM head's memory; matched rows do not depend on their neighbours.
-        with torch.no_grad(), hf.precision_mode("matched"):
-            for rows in torch.arange(s["tokens"].shape[0]).split(self.score_rows):
-                scored.append(hf.score(self._model(learner), s["tokens"][rows], s["attention_mask"][rows],
-                                       s["prompt_len"], s["response_mask"][rows]))
-        return s["logp"], torch.cat(scored), s["response_mask"]
+        P = self.ids.shape[1]
+        if mode == "torch":
+            s = hf.sample(self._torch_model(sampler), self.ids, self.mask, max_len, seed=seed,
+                          stop_token_id=self.eos)
+            tokens, mu, mask = s["tokens"], s["logp"], s["response_mask"]
+        else:
+            ro = generate(self._policy(sampler), self.ids, max_len, seed=seed, profile=mode, eos_id=self.eos,
+                          pad_id=self.pad, prompt_mask=self.mask)
+            tokens, mu, mask = ro
+        policy = self._policy(learner)
+        with torch.no_grad(), policy.numerics("matched"):
+            scored = sequence_logprobs(policy, tokens, P, prompt_mask=self.mask)
+        return mu, torch.where(mask, scored, torch.zeros_like(scored)), mask
 
 
 # ---- measuring ---------------------------------------------------------------------------------------------
@@ -304,7 +314,6 @@ def main(argv=None) -> int:
     parser.add_argument("--d-model", type=int, default=64, help="tinygpt: width")
     parser.add_argument("--tiny-layers", type=int, default=2, help="tinygpt: layers")
     parser.add_argument("--heads", type=int, default=2, help="tinygpt: attention heads (dividing --d-model)")
-    parser.add_argument("--score-rows", type=int, default=4, help="HF: rows per learner forward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--png", metavar="PREFIX", help="write PREFIX_seq_logratio.png and PREFIX_token_probs.png")
@@ -327,8 +336,7 @@ def main(argv=None) -> int:
         except ValueError as e:
             parser.error(str(e))
     for flag, value in (("--responses", args.responses), ("--vocab", args.vocab), ("--d-model", args.d_model),
-                        ("--tiny-layers", args.tiny_layers), ("--heads", args.heads),
-                        ("--score-rows", args.score_rows)):
+                        ("--tiny-layers", args.tiny_layers), ("--heads", args.heads)):
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
     if args.d_model % args.heads:

@@ -72,3 +72,17 @@ def test_bad_flags_are_refused_before_any_work(flags, flag, capsys, monkeypatch)
     with pytest.raises(SystemExit) as exc:
         LM.main([*TINY, *flags])
     assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_a_hugging_face_model_with_a_tokenizer(tmp_path):
+    """The HF path: chat prompts, the lab's own sampler and learner (matched exactly 0), plain generate()."""
+    pytest.importorskip("transformers")
+    from rl.tiny_hf import write_tiny_llama
+
+    config = write_tiny_llama(tmp_path / "tiny", layers=1)
+    path = tmp_path / "out.json"
+    assert LM.main(["--model", f"hf:{config.parent}", "--lengths", "2,3", "--responses", "2", "--no-progress",
+                    "--configs", "matched-bf16,engine-bf16,torch-fp32", "--json", str(path)]) == 0
+    by = {(r["config"], r["length"]): r for r in json.loads(path.read_text()) if r["kind"] == "length"}
+    assert by["matched-bf16", 3]["n_tokens"] > 0 and by["matched-bf16", 3]["ess_seq"] == 1.0
+    assert by["engine-bf16", 2]["n_tokens"] > 0 and by["torch-fp32", 2]["n_tokens"] > 0
