@@ -265,3 +265,36 @@ def test_rounding_matches_round_fp32_on_edge_and_random_patterns(dtype):
         want = pk.round_to(torch.from_numpy(x.copy()), dtype)
     assert np.array_equal(bits, want.view(torch.int16).numpy())
     assert np.array_equal(back.view(np.uint32), want.float().numpy().view(np.uint32))
+
+
+def _matmul_bits_in_child(a, b):
+    # 2 threads for the twin only: torch's own OpenMP regions hang in a forked child (libgomp is not
+    # fork-safe), so nothing else here may run on 2 threads
+    torch.set_num_threads(2)
+    out = pk.matmul(a, b)
+    torch.set_num_threads(1)
+    return out.view(torch.int32).numpy().tobytes()
+
+
+def test_a_process_forked_after_parallel_twins_still_computes():
+    """GNU OpenMP terminates a forked child that enters its parent's pool: such a child runs twins serially."""
+    import concurrent.futures
+    import multiprocessing
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a, b = _x(70, 40), _x(40, 300, seed=1)
+        want = pk.matmul(a, b).view(torch.int32).numpy().tobytes()   # a parallel twin here (2 threads)
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=torch.set_num_threads,
+                                                    initargs=(1,)) as pool:
+            got = pool.submit(_matmul_bits_in_child, a, b).result(timeout=120)
+    finally:
+        torch.set_num_threads(saved)
+    assert got == want
+
+
+def test_warm_compiles_every_family():
+    seconds = cpu_executor.warm()
+    assert "matmul" in seconds

@@ -7,8 +7,8 @@ Imported only by the family modules (so only on the CPU backend's first launch).
   which aborts the process when two Python threads call a parallel function at once.
 * **Threads**: ``threads()`` is ``torch.get_num_threads()`` (capped at numba's pool); a twin runs
   its serial entry point at 1 thread and its parallel one above. The serial entry never touches
-  the OpenMP pool, so a process forked after parallel twins ran (``rl/mismatch.py``'s workers set
-  one thread) never meets GNU OpenMP's fork check.
+  the OpenMP pool; a process forked after parallel twins ran is held to 1 thread (GNU OpenMP
+  terminates a forked child that enters its parent's pool).
 * ``flat(t)``: a tensor as a 1-D numpy view starting at its first element; twins index it with
   the launch's own element strides (stride 0, transposes and offsets all work, no copy, and
   numba compiles one layout per dtype instead of one per C/F/strided combination).
@@ -21,6 +21,7 @@ Imported only by the family modules (so only on the CPU backend's first launch).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numba
@@ -47,12 +48,31 @@ numba.config.CACHE_DIR = _cache_dir()
 FP32, FP16, BF16 = 0, 1, 2
 
 
+_pool_started = False   # this process has run a parallel twin (GNU OpenMP's pool exists)
+_pool_forbidden = False  # forked from such a process: GNU OpenMP would terminate it on a parallel call
+
+
+def _after_fork_in_child() -> None:
+    global _pool_forbidden
+    _pool_forbidden = _pool_started
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def threads() -> int:
-    """Threads a twin may use: torch's intra-op count, capped at numba's pool; sets numba's (per thread)."""
+    """Threads a twin may use: torch's intra-op count, capped at numba's pool; sets numba's (per thread).
+
+    1 in a process forked after parallel twins ran: GNU OpenMP terminates a forked child that enters
+    the pool its parent started, so such a child runs the serial entry points (same bits).
+    """
+    global _pool_started
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if n > 1:
+    if n > 1 and not _pool_forbidden:
+        _pool_started = True
         numba.set_num_threads(n)
-    return n
+        return n
+    return 1
 
 
 def flat(t: torch.Tensor) -> np.ndarray:
