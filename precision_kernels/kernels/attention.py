@@ -3,8 +3,9 @@
 Three kernels, each with an interpreter form and a compiled (``NATIVE_DOT``) form; the forward and the
 loading and masking helpers live here, the two backward kernels in kernels/attention_backward.py:
 
-* ``attention_fwd_kernel``: the output and each row's log-sum-exp (the backward's only statistic);
-* ``attention_bwd_dq_kernel``: delta = rowsum(P * dP) in fp32 (stored for the next kernel) and dq;
+* ``attention_fwd_kernel``: the output, each row's log-sum-exp, and each row's score max and exponential
+  sum, from which the backward recomputes P = exp(s - max) / sum;
+* ``attention_bwd_dq_kernel``: delta = rowsum(P * dP) in fp32 (stored for the next kernel), then dq;
 * ``attention_bwd_dkdv_kernel``: dk and dv, one program per block of keys, summing over the
   heads of the key's group (GQA) and, per head, over query blocks in index order.
 
@@ -24,8 +25,10 @@ Positions and masking (the same predicate ``live`` in all three kernels):
 
 Numerics (interpreter form; DESIGN.md sections 2-3):
 
-* Scores are the fp32 sum over D, in index order, of exact fp32 products (operands widened
-  exactly), then multiplied by the fp32 scale, then the additive mask is added in fp32.
+* Scores are the sum over D, in index order, of exact products (operands widened exactly), times the
+  fp32 scale, then the additive mask is added in fp32: fp16/bf16 products are exact in fp32 and summed
+  there; fp32 operands are multiplied and summed in fp64 and the scaled sum rounded to fp32 once
+  (``_scores``): a score's error, times the scale, reaches every P of its row.
 * The online softmax walks the key blocks in index order: block max, new running max, rescale by
   ``exp(old - new)`` (exactly 1 when the max did not move; ``exp(-inf - -inf)`` is never formed), the
   block's exponentials summed over its keys in index order. P.V is the same ordered fp32 sum over the
@@ -40,8 +43,8 @@ Numerics (interpreter form; DESIGN.md sections 2-3):
   positions); the products are widened, multiplied elementwise and summed with ``tl.sum`` along the
   outermost axis, as in kernels/matmul.py.
 
-Compiled form: one item per program, ``tl.dot`` for q k^T on native fp16/bf16 operands (IEEE fp32 for
-fp32 inputs) and IEEE fp32 ``tl.dot`` for every product with P, dS or dO (so P is never rounded to 16
+Compiled form: one item per program, ``tl.dot`` for q k^T on native fp16/bf16 operands (fp64 for fp32
+inputs, ``_native_scores``) and IEEE fp32 ``tl.dot`` for every product with P, dS or dO (so P is never rounded to 16
 bits); D is padded to a power of two >= 16. A value-level ``tl.where`` cannot reach inside a ``tl.dot``:
 keys outside ``[ks, Tk)`` and rows outside ``[0, Tq)`` load as 0, and in the forward the V rows of keys
 that no row of the tile attends are zeroed, but a NaN or inf in a slot that is masked for some (row, key)
@@ -133,11 +136,32 @@ def _mask_values(mask_ptrs, ok, s, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
     return s
 
 
+@triton.jit
+def _scores(q, k, scale, KIND: tl.constexpr):
+    """Interpreter: scaled scores of widened (BLOCK_D, ...) tiles, summed along axis 0 in index order. fp32
+    operands multiply exactly in fp64 (their fp32 product would round) and are summed in fp64, then the sum
+    times the scale is rounded to fp32 once; fp16/bf16 products are exact in fp32 and are summed there."""
+    if KIND == 0:
+        return (tl.sum(q.to(tl.float64) * k.to(tl.float64), axis=0) * scale).to(tl.float32)
+    else:
+        return tl.sum(q * k, axis=0) * scale
+
+
+@triton.jit
+def _native_scores(q, kt, scale, KIND: tl.constexpr):
+    """Compiled: (rows, keys) scaled scores of q (rows, BLOCK_D) and k^T (BLOCK_D, keys) by tl.dot: fp64 for fp32
+    operands, rounded to fp32 once with the scale, as ``_scores``; fp16/bf16 operands as they are, fp32 sums."""
+    if KIND == 0:
+        return (tl.dot(q.to(tl.float64), kt.to(tl.float64)) * scale).to(tl.float32)
+    else:
+        return tl.dot(q, kt, input_precision="ieee") * scale
+
+
 # ---- forward -------------------------------------------------------------------------------
 
 
 @triton.jit
-def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr, pid_i, pid_m,
                      n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -202,7 +226,7 @@ def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_
     for r0 in range(0, r_end, BLOCK_N):
         # scores: fp32 sum over D in index order, then the scale, then the mask
         k = _widen(tl.load(k_ptrs, mask=kr_k < k_lim - r0, other=0), KIND, False)
-        s = tl.sum(q * k, axis=0) * scale
+        s = _scores(q, k, scale, KIND)
         live = kr_s < lim_s - r0
         if CAUSAL:
             live = live & (kr_s <= c_lim[None, :, :] - r0)
@@ -230,8 +254,8 @@ def _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_
                 run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND)
     if SPLIT:
         run_max, run_sum, acc = tot_max, tot_sum, tot_acc
-    _fwd_store(o_ptr, lse_ptr, items[:, None] * Tq + t[None, :], item_ok[:, None] & row_ok[None, :], d, d_ok,
-               acc, run_max, run_sum, D, KIND)
+    _fwd_store(o_ptr, lse_ptr, max_ptr, sum_ptr, items[:, None] * Tq + t[None, :],
+               item_ok[:, None] & row_ok[None, :], d, d_ok, acc, run_max, run_sum, D, KIND)
 
 
 @triton.jit
@@ -257,19 +281,22 @@ def _split_fold(run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND: tl
 
 
 @triton.jit
-def _fwd_store(o_ptr, lse_ptr, rows, ok, d, d_ok, acc, run_max, run_sum, D, KIND: tl.constexpr):
-    """out = acc / sum rounded once (+0 for a row with no live key); lse = max + log(sum) (-inf there).
+def _fwd_store(o_ptr, lse_ptr, max_ptr, sum_ptr, rows, ok, d, d_ok, acc, run_max, run_sum, D, KIND: tl.constexpr):
+    """out = acc / sum rounded once (+0 for a row with no live key); lse = max + log(sum) (-inf there); the
+    max and the sum themselves, from which the backward recomputes P = exp(s - max) / sum (-inf and 0 there).
     ``rows`` (any shape, that of ``run_sum``) are the rows' indices in the (items * Tq) output rows."""
     empty = run_sum == 0.0
     out = tl.where(tl.expand_dims(empty, -1), 0.0,
                    tl.div_rn(acc, tl.expand_dims(tl.where(empty, 1.0, run_sum), -1)))
     lse = tl.where(empty, float("-inf"), run_max + tl.log(tl.where(empty, 1.0, run_sum)))
     tl.store(lse_ptr + rows, lse, mask=ok)
+    tl.store(max_ptr + rows, run_max, mask=ok)
+    tl.store(sum_ptr + rows, run_sum, mask=ok)
     tl.store(o_ptr + tl.expand_dims(rows, -1) * D + d, round_fp32(out, KIND), mask=tl.expand_dims(ok, -1) & d_ok)
 
 
 @triton.jit
-def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr, pid_i, pid_m,
                 n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                 stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                 stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -312,7 +339,7 @@ def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pi
     for r0 in range(0, r_end, BLOCK_N):
         key_ok = kr + r0 < n_real
         kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
-        s = tl.dot(q, kt, input_precision="ieee") * scale
+        s = _native_scores(q, kt, scale, KIND)
         live = key_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
@@ -340,11 +367,11 @@ def _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pi
                 run_max, run_sum, acc, tot_max, tot_sum, tot_acc, last, KIND)
     if SPLIT:
         run_max, run_sum, acc = tot_max, tot_sum, tot_acc
-    _fwd_store(o_ptr, lse_ptr, item * Tq + t, row_ok, d, d_ok, acc, run_max, run_sum, D, KIND)
+    _fwd_store(o_ptr, lse_ptr, max_ptr, sum_ptr, item * Tq + t, row_ok, d, d_ok, acc, run_max, run_sum, D, KIND)
 
 
 @row_kernel(batch_args=FWD_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
-def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr,
+def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr,
                          n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -363,13 +390,13 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr,
     pid_i = pid // n_m
     pid_m = pid % n_m
     if NATIVE_DOT:
-        _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+        _fwd_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr, pid_i, pid_m,
                     n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                     KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D, SPLIT)
     else:
-        _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, pid_i, pid_m,
+        _fwd_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr, pid_i, pid_m,
                          n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
                          stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                          stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,

@@ -12,6 +12,8 @@ from .attention import (
     _interp_pointer,
     _mask_values,
     _native_pointer,
+    _native_scores,
+    _scores,
     _widen,
 )
 from .rounding import round_fp32
@@ -21,7 +23,7 @@ from .specialization import row_kernel
 
 
 @triton.jit
-def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
                     n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
                     stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                     stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -31,9 +33,9 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delt
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Interpreter: delta and dq of BLOCK_ITEMS items x BLOCK_M query rows, in the forward's key-major layout.
 
-    One pass over the key blocks in index order (BLOCK_N is the order of every sum) accumulates
-    delta = sum_j P dP, A = sum_j (P dP) k_j and B = sum_j P k_j; dq = scale * (A - delta * B), which is
-    scale * sum_j P (dP - delta) k_j. delta comes from the fp32 P and dP, not from the rounded output."""
+    Two passes over the key blocks in index order (BLOCK_N is the order of every sum): the first sums
+    delta = sum_j P dP, the second dq = scale * sum_j dS_j k_j with dS = P (dP - delta), the dk kernel's dS
+    (no cancellation between two large sums). delta comes from the fp32 P and dP, not from the rounded output."""
     items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
     item_ok = items < n_items
     b = items // H
@@ -58,7 +60,8 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delt
     do_ptrs = (_interp_pointer(do_ptr, DO_KIND) + (b * stride_dob + h * stride_doh)[None, None, :, None]
                + (t * stride_dot)[None, None, None, :] + (d * stride_dod)[:, None, None, None])
     do = _widen(tl.load(do_ptrs, mask=q_ok, other=0), DO_KIND, False)
-    lse = tl.load(lse_ptr + rows[None, :, :], mask=ok2[None, :, :], other=0.0)
+    row_max = tl.load(max_ptr + rows[None, :, :], mask=ok2[None, :, :], other=0.0)
+    row_sum = tl.load(sum_ptr + rows[None, :, :], mask=ok2[None, :, :], other=1.0)
     # k and v for the scores and dP (BLOCK_D, BLOCK_N, items, 1); k again for dq (BLOCK_N, items, 1, BLOCK_D)
     kr = tl.arange(0, BLOCK_N).to(tl.int64)
     k_rows = b * stride_kb + hk * stride_kh + ks * stride_kt
@@ -80,43 +83,57 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delt
     if MASK != 0:
         m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh + ks * stride_mk)[:, None] + (t * stride_mt)[None, :])
         m_ptrs = m_ptrs[None, :, :] + (kr * stride_mk)[:, None, None]
-    acc_a = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
-    acc_b = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
-    delta = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
+    else:
+        m_ptrs = mask_ptr
     r_end = Tk - ks_min
     if CAUSAL:
         r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    # pass 1: delta, whose value pass 2 needs in every block
+    delta = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
     for r0 in range(0, r_end, BLOCK_N):
-        kv_ok = kr_k < kv_lim - r0
-        k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
-        s = tl.sum(q * k, axis=0) * scale
         live = kr_s < lim_s - r0
         if CAUSAL:
             live = live & (kr_s <= c_lim[None, :, :] - r0)
-        if MASK != 0:
-            s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
-            m_ptrs += BLOCK_N * stride_mk
-        s = tl.where(live, s, float("-inf"))
-        live = s != float("-inf")
-        p = tl.where(live, tl.exp(s - lse), 0.0)
-        v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
-        w = tl.where(live, p * tl.sum(do * v, axis=0), -0.0)           # P * dP
-        delta += tl.sum(w, axis=0)
-        k2 = _widen(tl.load(k2_ptrs, mask=kr_2 < k2_lim - r0, other=0), KIND, False)
-        live4 = live[:, :, :, None]
-        acc_a += tl.sum(tl.where(live4, w[:, :, :, None] * k2, -0.0), axis=0)
-        acc_b += tl.sum(tl.where(live4, p[:, :, :, None] * k2, -0.0), axis=0)
-        k_ptrs += BLOCK_N * stride_kt
-        v_ptrs += BLOCK_N * stride_vt
-        k2_ptrs += BLOCK_N * stride_kt
+        live, p, dp = _dq_tile_interpreted(q, do, k_ptrs + r0 * stride_kt, v_ptrs + r0 * stride_vt,
+                                           m_ptrs + r0 * stride_mk, kr_k < kv_lim - r0, live, ok2, row_max, row_sum,
+                                           scale, KIND, DO_KIND, MASK, MASK_KIND)
+        delta += tl.sum(tl.where(live, p * dp, -0.0), axis=0)
     tl.store(delta_ptr + rows, delta + 0.0, mask=ok2)
-    dq = (acc_a - delta[:, :, None] * acc_b) * scale + 0.0
-    tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(dq, KIND),
+    # pass 2: dq = scale * sum_j dS_j k_j, dS = P (dP - delta)
+    acc = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    for r0 in range(0, r_end, BLOCK_N):
+        live = kr_s < lim_s - r0
+        if CAUSAL:
+            live = live & (kr_s <= c_lim[None, :, :] - r0)
+        live, p, dp = _dq_tile_interpreted(q, do, k_ptrs + r0 * stride_kt, v_ptrs + r0 * stride_vt,
+                                           m_ptrs + r0 * stride_mk, kr_k < kv_lim - r0, live, ok2, row_max, row_sum,
+                                           scale, KIND, DO_KIND, MASK, MASK_KIND)
+        ds = tl.where(live, p * (dp - delta[None, :, :]), -0.0)
+        k2 = _widen(tl.load(k2_ptrs + r0 * stride_kt, mask=kr_2 < k2_lim - r0, other=0), KIND, False)
+        acc += tl.sum(tl.where(live[:, :, :, None], ds[:, :, :, None] * k2, -0.0), axis=0)
+    tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(acc * scale + 0.0, KIND),
              mask=ok2[:, :, None] & d_ok[None, None, :])
 
 
 @triton.jit
-def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+def _dq_tile_interpreted(q, do, k_ptrs, v_ptrs, m_ptrs, kv_ok, live, ok2, row_max, row_sum, scale,
+                         KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+    """(live, P, dP) of one key block as (BLOCK_N, items, rows) tiles: ``live`` enters with the key range and the
+    causal rule, the mask is applied here; P = exp(s - max) / sum from the forward's row statistics (0 where not
+    live)."""
+    k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
+    s = _scores(q, k, scale, KIND)
+    if MASK != 0:
+        s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
+    s = tl.where(live, s, float("-inf"))
+    live = s != float("-inf")
+    p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
+    v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
+    return live, p, tl.sum(do * v, axis=0)
+
+
+@triton.jit
+def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
                n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
                stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -144,7 +161,8 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr
                 + d[None, :] * stride_qd, mask=q_ok, other=0)
     do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
                  + d[None, :] * stride_dod, mask=q_ok, other=0).to(tl.float32)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    row_max = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
+    row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)
     kr = tl.arange(0, BLOCK_N).to(tl.int64)
     k_base = _native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh
     v_base = _native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh
@@ -154,41 +172,54 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr
     if MASK != 0:
         m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt
                   + (ks + kr)[None, :] * stride_mk)
-    acc_a = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
-    acc_b = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
-    delta = tl.full((BLOCK_M,), -0.0, tl.float32)
+    else:
+        m_ptrs = mask_ptr
     r_end = Tk - ks_min
     if CAUSAL:
         r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
+    delta = tl.full((BLOCK_M,), -0.0, tl.float32)
     for r0 in range(0, r_end, BLOCK_N):
         key_ok = kr + r0 < n_real
-        kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
-        s = tl.dot(q, kt, input_precision="ieee") * scale
         live = key_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
-        if MASK != 0:
-            s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
-            m_ptrs += BLOCK_N * stride_mk
-        s = tl.where(live, s, float("-inf"))
-        live = s != float("-inf")
-        p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
-        vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
-        w = tl.where(live, p * tl.dot(do, vt, input_precision="ieee"), 0.0)
-        delta += tl.sum(w, axis=1)
-        k = tl.load(k_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
-        acc_a = tl.dot(w, k, acc_a, input_precision="ieee")
-        acc_b = tl.dot(p, k, acc_b, input_precision="ieee")
-        kt_ptrs += BLOCK_N * stride_kt
-        k_ptrs += BLOCK_N * stride_kt
-        vt_ptrs += BLOCK_N * stride_vt
+        live, p, dp = _dq_tile_native(q, do, kt_ptrs + r0 * stride_kt, vt_ptrs + r0 * stride_vt,
+                                      m_ptrs + r0 * stride_mk, key_ok, live, d_ok, row_max, row_sum, scale,
+                                      KIND, MASK, MASK_KIND)
+        delta += tl.sum(tl.where(live, p * dp, 0.0), axis=1)
     tl.store(delta_ptr + rows, delta + 0.0, mask=row_ok)
-    dq = (acc_a - delta[:, None] * acc_b) * scale + 0.0
-    tl.store(dq_ptr + rows[:, None] * D + d[None, :], round_fp32(dq, KIND), mask=q_ok)
+    acc = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
+    for r0 in range(0, r_end, BLOCK_N):
+        key_ok = kr + r0 < n_real
+        live = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            live = live & ((ks + kr + r0)[None, :] <= ((Tk - Tq) + t)[:, None])
+        live, p, dp = _dq_tile_native(q, do, kt_ptrs + r0 * stride_kt, vt_ptrs + r0 * stride_vt,
+                                      m_ptrs + r0 * stride_mk, key_ok, live, d_ok, row_max, row_sum, scale,
+                                      KIND, MASK, MASK_KIND)
+        ds = tl.where(live, p * (dp - delta[:, None]), 0.0)
+        k = tl.load(k_ptrs + r0 * stride_kt, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
+        acc = tl.dot(ds, k, acc, input_precision="ieee")
+    tl.store(dq_ptr + rows[:, None] * D + d[None, :], round_fp32(acc * scale + 0.0, KIND), mask=q_ok)
+
+
+@triton.jit
+def _dq_tile_native(q, do, kt_ptrs, vt_ptrs, m_ptrs, key_ok, live, d_ok, row_max, row_sum, scale,
+                    KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Compiled: (live, P, dP) of one key block as (rows, keys) tiles, as ``_dq_tile_interpreted``."""
+    kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+    s = _native_scores(q, kt, scale, KIND)
+    if MASK != 0:
+        s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+    s = tl.where(live, s, float("-inf"))
+    live = s != float("-inf")
+    p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
+    vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
+    return live, p, tl.dot(do, vt, input_precision="ieee")
 
 
 @row_kernel(batch_args=DQ_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
-def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dq_ptr,
                             n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
                             stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                             stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -203,14 +234,14 @@ def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_p
     pid_i = pid // n_m
     pid_m = pid % n_m
     if NATIVE_DOT:
-        _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
+        _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dq_ptr, pid_i, pid_m,
                    n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
                    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                    stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                    stride_dob, stride_doh, stride_dot, stride_dod,
                    KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
-        _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+        _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dq_ptr,
                         pid_i, pid_m, n_items, H, GROUP, Tq, Tk, D, ks_min, scale,
                         stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                         stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -222,8 +253,8 @@ def attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, lse_p
 
 
 @triton.jit
-def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                      pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
+def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dk_ptr,
+                      dv_ptr, pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                       stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                       stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                       stride_dob, stride_doh, stride_dot, stride_dod,
@@ -279,7 +310,7 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ls
             do_off = do_rows[None, :] + t * stride_dot
             q = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[None, :, :, None]
                                + (d * stride_qd)[:, None, None, None], mask=t_ok4, other=0), KIND, False)
-            s = tl.sum(q * k, axis=0) * scale
+            s = _scores(q, k, scale, KIND)
             live = row_ok[:, :, None] & key_ok_s
             if CAUSAL:
                 live = live & (key_s <= ((Tk - Tq) + t)[:, :, None])
@@ -290,8 +321,9 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ls
             s = tl.where(live, s, float("-inf"))
             live = s != float("-inf")
             rows = (b * H + h)[None, :] * Tq + t
-            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
-            p = tl.where(live, tl.exp(s - lse), 0.0)
+            row_max = tl.load(max_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
+            row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)[:, :, None]
+            p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
             live4 = live[:, :, :, None]
             do2 = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[:, :, None, None]
                                  + (d * stride_dod)[None, None, None, :], mask=t_ok4b, other=0), DO_KIND, False)
@@ -312,7 +344,7 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ls
 
 
 @triton.jit
-def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dk_ptr, dv_ptr,
                  pid_i, pid_n, n_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                  stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                  stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
@@ -354,7 +386,7 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr
             t_ok = row_ok[:, None] & d_ok[None, :]
             q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
                         + d[None, :] * stride_qd, mask=t_ok, other=0)
-            s = tl.dot(q, kt, input_precision="ieee") * scale
+            s = _native_scores(q, kt, scale, KIND)
             live = row_ok[:, None] & key_ok[None, :]
             if CAUSAL:
                 live = live & (key[None, :] <= ((Tk - Tq) + t)[:, None])
@@ -364,8 +396,9 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr
             s = tl.where(live, s, float("-inf"))
             live = s != float("-inf")
             rows = (b * H + h) * Tq + t
-            lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-            p = tl.where(live, tl.exp(s - lse[:, None]), 0.0)
+            row_max = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
+            row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)
+            p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
             do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
                          + d[None, :] * stride_dod, mask=t_ok, other=0).to(tl.float32)
             dv = tl.dot(tl.trans(p), do, dv, input_precision="ieee")
@@ -380,8 +413,8 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr
 
 
 @row_kernel(batch_args=DKDV_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
-def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr,
-                              dv_ptr, n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_hi, shift_min,
+def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr,
+                              dk_ptr, dv_ptr, n_kv_items, H, HKV, GROUP, Tq, Tk, D, ks_min, scale, qb_hi, shift_min,
                               stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                               stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                               stride_dob, stride_doh, stride_dot, stride_dod,
@@ -398,15 +431,15 @@ def attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do
     pid_i = pid // n_n
     pid_n = pid % n_n
     if NATIVE_DOT:
-        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                     pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
+        _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dk_ptr,
+                     dv_ptr, pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                      stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                      stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                      stride_dob, stride_doh, stride_dot, stride_dod,
                      KIND, DO_KIND, MASK, MASK_KIND, CAUSAL, HAS_KS, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
-        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                          pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
+        _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr, sum_ptr, delta_ptr, dk_ptr,
+                          dv_ptr, pid_i, pid_n, n_kv_items, H, HKV, GROUP, Tq, Tk, D, scale, qb_hi, shift_min,
                           stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
                           stride_vb, stride_vh, stride_vt, stride_vd, stride_mb, stride_mh, stride_mt, stride_mk,
                           stride_dob, stride_doh, stride_dot, stride_dod,

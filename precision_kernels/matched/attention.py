@@ -7,7 +7,7 @@ the gradient, ``..._for_cpu_backward``. Both are served here, **together or not 
 * the forward returns pk's output and a log-sum-exp in torch's layout; torch's own backward fed with
   them would compute gradients from numbers it did not make. So a served forward whose inputs
   require grad remembers its output (keyed by the output's storage, dropped when that storage is
-  freed), with pk's own log-sum-exp and the tile table it ran on;
+  freed), with pk's own softmax statistics and the tile table it ran on;
 * the backward runs on pk's backward kernels exactly when its ``out`` is such a remembered output,
   and then it never declines (arguments it cannot serve raise). Any other backward (its forward
   ran on torch) falls back to torch, which then has torch's own forward outputs.
@@ -139,7 +139,7 @@ def plan(q, k, v, dropout_p, is_causal, attn_mask, scale) -> _Plan:
     return _Plan(attn_mask, key_start if bool(key_start.any()) else None, False, s)
 
 
-# Served forwards whose inputs require grad: output -> (pk's lse, tile table).
+# Served forwards whose inputs require grad: output -> (pk's softmax stats, tile table).
 _SERVED_FORWARDS = ForwardMemo()
 
 
@@ -151,16 +151,17 @@ def _torch_lse_layout(lse: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _remember(out: torch.Tensor, lse: torch.Tensor, q, k, v) -> None:
-    """Keep pk's lse and tile table for the backward of ``out``, while its storage lives (only when grad may flow)."""
+def _remember(out: torch.Tensor, stats: torch.Tensor, q, k, v) -> None:
+    """Keep pk's softmax stats and tile table for the backward of ``out``, while its storage lives (only when grad
+    may flow)."""
     if (q.requires_grad or k.requires_grad or v.requires_grad) and out.numel():
-        _SERVED_FORWARDS.keep(out, (lse, profiles.table_backend()))
+        _SERVED_FORWARDS.keep(out, (stats, profiles.table_backend()))
 
 
 def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
     p = plan(query, key, value, dropout_p, is_causal, attn_mask, scale)
-    out, lse = torch.ops.pk.attention(query, key, value, p.mask, p.key_start, p.causal, p.scale)
-    _remember(out, lse, query, key, value)
+    out, lse, stats = torch.ops.pk.attention(query, key, value, p.mask, p.key_start, p.causal, p.scale)
+    _remember(out, stats, query, key, value)
     return out, _torch_lse_layout(lse)
 
 
@@ -169,7 +170,7 @@ def _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, att
     saved = _SERVED_FORWARDS.get(out)
     if saved is None:
         raise Decline("the forward ran on torch (its outputs are torch's), so its backward runs on torch")
-    lse, table = saved
+    stats, table = saved
     try:
         p = plan(query, key, value, dropout_p, is_causal, attn_mask, scale)
     except Decline as why:  # the forward was served with these arguments: never hand its outputs to torch
@@ -178,7 +179,7 @@ def _served_backward(grad_out, query, key, value, out, dropout_p, is_causal, att
     if grad_out.shape != query.shape or grad_out.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise RuntimeError(f"matched mode: SDPA backward grad_out {tuple(grad_out.shape)} {grad_out.dtype} for a "
                            f"forward served by pk with q {tuple(query.shape)}")
-    return torch.ops.pk.attention_backward(grad_out, query, key, value, lse, p.mask, p.key_start, p.causal,
+    return torch.ops.pk.attention_backward(grad_out, query, key, value, stats, p.mask, p.key_start, p.causal,
                                            p.scale, table)
 
 
@@ -199,7 +200,7 @@ def _meta(x):
 def _cuda_forward(func, args, kwargs, q, k, v, attn_mask, dropout_p, is_causal, scale):
     """pk's output and lse poured into the outputs torch's op would return (shapes, strides, extra outputs)."""
     p = plan(q, k, v, dropout_p, is_causal, attn_mask, scale)
-    out, lse = torch.ops.pk.attention(q, k, v, p.mask, p.key_start, p.causal, p.scale)
+    out, lse, stats = torch.ops.pk.attention(q, k, v, p.mask, p.key_start, p.causal, p.scale)
     like = func(*[_meta(a) for a in args], **{n: _meta(a) for n, a in kwargs.items()})
     results = []
     for i, m in enumerate(like):
@@ -213,7 +214,7 @@ def _cuda_forward(func, args, kwargs, q, k, v, attn_mask, dropout_p, is_causal, 
             # (B, H, Tq), (B, H, Tq padded) or (B, H, Tq, 1): pk's rows first, 0 for a row with no key
             t.view(t.shape[0], t.shape[1], -1)[:, :, : lse.shape[2]].copy_(torch.where(lse == _NEG_INF, 0.0, lse))
         results.append(t)
-    _remember(results[0], lse, q, k, v)
+    _remember(results[0], stats, q, k, v)
     return tuple(results)
 
 

@@ -38,22 +38,24 @@ def compile_kernels(table: dict) -> None:
     """Forward, dq and dk/dv per format, each with (no mask, causal) and (bool mask, key_start, not causal), at
     the CUDA table's tiles for head dims 8 (TinyGPT's, padded to 16; first, so make test compiles it), 64, 128."""
     qkvm = {f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhtd"} | {f"stride_m{a}": "i32" for a in "bhtk"}
+    stats = {"max_ptr": "*fp32", "sum_ptr": "*fp32"}
     do = {f"stride_do{a}": "i32" for a in "bhtd"}
     for name, kind_, ptr in compile_registry.FORMATS:
         common = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "mask_ptr": "*u8", "ks_ptr": "*i64", "H": "i32",
                   "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
         compile_registry.register(
             table, f"attention_fwd_{name}", attention_fwd_kernel,
-            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", "n_items": "i32", "split_keys": "i32", **qkvm},
+            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", **stats, "n_items": "i32", "split_keys": "i32",
+                       **qkvm},
             configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
         compile_registry.register(
             table, f"attention_bwd_dq_{name}", attention_bwd_dq_kernel,
-            signature={**common, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dq_ptr": ptr,
+            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dq_ptr": ptr,
                        "n_items": "i32", **qkvm, **do},
             configs=_compile_configs(name, kind_, "dq"), expects_mma=kind_ != 0)
         compile_registry.register(
             table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_kernel,
-            signature={**common, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": ptr,
+            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dk_ptr": ptr,
                        "dv_ptr": ptr, "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32",
                        "shift_min": "i32", **qkvm, **do},
             configs=_compile_configs(name, kind_, "dkdv"), expects_mma=kind_ != 0)
@@ -111,7 +113,7 @@ def opcheck():
     kb, vb = r(1, 1, 7, 16, dtype=S.BF16, seed=1), r(1, 1, 7, 16, dtype=S.BF16, seed=2)
     starts, keep = S.ids(0, 3), torch.rand(2, 1, 5, 9, generator=torch.Generator().manual_seed(3)).to(S.DEV) > 0.3
     qn, kn, vn = S.no_grad(q, k, v)
-    _, lse = S.no_grad(*ops.attention(qn, kn, vn, keep, starts, True, 0.35))
+    _, _, stats = S.no_grad(*ops.attention(qn, kn, vn, keep, starts, True, 0.35))
     table = profiles.table_backend()
     return [
         OpcheckCase("attention", ops.attention, (q, k, v, None, None, True, 0.35)),
@@ -119,7 +121,7 @@ def opcheck():
         OpcheckCase("attention/bf16 additive mask", ops.attention,
                     (qb, kb, vb, r(1, 1, 3, 7, dtype=S.BF16, seed=4), None, True, 0.25)),
         OpcheckCase("attention_backward", ops.attention_backward,
-                    (r(2, 4, 5, 8, seed=5), qn, kn, vn, lse, keep, starts, True, 0.35, table)),
+                    (r(2, 4, 5, 8, seed=5), qn, kn, vn, stats, keep, starts, True, 0.35, table)),
     ]
 
 

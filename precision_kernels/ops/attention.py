@@ -20,19 +20,22 @@
 * ``scale`` defaults to 1 / sqrt(D); it is used as its float32 value.
 * A row with no key to attend (everything masked, or Tk == 0) gives 0, as torch's SDPA does.
 
-Numerics (kernels/attention.py): fp32 scores summed over D in fixed order; an online softmax over key
+Numerics (kernels/attention.py): scores summed over D in fixed order (fp32, or fp64 for fp32 inputs, rounded
+to fp32 once); an online softmax over key
 blocks of a fixed size (``profiles.attention_orders_for``) in index order; P.V in fp32; the output
-rounded once by the project's RNE. Only the per-row log-sum-exp is stored; the backward recomputes P.
+rounded once by the project's RNE. Each row's score max and exponential sum are stored (and its
+log-sum-exp, for SDPA's callers); the backward recomputes P = exp(s - max) / sum from them.
 In an engine profile with split-KV (``profiles.attention_splits_for``: decode steps, chunk count by
 FlashAttention-2's heuristic over the cache length and batch) the forward instead rounds each key chunk's
 partial output to the compute dtype and merges the chunks by their log-sum-exps (flash-decoding); the
 matched profile never splits by length.
 No (Tq x Tk) buffer exists in the forward or the backward. The backward's delta = rowsum(P dP) is an fp32
-sum of the recomputed P (not of the rounded output). It sums dk/dv over query blocks
+sum of the recomputed P (not of the rounded output), and dS = P (dP - delta) gives dq (a second pass over
+the keys), dk and dv. It sums dk/dv over query blocks
 in index order (and over the heads of a GQA group in index order) and dq over key blocks, with no
 atomics; it always runs the matched profile on the forward's tile table.
 
-Custom ops (ops/_custom.py): ``pk::attention(q, k, v, attn_mask, key_start, causal, scale) -> (out, lse)``
+Custom ops (ops/_custom.py): ``pk::attention(q, k, v, attn_mask, key_start, causal, scale) -> (out, lse, stats)``
 and ``pk::attention_backward``.
 """
 
@@ -167,10 +170,11 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     hkv, tk = k.shape[1], k.shape[2]
     out = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    stats = torch.empty((2, b, h, tq), dtype=torch.float32, device=q.device)
     ks_min, _ = _key_start_bounds(key_start, b, tk)
     items = b * h
     if items == 0 or tq == 0:
-        return out, lse
+        return out, lse, stats
     cfg = profiles.attention_config(q.dtype, "fwd", items=items, rows=tq, keys=tk, head_dim=d)
     block_n = cfg.block_n
     # engine profiles only (a decode step): flash-decoding's chunks of whole key tiles; interpreter tiles
@@ -186,12 +190,12 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
     grid = (triton.cdiv(items, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
     launch(attention_fwd_kernel, grid,
-           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse,
+           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse, stats[0], stats[1],
            items, h, h // hkv, tq, tk, d, ks_min, scale, split_keys, *strides,
            config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=native_dot(), **flags,
            BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_D=cfg.block_d,
            SPLIT=chunks > 1)
-    return out, lse
+    return out, lse, stats
 
 
 def _query_origins(attn_mask, key_start, b: int, h: int, tq: int, tk: int, causal: bool, device) -> torch.Tensor:
@@ -216,7 +220,7 @@ def _query_origins(attn_mask, key_start, b: int, h: int, tq: int, tk: int, causa
     return torch.where(row_live.any(-1), row_live.to(torch.int8).argmax(-1), tq).reshape(b * h).contiguous()
 
 
-def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: float):
+def _backward(dout, q, k, v, stats, attn_mask, key_start, causal: bool, scale: float):
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -233,7 +237,7 @@ def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: flo
         cfg = profiles.attention_config(q.dtype, "dq", items=b * h, rows=tq, keys=tk, head_dim=d)
         grid = (triton.cdiv(b * h, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
         launch(attention_bwd_dq_kernel, grid,
-               kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), lse, delta,
+               kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), stats[0], stats[1], delta,
                kernel_view(dq), b * h, h, h // hkv, tq, tk, d, ks_min, scale, *strides, *do_strides,
                config=cfg, **common,
                BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
@@ -256,7 +260,8 @@ def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: flo
         dk.zero_()
         dv.zero_()
     launch(attention_bwd_dkdv_kernel, grid,
-           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, origins, kernel_view(dout), lse, delta,
+           kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, origins, kernel_view(dout), stats[0], stats[1],
+           delta,
            kernel_view(dk), kernel_view(dv), b * hkv, h, hkv, h // hkv, tq, tk, d, ks_min, scale,
            qb_hi, shift_min, *strides, *do_strides,
            config=cfg, **common,
@@ -269,8 +274,10 @@ def _backward(dout, q, k, v, lse, attn_mask, key_start, causal: bool, scale: flo
 
 @torch.library.custom_op(op_name("attention"), mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                  key_start: torch.Tensor | None, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T * scale + mask) v -> (out (B, H, Tq, D), lse (B, H, Tq) fp32), in the active profile's tiles."""
+                  key_start: torch.Tensor | None, causal: bool,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale + mask) v -> (out (B, H, Tq, D), lse (B, H, Tq) fp32, stats (2, B, H, Tq) fp32: each
+    row's score max and exponential sum, the backward's statistics), in the active profile's tiles."""
     _layout_checks("attention", q, k, v, attn_mask, key_start)
     scale = check_fp32_real("scale", scale)
     return _forward(q, k, v, attn_mask, key_start, causal, fp32_value(scale))
@@ -279,28 +286,29 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: 
 @_attention_op.register_fake
 def _(q, k, v, attn_mask, key_start, causal, scale):
     b, h, tq, d = q.shape
-    return q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32)
+    return (q.new_empty((b, h, tq, d)), q.new_empty((b, h, tq), dtype=torch.float32),
+            q.new_empty((2, b, h, tq), dtype=torch.float32))
 
 
 @torch.library.custom_op(op_name("attention_backward"), mutates_args=())
 def _attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           lse: torch.Tensor, attn_mask: torch.Tensor | None,
+                           stats: torch.Tensor, attn_mask: torch.Tensor | None,
                            key_start: torch.Tensor | None, causal: bool, scale: float,
                            table: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) of ``pk::attention`` from the forward's lse (P is recomputed), in the matched profile on
+    """(dq, dk, dv) of ``pk::attention`` from the forward's stats (P is recomputed), in the matched profile on
     tile table ``table``."""
     _layout_checks("attention_backward", q, k, v, attn_mask, key_start)
-    require(dout.shape == q.shape and tuple(lse.shape) == tuple(q.shape[:3]) and lse.dtype == torch.float32
+    require(dout.shape == q.shape and tuple(stats.shape) == (2, *q.shape[:3]) and stats.dtype == torch.float32
             and dout.dtype in (torch.float32, torch.float16, torch.bfloat16), "attention_backward",
-            f"dout {tuple(dout.shape)} {dout.dtype} and lse {tuple(lse.shape)} {lse.dtype} do not match "
+            f"dout {tuple(dout.shape)} {dout.dtype} and stats {tuple(stats.shape)} {stats.dtype} do not match "
             f"q {tuple(q.shape)}")
     scale = check_fp32_real("scale", scale)
     with profiles.use_profile("matched"), profiles.config_backend(table):
-        return _backward(dout, q, k, v, lse.contiguous(), attn_mask, key_start, causal, fp32_value(scale))
+        return _backward(dout, q, k, v, stats.contiguous(), attn_mask, key_start, causal, fp32_value(scale))
 
 
 @_attention_backward_op.register_fake
-def _(dout, q, k, v, lse, attn_mask, key_start, causal, scale, table):
+def _(dout, q, k, v, stats, attn_mask, key_start, causal, scale, table):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -308,23 +316,23 @@ def _(dout, q, k, v, lse, attn_mask, key_start, causal, scale, table):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, attn_mask, key_start, causal, scale = inputs
-    _, lse = output
-    ctx.save_for_backward(q, k, v, lse, attn_mask, key_start)
+    _, lse, stats = output
+    ctx.save_for_backward(q, k, v, stats, attn_mask, key_start)
     ctx.causal = causal
     ctx.scale = scale
     ctx.table = profiles.table_backend()
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, stats)
 
 
-def _attention_backward(ctx, dout, _dlse):
-    q, k, v, lse, attn_mask, key_start = ctx.saved_tensors
+def _attention_backward(ctx, dout, _dlse, _dstats):
+    q, k, v, stats, attn_mask, key_start = ctx.saved_tensors
     if ctx.needs_input_grad[3]:
         raise NotImplementedError("pk.attention computes no gradient for attn_mask")
     if dout is None:
         dout = torch.zeros_like(q)
     elif dout.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         dout = dout.to(torch.float32)
-    dq, dk, dv = torch.ops.pk.attention_backward(dout, q, k, v, lse, attn_mask, key_start, ctx.causal, ctx.scale,
+    dq, dk, dv = torch.ops.pk.attention_backward(dout, q, k, v, stats, attn_mask, key_start, ctx.causal, ctx.scale,
                                                  ctx.table)
     need_q, need_k, need_v = ctx.needs_input_grad[:3]
     return (dq if need_q else None), (dk if need_k else None), (dv if need_v else None), None, None, None, None
