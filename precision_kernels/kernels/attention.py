@@ -1,7 +1,8 @@
 """Fused attention: out = softmax(q k^T * scale + mask) v, one pass over the keys, no (Tq x Tk) buffer.
 
-Three kernels, each with an interpreter form and a compiled (``NATIVE_DOT``) form; the forward and the
-loading and masking helpers live here, the two backward kernels in kernels/attention_backward.py:
+Three kernels, each with an interpreter form and a compiled (``NATIVE_DOT``) form; the forward, the
+loading, masking and score helpers, and the backward's per-block P and dP live here, the two backward
+kernels in kernels/attention_backward.py:
 
 * ``attention_fwd_kernel``: the output, each row's log-sum-exp, and each row's score max and exponential
   sum, from which the backward recomputes P = exp(s - max) / sum;
@@ -109,14 +110,6 @@ def _widen(x, KIND: tl.constexpr, NATIVE_DOT: tl.constexpr):
 
 
 @triton.jit
-def _base_pointer(p, KIND: tl.constexpr, NATIVE_DOT: tl.constexpr):
-    if NATIVE_DOT:
-        return _native_pointer(p, KIND)
-    else:
-        return _interp_pointer(p, KIND)
-
-
-@triton.jit
 def _mask_values(mask_ptrs, ok, s, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
     """Apply the user mask to fp32 scores ``s``: bool (MASK=1, True attends) -> -inf where False;
     additive (MASK=2, fp32/fp16/bf16 widened exactly) -> s + mask, -inf where the mask is -inf."""
@@ -155,6 +148,51 @@ def _native_scores(q, kt, scale, KIND: tl.constexpr):
         return (tl.dot(q.to(tl.float64), kt.to(tl.float64)) * scale).to(tl.float32)
     else:
         return tl.dot(q, kt, input_precision="ieee") * scale
+
+
+# ---- the backward's P, dP and delta terms ---------------------------------------------------
+
+
+@triton.jit
+def _delta_terms(p, dp, live, KIND: tl.constexpr):
+    """P dP of the live pairs (-0.0 elsewhere). For fp32 inputs in fp64 (exact products, summed in fp64 and
+    rounded once): delta's error enters every dS of its row, and an fp32 sum over the keys would dominate dq's."""
+    if KIND == 0:
+        return tl.where(live, p.to(tl.float64) * dp.to(tl.float64), -0.0)
+    else:
+        return tl.where(live, p * dp, -0.0)
+
+
+@triton.jit
+def _dq_tile_interpreted(q, do, k_ptrs, v_ptrs, m_ptrs, kv_ok, live, ok2, row_max, row_sum, scale,
+                         KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+    """(live, P, dP) of one key block as (BLOCK_N, items, rows) tiles: ``live`` enters with the key range and the
+    causal rule, the mask is applied here; P = exp(s - max) / sum from the forward's row statistics (0 where not
+    live)."""
+    k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
+    s = _scores(q, k, scale, KIND)
+    if MASK != 0:
+        s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
+    s = tl.where(live, s, float("-inf"))
+    live = s != float("-inf")
+    p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
+    v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
+    return live, p, tl.sum(do * v, axis=0)
+
+
+@triton.jit
+def _dq_tile_native(q, do, kt_ptrs, vt_ptrs, m_ptrs, key_ok, live, d_ok, row_max, row_sum, scale,
+                    KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Compiled: (live, P, dP) of one key block as (rows, keys) tiles, as ``_dq_tile_interpreted``."""
+    kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+    s = _native_scores(q, kt, scale, KIND)
+    if MASK != 0:
+        s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+    s = tl.where(live, s, float("-inf"))
+    live = s != float("-inf")
+    p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
+    vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
+    return live, p, tl.dot(do, vt, input_precision="ieee")
 
 
 # ---- forward -------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ from .attention import (
     DKDV_BATCH_ARGS,
     DOT_OPERANDS,
     DQ_BATCH_ARGS,
+    _delta_terms,
+    _dq_tile_interpreted,
+    _dq_tile_native,
     _interp_pointer,
     _mask_values,
     _native_pointer,
@@ -34,8 +37,9 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
     """Interpreter: delta and dq of BLOCK_ITEMS items x BLOCK_M query rows, in the forward's key-major layout.
 
     Two passes over the key blocks in index order (BLOCK_N is the order of every sum): the first sums
-    delta = sum_j P dP, the second dq = scale * sum_j dS_j k_j with dS = P (dP - delta), the dk kernel's dS
-    (no cancellation between two large sums). delta comes from the fp32 P and dP, not from the rounded output."""
+    delta = sum_j P dP (in fp64 for fp32 inputs, ``_delta_terms``), the second dq = scale * sum_j dS_j k_j
+    with dS = P (dP - delta), the dk kernel's dS (no cancellation between two large sums). delta comes from
+    the fp32 P and dP, not from the rounded output."""
     items = pid_i.to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
     item_ok = items < n_items
     b = items // H
@@ -89,7 +93,10 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
     if CAUSAL:
         r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
     # pass 1: delta, whose value pass 2 needs in every block
-    delta = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
+    if KIND == 0:
+        delta_sum = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float64)
+    else:
+        delta_sum = tl.full((BLOCK_ITEMS, BLOCK_M), -0.0, tl.float32)
     for r0 in range(0, r_end, BLOCK_N):
         live = kr_s < lim_s - r0
         if CAUSAL:
@@ -97,7 +104,8 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
         live, p, dp = _dq_tile_interpreted(q, do, k_ptrs + r0 * stride_kt, v_ptrs + r0 * stride_vt,
                                            m_ptrs + r0 * stride_mk, kr_k < kv_lim - r0, live, ok2, row_max, row_sum,
                                            scale, KIND, DO_KIND, MASK, MASK_KIND)
-        delta += tl.sum(tl.where(live, p * dp, -0.0), axis=0)
+        delta_sum += tl.sum(_delta_terms(p, dp, live, KIND), axis=0)
+    delta = delta_sum.to(tl.float32)
     tl.store(delta_ptr + rows, delta + 0.0, mask=ok2)
     # pass 2: dq = scale * sum_j dS_j k_j, dS = P (dP - delta)
     acc = tl.full((BLOCK_ITEMS, BLOCK_M, BLOCK_D), -0.0, tl.float32)
@@ -113,23 +121,6 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
         acc += tl.sum(tl.where(live[:, :, :, None], ds[:, :, :, None] * k2, -0.0), axis=0)
     tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(acc * scale + 0.0, KIND),
              mask=ok2[:, :, None] & d_ok[None, None, :])
-
-
-@triton.jit
-def _dq_tile_interpreted(q, do, k_ptrs, v_ptrs, m_ptrs, kv_ok, live, ok2, row_max, row_sum, scale,
-                         KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
-    """(live, P, dP) of one key block as (BLOCK_N, items, rows) tiles: ``live`` enters with the key range and the
-    causal rule, the mask is applied here; P = exp(s - max) / sum from the forward's row statistics (0 where not
-    live)."""
-    k = _widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND, False)
-    s = _scores(q, k, scale, KIND)
-    if MASK != 0:
-        s = _mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
-    s = tl.where(live, s, float("-inf"))
-    live = s != float("-inf")
-    p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
-    v = _widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND, False)
-    return live, p, tl.sum(do * v, axis=0)
 
 
 @triton.jit
@@ -177,7 +168,10 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, 
     r_end = Tk - ks_min
     if CAUSAL:
         r_end = tl.minimum(r_end, (Tk - Tq) + (pid_m + 1) * BLOCK_M - ks_min)
-    delta = tl.full((BLOCK_M,), -0.0, tl.float32)
+    if KIND == 0:
+        delta_sum = tl.full((BLOCK_M,), -0.0, tl.float64)
+    else:
+        delta_sum = tl.full((BLOCK_M,), -0.0, tl.float32)
     for r0 in range(0, r_end, BLOCK_N):
         key_ok = kr + r0 < n_real
         live = key_ok[None, :] & row_ok[:, None]
@@ -186,7 +180,8 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, 
         live, p, dp = _dq_tile_native(q, do, kt_ptrs + r0 * stride_kt, vt_ptrs + r0 * stride_vt,
                                       m_ptrs + r0 * stride_mk, key_ok, live, d_ok, row_max, row_sum, scale,
                                       KIND, MASK, MASK_KIND)
-        delta += tl.sum(tl.where(live, p * dp, 0.0), axis=1)
+        delta_sum += tl.sum(_delta_terms(p, dp, live, KIND), axis=1)
+    delta = delta_sum.to(tl.float32)
     tl.store(delta_ptr + rows, delta + 0.0, mask=row_ok)
     acc = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
     for r0 in range(0, r_end, BLOCK_N):
@@ -201,21 +196,6 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, 
         k = tl.load(k_ptrs + r0 * stride_kt, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
         acc = tl.dot(ds, k, acc, input_precision="ieee")
     tl.store(dq_ptr + rows[:, None] * D + d[None, :], round_fp32(acc * scale + 0.0, KIND), mask=q_ok)
-
-
-@triton.jit
-def _dq_tile_native(q, do, kt_ptrs, vt_ptrs, m_ptrs, key_ok, live, d_ok, row_max, row_sum, scale,
-                    KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
-    """Compiled: (live, P, dP) of one key block as (rows, keys) tiles, as ``_dq_tile_interpreted``."""
-    kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
-    s = _native_scores(q, kt, scale, KIND)
-    if MASK != 0:
-        s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
-    s = tl.where(live, s, float("-inf"))
-    live = s != float("-inf")
-    p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
-    vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
-    return live, p, tl.dot(do, vt, input_precision="ieee")
 
 
 @row_kernel(batch_args=DQ_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
