@@ -25,7 +25,7 @@ from precision_kernels.ops.attention import reference_attention
 DEVICE = pk.backend.device()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SIGNIFICAND = {torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
-ATOL_ULPS = 4
+ATOL_ULPS = 2
 SCALES = (None, 1.0, 2.0, 4.0)
 # (B, H, Hkv, Tq, Tk, D, causal): the causal 64 x 64 at D = 32, and a non-causal GQA chunk
 SHAPES = {"causal-64x64-D32": (1, 2, 2, 64, 64, 32, True), "gqa-33x80-D16": (1, 4, 2, 33, 80, 16, False)}
