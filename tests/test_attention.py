@@ -520,6 +520,7 @@ def test_torch_compile_fullgraph_is_bitwise_eager():
         assert_bitwise(a, b, "compiled grad")
 
 
+@pytest.mark.compiled_form
 @pytest.mark.skipif(not pk.backend.INTERPRETED, reason="on a GPU the compiled form is what every test runs")
 def test_compiled_form_runs_under_the_interpreter_and_matches_fp64():
     """The tl.dot form (one item per program, the CUDA table's tiles) on fp32 inputs, whose interpreted tl.dot is
