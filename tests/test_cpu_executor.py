@@ -298,3 +298,38 @@ def test_a_process_forked_after_parallel_twins_still_computes():
 def test_warm_compiles_every_family():
     seconds = cpu_executor.warm()
     assert "matmul" in seconds
+
+
+def test_an_rl_step_runs_on_the_twins(monkeypatch):
+    """The default path really is the executor: the interpreter's entry point raises for every kernel that has
+    a twin, and a TinyGPT RL step (sampling, scoring, backward) still runs."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from rl.learner import StepConfig, learner_step
+    from rl.model import ModelConfig, TinyGPT
+    from rl.sampler import generate
+    from rl.tasks import get_task
+
+    monkeypatch.delenv(cpu_executor.EXECUTOR_ENV, raising=False)
+    original = InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        if self.__name__ not in KERNELS_WITHOUT_TWIN:
+            raise AssertionError(f"{self.__name__} ran in the interpreter, not its twin")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    task = get_task("reverse")
+    cfg = ModelConfig(vocab_size=task.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=task.seq_len,
+                      precision="fp16")
+    model = TinyGPT(cfg, seed=0, init="torch")
+    prompts = task.sample(2, torch.Generator().manual_seed(0))[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with observe_launches() as records:
+        ro = generate(model, prompts, task.max_new_tokens, generator=torch.Generator().manual_seed(1),
+                      eos_id=task.eos_id, pad_id=task.pad_id)
+        rewards = task.reward(prompts, ro.tokens[:, task.prompt_len:], ro.mask)
+        learner_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), ro, rewards, 2, task.prompt_len,
+                     StepConfig())
+    assert {r.kernel for r in records if r.executor == "twin"} >= {"matmul_kernel", "lm_head_kernel"}
+    assert {r.kernel for r in records if r.executor != "twin"} <= KERNELS_WITHOUT_TWIN
