@@ -58,18 +58,34 @@ def errors(q, k, v, dout, causal, scale):
     return result
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("fmt", list(DTYPES))
-def test_within_twice_torchs_error(fmt, shape):
+def failures(fmt, shape, scales, seeds) -> list[str]:
     dtype = DTYPES[fmt]
     b, h, hkv, tq, tk, d, causal = SHAPES[shape]
     bad = []
-    for scale in SCALES:
-        for seed in SEEDS:
+    for scale in scales:
+        for seed in seeds:
             g = torch.Generator().manual_seed(seed)
             q, k, v, dout = (torch.randn(b, n, t, d, generator=g).to(dtype).to(DEVICE)
                              for n, t in ((h, tq), (hkv, tk), (hkv, tk), (h, tq)))
             for name, (ours, theirs, atol) in errors(q, k, v, dout, causal, scale).items():
                 if not ours <= 2 * theirs + atol:
                     bad.append(f"scale={scale} seed={seed} {name}: pk {ours:.3g} > 2 x torch {theirs:.3g} + {atol:.3g}")
+    return bad
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("fmt", list(DTYPES))
+def test_within_twice_torchs_error(fmt, shape):
+    bad = failures(fmt, shape, SCALES, SEEDS)
+    assert not bad, "\n".join(bad)
+
+
+# Inputs of the 20-seed sweep on which a plainer fp32 arithmetic breaks the rule: scores summed in fp32 (out, 3.1x
+# torch's), delta summed in fp32 (dq, 2.4x).
+FP32_CASES = [("gqa-33x80-D16", 4.0, 6), ("gqa-33x80-D16", 1.0, 13)]
+
+
+@pytest.mark.parametrize("shape, scale, seed", FP32_CASES)
+def test_fp32_cases_within_twice_torchs_error(shape, scale, seed):
+    bad = failures("fp32", shape, [scale], [seed])
     assert not bad, "\n".join(bad)
