@@ -32,8 +32,8 @@ from precision_kernels.ops.fp8 import reference_scaled_mm
 from precision_kernels.ops.lm_head import reference_linear_logprobs
 from precision_kernels.ops.matmul import _k_chunk
 
-pytestmark = [pytest.mark.compiled_form,
-              pytest.mark.skipif(not pk.backend.INTERPRETED, reason="on a GPU every test runs the compiled form")]
+# On a GPU the same tests run the compiled forms with the hardware's tl.dot (tests/gpu_selection.txt).
+pytestmark = pytest.mark.compiled_form
 
 DEVICE = pk.backend.device()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -24,8 +24,8 @@ from precision_kernels import profiles
 from precision_kernels.ops._common import compiled_forms
 from precision_kernels.ops.attention import reference_attention
 
-pytestmark = [pytest.mark.compiled_form,
-              pytest.mark.skipif(not pk.backend.INTERPRETED, reason="on a GPU every test runs the compiled form")]
+# On a GPU the same tests run the compiled forms with the hardware's tl.dot (tests/gpu_selection.txt).
+pytestmark = pytest.mark.compiled_form
 
 DEVICE = pk.backend.device()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
