@@ -474,9 +474,10 @@ def test_strided_views_equal_contiguous_copies():
 
 
 def test_bad_inputs():
-    from precision_kernels.ops.registry import Raises, all_families
+    from families import Raises
+    from families.attention import bad_inputs
 
-    rows = all_families()["attention"].bad_inputs()
+    rows = bad_inputs()
     assert len(rows) >= 15
     for row in rows:
         if isinstance(row, Raises):
@@ -488,10 +489,10 @@ def test_bad_inputs():
 
 
 def test_opcheck():
-    from precision_kernels.ops.registry import all_families
+    from families.attention import opcheck
 
     # the forward with every optional argument and the backward (tests/test_custom_ops.py runs all the cases)
-    cases = {case.id: case for case in all_families()["attention"].opcheck()}
+    cases = {case.id: case for case in opcheck()}
     for name in ("attention/mask+key_start", "attention_backward"):
         torch.library.opcheck(cases[name].op, cases[name].args)
 

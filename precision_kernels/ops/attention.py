@@ -46,10 +46,10 @@ import math
 import torch
 import triton
 
-from .. import profiles
+from .. import compile_registry, profiles
 from ..kernels.attention import attention_fwd_kernel
 from ..kernels.attention_backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
-from ._attention_registry import bad_inputs, compile_kernels, opcheck, reference_attention, row_samples, samples
+from ..reference import fp32_scalar
 from ._common import check_device, check_float, check_fp32_real, check_same_dtype, kernel_view, kind, launch, native_dot
 from ._custom import fp32_value, op_name, require
 from .registry import OpFamily, register_family
@@ -367,17 +367,82 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 # ---- registration (ops/registry.py) ----------------------------------------------------------------
 
 
+def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
+    variants = (dict(MASK=_MASK_NONE, CAUSAL=True, HAS_KS=False), dict(MASK=_MASK_BOOL, CAUSAL=False, HAS_KS=True))
+    out = []
+    for head_dim in (8, 64, 128):
+        cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
+        block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
+        for variant in variants:
+            out.append({"KIND": kind_, **({"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
+                        "NATIVE_DOT": True, "BLOCK_ITEMS": 1, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                        "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **variant})
+    return out
+
+
+def _compile_kernels(table: dict) -> None:
+    """Forward, dq and dk/dv per format, each with (no mask, causal) and (bool mask, key_start, not causal), at
+    the CUDA table's tiles for head dims 8 (TinyGPT's, padded to 16; first, so make test compiles it), 64, 128."""
+    qkvm = {f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhtd"} | {f"stride_m{a}": "i32" for a in "bhtk"}
+    stats = {"max_ptr": "*fp32", "sum_ptr": "*fp32"}
+    do = {f"stride_do{a}": "i32" for a in "bhtd"}
+    for name, kind_, ptr in compile_registry.FORMATS:
+        common = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "mask_ptr": "*u8", "ks_ptr": "*i64", "H": "i32",
+                  "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
+        compile_registry.register(
+            table, f"attention_fwd_{name}", attention_fwd_kernel,
+            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", **stats, "n_items": "i32", "split_keys": "i32",
+                       **qkvm},
+            configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
+        compile_registry.register(
+            table, f"attention_bwd_dq_{name}", attention_bwd_dq_kernel,
+            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dq_ptr": ptr,
+                       "n_items": "i32", **qkvm, **do},
+            configs=_compile_configs(name, kind_, "dq"), expects_mma=kind_ != 0)
+        compile_registry.register(
+            table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_kernel,
+            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dk_ptr": ptr,
+                       "dv_ptr": ptr, "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32",
+                       "shift_min": "i32", **qkvm, **do},
+            configs=_compile_configs(name, kind_, "dkdv"), expects_mma=kind_ != 0)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                        scale: float | None = None, attn_mask: torch.Tensor | None = None,
+                        key_start: torch.Tensor | None = None) -> torch.Tensor:
+    """FP64 attention with pk.attention's semantics (bottom-right causal, GQA, masks, key_start, empty rows give
+    0) on the same rounded inputs; the scale is first rounded to fp32, as the kernel uses it. Differentiable."""
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    scale = fp32_scalar(1.0 / math.sqrt(d) if scale is None else scale)
+    q64 = q.to(torch.float64)
+    k64 = k.to(torch.float64).repeat_interleave(h // hkv, dim=1)
+    v64 = v.to(torch.float64).repeat_interleave(h // hkv, dim=1)
+    s = q64 @ k64.transpose(-1, -2) * scale
+    keys = torch.arange(tk, device=q.device)
+    live = torch.ones((b, h, tq, tk), dtype=torch.bool, device=q.device)
+    if causal:
+        live = live & (keys[None, :] <= (tk - tq) + torch.arange(tq, device=q.device)[:, None])
+    if key_start is not None:
+        live = live & (keys[None, None, None, :] >= key_start[:, None, None, None])
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            live = live & attn_mask
+        else:
+            s = s + attn_mask.to(torch.float64)
+    s = s.masked_fill(~live, float("-inf"))
+    empty = (s == float("-inf")).all(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+    return p @ v64
+
+
 register_family(OpFamily(
     name="attention",
     public=("attention",),
     custom_ops=(op_name("attention"), op_name("attention_backward")),
     kernels=(attention_fwd_kernel, attention_bwd_dq_kernel, attention_bwd_dkdv_kernel),
-    compile_kernels=compile_kernels,
+    compile_kernels=_compile_kernels,
     reference={"attention": reference_attention},
-    samples=samples,
-    row_samples=row_samples,
-    opcheck=opcheck,
-    bad_inputs=bad_inputs,
     # torch's CPU SDPA, forward and backward: served together or not at all (matched/attention.py)
     aten=tuple(f"aten._scaled_dot_product_{op}{bwd}.default" for op in (
         "flash_attention_for_cpu", "flash_attention", "efficient_attention", "cudnn_attention")

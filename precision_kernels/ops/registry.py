@@ -1,70 +1,22 @@
-"""The op registry: each op family declares itself once, and everything generic iterates over it.
+"""The op registry: each op family declares once what the library needs of it at run time.
 
-An ``ops/<family>.py`` module ends with one ``register_family(OpFamily(...))`` call. The compile
-check (``compile_registry``), matched mode's served table, the generic tests (custom ops and
-opcheck, torch.compile, launch options, interpreter fast paths and tiles, bad input, the
-registry's own consistency checks) and the ``precision_error`` benchmark read the families from
-here instead of keeping lists of their own. docs/DESIGN.md, "How to add an op", is the recipe.
-
-Everything that builds tensors (samples, bad inputs, error cases) is a function the record
-holds, called only by the test or benchmark that needs it: importing pk builds nothing.
+An ``ops/<family>.py`` module ends with one ``register_family(OpFamily(...))`` call: its public
+names, custom ops, the aten overloads matched mode serves with it, its kernels, their compile-table
+entries and its FP64 oracles. The compile check (``compile_check.kernel_specs``), matched mode's
+served table, ``pk.reference`` and the generic tests read the families from here instead of keeping
+lists of their own. The tests' data for each family (samples, opcheck cases, bad inputs) is in
+tests/families/<family>.py. docs/DESIGN.md, "How to add an op", is the recipe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
-
-class Sample(NamedTuple):
-    """One public call for the generic tests: ``fn(*args)`` returns a tensor or a tuple of tensors.
-
-    Float tensors in ``args`` that require grad are the inputs whose gradients are checked; ``fn``
-    builds anything else it needs (a seeded generator, token ids) itself, so calling it twice gives
-    the same bits."""
-
-    id: str
-    fn: Callable
-    args: tuple
-
-
-class OpcheckCase(NamedTuple):
-    """``torch.library.opcheck(op, args)`` on a custom op (forward or backward) with these arguments."""
-
-    id: str
-    op: object
-    args: tuple
-
-
-class Raises(NamedTuple):
-    """``call()`` raises ``error`` with a message matching ``match`` (naming the argument), before any launch."""
-
-    id: str
-    call: Callable
-    error: type
-    match: str
-
-
-class MatchesTorch(NamedTuple):
-    """``ours()`` equals ``theirs()`` exactly: shape, dtype and values (empty inputs)."""
-
-    id: str
-    ours: Callable
-    theirs: Callable
-
-
-class NonFinite(NamedTuple):
-    """``ours(x)`` on rows holding NaN, +inf and -inf has torch's NaN/inf pattern (``theirs(x)``, FP64)."""
-
-    id: str
-    ours: Callable
-    theirs: Callable
 
 
 @dataclass(frozen=True)
 class OpFamily:
-    """One kernel family's declaration. Only ``name`` is required; each generic test uses what a family gives.
+    """One kernel family's declaration. Only ``name`` is required.
 
     ``aten`` names the aten overloads matched mode serves with this family, as ``"aten.<op>.<overload>"``
     strings; ``precision_kernels/matched/`` holds one handler per name."""
@@ -82,16 +34,6 @@ class OpFamily:
     compile_kernels: Callable[[dict], None] | None = None
     # Public name -> FP64 oracle (``precision_kernels.reference.<name>``).
     reference: Mapping[str, Callable] = field(default_factory=dict)
-    # samples(dtype, rows, n, k, seed) -> [Sample]: small random calls at any shape (fast paths, launch
-    # options, torch.compile). n is the reduced/output width, k the contraction.
-    samples: Callable[..., list[Sample]] | None = None
-    # row_samples(dtype, rows, n, seed) -> [Tensor]: outputs and gradients whose rows are independent
-    # (the interpreter's block_rows may change nothing in them).
-    row_samples: Callable[..., list] | None = None
-    # opcheck() -> [OpcheckCase]: every custom op, forward and backward, optional arguments both ways.
-    opcheck: Callable[[], list[OpcheckCase]] | None = None
-    # bad_inputs() -> [Raises | MatchesTorch | NonFinite]: wrong arguments, empty inputs, non-finite rows.
-    bad_inputs: Callable[[], list] | None = None
 
     def batch_args(self) -> dict[str, frozenset[str]]:
         """Kernel name -> the arguments it tells Triton not to specialise (its batch-varying ones)."""

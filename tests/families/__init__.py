@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from precision_kernels.ops.registry import all_families
 
-from . import fp8, fp8_linear, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs
+from . import attention, fp8, fp8_linear, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs
 from ._cases import MatchesTorch, NonFinite, OpcheckCase, Raises, Sample
 
 # family name -> its test data module
 MODULES = {m.__name__.rpartition(".")[2]: m for m in (
-    fp8, fp8_linear, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs)}
+    attention, fp8, fp8_linear, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs)}
 
 __all__ = ["MODULES", "MatchesTorch", "NonFinite", "OpcheckCase", "Raises", "Sample", "all_samples",
            "bad_input_rows", "opcheck_cases", "row_samples"]
@@ -32,9 +32,8 @@ __all__ = ["MODULES", "MatchesTorch", "NonFinite", "OpcheckCase", "Raises", "Sam
 def _gather(what: str, *args) -> list:
     """Every family's ``what(*args)``, concatenated in registry order (the order of test ids)."""
     out = []
-    for name, family in all_families().items():
-        module = MODULES.get(name)
-        give = getattr(module, what, None) if module else getattr(family, what)
+    for name in all_families():
+        give = getattr(MODULES.get(name), what, None)
         out += give(*args) if give else []
     return out
 
