@@ -61,13 +61,13 @@ from .tiles import (
 )
 
 __all__ = [
-    "ATTENTION_KERNELS", "LM_HEAD_BWD_CHUNK", "PROFILES", "AttentionConfig", "AttentionKernelTiles", "EngineConfig",
-    "FittedAttentionTiles", "FittedTiles", "FixedAttentionTiles", "LMHeadConfig", "LMHeadTiles", "MBucket",
-    "MatmulConfig", "RowConfig", "active_profile", "attention_config", "attention_config_for", "attention_orders_for",
-    "attention_splits_for", "check_m_buckets", "config_backend", "engine_config", "engine_splits_for",
-    "lm_head_config", "lm_head_config_for", "matmul_block_k_for", "matmul_buckets_for", "matmul_config",
-    "matmul_config_for", "matmul_entry_for", "num_splits_heuristic", "pick_m_bucket", "row_config", "row_config_for",
-    "table_backend", "use_profile",
+    "ATTENTION_KERNELS", "AttentionConfig", "AttentionKernelTiles", "EngineConfig", "FittedAttentionTiles",
+    "FittedTiles", "FixedAttentionTiles", "LMHeadConfig", "LMHeadTiles", "LM_HEAD_BWD_CHUNK", "MBucket",
+    "MatmulConfig", "PROFILES", "RowConfig", "active_profile", "attention_config", "attention_config_for",
+    "attention_forward_split", "attention_orders_for", "attention_splits_for", "check_m_buckets", "config_backend",
+    "engine_config", "engine_splits_for", "lm_head_config", "lm_head_config_for", "matmul_block_k_for",
+    "matmul_buckets_for", "matmul_config", "matmul_config_for", "matmul_entry_for", "num_splits_heuristic",
+    "pick_m_bucket", "row_config", "row_config_for", "table_backend", "use_profile",
 ]
 
 PROFILES = ("matched", "engine", "engine-matmul", "engine-attention")
@@ -209,3 +209,15 @@ def attention_splits_for(items: int, rows: int, keys: int, block: int | None = N
         return 1, 0
     per_chunk = -(-key_blocks // splits) * block
     return -(-keys // per_chunk), per_chunk
+
+
+def attention_forward_split(items: int, rows: int, keys: int, block_n: int, *,
+                            whole_tiles: bool) -> tuple[int, int, int]:
+    """(chunks, keys per chunk, key block) of an attention forward in the active profile; (1, 0, ``block_n``), the
+    table's key block, when it does not split (``attention_splits_for`` says which calls split).
+
+    A split call's chunks are whole key blocks: the engine's ``attention_split_block`` keys (at most ``block_n``),
+    or, where the kernel's key tile must stay whole (``whole_tiles``: a ``tl.dot`` tile), ``block_n`` keys."""
+    block = max(_ENGINE.attention_split_block, block_n) if whole_tiles else min(_ENGINE.attention_split_block, block_n)
+    chunks, per_chunk = attention_splits_for(items, rows, keys, block)
+    return chunks, per_chunk, block if chunks > 1 else block_n

@@ -191,3 +191,17 @@ def test_engine_variants_split_matmuls_or_attention_or_both():
     with pytest.raises(ValueError, match="unknown profile"):
         with profiles.use_profile("engine-both"):
             pass
+
+
+def test_attention_forward_split_chunks_whole_key_blocks():
+    """Matched never splits; an engine decode step splits into chunks of whole key blocks: the engine's split
+    block (at most the table's key block) in the interpreter form, the whole tl.dot key tile in the compiled one."""
+    split_block = profiles.engine_config().attention_split_block
+    assert split_block < 16
+    assert profiles.attention_forward_split(2, 1, 64, 16, whole_tiles=False) == (1, 0, 16)
+    with profiles.use_profile("engine"):
+        assert profiles.attention_forward_split(2, 5, 64, 16, whole_tiles=True) == (1, 0, 16)  # not a decode step
+        for whole_tiles, key_block in ((False, split_block), (True, 16)):
+            chunks, per_chunk, block = profiles.attention_forward_split(2, 1, 64, 16, whole_tiles=whole_tiles)
+            assert block == key_block and chunks > 1 and per_chunk % key_block == 0
+            assert (chunks - 1) * per_chunk < 64 <= chunks * per_chunk

@@ -176,17 +176,8 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     if items == 0 or tq == 0:
         return out, lse, stats
     cfg = profiles.attention_config(q.dtype, "fwd", items=items, rows=tq, keys=tk, head_dim=d)
-    block_n = cfg.block_n
-    # engine profiles only (a decode step): flash-decoding's chunks of whole key tiles; interpreter tiles
-    # take the engine's split block, a tl.dot tile stays whole
-    split_block = profiles.engine_config().attention_split_block
-    if not native_dot():
-        split_block = min(split_block, block_n)
-    else:
-        split_block = max(split_block, block_n)
-    chunks, split_keys = profiles.attention_splits_for(items, tq, tk - ks_min, split_block)
-    if chunks > 1:
-        block_n = split_block
+    chunks, split_keys, block_n = profiles.attention_forward_split(items, tq, tk - ks_min, cfg.block_n,
+                                                                   whole_tiles=native_dot())
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
     grid = (triton.cdiv(items, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
     launch(attention_fwd_kernel, grid,
