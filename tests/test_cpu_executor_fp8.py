@@ -87,6 +87,17 @@ def test_nan_inf_negative_zero_and_overflow():
             assert_twin_matches_interpreter(_mm(s, s, None, out_dtype), big, big.t())
 
 
+def test_k_zero_and_one_row():
+    """K = 0: the sum is +0, then scaled, and a -0 bias added to it stays +0; M = 1."""
+    one = torch.ones(1)
+    a, b = torch.zeros(3, 0).to(torch.float8_e4m3fn), torch.zeros(0, 5).to(torch.float8_e5m2)
+    for out_dtype in OUT:
+        assert_twin_matches_interpreter(_mm(one, one, torch.full((5,), -0.0), out_dtype), a, b)
+    x, sx = _q((1, 77), torch.float8_e4m3fn, 12, spread=6)
+    w, sw = _q((66, 77), torch.float8_e4m3fn, 13, spread=6)
+    assert_twin_matches_interpreter(_mm(sx, sw.t(), None, torch.float32), x, w.t())
+
+
 @settings(max_examples=10, deadline=None)
 @given(m=st.integers(1, 9), k=st.integers(1, 80), n=st.integers(1, 70), a_dtype=st.sampled_from(FP8),
        b_dtype=st.sampled_from(FP8), out_dtype=st.sampled_from(OUT), rows=st.booleans(), bias=st.booleans(),
