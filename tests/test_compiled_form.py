@@ -254,3 +254,39 @@ def test_lm_head_exact_logits_row_alone_and_sample_equals_score(fmt):
     assert_bitwise(lp_sample, pk.linear_logprobs(h, w, drawn, 1.5), "SAMPLE against SCORE")
     drawn_1, lp_1 = pk.linear_sample(h[3:4], w, 1.5, seeds=seeds[3:4])
     assert torch.equal(drawn_1, drawn[3:4]) and torch.equal(lp_1, lp_sample[3:4]), "a sampled row alone"
+
+
+@pytest.mark.parametrize("fmt", list(DTYPES))
+def test_lm_head_backward_exact_one_hot_softmax(fmt):
+    """The backward's compiled forms (dlogits tiles recomputing the logits, then the products with W and h) on
+    logits whose softmax is exactly one-hot: column TOP scores 64 + noise and every other -64 + noise (|noise|
+    <= 99/16), so exp underflows to exactly 0 off the top and the log-sum-exp is the top logit. Then
+    dlogits = g (onehot(token) - onehot(TOP)) exactly, and dh = dlogits W, dW = dlogits^T h are exact sums:
+    bitwise against them, and a row's dh alone equals its row in the batch."""
+    dtype, rows, top = DTYPES[fmt], 21, 137
+    g = torch.Generator().manual_seed(61)
+    h = torch.randint(-2, 3, (rows, K), generator=g).double() / 8
+    h[:, 0] = 1.0
+    w = torch.randint(-2, 3, (V_SIZE, K), generator=g).double() / 8
+    w[:, 0] = -64.0
+    w[top, 0] = 64.0
+    tokens = torch.randint(0, V_SIZE, (rows,), generator=g)
+    tokens[::4] = top                                       # some rows score the top token: zero gradient
+    tokens[1], tokens[2] = V_SIZE - 1, 0                    # the vocabulary's edges
+    g_lp = torch.randint(-16, 17, (rows,), generator=g).double() / 8
+    h, w = h.to(dtype).to(DEVICE), w.to(dtype).to(DEVICE)
+    tokens, g_lp = tokens.to(DEVICE), g_lp.float().to(DEVICE)
+
+    def grads(h, w, tokens, g_lp):
+        leaves = [t.detach().clone().requires_grad_() for t in (h, w)]
+        pk.linear_logprobs(*leaves, tokens, 1.0).backward(g_lp)
+        return [t.grad for t in leaves]
+
+    dh, dw = grads(h, w, tokens, g_lp)
+    onehot = torch.nn.functional.one_hot(tokens, V_SIZE).double()
+    dlogits = g_lp.double()[:, None] * (onehot - torch.nn.functional.one_hot(torch.full_like(tokens, top),
+                                                                             V_SIZE).double())
+    assert_bitwise(dh, (dlogits @ w.double()).to(dtype), "dh against the exact gradient")
+    assert_bitwise(dw, (dlogits.T @ h.double()).to(dtype), "dW against the exact gradient")
+    for i in (1, rows - 1):
+        assert_bitwise(grads(h[i:i + 1], w, tokens[i:i + 1], g_lp[i:i + 1])[0], dh[i:i + 1], f"row {i}'s dh alone")
