@@ -114,6 +114,10 @@ def test_matmul_exact_inputs_rows_and_items_alone_equal_the_batch(fmt):
     assert_bitwise(full, (a.double() @ b.double()).to(dtype), "matmul against the rounded exact product")
     for i in (0, 17, M - 1):
         assert_bitwise(pk.matmul(a[i:i + 1], b), full[i:i + 1], f"row {i} alone")
+    # more row blocks than GROUP_M (8), in two column blocks: the grouped program -> tile mapping, last group partial
+    tall = profiles.matmul_config(dtype, m=4096, n=N, k=40).block_m * 9 + 5
+    a_tall, b_tall = exact(tall, 40, dtype=dtype, seed=17), exact(40, N, dtype=dtype, seed=18)
+    assert_bitwise(pk.matmul(a_tall, b_tall), (a_tall.double() @ b_tall.double()).to(dtype), "grouped tiles")
     a3, b3 = exact(3, M, K, dtype=dtype, seed=13), exact(3, K, N, dtype=dtype, seed=14)
     full3 = pk.matmul(a3, b3)
     assert_bitwise(full3, (a3.double() @ b3.double()).to(dtype), "batched against the rounded exact product")

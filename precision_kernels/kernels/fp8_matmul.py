@@ -35,7 +35,7 @@ compiled kernel as the batch.
 import triton
 import triton.language as tl
 
-from .matmul import _block_products_split_n
+from .matmul import _block_products_split_n, grouped_tile
 from .rounding import round_fp32, to_fp32
 from .specialization import tile_kernel
 
@@ -99,15 +99,7 @@ def scaled_mm_kernel(a_ptr, b_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, M,
                      BIAS_KIND: tl.constexpr, OUT_KIND: tl.constexpr, DOT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """C (M, N) = round(A (M, K) @ B (K, N) * scale_a * scale_b + bias), one (BLOCK_M, BLOCK_N) tile per program."""
-    # program -> tile, GROUP_M row blocks at a time (L2 reuse on GPU; no effect on the numbers)
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M

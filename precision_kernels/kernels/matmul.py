@@ -255,21 +255,25 @@ def linear_tile(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
     return to_fp32(round_fp32(total, KIND), KIND)
 
 
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` over a (M, N) output, GROUP_M row blocks at a time: consecutive programs
+    share B's column blocks while they are in L2 on a GPU. Which program computes a tile changes no bit."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+
+
 @tile_kernel(batch_args=("M",))
 def matmul_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, k_chunk,
                   stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                   KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """C (M, N) = A (M, K) @ B (K, N) (+ bias), one (BLOCK_M, BLOCK_N) tile per program."""
-    # program -> tile, GROUP_M row blocks at a time (L2 reuse on GPU; no effect on the numbers)
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     # compute: fp32 tile, bias added, not yet rounded
     total = linear_tile_unrounded(a_ptr, b_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk,
                                   stride_am, stride_ak, stride_bk, stride_bn,
