@@ -37,6 +37,18 @@ def specials(t: torch.Tensor, seed: int, count: int = 6) -> torch.Tensor:
     return t
 
 
+def signed_nans(t: torch.Tensor, seed: int, count: int = 8) -> torch.Tensor:
+    """t with NaNs of both signs (and an inf) at seeded places: where two meet in an add or a multiply,
+    numpy keeps one operand's, chosen by the lane's place in its vector loop (``Rows.op``)."""
+    t = t.detach().clone()
+    flat = t.view(-1)
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([float("nan"), -float("nan"), float("inf")]).to(t.dtype)
+    for j, i in enumerate(torch.randperm(flat.numel(), generator=g)[:count].tolist()):
+        flat[i] = values[j % 3]
+    return t
+
+
 def zero_ties(rows: int, cols: int, dtype, block_cols: int = 128) -> torch.Tensor:
     """Rows of negative numbers and zeros whose zeros are -0 in some blocks and +0 in others (row r: the
     signs alternate with the block and with r), so the running max meets a -0/+0 tie."""

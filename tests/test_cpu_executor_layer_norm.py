@@ -8,7 +8,17 @@ import torch
 from executor_helpers import assert_twin_matches_interpreter, bits, run_under
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from row_twin_helpers import DTYPES, KIND, assert_direct_launch_matches, out, rand, row_grid, specials, views
+from row_twin_helpers import (
+    DTYPES,
+    KIND,
+    assert_direct_launch_matches,
+    out,
+    rand,
+    row_grid,
+    signed_nans,
+    specials,
+    views,
+)
 
 import precision_kernels as pk
 from precision_kernels import backend
@@ -91,6 +101,30 @@ def test_direct_launches_follow_block_rows_and_block_cols(rows, cols, dtype, blo
 
     assert_direct_launch_matches(forward, outputs=(3, 4, 5))
     assert_direct_launch_matches(backward, outputs=(5,) + ((6,) if has_w else ()) + ((7,) if want_db else ()))
+
+
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_nans_of_both_signs(block_rows):
+    """Which NaN an add or multiply of two keeps depends on the interpreter's operand shapes (``Rows.op``)."""
+    x = signed_nans(rand((5, 190), torch.bfloat16, 21), 22, count=20)
+    w, b = signed_nans(rand((190,), torch.bfloat16, 23), 24), signed_nans(rand((190,), torch.bfloat16, 25), 26)
+    dy = signed_nans(rand((5, 190), torch.bfloat16, 27), 28)
+    mean, rstd = signed_nans(rand((5,), torch.float32, 29), 30, 2), signed_nans(rand((5,), torch.float32, 31), 32, 2)
+    grid = row_grid(5, block_rows)
+    blocks = dict(BLOCK_ROWS=block_rows, BLOCK_COLS=128, KIND=2, W_KIND=2)
+
+    def forward():
+        return layer_norm_fwd_kernel, grid, (*views(x, w, b, out((5, 190), torch.bfloat16)), out((5,)), out((5,)), 5,
+                                             190, 190, 1e-5), dict(blocks, B_KIND=2, HAS_W=True, HAS_B=True)
+
+    def backward():
+        return layer_norm_bwd_kernel, grid, (*views(x, w, dy), mean, rstd, *views(out((5, 190), torch.bfloat16)),
+                                             out((grid[0], 190)), out((grid[0], 190)), 5, 190, 190, 190), dict(
+            blocks, DY_KIND=2, HAS_W=True, WANT_DW=True, WANT_DB=True)
+
+    assert_direct_launch_matches(forward, outputs=(3, 4, 5))
+    assert_direct_launch_matches(backward, outputs=(5, 6, 7))
+    _check(x[:1].clone(), w.clone(), b.clone())
 
 
 def test_strided_rows_and_mixed_dtypes():

@@ -8,7 +8,17 @@ import torch
 from executor_helpers import assert_twin_matches_interpreter, bits, run_under
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from row_twin_helpers import DTYPES, KIND, assert_direct_launch_matches, out, rand, row_grid, specials, views
+from row_twin_helpers import (
+    DTYPES,
+    KIND,
+    assert_direct_launch_matches,
+    out,
+    rand,
+    row_grid,
+    signed_nans,
+    specials,
+    views,
+)
 
 import precision_kernels as pk
 from precision_kernels import backend
@@ -100,6 +110,29 @@ def test_col_sum_adds_chunks_of_partials_in_order(dtype):
             BLOCK_ROWS=4, BLOCK_COLS=8, OUT_KIND=KIND[dtype])
 
     assert_direct_launch_matches(col_sum, outputs=(1,))
+
+
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_nans_of_both_signs(block_rows):
+    """Which NaN an add or multiply of two keeps depends on the interpreter's operand shapes (BLOCK_ROWS 1:
+    a 1-D loop over a broadcast scalar); one row through the public op is such a launch."""
+    x = signed_nans(rand((5, 190), torch.float16, 21), 22, count=20)
+    w, dy = signed_nans(rand((190,), torch.float16, 23), 24), signed_nans(rand((5, 190), torch.float16, 25), 26)
+    rstd = signed_nans(rand((5,), torch.float32, 27), 28, count=2)
+    blocks = dict(BLOCK_ROWS=block_rows, BLOCK_COLS=128, KIND=1, W_KIND=1)
+
+    def forward():
+        return rms_norm_fwd_kernel, row_grid(5, block_rows), (*views(x, w, out((5, 190), torch.float16)), out((5,)),
+                                                              5, 190, 190, 1e-6), blocks
+
+    def backward():
+        dx, dw_part = out((5, 190), torch.float16), out((row_grid(5, block_rows)[0], 190))
+        args = (*views(x, w, dy), rstd, *views(dx), dw_part, 5, 190, 190, 190)
+        return rms_norm_bwd_kernel, row_grid(5, block_rows), args, dict(blocks, DY_KIND=1)
+
+    assert_direct_launch_matches(forward, outputs=(2, 3))
+    assert_direct_launch_matches(backward, outputs=(4, 5))
+    _check(x[:1].clone(), w.clone())
 
 
 def test_strided_rows_and_mixed_dtypes():

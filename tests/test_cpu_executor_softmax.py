@@ -14,6 +14,7 @@ from row_twin_helpers import (
     out,
     rand,
     row_grid,
+    signed_nans,
     specials,
     views,
     zero_ties,
@@ -116,6 +117,20 @@ def test_direct_launch_zero_ties_of_the_running_max(block_rows):
     forward, backward = _launches(x, rand((20, 40), torch.float32, 1), True, 0.5, block_rows, 32)
     assert_direct_launch_matches(forward, outputs=(1, 2, 3))
     assert_direct_launch_matches(backward, outputs=(2,))
+
+
+@pytest.mark.parametrize("block_rows", [1, 4])
+@pytest.mark.parametrize("log", [False, True])
+def test_nans_of_both_signs(block_rows, log):
+    """Which NaN an add or multiply of two keeps depends on the interpreter's operand shapes (BLOCK_ROWS 1:
+    a 1-D loop over a broadcast scalar); one row through the public op is such a launch."""
+    x = signed_nans(rand((5, 190), torch.float16, 21), 22, count=20)
+    dy = signed_nans(rand((5, 190), torch.float16, 23), 24, count=20)
+    forward, backward = _launches(x, dy, log, 0.5, block_rows, 128)
+    assert_direct_launch_matches(forward, outputs=(1, 2, 3))
+    assert_direct_launch_matches(backward, outputs=(2,))
+    assert_twin_matches_interpreter(lambda x: OPS["log_softmax" if log else "softmax"](x, dim=-1),
+                                    x[:1].clone().requires_grad_())
 
 
 def test_strided_rows_and_a_dy_of_another_dtype():

@@ -15,6 +15,7 @@ from row_twin_helpers import (
     out,
     rand,
     row_grid,
+    signed_nans,
     specials,
     views,
     zero_ties,
@@ -116,6 +117,16 @@ def test_direct_launch_zero_ties_of_the_running_max(block_rows):
     forward, backward = _launches(x, _tokens((20,), 40, 9), 1.0, True, block_rows, 32)
     assert_direct_launch_matches(forward, outputs=(2, 3, 4, 5))
     assert_direct_launch_matches(backward, outputs=(7,))
+
+
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_nans_of_both_signs(block_rows):
+    """Which NaN an add or multiply of two keeps depends on the interpreter's operand shapes (``Rows.op``)."""
+    x = signed_nans(rand((5, 300), torch.bfloat16, 21), 22, count=20)
+    forward, backward = _launches(x, _tokens((5,), 300, 23), 0.8, True, block_rows, 128)
+    assert_direct_launch_matches(forward, outputs=(2, 3, 4, 5))
+    assert_direct_launch_matches(backward, outputs=(7,))
+    _check(x[:1].clone(), _tokens((1,), 300, 24), entropy=True)
 
 
 def test_strided_rows():

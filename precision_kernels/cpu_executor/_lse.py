@@ -3,7 +3,9 @@
 Each function is the jit helper of the same name in ``kernels/lse.py``, on blocks laid out by
 ``_rows.Rows``: per-row values are (rows,) vectors, per-block row values (n_blocks, rows) arrays,
 tiles (n_blocks, rows, block_cols). The operations, their order and their operands are the
-helpers' own; see ``_rows`` for why the arrays are laid out as they are.
+helpers' own; ``Rows.op`` gives an operation of two possibly-NaN operands the interpreter's NaN.
+Operations with an operand that is never NaN (the running max and its reference point, the
+count, eps, scale, temperature) are plain numpy.
 """
 
 from __future__ import annotations
@@ -31,26 +33,28 @@ def online_lse(lay: Rows, z: np.ndarray, with_dot: bool):
     run_dot = np.zeros(lay.rows, np.float32)
     if with_dot:
         old_shift = np.where(old_max == NEG_INF, ZERO, old_max - ref)
-        block_dot = np.sum(e * np.where(e > ZERO, shifted, ZERO), axis=-1)
+        block_dot = np.sum(e * np.where(e > ZERO, shifted, ZERO), axis=-1)   # a NaN e meets 0
     for b in range(lay.n_blocks):
-        new_sum = run_sum * alpha[b] + block_sum[b]
+        new_sum = lay.op(np.add, lay.op(np.multiply, run_sum, alpha[b], "vec", "vec"), block_sum[b], "vec", "vec")
         if with_dot:
-            run_dot = (run_dot + old_shift[b] * run_sum) * alpha[b] + block_dot[b]
+            moved = lay.op(np.add, run_dot, lay.op(np.multiply, old_shift[b], run_sum, "vec", "vec"), "vec", "vec")
+            run_dot = lay.op(np.add, lay.op(np.multiply, moved, alpha[b], "vec", "vec"), block_dot[b], "vec", "vec")
         run_sum = new_sum
     return maxima[-1], run_sum, run_dot
 
 
-def lse_finish(run_sum: np.ndarray, run_dot: np.ndarray, with_dot: bool):
+def lse_finish(lay: Rows, run_sum: np.ndarray, run_dot: np.ndarray, with_dot: bool):
     """-> (log_sum, entropy)."""
     empty = run_sum == ZERO
     safe_sum = np.where(empty, ONE, run_sum)
     log_sum = np.log(safe_sum)
     if not with_dot:
         return log_sum, np.zeros_like(run_sum)
-    return log_sum, np.where(empty, ZERO, log_sum - run_dot / safe_sum)
+    mean_shift = lay.op(np.divide, run_dot, safe_sum, "vec", "vec")
+    return log_sum, np.where(empty, ZERO, lay.op(np.subtract, log_sum, mean_shift, "vec", "vec"))
 
 
 def probs(lay: Rows, z: np.ndarray, run_max: np.ndarray, run_sum: np.ndarray) -> np.ndarray:
     """kernels/softmax.py ``_probs``: exp(z - ref) / sum, 0 in masked lanes and empty rows."""
     e = np.exp(np.where(lay.mask, z, NEG_INF) - lay.per_block(exp_ref(run_max)))
-    return e / lay.per_block(np.where(run_sum == ZERO, ONE, run_sum))
+    return lay.op(np.divide, e, lay.per_block(np.where(run_sum == ZERO, ONE, run_sum)), "tile", "row")

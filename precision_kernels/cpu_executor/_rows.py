@@ -115,6 +115,25 @@ class Rows:
         over a tile row stays block_cols long (a stride-0 broadcast over blocks would merge them)."""
         return np.ascontiguousarray(np.broadcast_to(v, (self.n_blocks, self.rows)))[:, :, None]
 
+    def op(self, ufunc, a: np.ndarray, b: np.ndarray, kind_a: str, kind_b: str) -> np.ndarray:
+        """ufunc(a, b) (add, subtract, multiply, divide) with the interpreter's NaN where both are NaN.
+
+        numpy returns one operand's NaN (quieted), and which one depends on the lane's place in numpy's
+        vector loop, hence on how the interpreter shapes the operands: ``kind_a`` / ``kind_b`` say how,
+        "tile" (a (BLOCK_ROWS, BLOCK_COLS) array), "row" (a per-row vector broadcast along the tile),
+        "col" (a per-column vector broadcast down it) or "vec" (a (BLOCK_ROWS,) vector). Lanes where both
+        are NaN get the operand that the same numpy call on NaN-filled operands of those shapes returns.
+        """
+        out = ufunc(a, b)
+        if not np.isnan(out).any():
+            return out
+        both = np.isnan(a) & np.isnan(b)
+        if not both.any():
+            return out
+        second = _takes_second(ufunc, kind_a, kind_b, self.block_rows, self.block_cols)
+        second = second[np.arange(self.rows) % self.block_rows]      # the row's lane in its program
+        return np.where(both, np.where(second, _quiet(b), _quiet(a)), out)
+
     def store(self, t: torch.Tensor, values: np.ndarray, kind: int) -> None:
         """tl.store(out_ptr + row * n_cols + col, round_fp32(values, kind), mask) for blocks ``values``."""
         out = elements(t, (self.n_rows * self.n_cols,), (1,), writeable=True)
@@ -161,12 +180,39 @@ class Rows:
                 part[start:start + width] = np.sum(tile, axis=0)[:width]
 
 
-def running_sum(block_sums: np.ndarray, rows: int) -> np.ndarray:
-    """acc = zeros; acc += block_sums[b] for each block in order (block_sums: (n_blocks, rows))."""
-    acc = np.zeros(rows, np.float32)
-    for b in range(block_sums.shape[0]):
-        acc = acc + block_sums[b]
-    return acc
+    def running_sum(self, block_sums: np.ndarray) -> np.ndarray:
+        """acc = zeros; acc += block_sums[b] for each block in order (block_sums: (n_blocks, rows))."""
+        acc = np.zeros(self.rows, np.float32)
+        for b in range(block_sums.shape[0]):
+            acc = self.op(np.add, acc, block_sums[b], "vec", "vec")
+        return acc
+
+
+_NAN_A, _NAN_B = np.uint32(0x7FC00001), np.uint32(0xFFC00002)
+
+
+def _quiet(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, np.float32).view(np.uint32) | np.uint32(0x00400000)).view(np.float32)
+
+
+@functools.cache
+def _takes_second(ufunc, kind_a: str, kind_b: str, block_rows: int, block_cols: int) -> np.ndarray:
+    """Where numpy's ufunc(a, b) on two NaNs, called as the interpreter calls it (operands built the way
+    the interpreter builds them: a splat is a full array, ``v[:, None]`` a stride-0 broadcast), returns b's
+    NaN: a (BLOCK_ROWS, BLOCK_COLS) or (BLOCK_ROWS,) boolean array."""
+    def operand(kind, bits):
+        nan = np.full(1, bits, np.uint32).view(np.float32)[0]
+        if kind == "vec":
+            return np.full(block_rows, nan, np.float32)
+        if kind == "tile":
+            return np.full((block_rows, block_cols), nan, np.float32)
+        if kind == "row":
+            return np.broadcast_to(np.full((block_rows, 1), nan, np.float32), (block_rows, block_cols))
+        return np.broadcast_to(np.full((1, block_cols), nan, np.float32), (block_rows, block_cols))
+
+    with np.errstate(all="ignore"):
+        out = ufunc(operand(kind_a, _NAN_A), operand(kind_b, _NAN_B))
+    return out.view(np.uint32) == (_NAN_B | np.uint32(0x00400000))
 
 
 def store_flat(t: torch.Tensor, values: np.ndarray, kind: int) -> None:

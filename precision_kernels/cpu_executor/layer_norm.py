@@ -15,7 +15,7 @@ import numpy as np
 
 from ..kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel
 from . import _rows, twin
-from ._rows import ONE, ZERO, Rows, running_sum
+from ._rows import ONE, ZERO, Rows
 
 
 @twin(layer_norm_fwd_kernel)
@@ -25,16 +25,16 @@ def layer_norm_fwd_twin(grid, x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, n_
     n = lay.constant(n_cols)
     with np.errstate(all="ignore"):
         x = lay.blocks(x_ptr, KIND, stride_x)
-        mean = running_sum(np.sum(x, axis=-1), lay.rows) / n
-        centred = x - lay.per_block(mean)
+        mean = lay.running_sum(np.sum(x, axis=-1)) / n
+        centred = lay.op(np.subtract, x, lay.per_block(mean), "tile", "row")
         d = np.where(lay.mask, centred, ZERO)
-        ss = running_sum(np.sum(d * d, axis=-1), lay.rows)
+        ss = lay.running_sum(np.sum(d * d, axis=-1))
         rstd = ONE / np.sqrt(ss / n + np.float32(eps))
-        y = centred * lay.per_block(rstd)
+        y = lay.op(np.multiply, centred, lay.per_block(rstd), "tile", "row")
         if HAS_W:
-            y = y * lay.columns(w_ptr, W_KIND)
+            y = lay.op(np.multiply, y, lay.columns(w_ptr, W_KIND), "tile", "col")
         if HAS_B:
-            y = y + lay.columns(b_ptr, B_KIND)
+            y = lay.op(np.add, y, lay.columns(b_ptr, B_KIND), "tile", "col")
     lay.store(y_ptr, y, KIND)
     lay.store_vector(mean_ptr, mean)
     lay.store_vector(rstd_ptr, rstd)
@@ -49,14 +49,19 @@ def layer_norm_bwd_twin(grid, x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, 
     with np.errstate(all="ignore"):
         x = lay.blocks(x_ptr, KIND, stride_x)
         dy = lay.blocks(dy_ptr, DY_KIND, stride_dy)
-        g = dy * lay.columns(w_ptr, W_KIND) if HAS_W else dy
+        g = lay.op(np.multiply, dy, lay.columns(w_ptr, W_KIND), "tile", "col") if HAS_W else dy
         per_row_rstd = lay.per_block(lay.vector(rstd_ptr, ZERO))
-        xhat = (x - lay.per_block(lay.vector(mean_ptr, ZERO))) * per_row_rstd
-        c1_mean = running_sum(np.sum(g, axis=-1), lay.rows) / n
-        c2_mean = running_sum(np.sum(np.where(lay.mask, g * xhat, ZERO), axis=-1), lay.rows) / n
-        dx = (g - (xhat * lay.per_block(c2_mean) + lay.per_block(c1_mean))) * per_row_rstd
+        centred = lay.op(np.subtract, x, lay.per_block(lay.vector(mean_ptr, ZERO)), "tile", "row")
+        xhat = lay.op(np.multiply, centred, per_row_rstd, "tile", "row")
+        c1_mean = lay.running_sum(np.sum(g, axis=-1)) / n
+        gx = lay.op(np.multiply, g, xhat, "tile", "tile")
+        c2_mean = lay.running_sum(np.sum(np.where(lay.mask, gx, ZERO), axis=-1)) / n
+        fit = lay.op(np.add, lay.op(np.multiply, xhat, lay.per_block(c2_mean), "tile", "row"),
+                     lay.per_block(c1_mean), "tile", "row")
+        dx = lay.op(np.multiply, lay.op(np.subtract, g, fit, "tile", "tile"), per_row_rstd, "tile", "row")
         if WANT_DW:
-            lay.column_partials(np.where(lay.mask, dy * xhat, ZERO), dw_part_ptr)
+            dw = lay.op(np.multiply, dy, xhat, "tile", "tile")
+            lay.column_partials(np.where(lay.mask, dw, ZERO), dw_part_ptr)
         if WANT_DB:
             lay.column_partials(dy, db_part_ptr)
     lay.store(dx_ptr, dx, KIND)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..kernels.norm import col_sum_kernel, rms_norm_bwd_kernel, rms_norm_fwd_kernel
 from . import _rows, twin
-from ._rows import ONE, ZERO, Rows, elements, running_sum, store_flat
+from ._rows import ONE, ZERO, Rows, elements, store_flat
 
 
 @twin(rms_norm_fwd_kernel)
@@ -24,9 +24,10 @@ def rms_norm_fwd_twin(grid, x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, strid
     lay = Rows(n_rows, n_cols, BLOCK_ROWS, BLOCK_COLS)
     with np.errstate(all="ignore"):
         x = lay.blocks(x_ptr, KIND, stride_x)
-        ss = running_sum(np.sum(x * x, axis=-1), lay.rows)
+        ss = lay.running_sum(np.sum(x * x, axis=-1))
         rstd = ONE / np.sqrt(ss / lay.constant(n_cols) + np.float32(eps))
-        y = (x * lay.per_block(rstd)) * lay.columns(w_ptr, W_KIND)
+        y = lay.op(np.multiply, x, lay.per_block(rstd), "tile", "row")
+        y = lay.op(np.multiply, y, lay.columns(w_ptr, W_KIND), "tile", "col")
     lay.store(y_ptr, y, KIND)
     lay.store_vector(rstd_ptr, rstd)
 
@@ -40,11 +41,15 @@ def rms_norm_bwd_twin(grid, x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_part_ptr,
         dy = lay.blocks(dy_ptr, DY_KIND, stride_dy)
         w = lay.columns(w_ptr, W_KIND)
         rstd = lay.vector(rstd_ptr, ZERO)
-        c = running_sum(np.sum((dy * w) * x, axis=-1), lay.rows)
-        coef = ((rstd * rstd) * rstd) * (c / lay.constant(n_cols))
+        g = lay.op(np.multiply, dy, w, "tile", "col")
+        c = lay.running_sum(np.sum(lay.op(np.multiply, g, x, "tile", "tile"), axis=-1))
+        cube = lay.op(np.multiply, rstd * rstd, rstd, "vec", "vec")
+        coef = lay.op(np.multiply, cube, c / lay.constant(n_cols), "vec", "vec")
         per_row_rstd = lay.per_block(rstd)
-        dx = (dy * w) * per_row_rstd - x * lay.per_block(coef)
-        lay.column_partials((dy * x) * per_row_rstd, dw_part_ptr)
+        dx = lay.op(np.subtract, lay.op(np.multiply, g, per_row_rstd, "tile", "row"),
+                    lay.op(np.multiply, x, lay.per_block(coef), "tile", "row"), "tile", "tile")
+        dw = lay.op(np.multiply, lay.op(np.multiply, dy, x, "tile", "tile"), per_row_rstd, "tile", "row")
+        lay.column_partials(dw, dw_part_ptr)
     lay.store(dx_ptr, dx, KIND)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..kernels.softmax import softmax_bwd_kernel, softmax_fwd_kernel
 from . import _rows, twin
 from ._lse import exp_ref, lse_finish, online_lse, probs
-from ._rows import NEG_INF, ZERO, Rows, running_sum
+from ._rows import NEG_INF, ZERO, Rows
 
 
 @twin(softmax_fwd_kernel)
@@ -24,8 +24,8 @@ def softmax_fwd_twin(grid, x_ptr, y_ptr, max_ptr, sum_ptr, n_rows, n_cols, strid
         z = lay.blocks(x_ptr, KIND, stride_x) * np.float32(scale)
         run_max, run_sum, run_dot = online_lse(lay, z, with_dot=False)
         if LOG:
-            log_sum, _ = lse_finish(run_sum, run_dot, with_dot=False)
-            y = (z - lay.per_block(exp_ref(run_max))) - lay.per_block(log_sum)
+            log_sum, _ = lse_finish(lay, run_sum, run_dot, with_dot=False)
+            y = lay.op(np.subtract, z - lay.per_block(exp_ref(run_max)), lay.per_block(log_sum), "tile", "row")
         else:
             y = probs(lay, z, run_max, run_sum)
     lay.store(y_ptr, y, KIND)
@@ -42,8 +42,13 @@ def softmax_bwd_twin(grid, x_ptr, dy_ptr, dx_ptr, max_ptr, sum_ptr, n_rows, n_co
         dy = lay.blocks(dy_ptr, DY_KIND, stride_dy)
         z = lay.blocks(x_ptr, KIND, stride_x) * scale
         p = probs(lay, z, lay.vector(max_ptr, NEG_INF), lay.vector(sum_ptr, ZERO))
-        acc = lay.per_block(running_sum(np.sum(dy if LOG else dy * p, axis=-1), lay.rows))
-        dx = ((dy - p * acc) if LOG else (p * (dy - acc))) * scale
+        summed = dy if LOG else lay.op(np.multiply, dy, p, "tile", "tile")
+        acc = lay.per_block(lay.running_sum(np.sum(summed, axis=-1)))
+        if LOG:
+            dx = lay.op(np.subtract, dy, lay.op(np.multiply, p, acc, "tile", "row"), "tile", "tile")
+        else:
+            dx = lay.op(np.multiply, p, lay.op(np.subtract, dy, acc, "tile", "row"), "tile", "tile")
+        dx = dx * scale
     lay.store(dx_ptr, dx, KIND)
 
 

@@ -38,8 +38,9 @@ def token_logprobs_fwd_twin(grid, logits_ptr, tokens_ptr, logprob_ptr, entropy_p
         z = lay.blocks(logits_ptr, KIND, stride_l) / np.float32(temperature)
         run_max, run_sum, run_dot = online_lse(lay, z, with_dot=WITH_ENTROPY)
         run_target = _picked_target(lay, z, lay.vector(tokens_ptr, 0, np.int64))
-        log_sum, entropy = lse_finish(run_sum, run_dot, with_dot=WITH_ENTROPY)
-        logprob = np.where(run_sum == ZERO, NEG_INF, (run_target - exp_ref(run_max)) - log_sum)
+        log_sum, entropy = lse_finish(lay, run_sum, run_dot, with_dot=WITH_ENTROPY)
+        picked = lay.op(np.subtract, run_target - exp_ref(run_max), log_sum, "vec", "vec")
+        logprob = np.where(run_sum == ZERO, NEG_INF, picked)
     lay.store_vector(logprob_ptr, logprob)
     if WITH_ENTROPY:
         lay.store_vector(entropy_ptr, entropy)
@@ -57,19 +58,22 @@ def token_logprobs_bwd_twin(grid, logits_ptr, tokens_ptr, g_logprob_ptr, g_entro
     run_max = lay.vector(max_ptr, NEG_INF)
     run_sum = lay.vector(sum_ptr, ZERO)
     with np.errstate(all="ignore"):
-        log_sum, _ = lse_finish(run_sum, run_sum, with_dot=False)
+        log_sum, _ = lse_finish(lay, run_sum, run_sum, with_dot=False)
         z = lay.blocks(logits_ptr, KIND, stride_l) / temperature
         # logprob_grad_block, every block at once
         empty = run_sum == ZERO
         shifted = np.where(lay.mask, z, NEG_INF) - lay.per_block(exp_ref(run_max))
-        p = np.exp(shifted) / lay.per_block(np.where(empty, ONE, run_sum))
+        p = lay.op(np.divide, np.exp(shifted), lay.per_block(np.where(empty, ONE, run_sum)), "tile", "row")
         onehot = np.where(lay.cols == target[None, :, None], ONE, ZERO)
-        grad = (onehot - p) * lay.per_block(lay.vector(g_logprob_ptr, ZERO))
+        grad = lay.op(np.multiply, lay.op(np.subtract, onehot, p, "tile", "tile"),
+                      lay.per_block(lay.vector(g_logprob_ptr, ZERO)), "tile", "row")
         if HAS_G_ENTROPY:
-            log_p = shifted - lay.per_block(log_sum)
+            log_p = lay.op(np.subtract, shifted, lay.per_block(log_sum), "tile", "row")
             entropy = lay.per_block(lay.vector(entropy_ptr, ZERO))
-            d_entropy = -p * np.where(p > ZERO, log_p + entropy, ZERO)
-            grad = grad + d_entropy * lay.per_block(lay.vector(g_entropy_ptr, ZERO))
+            spread = np.where(p > ZERO, lay.op(np.add, log_p, entropy, "tile", "row"), ZERO)
+            d_entropy = lay.op(np.multiply, -p, spread, "tile", "tile")
+            weighted = lay.op(np.multiply, d_entropy, lay.per_block(lay.vector(g_entropy_ptr, ZERO)), "tile", "row")
+            grad = lay.op(np.add, grad, weighted, "tile", "tile")
         grad = np.where(lay.per_block(empty), ZERO, grad) / temperature
     lay.store(dlogits_ptr, grad, KIND)
 
