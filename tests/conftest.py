@@ -47,3 +47,28 @@ def masked_lanes_undefined(monkeypatch):
         return original(self, ptrs, mask, other, cache_policy, is_volatile)
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", poisoned)
+
+
+@pytest.fixture
+def bf16_dot_widened(monkeypatch):
+    """The interpreter's ``tl.dot`` on bf16 operands multiplies their uint16 bit patterns as integers (DESIGN.md
+    section 3.3); here bf16 operands are widened exactly to fp32 first (a 16-bit shift), so a dot computes
+    what tensor cores do: exact products, fp32 sums. Lets the compiled-form tests run bf16. Nothing changes on
+    a GPU."""
+    if not precision_kernels.backend.INTERPRETED:
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widened(x):
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        return interpreter.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, widened(a), widened(b), d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)

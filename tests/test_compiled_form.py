@@ -3,9 +3,9 @@
 Every launch here takes the compiled form (``ops._common.compiled_forms``) on the CUDA tile table
 (``profiles.config_backend("cuda")``), at small shapes that leave partial tiles in M, N and K, so the GPU
 code's masks, offsets, strides and pointer steps run on a CPU. The interpreter's ``tl.dot`` is numpy's matmul
-(BLAS): accurate, but an element's bits depend on its place in the tile, and bf16 operands are multiplied as
-their bit patterns. So two kinds of checks, fp32 and fp16 (bf16 only where no bf16 operand reaches a
-``tl.dot``: the scaled-mm's bf16 output):
+(BLAS): accurate, but an element's bits depend on its place in the tile, and it multiplies bf16 operands as
+their bit patterns, so here bf16 operands are widened exactly first (conftest ``bf16_dot_widened``: exact
+products and fp32 sums, as on tensor cores). Two kinds of checks, in fp32, fp16 and bf16:
 
 * accuracy against FP64 on the same rounded inputs, within the bound any summation order meets: an output
   rounded once to a format of unit roundoff u_out from an fp32 sum of K exact products,
@@ -36,7 +36,7 @@ from precision_kernels.ops.matmul import _k_chunk
 pytestmark = pytest.mark.compiled_form
 
 DEVICE = pk.backend.device()
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 U32 = 2.0**-24
 U_OUT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 # (M, K, N): no dimension a multiple of any CUDA tile (fp32 64x64x32, fp16 128x256x64, batched 16x32)
@@ -44,7 +44,7 @@ M, K, N = 37, 100, 70
 
 
 @pytest.fixture(autouse=True)
-def _compiled_on_cuda_tiles(masked_lanes_undefined):
+def _compiled_on_cuda_tiles(masked_lanes_undefined, bf16_dot_widened):
     with profiles.config_backend("cuda"), compiled_forms():
         yield
 

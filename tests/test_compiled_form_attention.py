@@ -1,8 +1,7 @@
 """The compiled (``tl.dot``) forms of attention, forward, backward and split-KV merge, under the interpreter.
 
 As tests/test_compiled_form.py (its docstring states the two kinds of check): the CUDA tile table, one item
-per program, masked loads without ``other`` reading NaN. fp32 and fp16; not bf16, whose q k^T is a ``tl.dot``
-on bf16 operands, which the interpreter multiplies as bit patterns.
+per program, masked loads without ``other`` reading NaN, bf16 dot operands widened exactly. fp32, fp16, bf16.
 
 Exact-arithmetic attention: scale 1, q = (1, small integers...), k = (+-64, 0...), so every live score is +64
 or -64 and exp(s - max) is exactly 1 or exactly 0 (e^-128 underflows fp32). The output is then the mean of V
@@ -28,12 +27,12 @@ from precision_kernels.ops.attention import reference_attention
 pytestmark = pytest.mark.compiled_form
 
 DEVICE = pk.backend.device()
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HIGH = 64.0
 
 
 @pytest.fixture(autouse=True)
-def _compiled_on_cuda_tiles(masked_lanes_undefined):
+def _compiled_on_cuda_tiles(masked_lanes_undefined, bf16_dot_widened):
     with profiles.config_backend("cuda"), compiled_forms():
         yield
 
@@ -88,24 +87,26 @@ def exact_expected(q, k, v, causal, mask=None, key_start=None):
     return torch.where(count > 0, total / count.clamp(min=1), 0.0).to(q.dtype)
 
 
-# ---- accuracy against FP64 (fp16; fp32 is tests/test_attention.py's compiled-form case) --------------
+# ---- accuracy against FP64 (fp16, bf16; fp32 is tests/test_attention.py's compiled-form case) ---------
 
 
-def test_fp16_forward_backward_accuracy_against_fp64():
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_forward_backward_accuracy_against_fp64(fmt):
+    dtype = DTYPES[fmt]
     b, h, hkv, tq, tk, d = 2, 4, 2, 21, 40, 24
-    q, k, v = qkv(b, h, hkv, tq, tk, d, torch.float16, seed=201)
-    dout = randn(b, h, tq, d, dtype=torch.float16, seed=204)
-    mask = make_mask("bool", b, h, tq, tk, torch.float16, seed=8)
+    q, k, v = qkv(b, h, hkv, tq, tk, d, dtype, seed=201)
+    dout = randn(b, h, tq, d, dtype=dtype, seed=204)
+    mask = make_mask("bool", b, h, tq, tk, dtype, seed=8)
     starts = torch.tensor([0, 11], dtype=torch.int64, device=DEVICE)
     keep = mask & (torch.arange(tk, device=DEVICE) >= starts[:, None, None, None])
     out, (dq, dk, dv) = grads(q, k, v, dout, attn_mask=mask, key_start=starts)
     leaves = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
     ref = reference_attention(*leaves, attn_mask=keep)
     ref.backward(dout.double())
-    check_rounded(out, ref.detach(), out_bound(q, k, v, 1 / math.sqrt(d), True, keep), "fp16 compiled out")
+    check_rounded(out, ref.detach(), out_bound(q, k, v, 1 / math.sqrt(d), True, keep), f"{fmt} compiled out")
     for name, got, leaf, bound in zip("qkv", (dq, dk, dv), leaves, grad_bounds(q, k, v, dout, 1 / math.sqrt(d), True,
                                                                                 keep)):
-        check_rounded(got, leaf.grad, bound, f"fp16 compiled d{name}")
+        check_rounded(got, leaf.grad, bound, f"{fmt} compiled d{name}")
 
 
 # ---- logic invariants on exact inputs, bitwise ----------------------------------------------------
