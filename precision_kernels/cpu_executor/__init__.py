@@ -85,7 +85,7 @@ def twin(kernel) -> Callable[[Callable], Callable]:
 def _import_family_modules() -> None:
     """The family modules, one import line each (an import statement keeps the import graph visible to
     tests/test_import_graph.py). A new family's twin module adds its line here."""
-    from . import fp8, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs  # noqa: F401
+    from . import attention, fp8, layer_norm, lm_head, matmul, norm, rounding, softmax, token_logprobs  # noqa: F401
 
 
 def load_twins() -> None:
