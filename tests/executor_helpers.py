@@ -21,6 +21,9 @@ from precision_kernels.ops._common import observe_launches
 
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
          torch.float64: torch.int64}
+# fp8 tensors compare as bytes too: their ``==`` is a float comparison (-0 == +0, NaN != NaN).
+_BITS.update({getattr(torch, name): torch.uint8 for name in
+              ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, name)})
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

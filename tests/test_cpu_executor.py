@@ -329,3 +329,18 @@ def test_an_rl_step_runs_on_the_twins(monkeypatch):
                      StepConfig())
     assert {r.kernel for r in records if r.executor == "twin"} >= {"matmul_kernel", "lm_head_kernel"}
     assert {r.kernel for r in records if r.executor != "twin"} <= KERNELS_WITHOUT_TWIN
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.float32])
+def test_executor_helpers_compare_bit_patterns(dtype):
+    """The twin tests' comparison sees the sign of zero and a NaN's payload, in fp8 too."""
+    from executor_helpers import bits
+
+    zeros = torch.tensor([0.0, -0.0]).to(dtype)
+    assert bits(zeros)[0] != bits(zeros)[1]
+    nan = torch.tensor([float("nan")]).to(dtype)
+    assert bool((bits(nan) == bits(nan.clone())).all())
+    pattern = bits(nan)
+    sign_bit = 0x80 if pattern.dtype == torch.uint8 else torch.iinfo(pattern.dtype).min
+    other_nan = pattern ^ sign_bit                   # the same NaN, the other sign: e4m3fn has no second payload
+    assert bool(torch.isnan(other_nan.view(dtype)).all()) and not bool((other_nan == bits(nan)).all())
