@@ -16,8 +16,8 @@ Every (run, seed) is one ``rl.train`` run in ``OUT/<precision>[-<linears>]-<prof
 per-step ``metrics.jsonl`` (reward, mismatch, loss, ...; greedy accuracy on the first
 ``--eval-prompts`` training prompts every ``--eval-every`` steps). Writes a table (final accuracy,
 steps to 95% and to 99% greedy accuracy, mismatch), ``OUT/summary.json`` and
-``OUT/train_compare.png``: reward, greedy accuracy and mean |Δlog p| against the RL step, the
-mean over seeds with a min-max band. ``--records`` redraws table and plot from finished runs.
+``OUT/train_compare.png``: reward, greedy accuracy, mean |Δlog p|, ``clip_frac_sampler`` and ``ess_seq``
+against the RL step, the mean over seeds with a min-max band. ``--records`` redraws table and plot from finished runs.
 """
 
 from __future__ import annotations
@@ -130,9 +130,10 @@ def plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 5, figsize=(26, 4.5))
     colors = {"fp32": "tab:green", "fp16": "tab:blue", "bf16": "tab:red"}
-    linear_colors = {"fp8-rollout": "tab:purple", "fp8": "tab:orange"}
+    linear_colors = {"fp8-rollout": "tab:purple", "fp8": "tab:orange", "bf16-rollout": "tab:brown",
+                     "fp16-rollout": "tab:cyan"}
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["precision"], r["profile"], r["algo"], r.get("linears")), []).append(r)
@@ -145,6 +146,9 @@ def plot(results: list[dict], path: str) -> None:
             ("reward", lambda h: True, lambda h: h["reward"]),
             ("accuracy", lambda h: h.get("evaluated", True), lambda h: h["accuracy"]),
             ("mean_abs_dlogp", lambda h: True, lambda h: max(h["mean_abs_dlogp"], 1e-10)),
+            # runs recorded before the diagnostics were logged have none to draw
+            ("clip_frac_sampler", lambda h: "clip_frac_sampler" in h, lambda h: h["clip_frac_sampler"]),
+            ("ess_seq", lambda h: h.get("ess_seq") is not None, lambda h: h["ess_seq"]),
         ]
         for ax, (_, keep, value) in zip(axes, metrics):
             series = [{h["step"]: value(h) for h in r["history"] if keep(h)} for r in rs]
@@ -157,6 +161,8 @@ def plot(results: list[dict], path: str) -> None:
     axes[1].set_title("greedy accuracy (evaluation subset)")
     axes[2].set_title("sampler-learner mean |Δ log p| (1e-10 = exactly 0)")
     axes[2].set_yscale("log")
+    axes[3].set_title("clip_frac_sampler: exp(π_old − μ) outside [0.8, 1.2]")
+    axes[4].set_title("ess_seq: ESS/N of exp(Σ(π_old − μ))")
     for ax in axes:
         ax.set_xlabel("RL step")
     axes[0].legend(fontsize=7)

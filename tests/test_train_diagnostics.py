@@ -88,3 +88,23 @@ def test_the_reduction_over_ranks_gives_the_whole_batchs_figures():
     for key in DIAGNOSTIC_KEYS:
         assert results[0][key] == pytest.approx(whole[key], rel=1e-12), key
     assert math.isnan(step_diagnostics(old, mu, torch.zeros_like(mask))["ess_seq"])
+
+
+def test_train_compare_draws_the_diagnostics_and_older_runs_without_them(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.train_compare import plot
+
+    def history(with_diagnostics: bool):
+        rows = []
+        for step in (1, 2):
+            h = {"step": step, "reward": 0.3, "accuracy": 0.1, "evaluated": True, "mean_abs_dlogp": 1e-3}
+            if with_diagnostics:
+                h.update(clip_frac_sampler=0.01 * step, ess_seq=1.0 - 0.001 * step)
+            rows.append(h)
+        return rows
+
+    results = [{"name": "a", "precision": "fp32", "profile": "matched", "algo": "pg-seq-is",
+                "linears": "bf16-rollout", "history": history(True)},
+               {"name": "b", "precision": "bf16", "profile": "engine", "algo": "pg", "history": history(False)}]
+    plot(results, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 0
