@@ -128,3 +128,20 @@ def test_head_dim_above_eight(dtype):
     # D = 20: numpy's pairwise sum would differ from the in-order sum over D (it is sequential up to 8)
     q, k, v = _qkv(1, 2, 2, 3, 5, 20, dtype, seed=9)
     assert_twin_matches_interpreter(_call(True, stats=True), q, k, v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nans_of_both_signs_meet(dtype):
+    # input NaNs (+ and -) meet the NaNs the kernels make (inf - inf, 0 * inf) in the same sums and products;
+    # which operand's NaN numpy returns depends on how the operands are laid out
+    cases = (("matched", (2, 4, 2, 13, 70, 5), False), ("matched", (2, 4, 2, 13, 70, 5), True),
+             ("engine", (1, 1, 1, 1, 70, 20), True))
+    for seed, (profile, shape, causal) in enumerate(cases):
+        q, k, v = _qkv(*shape, dtype, seed)
+        g = torch.Generator().manual_seed(seed + 10)
+        with torch.no_grad():
+            for t, value in ((q, float("nan")), (k, float("inf")), (v, float("nan")), (v, float("inf")),
+                             (k, float("-inf")), (q, -float("nan"))):
+                t.view(-1)[torch.randint(0, t.numel(), (max(1, t.numel() // 15),), generator=g)] = value
+        with pk.use_profile(profile):
+            assert_twin_matches_interpreter(_call(causal, stats=True), q, k, v)
