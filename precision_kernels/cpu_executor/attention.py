@@ -118,6 +118,14 @@ def _row_block(pid_m, BLOCK_M, Tq, Tk, ks_min, CAUSAL):
     return t, t < Tq, r_end
 
 
+def _keys_held(r0, r_end, BLOCK_N):
+    """Keys of block r0 the twin holds: those before the walk's bound. The others are dead for every row of the
+    tile (-inf scores, +0 exponentials, -0.0 terms), so they change no sum over the block's keys, which is every
+    tile's outermost axis: dropping them leaves the other axes, hence numpy's loops, as the kernel's. (They would
+    turn an all-NaN block max into -inf; np.fmax with the running max, never NaN, gives the same either way.)"""
+    return min(BLOCK_N, r_end - r0)
+
+
 def _key_live(it, t, r0, BLOCK_N, Tq, Tk, CAUSAL):
     """(BLOCK_N, items, rows) pairs in the key range and the causal rule, relative keys r0 + [0, BLOCK_N)."""
     kr = np.arange(BLOCK_N)[:, None, None]
@@ -158,10 +166,11 @@ def attention_fwd_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_p
                 tot_max, tot_sum, tot_acc = run_max, run_sum, acc
             m_ok = row_ok[None, None, :]
             for r0 in range(0, r_end, BLOCK_N):
-                k = _c(ks_rel[:, r0:r0 + BLOCK_N].transpose(2, 1, 0)[..., None])
+                nk = _keys_held(r0, r_end, BLOCK_N)
+                k = _c(ks_rel[:, r0:r0 + nk].transpose(2, 1, 0)[..., None])
                 s = _scores(q, k, scale, KIND)
-                live = _key_live(it, t, r0, BLOCK_N, Tq, Tk, CAUSAL)
-                key = (it.ks[None, :, None] + r0 + np.arange(BLOCK_N)[:, None, None])
+                live = _key_live(it, t, r0, nk, Tq, Tk, CAUSAL)
+                key = (it.ks[None, :, None] + r0 + np.arange(nk)[:, None, None])
                 s = mask.apply(s, live & m_ok, it.b[None, :, None], it.h[None, :, None], t[None, None, :], key)
                 s = np.where(live, s, NEG_INF)
                 live = s != NEG_INF
@@ -171,7 +180,7 @@ def attention_fwd_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_p
                 e = np.exp(s - ref[None])
                 run_sum = run_sum * alpha + np.sum(e, axis=0)
                 run_max = new_max
-                v = _c(vs_rel[:, r0:r0 + BLOCK_N].transpose(1, 0, 2)[:, :, None, :])
+                v = _c(vs_rel[:, r0:r0 + nk].transpose(1, 0, 2)[:, :, None, :])
                 pv = np.where(live[..., None], e[..., None] * v, NEG_ZERO)
                 acc = acc * alpha[..., None] + np.sum(pv, axis=0)
                 if SPLIT and ((r0 + BLOCK_N) % split_keys == 0 or r0 + BLOCK_N >= r_end):
@@ -245,19 +254,20 @@ def attention_bwd_dq_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, m
             row_sum = _c(np.where(row_ok[None, :], stats_sum[:, rows], ONE)[None])
             blocks = []
             for r0 in range(0, r_end, BLOCK_N):
-                k = _c(ks_rel[:, r0:r0 + BLOCK_N].transpose(2, 1, 0)[..., None])
-                v = _c(vs_rel[:, r0:r0 + BLOCK_N].transpose(2, 1, 0)[..., None])
-                live = _key_live(it, t, r0, BLOCK_N, Tq, Tk, CAUSAL)
-                blocks.append((r0, k, *_dq_tile(it, mask, q, do, k, v, live, ok, t, r0, BLOCK_N, row_max, row_sum,
-                                                scale, KIND)))
+                nk = _keys_held(r0, r_end, BLOCK_N)
+                k = _c(ks_rel[:, r0:r0 + nk].transpose(2, 1, 0)[..., None])
+                v = _c(vs_rel[:, r0:r0 + nk].transpose(2, 1, 0)[..., None])
+                live = _key_live(it, t, r0, nk, Tq, Tk, CAUSAL)
+                blocks.append((r0, nk, *_dq_tile(it, mask, q, do, k, v, live, ok, t, r0, nk, row_max, row_sum,
+                                                 scale, KIND)))
             delta_sum = np.full((n_items, BLOCK_M), -0.0, np.float64 if KIND == 0 else np.float32)
-            for _r0, _k, live, p, dp in blocks:
+            for _r0, _nk, live, p, dp in blocks:
                 delta_sum = delta_sum + np.sum(_delta_terms(p, dp, live, KIND), axis=0)
             delta = delta_sum.astype(np.float32)
             acc = np.full((n_items, BLOCK_M, BLOCK_D), NEG_ZERO, np.float32)
-            for r0, _k, live, p, dp in blocks:
+            for r0, nk, live, p, dp in blocks:
                 ds = np.where(live, p * (dp - delta[None]), NEG_ZERO)
-                k2 = _c(ks_rel[:, r0:r0 + BLOCK_N].transpose(1, 0, 2)[:, :, None, :])
+                k2 = _c(ks_rel[:, r0:r0 + nk].transpose(1, 0, 2)[:, :, None, :])
                 acc = acc + np.sum(np.where(live[..., None], ds[..., None] * k2, NEG_ZERO), axis=0)
             n_ok = int(row_ok.sum())
             delta_all[:, t[:n_ok]] = (delta + ZERO)[:, :n_ok]
@@ -292,7 +302,6 @@ def attention_bwd_dkdv_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr
                                        BLOCK_D), np.arange(n), ks, Tk - ks, n_n * BLOCK_N)
         dk_all = np.zeros((n, n_n * BLOCK_N, D), np.float32)
         dv_all = np.zeros((n, n_n * BLOCK_N, D), np.float32)
-        i_rows = np.arange(BLOCK_M)[:, None]
         for pid_n in range(n_n):
             key = ks[:, None] + pid_n * BLOCK_N + np.arange(BLOCK_N)[None, :]          # (items, keys)
             key_ok = key < Tk
@@ -309,7 +318,12 @@ def attention_bwd_dkdv_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr
                 qi = b * H + h
                 q_org = origins[qi]
                 for qb in range(qb_start, qb_hi):
-                    t = q_org[None, :] + qb * BLOCK_M + i_rows                          # (rows, items)
+                    # rows past Tq in every item add -0.0 to dk and dv; rows are every tile's outermost axis here,
+                    # so those at the end are not held (the other axes, hence numpy's loops, stay the kernel's)
+                    n_rows = min(BLOCK_M, int((Tq - q_org - qb * BLOCK_M).max()))
+                    if n_rows <= 0:
+                        continue
+                    t = q_org[None, :] + qb * BLOCK_M + np.arange(n_rows)[:, None]      # (rows, items)
                     row_ok = (t >= 0) & (t < Tq)
                     tc = np.clip(t, 0, max(Tq - 1, 0))
                     q_rows = np.where(row_ok[..., None], qs[qi[None, :], tc], ZERO)      # (rows, items, BLOCK_D)
