@@ -29,18 +29,32 @@ def online_lse(lay: Rows, z: np.ndarray, with_dot: bool):
     shifted = z - ref[:, :, None]
     e = np.exp(shifted)
     block_sum = np.sum(e, axis=-1)
-    run_sum = np.zeros(lay.rows, np.float32)
-    run_dot = np.zeros(lay.rows, np.float32)
+    old_shift = block_dot = None
     if with_dot:
         old_shift = np.where(old_max == NEG_INF, ZERO, old_max - ref)
         block_dot = np.sum(e * np.where(e > ZERO, shifted, ZERO), axis=-1)   # a NaN e meets 0
-    for b in range(lay.n_blocks):
-        new_sum = lay.op(np.add, lay.op(np.multiply, run_sum, alpha[b], "vec", "vec"), block_sum[b], "vec", "vec")
-        if with_dot:
-            moved = lay.op(np.add, run_dot, lay.op(np.multiply, old_shift[b], run_sum, "vec", "vec"), "vec", "vec")
-            run_dot = lay.op(np.add, lay.op(np.multiply, moved, alpha[b], "vec", "vec"), block_dot[b], "vec", "vec")
-        run_sum = new_sum
+    run_sum, run_dot = _fold(_plain, lay.rows, alpha, block_sum, old_shift, block_dot)
+    if np.isnan(run_sum).any() or np.isnan(run_dot).any():
+        # a NaN anywhere in the fold reaches its result: only then can two NaNs have met
+        run_sum, run_dot = _fold(lay.op, lay.rows, alpha, block_sum, old_shift, block_dot)
     return maxima[-1], run_sum, run_dot
+
+
+def _plain(ufunc, a, b, kind_a, kind_b):
+    return ufunc(a, b)
+
+
+def _fold(op, rows, alpha, block_sum, old_shift, block_dot):
+    """The running sums over the blocks: sum = sum * alpha + block sum; dot likewise (lse_block_update)."""
+    run_sum = np.zeros(rows, np.float32)
+    run_dot = np.zeros(rows, np.float32)
+    for b in range(alpha.shape[0]):
+        new_sum = op(np.add, op(np.multiply, run_sum, alpha[b], "vec", "vec"), block_sum[b], "vec", "vec")
+        if old_shift is not None:
+            moved = op(np.add, run_dot, op(np.multiply, old_shift[b], run_sum, "vec", "vec"), "vec", "vec")
+            run_dot = op(np.add, op(np.multiply, moved, alpha[b], "vec", "vec"), block_dot[b], "vec", "vec")
+        run_sum = new_sum
+    return run_sum, run_dot
 
 
 def lse_finish(lay: Rows, run_sum: np.ndarray, run_dot: np.ndarray, with_dot: bool):

@@ -184,7 +184,11 @@ class Rows:
         """acc = zeros; acc += block_sums[b] for each block in order (block_sums: (n_blocks, rows))."""
         acc = np.zeros(self.rows, np.float32)
         for b in range(block_sums.shape[0]):
-            acc = self.op(np.add, acc, block_sums[b], "vec", "vec")
+            acc = acc + block_sums[b]
+        if np.isnan(acc).any():     # a NaN reaches the total: only then can two NaNs have met
+            acc = np.zeros(self.rows, np.float32)
+            for b in range(block_sums.shape[0]):
+                acc = self.op(np.add, acc, block_sums[b], "vec", "vec")
         return acc
 
 
