@@ -310,3 +310,29 @@ def test_engine_ratio_from_unrounded_values():
     r = engine_ratios(rows)
     assert r["mean_abs_dlogp"] == 3.2249e-2 / 3.25e-3 and r["max_abs_dlogp"] == 0.136 / 0.0124
     assert r["k3"] == 1.2e-3 / 9.4e-6
+
+
+def test_smollm2_2_layers_matched_forward_runs_on_the_twins(smollm2_2, monkeypatch):
+    """The default CPU path really is the executor on a real model: the interpreter's entry point raises, and a
+    matched forward of the 2-layer cut (left-padded prompts, bf16) still runs, every launch on a twin."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from precision_kernels import cpu_executor
+    from precision_kernels.ops._common import observe_launches
+
+    monkeypatch.delenv(cpu_executor.EXECUTOR_ENV, raising=False)
+
+    def run(self, *args, **kwargs):
+        raise AssertionError(f"{self.__name__} ran in the interpreter, not its twin")
+
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    model, tokenizer = smollm2_2
+    model = _in(model, torch.bfloat16)
+    ids, mask = hf.encode_prompts(tokenizer, TWO_PROMPTS)
+    assert (mask == 0).any(), "prompts must be left-padded"
+    with observe_launches() as records, pk.matched_mode(audit=True) as report, torch.no_grad():
+        logits = model(ids, attention_mask=mask, position_ids=hf.positions(mask), use_cache=False).logits
+    assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
+    assert not report.uncovered, report.summary()
+    assert {r.executor for r in records} == {"twin"}
+    assert {"matmul_kernel", "bmm_kernel"} <= {r.kernel for r in records}, sorted({r.kernel for r in records})
