@@ -113,14 +113,21 @@ def test_every_launch_is_a_twin():
     assert all(r.executor == "twin" for r in records)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(b=st.integers(1, 2), hkv=st.integers(1, 2), group=st.integers(1, 2), tq=st.integers(1, 7),
        tk=st.integers(1, 9), d=st.integers(1, 5), dtype=st.sampled_from(DTYPES), causal=st.booleans(),
-       padded=st.booleans(), seed=st.integers(0, 2**16))
-def test_hypothesis_small_shapes(b, hkv, group, tq, tk, d, dtype, causal, padded, seed):
+       padded=st.booleans(), mask=st.sampled_from(["none", "bool", "additive"]), seed=st.integers(0, 2**16))
+def test_hypothesis_small_shapes(b, hkv, group, tq, tk, d, dtype, causal, padded, mask, seed):
     q, k, v = _qkv(b, hkv * group, hkv, tq, tk, d, dtype, seed)
-    key_start = torch.randint(0, tk + 1, (b,), generator=torch.Generator().manual_seed(seed)) if padded else None
-    assert_twin_matches_interpreter(_call(causal, key_start=key_start, stats=True), q, k, v)
+    g = torch.Generator().manual_seed(seed)
+    key_start = torch.randint(0, tk + 1, (b,), generator=g) if padded else None
+    attn_mask = None
+    if mask == "bool":
+        attn_mask = torch.rand(b, 1, tq, tk, generator=g) > 0.3
+    elif mask == "additive":
+        attn_mask = torch.where(torch.rand(1, hkv * group, tq, tk, generator=g) > 0.2,
+                                torch.randn(1, hkv * group, tq, tk, generator=g), float("-inf")).to(dtype)
+    assert_twin_matches_interpreter(_call(causal, attn_mask, key_start, stats=True), q, k, v)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
