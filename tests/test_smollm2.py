@@ -2,8 +2,9 @@
 
 In make test: the 2-layer cut of the real weights (loaded once per session), left-padded
 real prompts, generate() with the KV cache against one teacher-forced forward, bitwise,
-in bf16; the rl.hf helpers on a tiny random-init Llama; the loader's errors. Behind
-``slow`` (PK_SLOW=1): fp32 and fp16, the full 30-layer model, and the fast loader against a plain
+in bf16; the same check on the full 30-layer model, reduced (bf16, two prompts, two new tokens);
+the rl.hf helpers on a tiny random-init Llama; the loader's errors. Behind ``slow`` (PK_SLOW=1):
+fp32 and fp16, the full 30-layer model's full forms, and the fast loader against a plain
 transformers load.
 """
 
@@ -29,7 +30,8 @@ PROMPTS = ("The capital of France is", "Water boils at", "def add(a, b):", "Once
 TWO_PROMPTS = (PROMPTS[1], PROMPTS[3])
 
 
-SLOW = pytest.mark.skipif(not os.environ.get("PK_SLOW"), reason="minutes under the interpreter: PK_SLOW=1 runs it")
+SLOW = pytest.mark.skipif(not os.environ.get("PK_SLOW"),
+                          reason="a slow real-model case or full form (tens of seconds up); PK_SLOW=1 runs it")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -103,6 +105,15 @@ def test_smollm2_full_model_is_the_real_one(smollm2_full):
     with torch.no_grad():
         out = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_smollm2_full_model_generate_equals_forward_bitwise_bf16_reduced(smollm2_full):
+    """make test's form of the next test: all 30 layers, bf16, two prompts (one left-padded), two new tokens."""
+    model, tokenizer = smollm2_full
+    assert len(model.model.layers) == hf.FULL_LAYERS
+    s, learner, report = _matched_roundtrip(_in(model, torch.bfloat16), tokenizer, max_new_tokens=2,
+                                            prompts=TWO_PROMPTS)
+    _assert_bitwise(s, learner, report, 2)
 
 
 @pytest.mark.slow
