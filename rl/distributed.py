@@ -103,4 +103,8 @@ def init(device: torch.device) -> Dist:
 
 def shutdown() -> None:
     if dist.is_initialized():
+        # Every rank reaches the barrier before any tears gloo down: a rank that destroys the group while
+        # another still closes its connections can abort the other ("terminate called without an active
+        # exception"), seen under load on 2 cores.
+        dist.barrier()
         dist.destroy_process_group()
