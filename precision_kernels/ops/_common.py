@@ -95,6 +95,12 @@ def native_dot() -> bool:
     return NATIVE_DOT or _compiled_forms_forced.get()
 
 
+def kernel_form(interpreted, compiled):
+    """The one place an op picks which of a kernel's two forms to launch: ``compiled`` (``tl.dot``) where
+    ``native_dot()`` holds, else ``interpreted`` (the CPU specification, which the twins mirror)."""
+    return compiled if native_dot() else interpreted
+
+
 @contextlib.contextmanager
 def compiled_forms() -> Iterator[None]:
     """Launch the compiled (``tl.dot``) forms inside the block, under the interpreter too.
