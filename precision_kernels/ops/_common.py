@@ -52,6 +52,7 @@ class LaunchRecord:
 
 
 _observers: list[list[LaunchRecord]] = []
+_COMPILED_FORMS: set[int] = set()  # ids of the kernels ``kernel_form`` knows as compiled (tl.dot) forms
 _INTERPRETER_LAUNCH = threading.RLock()  # one interpreted launch at a time, in the whole process
 
 
@@ -77,7 +78,9 @@ def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
         return
     options = {name: getattr(config, name) for name in _CONFIG_LAUNCH_OPTIONS if hasattr(config, name)}
     options.update(backend.launch_options())
-    twin = cpu_executor.choose(kernel, constexprs) if backend.INTERPRETED else None
+    twin = None
+    if backend.INTERPRETED and id(kernel) not in _COMPILED_FORMS:
+        twin = cpu_executor.choose(kernel, constexprs)
     executor = cpu_executor.TWIN if twin else cpu_executor.INTERPRETER if backend.INTERPRETED else cpu_executor.COMPILED
     for records in _observers:
         records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options), executor))
@@ -97,7 +100,11 @@ def native_dot() -> bool:
 
 def kernel_form(interpreted, compiled):
     """The one place an op picks which of a kernel's two forms to launch: ``compiled`` (``tl.dot``) where
-    ``native_dot()`` holds, else ``interpreted`` (the CPU specification, which the twins mirror)."""
+    ``native_dot()`` holds, else ``interpreted`` (the CPU specification, which the twins mirror).
+
+    A compiled form has no twin by design: ``launch`` sends it to the interpreter, without the
+    missing-twin warning."""
+    _COMPILED_FORMS.add(id(compiled))
     return compiled if native_dot() else interpreted
 
 
