@@ -5,19 +5,17 @@ the forward, described in kernels/attention.py, whose loading and masking helper
 import triton
 import triton.language as tl
 
-from .attention import (
+from .attention import _delta_terms, _dq_tile_interpreted, _dq_tile_native
+from .attention_steps import (
     DKDV_BATCH_ARGS,
     DOT_OPERANDS,
     DQ_BATCH_ARGS,
-    _delta_terms,
-    _dq_tile_interpreted,
-    _dq_tile_native,
-    _interp_pointer,
-    _mask_values,
-    _native_pointer,
-    _native_scores,
-    _scores,
-    _widen,
+    interp_pointer,
+    interp_scores,
+    mask_values,
+    native_pointer,
+    native_scores,
+    widen,
 )
 from .rounding import round_fp32
 from .specialization import row_kernel
@@ -58,23 +56,23 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
     rows = items[:, None] * Tq + t[None, :]
     # q and dO in (BLOCK_D, 1, items, rows)
     q_ok = d_ok[:, None, None, None] & ok2[None, None, :, :]
-    q_ptrs = (_interp_pointer(q_ptr, KIND) + (b * stride_qb + h * stride_qh)[None, None, :, None]
+    q_ptrs = (interp_pointer(q_ptr, KIND) + (b * stride_qb + h * stride_qh)[None, None, :, None]
               + (t * stride_qt)[None, None, None, :] + (d * stride_qd)[:, None, None, None])
-    q = _widen(tl.load(q_ptrs, mask=q_ok, other=0), KIND, False)
-    do_ptrs = (_interp_pointer(do_ptr, DO_KIND) + (b * stride_dob + h * stride_doh)[None, None, :, None]
+    q = widen(tl.load(q_ptrs, mask=q_ok, other=0), KIND)
+    do_ptrs = (interp_pointer(do_ptr, DO_KIND) + (b * stride_dob + h * stride_doh)[None, None, :, None]
                + (t * stride_dot)[None, None, None, :] + (d * stride_dod)[:, None, None, None])
-    do = _widen(tl.load(do_ptrs, mask=q_ok, other=0), DO_KIND, False)
+    do = widen(tl.load(do_ptrs, mask=q_ok, other=0), DO_KIND)
     row_max = tl.load(max_ptr + rows[None, :, :], mask=ok2[None, :, :], other=0.0)
     row_sum = tl.load(sum_ptr + rows[None, :, :], mask=ok2[None, :, :], other=1.0)
     # k and v for the scores and dP (BLOCK_D, BLOCK_N, items, 1); k again for dq (BLOCK_N, items, 1, BLOCK_D)
     kr = tl.arange(0, BLOCK_N).to(tl.int64)
     k_rows = b * stride_kb + hk * stride_kh + ks * stride_kt
-    k_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, None, :, None] + (kr * stride_kt)[None, :, None, None]
+    k_ptrs = (interp_pointer(k_ptr, KIND) + k_rows[None, None, :, None] + (kr * stride_kt)[None, :, None, None]
               + (d * stride_kd)[:, None, None, None])
     v_rows = b * stride_vb + hk * stride_vh + ks * stride_vt
-    v_ptrs = (_interp_pointer(v_ptr, KIND) + v_rows[None, None, :, None] + (kr * stride_vt)[None, :, None, None]
+    v_ptrs = (interp_pointer(v_ptr, KIND) + v_rows[None, None, :, None] + (kr * stride_vt)[None, :, None, None]
               + (d * stride_vd)[:, None, None, None])
-    k2_ptrs = (_interp_pointer(k_ptr, KIND) + k_rows[None, :, None, None] + (kr * stride_kt)[:, None, None, None]
+    k2_ptrs = (interp_pointer(k_ptr, KIND) + k_rows[None, :, None, None] + (kr * stride_kt)[:, None, None, None]
                + (d * stride_kd)[None, None, None, :])
     kv_lim = tl.where(d_ok[:, None, None, None], n_real[None, None, :, None], 0)
     k2_lim = tl.where(d_ok[None, None, None, :], n_real[None, :, None, None], 0)
@@ -117,7 +115,7 @@ def _dq_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_
                                            m_ptrs + r0 * stride_mk, kr_k < kv_lim - r0, live, ok2, row_max, row_sum,
                                            scale, KIND, DO_KIND, MASK, MASK_KIND)
         ds = tl.where(live, p * (dp - delta[None, :, :]), -0.0)
-        k2 = _widen(tl.load(k2_ptrs + r0 * stride_kt, mask=kr_2 < k2_lim - r0, other=0), KIND, False)
+        k2 = widen(tl.load(k2_ptrs + r0 * stride_kt, mask=kr_2 < k2_lim - r0, other=0), KIND)
         acc += tl.sum(tl.where(live[:, :, :, None], ds[:, :, :, None] * k2, -0.0), axis=0)
     tl.store(dq_ptr + rows[:, :, None] * D + d[None, None, :], round_fp32(acc * scale + 0.0, KIND),
              mask=ok2[:, :, None] & d_ok[None, None, :])
@@ -148,15 +146,15 @@ def _dq_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, do_ptr, max_ptr, sum_ptr, 
     n_real = Tk - ks
     rows = item * Tq + t
     q_ok = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+    q = tl.load(native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
                 + d[None, :] * stride_qd, mask=q_ok, other=0)
-    do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+    do = tl.load(native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
                  + d[None, :] * stride_dod, mask=q_ok, other=0).to(tl.float32)
     row_max = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
     row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)
     kr = tl.arange(0, BLOCK_N).to(tl.int64)
-    k_base = _native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh
-    v_base = _native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh
+    k_base = native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh
+    v_base = native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh
     kt_ptrs = k_base + (ks + kr)[None, :] * stride_kt + d[:, None] * stride_kd
     k_ptrs = k_base + (ks + kr)[:, None] * stride_kt + d[None, :] * stride_kd
     vt_ptrs = v_base + (ks + kr)[None, :] * stride_vt + d[:, None] * stride_vd
@@ -258,12 +256,12 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ma
     key_ok = item_ok[:, None] & (key < Tk)
     # k and v, widened once: (BLOCK_D, 1, items, keys)
     kv_ok = d_ok[:, None, None, None] & key_ok[None, None, :, :]
-    k = _widen(tl.load(_interp_pointer(k_ptr, KIND) + (b * stride_kb + hk * stride_kh)[None, None, :, None]
+    k = widen(tl.load(interp_pointer(k_ptr, KIND) + (b * stride_kb + hk * stride_kh)[None, None, :, None]
                        + (key * stride_kt)[None, None, :, :] + (d * stride_kd)[:, None, None, None],
-                       mask=kv_ok, other=0), KIND, False)
-    v = _widen(tl.load(_interp_pointer(v_ptr, KIND) + (b * stride_vb + hk * stride_vh)[None, None, :, None]
+                       mask=kv_ok, other=0), KIND)
+    v = widen(tl.load(interp_pointer(v_ptr, KIND) + (b * stride_vb + hk * stride_vh)[None, None, :, None]
                        + (key * stride_vt)[None, None, :, :] + (d * stride_vd)[:, None, None, None],
-                       mask=kv_ok, other=0), KIND, False)
+                       mask=kv_ok, other=0), KIND)
     i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
     qb_start = 0
     if CAUSAL:
@@ -288,16 +286,16 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ma
             # q and dO as (BLOCK_D, rows, items, 1) for the scores and dP, (rows, items, 1, BLOCK_D) for dk, dv
             q_off = q_rows[None, :] + t * stride_qt
             do_off = do_rows[None, :] + t * stride_dot
-            q = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[None, :, :, None]
-                               + (d * stride_qd)[:, None, None, None], mask=t_ok4, other=0), KIND, False)
-            s = _scores(q, k, scale, KIND)
+            q = widen(tl.load(interp_pointer(q_ptr, KIND) + q_off[None, :, :, None]
+                               + (d * stride_qd)[:, None, None, None], mask=t_ok4, other=0), KIND)
+            s = interp_scores(q, k, scale, KIND)
             live = row_ok[:, :, None] & key_ok_s
             if CAUSAL:
                 live = live & (key_s <= ((Tk - Tq) + t)[:, :, None])
             if MASK != 0:
                 m_ptrs = (mask_ptr + (b * stride_mb + h * stride_mh)[None, :, None] + (t * stride_mt)[:, :, None]
                           + key_s * stride_mk)
-                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+                s = mask_values(m_ptrs, live, s, MASK, MASK_KIND)
             s = tl.where(live, s, float("-inf"))
             live = s != float("-inf")
             rows = (b * H + h)[None, :] * Tq + t
@@ -305,16 +303,16 @@ def _dkdv_interpreted(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, ma
             row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)[:, :, None]
             p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
             live4 = live[:, :, :, None]
-            do2 = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[:, :, None, None]
-                                 + (d * stride_dod)[None, None, None, :], mask=t_ok4b, other=0), DO_KIND, False)
+            do2 = widen(tl.load(interp_pointer(do_ptr, DO_KIND) + do_off[:, :, None, None]
+                                 + (d * stride_dod)[None, None, None, :], mask=t_ok4b, other=0), DO_KIND)
             dv += tl.sum(tl.where(live4, p[:, :, :, None] * do2, -0.0), axis=0)
-            do = _widen(tl.load(_interp_pointer(do_ptr, DO_KIND) + do_off[None, :, :, None]
-                                + (d * stride_dod)[:, None, None, None], mask=t_ok4, other=0), DO_KIND, False)
+            do = widen(tl.load(interp_pointer(do_ptr, DO_KIND) + do_off[None, :, :, None]
+                                + (d * stride_dod)[:, None, None, None], mask=t_ok4, other=0), DO_KIND)
             dp = tl.sum(do * v, axis=0)
             delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)[:, :, None]
             ds = tl.where(live, p * (dp - delta), 0.0)
-            q2 = _widen(tl.load(_interp_pointer(q_ptr, KIND) + q_off[:, :, None, None]
-                                + (d * stride_qd)[None, None, None, :], mask=t_ok4b, other=0), KIND, False)
+            q2 = widen(tl.load(interp_pointer(q_ptr, KIND) + q_off[:, :, None, None]
+                                + (d * stride_qd)[None, None, None, :], mask=t_ok4b, other=0), KIND)
             dk += tl.sum(tl.where(live4, ds[:, :, :, None] * q2, -0.0), axis=0)
     out_rows = items[:, None] * Tk + key
     out_ok = key_ok[:, :, None] & d_ok[None, None, :]
@@ -346,9 +344,9 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr
     key = ks + n
     key_ok = key < Tk
     kv_ok = d_ok[:, None] & key_ok[None, :]
-    kt = tl.load(_native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + key[None, :] * stride_kt
+    kt = tl.load(native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + key[None, :] * stride_kt
                  + d[:, None] * stride_kd, mask=kv_ok, other=0)
-    vt = tl.load(_native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + key[None, :] * stride_vt
+    vt = tl.load(native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + key[None, :] * stride_vt
                  + d[:, None] * stride_vd, mask=kv_ok, other=0).to(tl.float32)
     i_rows = tl.arange(0, BLOCK_M).to(tl.int64)
     qb_start = 0
@@ -364,22 +362,22 @@ def _dkdv_native(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, org_ptr, do_ptr, max_ptr
             t = q_org + qb * BLOCK_M + i_rows
             row_ok = (t >= 0) & (t < Tq)
             t_ok = row_ok[:, None] & d_ok[None, :]
-            q = tl.load(_native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
+            q = tl.load(native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
                         + d[None, :] * stride_qd, mask=t_ok, other=0)
-            s = _native_scores(q, kt, scale, KIND)
+            s = native_scores(q, kt, scale, KIND)
             live = row_ok[:, None] & key_ok[None, :]
             if CAUSAL:
                 live = live & (key[None, :] <= ((Tk - Tq) + t)[:, None])
             if MASK != 0:
                 m_ptrs = mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt + key[None, :] * stride_mk
-                s = _mask_values(m_ptrs, live, s, MASK, MASK_KIND)
+                s = mask_values(m_ptrs, live, s, MASK, MASK_KIND)
             s = tl.where(live, s, float("-inf"))
             live = s != float("-inf")
             rows = (b * H + h) * Tq + t
             row_max = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
             row_sum = tl.load(sum_ptr + rows, mask=row_ok, other=1.0)
             p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
-            do = tl.load(_native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
+            do = tl.load(native_pointer(do_ptr, DO_KIND) + b * stride_dob + h * stride_doh + t[:, None] * stride_dot
                          + d[None, :] * stride_dod, mask=t_ok, other=0).to(tl.float32)
             dv = tl.dot(tl.trans(p), do, dv, input_precision="ieee")
             dp = tl.dot(do, vt, input_precision="ieee")

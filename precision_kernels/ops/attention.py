@@ -47,10 +47,20 @@ import torch
 import triton
 
 from .. import compile_registry, profiles
-from ..kernels.attention import attention_fwd_kernel
+from ..kernels.attention import attention_fwd_compiled_kernel, attention_fwd_kernel
 from ..kernels.attention_backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
 from ..reference import fp32_scalar
-from ._common import check_device, check_float, check_fp32_real, check_same_dtype, kernel_view, kind, launch, native_dot
+from ._common import (
+    check_device,
+    check_float,
+    check_fp32_real,
+    check_same_dtype,
+    kernel_form,
+    kernel_view,
+    kind,
+    launch,
+    native_dot,
+)
 from ._custom import fp32_value, op_name, require
 from .registry import OpFamily, register_family
 
@@ -158,6 +168,15 @@ def _layout_checks(op: str, q, k, v, attn_mask, key_start) -> None:
                 f"key_start must be int64 of shape ({q.shape[0]},), got {key_start.dtype} {tuple(key_start.shape)}")
 
 
+def _form(interpreted, compiled, cfg):
+    """(kernel, items per program, its item-tile constexprs): the form ``kernel_form`` picks; the interpreter form
+    runs ``cfg.block_items`` (batch, head) items per program (BLOCK_ITEMS), the compiled form one."""
+    kernel = kernel_form(interpreted, compiled)
+    if kernel is interpreted:
+        return kernel, cfg.block_items, {"BLOCK_ITEMS": cfg.block_items}
+    return kernel, 1, {}
+
+
 def _common_args(q, k, v, attn_mask, key_start):
     m_view, m_strides, mask_code, mask_kind = _mask_args(attn_mask, q, k)
     ks = key_start if key_start is not None else torch.zeros(1, dtype=torch.int64, device=q.device)
@@ -176,16 +195,16 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     if items == 0 or tq == 0:
         return out, lse, stats
     cfg = profiles.attention_config(q.dtype, "fwd", items=items, rows=tq, keys=tk, head_dim=d)
-    chunks, split_keys, block_n = profiles.attention_forward_split(items, tq, tk - ks_min, cfg.block_n,
-                                                                   whole_tiles=native_dot())
+    kernel, block_items, item_tile = _form(attention_fwd_kernel, attention_fwd_compiled_kernel, cfg)
+    chunks, split_keys, block_n = profiles.attention_forward_split(
+        items, tq, tk - ks_min, cfg.block_n, whole_tiles=kernel is attention_fwd_compiled_kernel)
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
-    grid = (triton.cdiv(items, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
-    launch(attention_fwd_kernel, grid,
+    grid = (triton.cdiv(items, block_items) * triton.cdiv(tq, cfg.block_m),)
+    launch(kernel, grid,
            kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse, stats[0], stats[1],
            items, h, h // hkv, tq, tk, d, ks_min, scale, split_keys, *strides,
-           config=cfg, KIND=kind(q.dtype), CAUSAL=causal, NATIVE_DOT=native_dot(), **flags,
-           BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_D=cfg.block_d,
-           SPLIT=chunks > 1)
+           config=cfg, KIND=kind(q.dtype), CAUSAL=causal, **flags, **item_tile,
+           BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_D=cfg.block_d, SPLIT=chunks > 1)
     return out, lse, stats
 
 
@@ -364,9 +383,10 @@ def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
     for head_dim in (8, 64, 128):
         cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
         block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
+        # the backward's kernels still pick their form by NATIVE_DOT
+        form = {"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_, "NATIVE_DOT": True, "BLOCK_ITEMS": 1}
         for variant in variants:
-            out.append({"KIND": kind_, **({"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
-                        "NATIVE_DOT": True, "BLOCK_ITEMS": 1, "BLOCK_M": block_m, "BLOCK_N": block_n,
+            out.append({"KIND": kind_, **form, "MASK_KIND": 0, "BLOCK_M": block_m, "BLOCK_N": block_n,
                         "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **variant})
     return out
 
@@ -381,7 +401,7 @@ def _compile_kernels(table: dict) -> None:
         common = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "mask_ptr": "*u8", "ks_ptr": "*i64", "H": "i32",
                   "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
         compile_registry.register(
-            table, f"attention_fwd_{name}", attention_fwd_kernel,
+            table, f"attention_fwd_{name}", attention_fwd_compiled_kernel,
             signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", **stats, "n_items": "i32", "split_keys": "i32",
                        **qkvm},
             configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
@@ -431,7 +451,8 @@ register_family(OpFamily(
     name="attention",
     public=("attention",),
     custom_ops=(op_name("attention"), op_name("attention_backward")),
-    kernels=(attention_fwd_kernel, attention_bwd_dq_kernel, attention_bwd_dkdv_kernel),
+    kernels=(attention_fwd_kernel, attention_fwd_compiled_kernel, attention_bwd_dq_kernel, attention_bwd_dkdv_kernel),
+    forms=((attention_fwd_kernel, attention_fwd_compiled_kernel),),
     compile_kernels=_compile_kernels,
     reference={"attention": reference_attention},
     # torch's CPU SDPA, forward and backward: served together or not at all (matched/attention.py)

@@ -30,6 +30,10 @@ class OpFamily:
     aten: tuple[str, ...] = ()
     # The family's @triton.jit kernels; ``batch_args()`` reads what each leaves unspecialised.
     kernels: tuple = ()
+    # (interpreter form, compiled form) of each kernel written as two jit kernels, both also in ``kernels``; the op
+    # launches ``ops._common.kernel_form(interpreter, compiled)``. The compiled form (tl.dot) is the one in the
+    # compile table; the interpreter form (the CPU specification) is the one with a CPU twin.
+    forms: tuple = ()
     # compile_kernels(table): one compile_registry.register(table, ...) per kernel and pointer type.
     compile_kernels: Callable[[dict], None] | None = None
     # Public name -> FP64 oracle (``precision_kernels.reference.<name>``).
@@ -40,6 +44,14 @@ class OpFamily:
         from ..kernels.specialization import unspecialized_args
 
         return {k.__name__: unspecialized_args(k) for k in self.kernels}
+
+    def interpreter_forms(self) -> frozenset[str]:
+        """Names of the kernels that run only as the interpreter form of a two-form kernel (``forms``)."""
+        return frozenset(interpreted.__name__ for interpreted, _ in self.forms)
+
+    def compiled_forms(self) -> frozenset[str]:
+        """Names of the compiled (tl.dot) forms of the two-form kernels (``forms``): no CPU twin, by design."""
+        return frozenset(compiled.__name__ for _, compiled in self.forms)
 
 
 _FAMILIES: dict[str, OpFamily] = {}
@@ -54,6 +66,9 @@ def register_family(family: OpFamily) -> OpFamily:
     for name in family.aten:
         if not name.startswith("aten.") or name.count(".") != 2:
             raise ValueError(f"op family {family.name!r}: {name!r} is not an 'aten.<op>.<overload>' name")
+    stray = [k.__name__ for pair in family.forms for k in pair if k not in family.kernels]
+    if stray:
+        raise ValueError(f"op family {family.name!r}: forms {stray} are not in its kernels")
     unknown = set(family.reference) - set(family.public)
     if unknown:
         raise ValueError(f"op family {family.name!r}: references for {sorted(unknown)}, which it does not export")
