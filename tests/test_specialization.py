@@ -41,9 +41,9 @@ BATCH_VARYING = {
     # holds a sequence length
     "attention_fwd_compiled_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_qh", "stride_kb",
                                       "stride_kh", "stride_mt"},
-    "attention_bwd_dq_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_kb", "stride_dob"},
-    "attention_bwd_dkdv_kernel": {"n_kv_items", "Tq", "Tk", "ks_min", "qb_hi", "shift_min", "stride_qb",
-                                  "stride_kb", "stride_dob"},
+    "attention_bwd_dq_compiled_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_kb", "stride_dob"},
+    "attention_bwd_dkdv_compiled_kernel": {"n_kv_items", "Tq", "Tk", "ks_min", "qb_hi", "shift_min", "stride_qb",
+                                           "stride_kb", "stride_dob"},
 }
 
 

@@ -1,5 +1,6 @@
-"""Twins of fused attention (kernels/attention.py, kernels/attention_backward.py): ``attention_fwd_kernel``
-(split-KV included), ``attention_bwd_dq_kernel``, ``attention_bwd_dkdv_kernel``.
+"""Twins of fused attention's interpreter forms (kernels/attention.py, kernels/attention_backward.py, their shared
+steps in kernels/attention_steps.py): ``attention_fwd_kernel`` (split-KV included), ``attention_bwd_dq_kernel``,
+``attention_bwd_dkdv_kernel``.
 
 The interpreter form sums every product tile along its outermost axis (D for the scores and dP, the key
 block for the softmax sums and P.V, the query block for dk/dv), in index order, by numpy; its tiles keep
@@ -52,7 +53,8 @@ def _relative_keys(kv, kv_item, ks, n_real, extent):
 
 
 def _scores(q, k, scale, kind):
-    """``_scores``: fp32 operands multiplied and summed in fp64, times the fp32 scale, rounded once."""
+    """``attention_steps.interp_scores``: fp32 operands multiplied and summed in fp64, times the fp32 scale,
+    rounded once."""
     if kind == 0:
         return (np.sum(q.astype(np.float64) * k.astype(np.float64), axis=0) * np.float64(scale)).astype(np.float32)
     return np.sum(q * k, axis=0) * scale
@@ -66,7 +68,8 @@ class _Mask:
         self.data = flat(mask_ptr) if code else None
 
     def apply(self, s, ok, b, h, t, key):
-        """``_mask_values`` at the pairs (b, h, t, key) (broadcast to ``s``'s shape), loading only where ``ok``."""
+        """``attention_steps.mask_values`` at the pairs (b, h, t, key) (broadcast to ``s``'s shape), loading only
+        where ``ok``."""
         if not self.code:
             return s
         smb, smh, smt, smk = self.strides
@@ -86,7 +89,7 @@ def _round_trip(x, kind):
 
 
 def _split_fold(run_max, run_sum, acc, tot_max, tot_sum, tot_acc, kind):
-    """kernels/attention._split_fold where ``last`` holds: the chunk merged into the totals."""
+    """``attention_steps.split_fold`` where ``last`` holds: the chunk merged into the totals."""
     empty = run_sum == ZERO
     safe = np.where(empty, ONE, run_sum)
     part = _round_trip(np.where(empty[..., None], ZERO, acc / safe[..., None]), kind)
@@ -205,7 +208,7 @@ def attention_fwd_twin(grid, q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_p
 
 
 def _dq_tile(it, mask, q, do, k, v, live, ok, t, r0, BLOCK_N, row_max, row_sum, scale, KIND):
-    """``_dq_tile_interpreted``: (live, P, dP) of one key block as (BLOCK_N, items, rows) tiles."""
+    """``attention_backward._dq_block_interpreted``: (live, P, dP) of one key block as (BLOCK_N, items, rows) tiles."""
     s = _scores(q, k, scale, KIND)
     key = it.ks[None, :, None] + r0 + np.arange(BLOCK_N)[:, None, None]
     s = mask.apply(s, live & ok, it.b[None, :, None], it.h[None, :, None], t[None, None, :], key)

@@ -58,7 +58,6 @@ Batch-varying arguments (item count, Tq, Tk, strides that contain them, the host
 specialised (``kernels/specialization.py``).
 """
 
-import triton
 import triton.language as tl
 
 from .attention_steps import (
@@ -71,7 +70,6 @@ from .attention_steps import (
     interp_scores,
     key_end,
     key_start,
-    mask_values,
     masked_scores,
     native_pointer,
     native_scores,
@@ -83,51 +81,6 @@ from .attention_steps import (
     widen,
 )
 from .specialization import row_kernel
-
-# ---- the backward's P, dP and delta terms ---------------------------------------------------
-
-
-@triton.jit
-def _delta_terms(p, dp, live, KIND: tl.constexpr):
-    """P dP of the live pairs (-0.0 elsewhere). For fp32 inputs in fp64 (exact products, summed in fp64 and
-    rounded once): delta's error enters every dS of its row, and an fp32 sum over the keys would dominate dq's."""
-    if KIND == 0:
-        return tl.where(live, p.to(tl.float64) * dp.to(tl.float64), -0.0)
-    else:
-        return tl.where(live, p * dp, -0.0)
-
-
-@triton.jit
-def _dq_tile_interpreted(q, do, k_ptrs, v_ptrs, m_ptrs, kv_ok, live, ok2, row_max, row_sum, scale,
-                         KIND: tl.constexpr, DO_KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
-    """(live, P, dP) of one key block as (BLOCK_N, items, rows) tiles: ``live`` enters with the key range and the
-    causal rule, the mask is applied here; P = exp(s - max) / sum from the forward's row statistics (0 where not
-    live)."""
-    k = widen(tl.load(k_ptrs, mask=kv_ok, other=0), KIND)
-    s = interp_scores(q, k, scale, KIND)
-    if MASK != 0:
-        s = mask_values(m_ptrs, live & ok2[None, :, :], s, MASK, MASK_KIND)
-    s = tl.where(live, s, float("-inf"))
-    live = s != float("-inf")
-    p = tl.where(live, tl.div_rn(tl.exp(s - row_max), row_sum), 0.0)
-    v = widen(tl.load(v_ptrs, mask=kv_ok, other=0), KIND)
-    return live, p, tl.sum(do * v, axis=0)
-
-
-@triton.jit
-def _dq_tile_native(q, do, kt_ptrs, vt_ptrs, m_ptrs, key_ok, live, d_ok, row_max, row_sum, scale,
-                    KIND: tl.constexpr, MASK: tl.constexpr, MASK_KIND: tl.constexpr):
-    """Compiled: (live, P, dP) of one key block as (rows, keys) tiles, as ``_dq_tile_interpreted``."""
-    kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
-    s = native_scores(q, kt, scale, KIND)
-    if MASK != 0:
-        s = mask_values(m_ptrs, live, s, MASK, MASK_KIND)
-    s = tl.where(live, s, float("-inf"))
-    live = s != float("-inf")
-    p = tl.where(live, tl.div_rn(tl.exp(s - row_max[:, None]), row_sum[:, None]), 0.0)
-    vt = tl.load(vt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0).to(tl.float32)
-    return live, p, tl.dot(do, vt, input_precision="ieee")
-
 
 # ---- forward -----------------------------------------------------------------------------
 

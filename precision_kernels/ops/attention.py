@@ -1,39 +1,26 @@
 """pk.attention: fused, batch-invariant scaled dot-product attention with a KV-cache-friendly causal rule.
 
-``attention(q, k, v, *, causal=True, scale=None, attn_mask=None, key_start=None)``:
+``attention(q, k, v, *, causal=True, scale=None, attn_mask=None, key_start=None)`` (DESIGN.md section 8):
 
 * q is (B, H, Tq, D), k and v are (B, Hkv, Tk, D) with H a multiple of Hkv (grouped-query attention:
   query head h reads key/value head h // (H / Hkv)); 1 <= D <= 256. The output is (B, H, Tq, D) in
   the inputs' dtype (fp32, fp16 or bf16, one dtype for q, k and v).
-* ``causal`` aligns **bottom-right**: query t sits at key position Tk - Tq + t and sees the keys at
-  positions up to it. So a decode step (Tq = 1) sees the whole cache, and a chunk of queries against a
-  longer cache gets the rows of the full pass. torch's SDPA ``is_causal`` aligns top-left instead (the
-  two agree when Tq == Tk).
-* ``attn_mask``: bool (True = attend) or additive float (fp32/fp16/bf16, added in fp32 to the scaled
-  scores), broadcastable to (B, H, Tq, Tk). It gets no gradient.
-* ``key_start``: an int64 (B,) tensor, each batch row's first real key, in [0, Tk]. Keys before it are
-  masked, and key blocks are counted from it, so a left-padded row gives the bits of the same row
-  unpadded (the padding shifts no reduction block). In the backward, each (batch, head)'s query blocks
-  are counted from its first row that attends a key (``_query_origins``), so the gradients of an item
-  padded with masked keys (leading by key_start, anywhere by the mask) and rows that attend nothing
-  equal the item's alone, causal or not.
-* ``scale`` defaults to 1 / sqrt(D); it is used as its float32 value.
-* A row with no key to attend (everything masked, or Tk == 0) gives 0, as torch's SDPA does.
+* ``causal`` aligns **bottom-right** (query t sits at key position Tk - Tq + t), so a decode step (Tq = 1) sees
+  the whole cache and a chunk of queries against a longer cache gets the rows of the full pass; torch's SDPA
+  ``is_causal`` aligns top-left (the two agree when Tq == Tk).
+* ``attn_mask`` (bool, True = attend, or additive fp32/fp16/bf16 added in fp32 to the scaled scores,
+  broadcastable to (B, H, Tq, Tk)) gets no gradient. ``scale`` (default 1 / sqrt(D)) is used as its float32
+  value. A row with no key to attend (everything masked, or Tk == 0) gives 0, as torch's SDPA does.
+* ``key_start`` (int64 (B,), in [0, Tk]), each batch row's first real key: keys before it are masked and key
+  blocks are counted from it, so a left-padded row gives the bits of the same row unpadded. The backward counts
+  each (batch, head)'s query blocks from its first row that attends a key (``_query_origins``), so an item padded
+  with masked keys (leading, or anywhere by the mask) and dead rows gets the item's gradients, causal or not.
 
-Numerics (kernels/attention.py): scores summed over D in fixed order (fp32, or fp64 for fp32 inputs, rounded
-to fp32 once); an online softmax over key
-blocks of a fixed size (``profiles.attention_orders_for``) in index order; P.V in fp32; the output
-rounded once by the project's RNE. Each row's score max and exponential sum are stored (and its
-log-sum-exp, for SDPA's callers); the backward recomputes P = exp(s - max) / sum from them.
-In an engine profile with split-KV (``profiles.attention_splits_for``: decode steps, chunk count by
-FlashAttention-2's heuristic over the cache length and batch) the forward instead rounds each key chunk's
-partial output to the compute dtype and merges the chunks by their log-sum-exps (flash-decoding); the
-matched profile never splits by length.
-No (Tq x Tk) buffer exists in the forward or the backward. The backward's delta = rowsum(P dP) is an fp32
-sum of the recomputed P (not of the rounded output), and dS = P (dP - delta) gives dq (a second pass over
-the keys), dk and dv. It sums dk/dv over query blocks
-in index order (and over the heads of a GQA group in index order) and dq over key blocks, with no
-atomics; it always runs the matched profile on the forward's tile table.
+Numerics: kernels/attention.py and DESIGN.md section 8. The forward stores each row's score max and exponential
+sum (and log-sum-exp, for SDPA's callers), from which the backward recomputes P, in the matched profile on the
+forward's tile table; no (Tq x Tk) buffer, no atomics. An engine profile's split-KV
+(``profiles.attention_splits_for``: decode steps) rounds each key chunk's partial output to the compute dtype and
+merges the chunks by their log-sum-exps (flash-decoding). ``_form`` picks each kernel's interpreter or compiled form.
 
 Custom ops (ops/_custom.py): ``pk::attention(q, k, v, attn_mask, key_start, causal, scale) -> (out, lse, stats)``
 and ``pk::attention_backward``.
@@ -48,7 +35,12 @@ import triton
 
 from .. import compile_registry, profiles
 from ..kernels.attention import attention_fwd_compiled_kernel, attention_fwd_kernel
-from ..kernels.attention_backward import attention_bwd_dkdv_kernel, attention_bwd_dq_kernel
+from ..kernels.attention_backward import (
+    attention_bwd_dkdv_compiled_kernel,
+    attention_bwd_dkdv_kernel,
+    attention_bwd_dq_compiled_kernel,
+    attention_bwd_dq_kernel,
+)
 from ..reference import fp32_scalar
 from ._common import (
     check_device,
@@ -59,7 +51,6 @@ from ._common import (
     kernel_view,
     kind,
     launch,
-    native_dot,
 )
 from ._custom import fp32_value, op_name, require
 from .registry import OpFamily, register_family
@@ -169,12 +160,9 @@ def _layout_checks(op: str, q, k, v, attn_mask, key_start) -> None:
 
 
 def _form(interpreted, compiled, cfg):
-    """(kernel, items per program, its item-tile constexprs): the form ``kernel_form`` picks; the interpreter form
-    runs ``cfg.block_items`` (batch, head) items per program (BLOCK_ITEMS), the compiled form one."""
+    """(the form ``kernel_form`` picks, (batch, head) items per program, its item-tile constexprs)."""
     kernel = kernel_form(interpreted, compiled)
-    if kernel is interpreted:
-        return kernel, cfg.block_items, {"BLOCK_ITEMS": cfg.block_items}
-    return kernel, 1, {}
+    return (kernel, cfg.block_items, {"BLOCK_ITEMS": cfg.block_items}) if kernel is interpreted else (kernel, 1, {})
 
 
 def _common_args(q, k, v, attn_mask, key_start):
@@ -241,21 +229,21 @@ def _backward(dout, q, k, v, stats, attn_mask, key_start, causal: bool, scale: f
         return dq, dk, dv
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
     do_strides = dout.stride()
-    common = dict(KIND=kind(q.dtype), DO_KIND=kind(dout.dtype), CAUSAL=causal, NATIVE_DOT=native_dot(), **flags)
+    common = dict(KIND=kind(q.dtype), DO_KIND=kind(dout.dtype), CAUSAL=causal, **flags)
     delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
     if tq:
         cfg = profiles.attention_config(q.dtype, "dq", items=b * h, rows=tq, keys=tk, head_dim=d)
-        grid = (triton.cdiv(b * h, cfg.block_items) * triton.cdiv(tq, cfg.block_m),)
-        launch(attention_bwd_dq_kernel, grid,
+        kernel, block_items, item_tile = _form(attention_bwd_dq_kernel, attention_bwd_dq_compiled_kernel, cfg)
+        grid = (triton.cdiv(b * h, block_items) * triton.cdiv(tq, cfg.block_m),)
+        launch(kernel, grid,
                kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(dout), stats[0], stats[1], delta,
                kernel_view(dq), b * h, h, h // hkv, tq, tk, d, ks_min, scale, *strides, *do_strides,
-               config=cfg, **common,
-               BLOCK_ITEMS=cfg.block_items, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
+               config=cfg, **common, **item_tile, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d)
     else:
         dq.zero_()
     cfg = profiles.attention_config(q.dtype, "dkdv", items=b * hkv, rows=tq, keys=tk - ks_min, head_dim=d)
-    bm = cfg.block_m_bwd
-    grid = (triton.cdiv(b * hkv, cfg.block_items) * triton.cdiv(tk - ks_min, cfg.block_n_bwd),)
+    kernel, block_items, item_tile = _form(attention_bwd_dkdv_kernel, attention_bwd_dkdv_compiled_kernel, cfg)
+    grid = (triton.cdiv(b * hkv, block_items) * triton.cdiv(tk - ks_min, cfg.block_n_bwd),)
     if math.prod(grid) == 0 or dk.numel() == 0 or tq == 0:
         dk.zero_()
         dv.zero_()
@@ -264,18 +252,16 @@ def _backward(dout, q, k, v, stats, attn_mask, key_start, causal: bool, scale: f
     # one read for both host bounds: the first origin, and how far before a key its first seeing row can lie
     shift = (key_start.view(b, 1) if key_start is not None else 0) - (tk - tq) - origins.view(b, h)
     org_min, shift_min = torch.stack([origins.min(), shift.min()]).tolist()
-    qb_hi = triton.cdiv(tq - org_min, bm)
+    qb_hi = triton.cdiv(tq - org_min, cfg.block_m_bwd)
     if ks_max > 0:
         # a row's keys before its first real key are not visited; their gradient is 0
         dk.zero_()
         dv.zero_()
-    launch(attention_bwd_dkdv_kernel, grid,
+    launch(kernel, grid,
            kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, origins, kernel_view(dout), stats[0], stats[1],
-           delta,
-           kernel_view(dk), kernel_view(dv), b * hkv, h, hkv, h // hkv, tq, tk, d, ks_min, scale,
-           qb_hi, shift_min, *strides, *do_strides,
-           config=cfg, **common,
-           BLOCK_ITEMS=cfg.block_items, BLOCK_M=bm, BLOCK_N=cfg.block_n_bwd, BLOCK_D=cfg.block_d)
+           delta, kernel_view(dk), kernel_view(dv), b * hkv, h, hkv, h // hkv, tq, tk, d, ks_min, scale, qb_hi,
+           shift_min, *strides, *do_strides, config=cfg, **common, **item_tile,
+           BLOCK_M=cfg.block_m_bwd, BLOCK_N=cfg.block_n_bwd, BLOCK_D=cfg.block_d)
     return dq, dk, dv
 
 
@@ -383,11 +369,10 @@ def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
     for head_dim in (8, 64, 128):
         cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
         block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
-        # the backward's kernels still pick their form by NATIVE_DOT
-        form = {"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_, "NATIVE_DOT": True, "BLOCK_ITEMS": 1}
         for variant in variants:
-            out.append({"KIND": kind_, **form, "MASK_KIND": 0, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                        "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **variant})
+            out.append({"KIND": kind_, **({"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
+                        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps,
+                        "num_stages": cfg.num_stages, **variant})
     return out
 
 
@@ -406,12 +391,12 @@ def _compile_kernels(table: dict) -> None:
                        **qkvm},
             configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
         compile_registry.register(
-            table, f"attention_bwd_dq_{name}", attention_bwd_dq_kernel,
+            table, f"attention_bwd_dq_{name}", attention_bwd_dq_compiled_kernel,
             signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dq_ptr": ptr,
                        "n_items": "i32", **qkvm, **do},
             configs=_compile_configs(name, kind_, "dq"), expects_mma=kind_ != 0)
         compile_registry.register(
-            table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_kernel,
+            table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_compiled_kernel,
             signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dk_ptr": ptr,
                        "dv_ptr": ptr, "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32",
                        "shift_min": "i32", **qkvm, **do},
@@ -451,8 +436,11 @@ register_family(OpFamily(
     name="attention",
     public=("attention",),
     custom_ops=(op_name("attention"), op_name("attention_backward")),
-    kernels=(attention_fwd_kernel, attention_fwd_compiled_kernel, attention_bwd_dq_kernel, attention_bwd_dkdv_kernel),
-    forms=((attention_fwd_kernel, attention_fwd_compiled_kernel),),
+    kernels=(attention_fwd_kernel, attention_fwd_compiled_kernel, attention_bwd_dq_kernel,
+             attention_bwd_dq_compiled_kernel, attention_bwd_dkdv_kernel, attention_bwd_dkdv_compiled_kernel),
+    forms=((attention_fwd_kernel, attention_fwd_compiled_kernel),
+           (attention_bwd_dq_kernel, attention_bwd_dq_compiled_kernel),
+           (attention_bwd_dkdv_kernel, attention_bwd_dkdv_compiled_kernel)),
     compile_kernels=_compile_kernels,
     reference={"attention": reference_attention},
     # torch's CPU SDPA, forward and backward: served together or not at all (matched/attention.py)
