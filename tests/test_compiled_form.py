@@ -27,10 +27,11 @@ import torch
 
 import precision_kernels as pk
 from precision_kernels import profiles
-from precision_kernels.ops._common import compiled_forms
+from precision_kernels.ops._common import compiled_forms, observe_launches
 from precision_kernels.ops.fp8 import reference_scaled_mm
 from precision_kernels.ops.lm_head import reference_linear_logprobs
 from precision_kernels.ops.matmul import _k_chunk
+from precision_kernels.ops.registry import all_families
 
 # On a GPU the same tests run the compiled forms with the hardware's tl.dot (tests/gpu_selection.txt).
 pytestmark = pytest.mark.compiled_form
@@ -43,10 +44,17 @@ U_OUT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**
 M, K, N = 37, 100, 70
 
 
+# Kernels whose interpreter form has a compiled form beside it: none of them may run in these tests.
+INTERPRETER_FORMS = frozenset().union(*(f.interpreter_forms() for f in all_families().values()))
+
+
 @pytest.fixture(autouse=True)
 def _compiled_on_cuda_tiles(masked_lanes_undefined, bf16_dot_widened):
-    with profiles.config_backend("cuda"), compiled_forms():
+    with profiles.config_backend("cuda"), compiled_forms(), observe_launches() as records:
         yield
+    # what ran is the compiled forms (ops._common.kernel_form): an interpreter form gives the exact bits too
+    launched = {r.kernel for r in records}
+    assert launched and not launched & INTERPRETER_FORMS, f"interpreter forms ran: {sorted(launched)}"
 
 
 def randn(*shape, dtype, seed) -> torch.Tensor:

@@ -21,7 +21,7 @@ from precision_kernels import backend, cpu_executor, profiles
 from precision_kernels.cpu_executor import use_cpu_executor
 from precision_kernels.kernels.matmul import matmul_kernel
 from precision_kernels.ops import registry
-from precision_kernels.ops._common import launch, observe_launches
+from precision_kernels.ops._common import compiled_forms, launch, observe_launches
 
 pytestmark = pytest.mark.skipif(not backend.INTERPRETED, reason="the CPU executor runs on the interpreter backend")
 
@@ -79,6 +79,9 @@ def test_compiled_forms_and_cuda_tiles_always_run_in_the_interpreter():
     with profiles.config_backend("cuda"), observe_launches() as records:
         pk.matmul(_x(3, 5), _x(5, 4, seed=1))
     assert [r.executor for r in records] == ["interpreter"]
+    with compiled_forms(), observe_launches() as records:
+        pk.matmul(_x(3, 5), _x(5, 4, seed=1))
+    assert [(r.kernel, r.executor) for r in records] == [("matmul_compiled_kernel", "interpreter")]
 
 
 @triton.jit

@@ -114,7 +114,7 @@ def test_direct_launch_follows_block_k_splits_and_chunk(m, k, n, dtype, block_k,
         grid = (triton.cdiv(m, 16) * triton.cdiv(n, 16),)
         return matmul_kernel, grid, (*views, m, n, k, k_chunk, *views[0].stride(), *views[1].stride(),
                                      *views[3].stride()), dict(
-            KIND=KIND[dtype], HAS_BIAS=bias, SPLITS=splits, NATIVE_DOT=False, BLOCK_M=16, BLOCK_N=16,
+            KIND=KIND[dtype], HAS_BIAS=bias, SPLITS=splits, BLOCK_M=16, BLOCK_N=16,
             BLOCK_K=block_k, GROUP_M=1)
 
     want = _direct(kernel_args, "interpreter")[3]
@@ -132,7 +132,7 @@ def test_direct_bmm_launch_follows_splits(splits):
         av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
         return bmm_kernel, (triton.cdiv(nb, 2) * 1 * 1,), (av, bv, cv, nb, m, n, k, 32, *av.stride(), *bv.stride(),
                                                           *cv.stride()), dict(
-            KIND=1, SPLITS=splits, NATIVE_DOT=False, BLOCK_BATCH=2, BLOCK_M=4, BLOCK_N=8, BLOCK_K=16)
+            KIND=1, SPLITS=splits, BLOCK_BATCH=2, BLOCK_M=4, BLOCK_N=8, BLOCK_K=16)
 
     assert torch.equal(_direct(kernel_args, "twins")[2], _direct(kernel_args, "interpreter")[2])
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from precision_kernels import backend, numerics, profiles, reference
 from precision_kernels.kernels.matmul import linear_tile
-from precision_kernels.ops._common import kernel_view, kind
+from precision_kernels.kernels.matmul_compiled import linear_tile_compiled
+from precision_kernels.ops._common import kernel_form, kernel_view, kind
 from precision_kernels.ops.matmul import linear, matmul
 
 DEVICE = backend.device()
@@ -433,17 +434,32 @@ def test_engine_batched_and_linear(name):
 
 
 @triton.jit
-def _linear_tile_probe(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, k_chunk, stride_xm, stride_xk, stride_wn,
-                       stride_wk, KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr,
-                       NATIVE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    tile = linear_tile(x_ptr, w_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk, stride_xm, stride_xk,
-                       stride_wk, stride_wn, KIND, HAS_BIAS, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+def _store_probe_tile(out_ptr, tile, pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + rows[:, None] * N + cols[None, :], tile, mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def _linear_tile_probe(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, k_chunk, stride_xm, stride_xk, stride_wn,
+                       stride_wk, KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    tile = linear_tile(x_ptr, w_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk, stride_xm, stride_xk,
+                       stride_wk, stride_wn, KIND, HAS_BIAS, SPLITS, BLOCK_M, BLOCK_N, BLOCK_K)
+    _store_probe_tile(out_ptr, tile, pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _linear_tile_compiled_probe(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, k_chunk, stride_xm, stride_xk, stride_wn,
+                                stride_wk, KIND: tl.constexpr, HAS_BIAS: tl.constexpr, SPLITS: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    tile = linear_tile_compiled(x_ptr, w_ptr, bias_ptr, pid_m, pid_n, M, N, K, k_chunk, stride_xm, stride_xk,
+                                stride_wk, stride_wn, KIND, HAS_BIAS, SPLITS, BLOCK_M, BLOCK_N, BLOCK_K)
+    _store_probe_tile(out_ptr, tile, pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -462,11 +478,12 @@ def test_linear_tile_is_what_linear_stores(name, profile):
     out = torch.empty(37, 21, dtype=torch.float32, device=DEVICE)
     xv, wv = kernel_view(x), kernel_view(w)
     grid = (triton.cdiv(37, cfg.block_m), triton.cdiv(21, cfg.block_n))
-    _linear_tile_probe[grid](xv, wv, kernel_view(bias), out, 37, 21, 100, _k_chunk(100, splits),
-                             xv.stride(0), xv.stride(1), wv.stride(0), wv.stride(1),
-                             KIND=kind(dtype), HAS_BIAS=True, SPLITS=splits, NATIVE_DOT=not backend.INTERPRETED,
-                             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                             **backend.launch_options())
+    # the form pk.linear launches here (ops._common.kernel_form)
+    probe = kernel_form(_linear_tile_probe, _linear_tile_compiled_probe)
+    probe[grid](xv, wv, kernel_view(bias), out, 37, 21, 100, _k_chunk(100, splits),
+                xv.stride(0), xv.stride(1), wv.stride(0), wv.stride(1),
+                KIND=kind(dtype), HAS_BIAS=True, SPLITS=splits,
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **backend.launch_options())
     assert_bitwise(out, want.float())
 
 

@@ -22,8 +22,8 @@ ON_GPU = not pk.backend.INTERPRETED
 # What varies with the batch in each kernel: row counts, batch sizes, M. Written out here, not read
 # from the kernels, so removing one from a kernel's decorator fails the test.
 BATCH_VARYING = {
-    "matmul_kernel": {"M"},
-    "bmm_kernel": {"BATCH", "M"},
+    "matmul_compiled_kernel": {"M"},
+    "bmm_compiled_kernel": {"BATCH", "M"},
     "lm_head_kernel": {"M"},
     "lm_head_dlogits_kernel": {"M"},
     "softmax_fwd_kernel": {"n_rows"},

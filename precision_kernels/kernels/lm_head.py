@@ -59,6 +59,7 @@ from .lse import (
     token_logprob_finish,
 )
 from .matmul import linear_tile
+from .matmul_compiled import linear_tile_compiled
 from .rounding import round_fp32
 from .specialization import row_kernel
 
@@ -109,9 +110,14 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
         pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
         # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
         # (no bias: HAS_BIAS=False, so the third pointer is never read)
-        logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
-                             stride_hm, stride_hk, stride_wk, stride_wv,
-                             KIND, False, SPLITS, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)
+        if NATIVE_DOT:
+            logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
+                                          stride_hm, stride_hk, stride_wk, stride_wv,
+                                          KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
+        else:
+            logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
+                                 stride_hm, stride_hk, stride_wk, stride_wv,
+                                 KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
         cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
         mask = row_mask[:, None] & (cols < V)[None, :]
         z = scale_logits(logits, temperature)
@@ -164,9 +170,14 @@ def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_pt
     # recompute this tile of logits (pid_v counts BLOCK_V blocks from column 0; v_start is a multiple of BLOCK_V)
     pid_v = v_start // BLOCK_V + pid_c
     # the backward runs the matched profile: no bias (HAS_BIAS=False), one K chunk (SPLITS=1, k_chunk=K)
-    logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
-                         stride_hm, stride_hk, stride_wk, stride_wv,
-                         KIND, False, 1, NATIVE_DOT, BLOCK_M, BLOCK_V, BLOCK_K)
+    if NATIVE_DOT:
+        logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
+                                      stride_hm, stride_hk, stride_wk, stride_wv,
+                                      KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
+    else:
+        logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
+                             stride_hm, stride_hk, stride_wk, stride_wv,
+                             KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = row_mask[:, None] & (cols < V)[None, :]
     z = scale_logits(logits, temperature)

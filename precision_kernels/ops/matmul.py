@@ -23,8 +23,9 @@ import triton
 
 from .. import compile_registry, profiles
 from ..kernels.matmul import bmm_kernel, matmul_kernel
+from ..kernels.matmul_compiled import bmm_compiled_kernel, matmul_compiled_kernel
 from ..reference import f64
-from ._common import check_float, check_same_dtype, kernel_view, kind, launch, native_dot
+from ._common import check_float, check_same_dtype, kernel_form, kernel_view, kind, launch
 from ._custom import op_name, require
 from .registry import OpFamily, register_family
 
@@ -51,11 +52,11 @@ def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, spli
     # The kernel reads the bias with unit stride: a strided bias (N elements) is copied here.
     bias_v = cv if bias is None else kernel_view(bias.contiguous())
     launch(
-        matmul_kernel, grid,
+        kernel_form(matmul_kernel, matmul_compiled_kernel), grid,
         av, bv, bias_v, cv, m, n, k, _k_chunk(k, splits),
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1), cv.stride(0), cv.stride(1),
-        config=cfg, KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, NATIVE_DOT=native_dot(),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        config=cfg, KIND=kind(a.dtype), HAS_BIAS=bias is not None, SPLITS=splits, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
     )
     return out
 
@@ -70,10 +71,10 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, splits: int = 1) -> torch.Tensor:
     grid = (triton.cdiv(nb, cfg.block_batch) * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     av, bv, cv = kernel_view(a), kernel_view(b), kernel_view(out)
     launch(
-        bmm_kernel, grid,
+        kernel_form(bmm_kernel, bmm_compiled_kernel), grid,
         av, bv, cv, nb, m, n, k, _k_chunk(k, splits),
         *av.stride(), *bv.stride(), *cv.stride(),
-        config=cfg, KIND=kind(a.dtype), SPLITS=splits, NATIVE_DOT=native_dot(), BLOCK_BATCH=cfg.block_batch,
+        config=cfg, KIND=kind(a.dtype), SPLITS=splits, BLOCK_BATCH=cfg.block_batch,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
     )
     return out
@@ -270,25 +271,25 @@ def _compile_kernels(table: dict) -> None:
         bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", name)))
         cfg3 = profiles.matmul_config_for("cuda", name, batched=True)
         compile_registry.register(
-            table, f"matmul_{name}", matmul_kernel,
+            table, f"matmul_{name}", matmul_compiled_kernel,
             signature={"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
                        "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
                        "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
                        "stride_cm": "i64", "stride_cn": "i64"},
-            configs=[{"KIND": kind_, "HAS_BIAS": bias, "SPLITS": splits, "NATIVE_DOT": True,
+            configs=[{"KIND": kind_, "HAS_BIAS": bias, "SPLITS": splits,
                       "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
                       "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
                      for cfg2 in bucket_cfgs for splits in (1, engine_splits) for bias in (False, True)],
             expects_mma=kind_ != 0,
         )
         compile_registry.register(
-            table, f"bmm_{name}", bmm_kernel,
+            table, f"bmm_{name}", bmm_compiled_kernel,
             signature={"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
                        "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
                        "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
                        "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
                        "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"},
-            configs=[{"KIND": kind_, "SPLITS": splits, "NATIVE_DOT": True, "BLOCK_BATCH": cfg3.block_batch,
+            configs=[{"KIND": kind_, "SPLITS": splits, "BLOCK_BATCH": cfg3.block_batch,
                       "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k}
                      for splits in (1, engine_splits)],
             expects_mma=kind_ != 0,
@@ -328,7 +329,8 @@ register_family(OpFamily(
         "aten.sum.default",
         "aten.embedding_dense_backward.default",
     ),
-    kernels=(matmul_kernel, bmm_kernel),
+    kernels=(matmul_kernel, matmul_compiled_kernel, bmm_kernel, bmm_compiled_kernel),
+    forms=((matmul_kernel, matmul_compiled_kernel), (bmm_kernel, bmm_compiled_kernel)),
     compile_kernels=_compile_kernels,
     reference={"matmul": reference_matmul, "linear": reference_linear},
 ))
