@@ -20,7 +20,7 @@ from test_attention import check_rounded, grad_bounds, grads, make_mask, out_bou
 
 import precision_kernels as pk
 from precision_kernels import profiles
-from precision_kernels.ops._common import compiled_forms
+from precision_kernels.ops._common import compiled_forms, observe_launches
 from precision_kernels.ops.attention import reference_attention
 
 # On a GPU the same tests run the compiled forms with the hardware's tl.dot (tests/gpu_selection.txt).
@@ -85,6 +85,17 @@ def exact_expected(q, k, v, causal, mask=None, key_start=None):
     total = (top.double() @ vv).float()                         # exact: k/8 values, at most 2^10 keys
     count = top.sum(-1, keepdim=True).float()
     return torch.where(count > 0, total / count.clamp(min=1), 0.0).to(q.dtype)
+
+
+def test_every_launch_is_the_compiled_form_in_the_interpreter():
+    """The op launches each kernel's compiled form here (``ops._common.kernel_form``), and the interpreter runs it.
+    The accuracy and exact-input tests below pass on the interpreter forms too (exact in any case)."""
+    q, k, v = qkv(1, 2, 1, 3, 5, 8, torch.float16, seed=9)
+    with observe_launches() as records:
+        grads(q, k, v, randn(1, 2, 3, 8, dtype=torch.float16, seed=10))
+    assert [r.kernel for r in records] == ["attention_fwd_compiled_kernel", "attention_bwd_dq_compiled_kernel",
+                                           "attention_bwd_dkdv_compiled_kernel"]
+    assert all(r.executor == "interpreter" for r in records)
 
 
 # ---- accuracy against FP64 (fp16, bf16; fp32 is tests/test_attention.py's compiled-form case) ---------
