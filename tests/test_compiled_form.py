@@ -188,7 +188,7 @@ def test_engine_split_k_chunk_boundaries_are_where_they_should_be():
     check_matmul_bound(got, a64 @ b64, a64.abs() @ b64.abs(), dtype, K, splits=splits, what="engine split-K")
 
 
-# ---- scaled_mm (fp8 operands, DOT = 1: exact widening to fp16, fp16 tl.dot) ------------------------
+# ---- scaled_mm (fp8 operands; compiled form: exact widening to fp16, fp16 tl.dot) -------------------
 
 
 @pytest.mark.parametrize("out_fmt", ["fp32", "fp16", "bf16"])

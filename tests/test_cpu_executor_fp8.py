@@ -128,7 +128,7 @@ def test_direct_launch_follows_block_k(block_k):
             launch(scaled_mm_kernel, (triton.cdiv(7, 16) * triton.cdiv(19, 16),), a.view(torch.uint8), b,
                    sa.reshape(-1), sw.reshape(-1), bias, out, 7, 19, 75, *a.stride(), *b.stride(), *out.stride(),
                    A_KIND=KIND[a.dtype], B_KIND=KIND[w.dtype], ROW_SCALES=True, HAS_BIAS=True, BIAS_KIND=2,
-                   OUT_KIND=0, DOT=0, BLOCK_M=16, BLOCK_N=16, BLOCK_K=block_k, GROUP_M=1)
+                   OUT_KIND=0, BLOCK_M=16, BLOCK_N=16, BLOCK_K=block_k, GROUP_M=1)
         assert [r.executor for r in records] == ["twin" if executor == "twins" else "interpreter"]
         outs.append(out)
     assert torch.equal(bits(outs[0]), bits(outs[1]))

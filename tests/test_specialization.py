@@ -36,7 +36,7 @@ BATCH_VARYING = {
     "layer_norm_fwd_kernel": {"n_rows"},
     "layer_norm_bwd_kernel": {"n_rows"},
     "round_to_kernel": {"n_elements"},   # elementwise: no summation tree, but batch-varying all the same
-    "scaled_mm_kernel": {"M"},
+    "scaled_mm_compiled_kernel": {"M"},
     # attention: (batch, head) items, both sequence lengths, the first-real-key bounds, and every stride that
     # holds a sequence length
     "attention_fwd_compiled_kernel": {"n_items", "Tq", "Tk", "ks_min", "stride_qb", "stride_qh", "stride_kb",

@@ -1,4 +1,4 @@
-"""Twin of ``scaled_mm_kernel`` (kernels/fp8_matmul.py) under DOT = 0, the interpreter form.
+"""Twin of ``scaled_mm_kernel`` (kernels/fp8_matmul.py), the interpreter form.
 
 Per output element (m, n), what the interpreter computes:
 

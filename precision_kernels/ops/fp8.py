@@ -18,9 +18,9 @@ import triton
 
 from .. import compile_registry, profiles
 from ..kernels.formats import FP8_E4M3FN, FP8_E5M2
-from ..kernels.fp8_matmul import scaled_mm_kernel
+from ..kernels.fp8_matmul import scaled_mm_compiled_kernel, scaled_mm_kernel
 from ..precision import Precision
-from ._common import check_device, check_float, kernel_view, kind, launch, native_dot
+from ._common import check_device, check_float, kernel_form, kernel_view, kind, launch
 from ._custom import op_name, require
 from .registry import OpFamily, register_family
 from .rounding import FP8_DTYPES, round_to
@@ -28,13 +28,6 @@ from .rounding import FP8_DTYPES, round_to
 # Storage codes of the fp8 operands in the kernels (kernels/rounding.py's to_fp32).
 FP8_KIND = {torch.float8_e4m3fn: FP8_E4M3FN.value, torch.float8_e5m2: FP8_E5M2.value}
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def fp8_dot_mode() -> int:
-    """How the scaled-mm kernel sums a K block (kernels/fp8_matmul.py, ``DOT``): 0 under the interpreter
-    (elementwise products, K-ordered sums); 1 compiled (operands widened exactly to fp16, fp16 ``tl.dot``
-    with an fp32 accumulator; kernels/fp8_matmul.py says why not an fp8 dot on sm_90). Both keep I6."""
-    return 1 if native_dot() else 0
 
 
 # ---- quantize_fp8 ---------------------------------------------------------------------------
@@ -138,13 +131,16 @@ def _scaled_mm_op(a: torch.Tensor, a_dtype: torch.dtype, b: torch.Tensor, b_dtyp
     cfg = profiles.matmul_config(torch.float16, m=m, n=n, k=k)
     cv = kernel_view(out)
     bias_v = cv if bias is None else kernel_view(bias.contiguous())
+    # the interpreter form sums K blocks by elementwise products, the compiled one by an fp16 tl.dot of the
+    # exactly widened operands (kernels/fp8_matmul.py); both keep I6
     launch(
-        scaled_mm_kernel, (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),),
+        kernel_form(scaled_mm_kernel, scaled_mm_compiled_kernel),
+        (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),),
         a, b, scale_a.reshape(-1).contiguous(), scale_b.reshape(-1).contiguous(),
         bias_v, cv, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), cv.stride(0), cv.stride(1),
         config=cfg, A_KIND=FP8_KIND[a_dtype], B_KIND=FP8_KIND[b_dtype], ROW_SCALES=row_scales,
         HAS_BIAS=bias is not None, BIAS_KIND=kind(out_dtype if bias is None else bias.dtype), OUT_KIND=kind(out_dtype),
-        DOT=fp8_dot_mode(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
     )
     return out
 
@@ -221,19 +217,19 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
 
 
 def _compile_kernels(table: dict) -> None:
-    """The scaled-mm kernel in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as
-    uint8 patterns, DOT = 1 (exact widening to fp16, fp16 tensor cores): the path every CUDA target runs."""
+    """The scaled-mm kernel's compiled form (exact widening to fp16, fp16 tensor cores: the path every CUDA target
+    runs) in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as uint8 patterns."""
     # every M bucket's tiles (the compile check audits that they share one instruction family)
     bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", "fp16")))
     e4, e5, bf16 = FP8_KIND[torch.float8_e4m3fn], FP8_KIND[torch.float8_e5m2], kind(torch.bfloat16)
     compile_registry.register(
-        table, "scaled_mm_bf16", scaled_mm_kernel,
+        table, "scaled_mm_bf16", scaled_mm_compiled_kernel,
         signature={"a_ptr": "*u8", "b_ptr": "*u8", "scale_a_ptr": "*fp32", "scale_b_ptr": "*fp32",
                    "bias_ptr": "*i16", "c_ptr": "*i16", "M": "i32", "N": "i32", "K": "i32",
                    "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
                    "stride_cm": "i64", "stride_cn": "i64"},
         configs=[{"A_KIND": a_kind, "B_KIND": b_kind, "ROW_SCALES": row, "HAS_BIAS": bias, "BIAS_KIND": bf16,
-                  "OUT_KIND": bf16, "DOT": 1, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
+                  "OUT_KIND": bf16, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
                   "GROUP_M": c.group_m, "num_warps": c.num_warps, "num_stages": c.num_stages}
                  for c in bucket_cfgs for a_kind, b_kind, row, bias in ((e4, e4, True, False), (e4, e5, False, True))],
         expects_mma=True,
@@ -251,7 +247,8 @@ register_family(OpFamily(
     name="fp8",
     public=("quantize_fp8", "scaled_mm"),
     custom_ops=("pk::quantize_fp8", "pk::scaled_mm"),
-    kernels=(scaled_mm_kernel,),
+    kernels=(scaled_mm_kernel, scaled_mm_compiled_kernel),
+    forms=((scaled_mm_kernel, scaled_mm_compiled_kernel),),
     compile_kernels=_compile_kernels,
     reference={"scaled_mm": reference_scaled_mm},
 ))
