@@ -20,7 +20,8 @@ sampler precision, sampler mode, learner precision):
   with ``--profile``, scored by an fp32 learner: the FP32-trainer / BF16-engine setup;
 * ``matched-bf16``: the learner's own kernels and precision, which must give exactly 0 at every length.
 
-HF models sample chat prompts that ask for long answers and stop at the tokenizer's EOS; TinyGPT (seeded,
+HF models sample chat prompts that ask for long answers (or, with ``--long-task L``, the prompts of
+``rl.train --task long --response-length L``) and stop at the tokenizer's EOS; TinyGPT (seeded,
 random init, ``--vocab`` / ``--d-model`` / ``--tiny-layers`` / ``--heads``) samples random prompts to the full length.
 With δ_t = log π − log μ of each sampled token (learner minus sampler), the figures (``rl.diagnostics``)
 are, per configuration and length L, over the sequences that reach L and their first L tokens (the
@@ -133,8 +134,15 @@ class HFSide:
                                        attn_implementation="sdpa")
         if tok is None:
             raise ValueError(f"--model {args.model}: the length benchmark needs a tokenizer beside the model")
-        texts = [LONG_PROMPTS[i % len(LONG_PROMPTS)] for i in range(args.responses)]
-        self.ids, self.mask = hf.encode_prompts(tok, texts, chat=tok.chat_template is not None)
+        if args.long_task is not None:  # the prompts an rl.train --task long run of this seed draws from
+            from rl.task_views import TextTask
+
+            prompts = TextTask("long", tok, length=args.long_task).prompt_set(args.responses, args.seed,
+                                                                            torch.device("cpu"))
+            self.ids, self.mask = prompts.ids, prompts.mask
+        else:
+            texts = [LONG_PROMPTS[i % len(LONG_PROMPTS)] for i in range(args.responses)]
+            self.ids, self.mask = hf.encode_prompts(tok, texts, chat=tok.chat_template is not None)
         self.eos = tok.eos_token_id
         self.pad = self.eos if tok.pad_token_id is None else tok.pad_token_id
         self.copies: dict[str, torch.nn.Module] = {}
@@ -314,6 +322,9 @@ def main(argv=None) -> int:
     parser.add_argument("--d-model", type=int, default=64, help="tinygpt: width")
     parser.add_argument("--tiny-layers", type=int, default=2, help="tinygpt: layers")
     parser.add_argument("--heads", type=int, default=2, help="tinygpt: attention heads (dividing --d-model)")
+    parser.add_argument("--long-task", type=int, default=None, metavar="L",
+                        help="HF models: the prompts of rl.train --task long --response-length L (the first "
+                             "--responses of --seed's prompt set) instead of the essay prompts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--png", metavar="PREFIX", help="write PREFIX_seq_logratio.png and PREFIX_token_probs.png")
@@ -339,6 +350,9 @@ def main(argv=None) -> int:
                         ("--tiny-layers", args.tiny_layers), ("--heads", args.heads)):
         if value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
+    if args.long_task is not None and (m == "tinygpt" or not 32 <= args.long_task <= 256):
+        parser.error(f"--long-task takes a response length in [32, 256] with an HF model, got {args.long_task} "
+                     f"with --model {m}")
     if args.d_model % args.heads:
         parser.error(f"--d-model must be divisible by --heads {args.heads}, got {args.d_model}")
     try:

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--task long: response length, 32 to 256 tokens (default 64)")
     p.add_argument("--symbols", type=int, default=None, metavar="V",
                    help="--task long: its vocabulary of symbols (default 64; TinyGPT's vocabulary is V + 3)")
+    p.add_argument("--period", type=int, default=None, metavar="K",
+                   help="--task long: the prompt's pattern length, which the response repeats (default 4; 1 is "
+                        "the easiest)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--head-precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="precision of the LM head (default: --precision); fp32 is the common partial fix")
@@ -173,13 +176,13 @@ def check_args(args) -> None:
 
     model = parse_model(args.model)
     shape = check_hf_directory(model, args.model) if model.kind == "hf" else None
-    for flag, dest in (("--response-length", "response_length"), ("--symbols", "symbols")):
+    for flag, dest in (("--response-length", "response_length"), ("--symbols", "symbols"), ("--period", "period")):
         need(getattr(args, dest) is None or args.task == "long", flag, "given only with --task long",
              getattr(args, dest))
     try:
         task = get_any_task(args.task, **task_options(args))
     except ValueError as e:  # the task names its parameter: length or symbols
-        raise ValueError(f"--response-length/--symbols: {e}") from None
+        raise ValueError(f"--response-length/--symbols/--period: {e}") from None
     check_task(model, args.task, task)
     n_problems = getattr(task, "n_problems", None)
     if n_problems is not None and given(args.dataset_size):
@@ -263,8 +266,8 @@ def check_args(args) -> None:
 
 
 def task_options(args) -> dict:
-    """The task's constructor options from the flags: ``long``'s length and symbols when given."""
-    names = {"response_length": "length", "symbols": "symbols"}
+    """The task's constructor options from the flags: ``long``'s length, symbols and period when given."""
+    names = {"response_length": "length", "symbols": "symbols", "period": "period"}
     return {names[k]: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 

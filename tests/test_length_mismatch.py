@@ -86,3 +86,29 @@ def test_a_hugging_face_model_with_a_tokenizer(tmp_path):
     by = {(r["config"], r["length"]): r for r in json.loads(path.read_text()) if r["kind"] == "length"}
     assert by["matched-bf16", 3]["n_tokens"] > 0 and by["matched-bf16", 3]["ess_seq"] == 1.0
     assert by["engine-bf16", 2]["n_tokens"] > 0 and by["torch-fp32", 2]["n_tokens"] > 0
+
+
+def test_long_task_prompts_are_the_runs_own(tmp_path):
+    """--long-task L samples the prompts an rl.train --task long run of --seed draws from."""
+    pytest.importorskip("transformers")
+    import argparse
+
+    import torch
+
+    from rl import hf
+    from rl.task_views import TextTask
+    from rl.tiny_hf import write_tiny_llama
+
+    config = write_tiny_llama(tmp_path / "tiny", layers=1)
+    args = argparse.Namespace(model=f"hf:{config.parent}", seed=3, responses=2, long_task=40)
+    side = LM.HFSide(args, max_len=4)
+    tok = hf.load_model(hf.parse_model(args.model), 0, torch.device("cpu"))[1]
+    want = TextTask("long", tok, length=40).prompt_set(2, 3, torch.device("cpu"))
+    assert torch.equal(side.ids, want.ids) and torch.equal(side.mask, want.mask)
+
+
+@pytest.mark.parametrize("flags", [["--long-task", "16"], ["--long-task", "64", "--model", "tinygpt"]])
+def test_long_task_takes_a_task_length_and_an_hf_model(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        LM.main([*TINY[:1], "smollm2:2", *TINY[2:], *flags])
+    assert exc.value.code == 2 and "--long-task" in capsys.readouterr().err

@@ -127,6 +127,8 @@ RUN = ["--task", "long", "--response-length", "32", "--symbols", "16", "--steps"
     (["--task", "long", "--response-length", "16"], "--response-length"),
     (["--task", "long", "--response-length", "512"], "--response-length"),
     (["--task", "long", "--symbols", "1"], "--symbols"),
+    (["--task", "reverse", "--period", "2"], "--period"),
+    (["--task", "long", "--period", "0"], "--period"),
 ])
 def test_long_task_flags_are_checked_before_any_work(tmp_path, capsys, flags, flag):
     from rl.train import main
@@ -167,3 +169,14 @@ def test_the_chat_form_through_a_tokenizer():
     responses = torch.tensor([row + [view.pad_id] * (width - len(row)) for row in (right, short)])
     mask = torch.arange(width)[None, :] < torch.tensor([len(right), len(short)])[:, None]
     assert view.reward(prompts, responses, mask, partial=True).tolist() == pytest.approx([1.0, 8 / 33])
+
+
+def test_the_period_flag_reaches_the_task():
+    from rl.tasks import get_any_task
+    from rl.train_flags import build_parser, task_options
+
+    args = build_parser().parse_args(["--task", "long", "--response-length", "32", "--period", "1"])
+    task = get_any_task("long", **task_options(args))
+    assert task.period == 1 and task.prompt_len == 2
+    answer = task.text_problems(1, seed=0)[0][1].split()
+    assert len(answer) == 32 and len(set(answer)) == 1  # one word, repeated
