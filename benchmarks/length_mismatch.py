@@ -182,8 +182,10 @@ class HFSide:
 
 # ---- measuring ---------------------------------------------------------------------------------------------
 
-def measure(args, lengths: list[int], configs: list[str], progress=None) -> tuple[list[dict], dict]:
-    """Every configuration's records; also the raw (mu, learner, mask) per configuration for the plots."""
+def measure(args, lengths: list[int], configs: list[str], progress=None, done=None) -> tuple[list[dict], dict]:
+    """Every configuration's records; also the raw (mu, learner, mask) per configuration for the plots.
+
+    ``done(records, raw)``, when given, is called with those so far after each configuration."""
     max_len = max(lengths)
     side = TinyGPTSide(args, max_len) if args.model == "tinygpt" else HFSide(args, max_len)
     records, raw = [], {}
@@ -192,7 +194,7 @@ def measure(args, lengths: list[int], configs: list[str], progress=None) -> tupl
         mode = args.profile if mode == "profile" else mode
         if progress is not None:
             progress.set_postfix_str(name)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         mu, scored, mask = side.run(sampler, mode, learner, max_len, args.seed)
         mu, scored, mask = mu.float().cpu(), scored.float().cpu(), mask.bool().cpu()
         raw[name] = (mu, scored, mask)
@@ -211,9 +213,12 @@ def measure(args, lengths: list[int], configs: list[str], progress=None) -> tupl
                         "token_mean_dlogp_per_1k": 1000.0 * whole["dlogp_mean"], "dlogp_var": whole["dlogp_var"],
                         "n_seqs": whole["n_seqs"], "n_tokens": whole["n_tokens"],
                         "mean_response_len": whole["n_tokens"] / max(whole["n_seqs"], 1),
-                        "curve": curve, "reach": reach, "seconds": time.perf_counter() - t0})
+                        "curve": curve, "reach": reach, "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - cpu0})
         if progress is not None:
             progress.update()
+        if done is not None:
+            done(records, raw)
     return records, raw
 
 
@@ -300,6 +305,15 @@ def plot(records: list[dict], raw: dict, prefix: str, title: str) -> list[str]:
     return paths
 
 
+def write_outputs(args, records: list[dict], raw: dict) -> list[str]:
+    """The JSON and the plots of the configurations measured so far (written after each one, so a run cut
+    short keeps the configurations it finished)."""
+    paths = [str(write_json(records, args.json))] if args.json else []
+    if args.png:
+        paths += plot(records, raw, args.png, records[0]["model"])
+    return paths
+
+
 def _lengths(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",")]
@@ -367,7 +381,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with tqdm(total=len(configs), desc=f"{m} configs", unit="config", file=sys.stderr,
               disable=args.no_progress) as bar:
-        records, raw = measure(args, args.lengths, configs, bar)
+        records, raw = measure(args, args.lengths, configs, bar, done=lambda r, raw: write_outputs(args, r, raw))
     print(f"{records[0]['model']}: {args.responses} responses per configuration, up to {max(args.lengths)} tokens, "
           f"temperature 1, learner matched; bf16-rollout-fp32-learner sampler profile {args.profile}")
     print(format_table(records))
@@ -376,10 +390,10 @@ def main(argv=None) -> int:
         print(line)
     zero = matched_zero(records)
     print(f"matched rows exactly zero at every length: {zero}   ({time.perf_counter() - t0:.1f}s)")
-    if args.json:
-        write_json(records, args.json)
-    if args.png:
-        print("plots: " + ", ".join(plot(records, raw, args.png, records[0]["model"])))
+    written = ([args.json] if args.json else []) + (
+        [args.png + s for s in ("_seq_logratio.png", "_token_probs.png")] if args.png else [])
+    if written:  # by the last configuration's write_outputs
+        print("written: " + ", ".join(written))
     return 0 if zero else 1
 
 
