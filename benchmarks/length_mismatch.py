@@ -35,7 +35,9 @@ ESS/N ≈ exp(−L·σ²) predicts the weight collapse at a length L.
 
 JSON (``--json``): a list of records, ``kind`` "length" (``config``, ``model``, ``sampler``, ``learner``,
 ``precision`` (the learner's, the run's --precision), ``profile`` (the sampler's: engine, matched or
-torch), ``length``, the figures above) and ``kind`` "fit" (per configuration, ``slope_nats_per_1k`` ...).
+torch), ``length``, the figures above) and ``kind`` "fit" (per configuration, ``slope_nats_per_1k`` ...,
+``seconds`` and ``cpu_seconds`` of the configuration). The JSON and the plots are written after each
+configuration, so a run cut short keeps the configurations it finished.
 Plots (``--png PREFIX``): PREFIX_seq_logratio.png (the cumulative log-ratio against length, one line per
 configuration) and PREFIX_token_probs.png (sampler p against learner p of every sampled token).
 """

@@ -112,3 +112,26 @@ def test_long_task_takes_a_task_length_and_an_hf_model(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         LM.main([*TINY[:1], "smollm2:2", *TINY[2:], *flags])
     assert exc.value.code == 2 and "--long-task" in capsys.readouterr().err
+
+
+def test_a_run_cut_short_keeps_the_configurations_it_finished(tmp_path, monkeypatch):
+    """The JSON and the plots are written after each configuration, not only at the end of a long run."""
+    pytest.importorskip("matplotlib")
+    real_run, calls = LM.TinyGPTSide.run, []
+
+    def cut_after_one(self, *a, **k):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is stopped while the second configuration is measured
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(LM.TinyGPTSide, "run", cut_after_one)
+    path, prefix = tmp_path / "out.json", tmp_path / "plot"
+    with pytest.raises(KeyboardInterrupt):
+        LM.main([*TINY, "--configs", "engine-bf16,matched-bf16", "--json", str(path), "--png", str(prefix)])
+    kept = json.loads(path.read_text())
+    assert sorted((r["kind"], r.get("length")) for r in kept) == [("fit", None), ("length", 2), ("length", 5)]
+    assert {r["config"] for r in kept} == {"engine-bf16"}
+    assert kept[-1]["cpu_seconds"] > 0 and kept[-1]["seconds"] > 0
+    assert (tmp_path / "plot_seq_logratio.png").stat().st_size > 0
+    assert (tmp_path / "plot_token_probs.png").stat().st_size > 0
