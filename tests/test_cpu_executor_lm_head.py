@@ -159,7 +159,7 @@ def test_direct_launch_follows_block_v_block_k_and_splits(mode, block_v, block_k
         tokens = ids.clone() if mode == 0 else torch.zeros(m, dtype=torch.int64)
         return lm_head_kernel, (triton.cdiv(m, 16),), (hv, wv, tokens, seeds, *out, m, v, k, k_chunk, *hv.stride(),
                                                         *wv.stride(), 0.6), dict(
-            MODE=mode, KIND=1, SPLITS=splits, NATIVE_DOT=False, WITH_ENTROPY=True, BLOCK_M=16, BLOCK_V=block_v,
+            MODE=mode, KIND=1, SPLITS=splits, WITH_ENTROPY=True, BLOCK_M=16, BLOCK_V=block_v,
             BLOCK_K=block_k)
 
     want, got = _direct(forward, "interpreter"), _direct(forward, "twins")
@@ -173,7 +173,7 @@ def test_direct_launch_follows_block_v_block_k_and_splits(mode, block_v, block_k
         out = torch.full((m, 100), 7.0, dtype=dtype)
         return lm_head_dlogits_kernel, (2, triton.cdiv(100, block_v)), (
             hv, wv, ids, g_lp, g_ent, entropy, row_max, row_sum, kernel_view(out), m, v, k, block_v, 100,
-            *hv.stride(), *wv.stride(), 0.6), dict(KIND=1, NATIVE_DOT=False, HAS_G_ENTROPY=mode == 1, BLOCK_M=16,
+            *hv.stride(), *wv.stride(), 0.6), dict(KIND=1, HAS_G_ENTROPY=mode == 1, BLOCK_M=16,
                                                    BLOCK_V=block_v, BLOCK_K=block_k)
 
     assert torch.equal(_direct(backward, "twins")[8], _direct(backward, "interpreter")[8])

@@ -24,8 +24,8 @@ ON_GPU = not pk.backend.INTERPRETED
 BATCH_VARYING = {
     "matmul_compiled_kernel": {"M"},
     "bmm_compiled_kernel": {"BATCH", "M"},
-    "lm_head_kernel": {"M"},
-    "lm_head_dlogits_kernel": {"M"},
+    "lm_head_compiled_kernel": {"M"},
+    "lm_head_dlogits_compiled_kernel": {"M"},
     "softmax_fwd_kernel": {"n_rows"},
     "softmax_bwd_kernel": {"n_rows"},
     "token_logprobs_fwd_kernel": {"n_rows"},

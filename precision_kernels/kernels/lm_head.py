@@ -9,8 +9,9 @@ One kernel source serves the learner and the sampler (invariant I5):
 
 Per program, BLOCK_M rows walk the vocabulary in BLOCK_V-wide blocks in index order:
 
-1. ``linear_tile`` (kernels/matmul.py) produces the block's logits, rounded to the
-   compute format exactly as ``pk.linear`` stores them (engine split-K included);
+1. ``linear_tile`` (kernels/matmul.py; ``linear_tile_compiled`` in the compiled forms) produces the
+   block's logits, rounded to the compute format exactly as ``pk.linear`` stores them (engine
+   split-K included);
 2. ``scale_logits`` divides by T in fp32; ``lse_block_update`` folds the block into the
    running max / sum (/ entropy dot) -- the same helpers ``pk.token_logprobs`` uses, over
    blocks of the same width, so under the interpreter the two paths give the same bits;
@@ -41,6 +42,13 @@ token 0 with log-prob -inf, a row with a NaN or +inf logit gets token 0 with log
 The (rows x V) logits are never materialised. The backward (``lm_head_dlogits_kernel``)
 recomputes the logits tiles the same way and writes d(loss)/d(logits) for one vocab
 chunk, which the op multiplies out with the matmul kernels.
+
+Each kernel has two forms (DESIGN.md section 3.6): ``lm_head_kernel`` and ``lm_head_dlogits_kernel``
+(interpreter forms: logits by ``linear_tile``) and ``lm_head_compiled_kernel`` and
+``lm_head_dlogits_compiled_kernel`` (logits by ``linear_tile_compiled``, ``tl.dot``). Everything
+after the logits tile is one shared helper per step (``_head_start``, ``_head_block``,
+``_head_finish``; ``_dlogits_start``, ``_dlogits_store``), so SCORE, SAMPLE and the backward
+follow the same code in both forms; ``ops._common.kernel_form`` picks the form.
 """
 
 import triton
@@ -88,55 +96,59 @@ def open_uniform(bits):
     return (k * 2.0 + 1.0) * 5.9604644775390625e-08  # 2^-24; exact with or without FMA contraction
 
 
-@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
-def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
-                   M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
-                   MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                   WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """Per row: log softmax(h W^T / T)[token] (and entropy); SAMPLE also draws the token (written to tokens_ptr)."""
-    pid_m = tl.program_id(0)
+@triton.jit
+def _head_start(pid_m, tokens_ptr, seeds_ptr, M, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Program pid_m's rows and the starting state of its walk over the vocabulary:
+    (rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target).
+
+    SCORE: ``target`` is the given token (``seeds`` and ``best_key`` unused). SAMPLE: ``target`` is the best
+    column so far, ``best_key`` its Gumbel key, ``seeds`` the rows' seeds.
+    """
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     run_max, run_sum, run_dot = lse_init(BLOCK_M)
     run_target = target_init(BLOCK_M)
+    best_key = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     if MODE == SCORE:
         target = tl.load(tokens_ptr + rows, mask=row_mask, other=0)
+        seeds = tl.zeros((BLOCK_M,), tl.int64)
     else:
         target = tl.zeros((BLOCK_M,), tl.int64)
-        best_key = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         seeds = tl.load(seeds_ptr + rows, mask=row_mask, other=0)
-    for block in range(0, tl.cdiv(V, BLOCK_V)):
-        pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
-        # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
-        # (no bias: HAS_BIAS=False, so the third pointer is never read)
-        if NATIVE_DOT:
-            logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
-                                          stride_hm, stride_hk, stride_wk, stride_wv,
-                                          KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
-        else:
-            logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
-                                 stride_hm, stride_hk, stride_wk, stride_wv,
-                                 KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
-        cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = row_mask[:, None] & (cols < V)[None, :]
-        z = scale_logits(logits, temperature)
-        # the shared online log-sum-exp
-        run_max, run_sum, run_dot = lse_block_update(run_max, run_sum, run_dot, z, mask, WITH_ENTROPY)
-        if MODE == SAMPLE:
-            # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u a function of (seed of the row, column)
-            u = open_uniform(philox_bits(seeds, cols))
-            key = tl.where(mask, z - tl.log(-tl.log(u)), float("-inf"))
-            block_best = tl.max(key, axis=1)
-            block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], NO_COLUMN), axis=1)
-            better = block_best > best_key  # strict: an earlier block keeps a tie
-            best_key = tl.where(better, block_best, best_key)
-            target = tl.where(better, block_arg.to(tl.int64), target)
-            # the winner's z, picked exactly as SCORE picks a given token's
-            run_target = tl.where(better, pick_target(target_init(BLOCK_M), z, cols, block_arg), run_target)
-        else:
-            run_target = pick_target(run_target, z, cols, target)
-    # finish: log-prob (and entropy) from the running state
+    return rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target
+
+
+@triton.jit
+def _head_block(logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
+                temperature, MODE: tl.constexpr, WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_V: tl.constexpr):
+    """Fold vocabulary block pid_v's rounded logits into the state: (target, best_key, run_max, run_sum, run_dot,
+    run_target) after the block."""
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask = row_mask[:, None] & (cols < V)[None, :]
+    z = scale_logits(logits, temperature)
+    # the shared online log-sum-exp
+    run_max, run_sum, run_dot = lse_block_update(run_max, run_sum, run_dot, z, mask, WITH_ENTROPY)
+    if MODE == SAMPLE:
+        # Gumbel-max on the same fp32 z: key = z - log(-log(u)), u a function of (seed of the row, column)
+        u = open_uniform(philox_bits(seeds, cols))
+        key = tl.where(mask, z - tl.log(-tl.log(u)), float("-inf"))
+        block_best = tl.max(key, axis=1)
+        block_arg = tl.min(tl.where(key == block_best[:, None], cols[None, :], NO_COLUMN), axis=1)
+        better = block_best > best_key  # strict: an earlier block keeps a tie
+        best_key = tl.where(better, block_best, best_key)
+        target = tl.where(better, block_arg.to(tl.int64), target)
+        # the winner's z, picked exactly as SCORE picks a given token's
+        run_target = tl.where(better, pick_target(target_init(BLOCK_M), z, cols, block_arg), run_target)
+    else:
+        run_target = pick_target(run_target, z, cols, target)
+    return target, best_key, run_max, run_sum, run_dot, run_target
+
+
+@triton.jit
+def _head_finish(rows, row_mask, target, run_max, run_sum, run_dot, run_target, tokens_ptr, logprob_ptr, entropy_ptr,
+                 max_ptr, sum_ptr, MODE: tl.constexpr, WITH_ENTROPY: tl.constexpr):
+    """Log-prob (and entropy) from the final state, stored with the row max and sum; SAMPLE also stores the token."""
     log_sum, entropy = lse_finish(run_max, run_sum, run_dot, WITH_ENTROPY)
     tl.store(logprob_ptr + rows, token_logprob_finish(run_target, run_max, run_sum, log_sum), mask=row_mask)
     if WITH_ENTROPY:
@@ -150,40 +162,128 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
 
 
 @row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
-def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr,
-                           dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv, stride_wk,
-                           temperature,
-                           KIND: tl.constexpr, NATIVE_DOT: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
-    """d(loss)/d(logits) for vocab columns [v_start, v_start + n_chunk), recomputing the logits tiles.
-
-    Writes a (M, n_chunk) buffer in the compute format; one (BLOCK_M, BLOCK_V) tile per program.
-    """
+def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
+                   M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
+                   MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr,
+                   WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Per row: log softmax(h W^T / T)[token] (and entropy); SAMPLE also draws the token (written to tokens_ptr).
+    Interpreter form."""
     pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target = _head_start(
+        pid_m, tokens_ptr, seeds_ptr, M, MODE, BLOCK_M)
+    for block in range(0, tl.cdiv(V, BLOCK_V)):
+        pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
+        # logits tile, rounded as pk.linear rounds it (the weight (V, K) is read transposed)
+        # (no bias: HAS_BIAS=False, so the third pointer is never read)
+        logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
+                             stride_hm, stride_hk, stride_wk, stride_wv,
+                             KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
+        # fold it into the online log-sum-exp and the SCORE pick / SAMPLE draw
+        target, best_key, run_max, run_sum, run_dot, run_target = _head_block(
+            logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
+            temperature, MODE, WITH_ENTROPY, BLOCK_M, BLOCK_V)
+    # finish: log-prob (and entropy) from the running state
+    _head_finish(rows, row_mask, target, run_max, run_sum, run_dot, run_target, tokens_ptr, logprob_ptr, entropy_ptr,
+                 max_ptr, sum_ptr, MODE, WITH_ENTROPY)
+
+
+@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
+def lm_head_compiled_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr, max_ptr, sum_ptr,
+                            M, V, K, k_chunk, stride_hm, stride_hk, stride_wv, stride_wk, temperature,
+                            MODE: tl.constexpr, KIND: tl.constexpr, SPLITS: tl.constexpr,
+                            WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    """Compiled form of ``lm_head_kernel``: its logits tiles by ``linear_tile_compiled`` (``tl.dot``)."""
+    pid_m = tl.program_id(0)
+    rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target = _head_start(
+        pid_m, tokens_ptr, seeds_ptr, M, MODE, BLOCK_M)
+    for block in range(0, tl.cdiv(V, BLOCK_V)):
+        pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
+        # logits tile, rounded as pk.linear rounds it (no bias: the third pointer is never read)
+        logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, k_chunk,
+                                      stride_hm, stride_hk, stride_wk, stride_wv,
+                                      KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
+        # fold it into the online log-sum-exp and the SCORE pick / SAMPLE draw
+        target, best_key, run_max, run_sum, run_dot, run_target = _head_block(
+            logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
+            temperature, MODE, WITH_ENTROPY, BLOCK_M, BLOCK_V)
+    # finish: log-prob (and entropy) from the running state
+    _head_finish(rows, row_mask, target, run_max, run_sum, run_dot, run_target, tokens_ptr, logprob_ptr, entropy_ptr,
+                 max_ptr, sum_ptr, MODE, WITH_ENTROPY)
+
+
+@triton.jit
+def _dlogits_start(tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr, M, v_start,
+                   HAS_G_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Program (pid_m, pid_c)'s tile: (pid_m, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy,
+    g_logprob, g_entropy), the forward's per-row state loaded. pid_v counts BLOCK_V blocks from column 0
+    (v_start is a multiple of BLOCK_V)."""
+    pid_m = tl.program_id(0)
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
-    # load the forward's per-row state
     target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = load_grad_state(
         rows, row_mask, tokens_ptr, max_ptr, sum_ptr, entropy_ptr, g_logprob_ptr, g_entropy_ptr,
         HAS_G_ENTROPY, BLOCK_M)
-    # recompute this tile of logits (pid_v counts BLOCK_V blocks from column 0; v_start is a multiple of BLOCK_V)
-    pid_v = v_start // BLOCK_V + pid_c
-    # the backward runs the matched profile: no bias (HAS_BIAS=False), one K chunk (SPLITS=1, k_chunk=K)
-    if NATIVE_DOT:
-        logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
-                                      stride_hm, stride_hk, stride_wk, stride_wv,
-                                      KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
-    else:
-        logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
-                             stride_hm, stride_hk, stride_wk, stride_wv,
-                             KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
+    pid_v = v_start // BLOCK_V + tl.program_id(1)
+    return pid_m, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy
+
+
+@triton.jit
+def _dlogits_store(logits, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy,
+                   dlogits_ptr, V, v_start, n_chunk, temperature, KIND: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
+                   BLOCK_V: tl.constexpr):
+    """d(loss)/d(logits) of one tile from its rounded logits, rounded to the compute format, stored into the
+    chunk buffer (M, n_chunk)."""
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = row_mask[:, None] & (cols < V)[None, :]
     z = scale_logits(logits, temperature)
-    # gradient, rounded to the compute format, stored into the chunk buffer
     grad = logprob_grad_block(z, mask, cols, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy,
                               temperature, HAS_G_ENTROPY)
     local = cols - v_start
     out_mask = mask & (local < n_chunk)[None, :]
     tl.store(dlogits_ptr + rows[:, None] * n_chunk + local[None, :], round_fp32(grad, KIND), mask=out_mask)
+
+
+@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
+def lm_head_dlogits_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr,
+                           dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv, stride_wk,
+                           temperature,
+                           KIND: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    """d(loss)/d(logits) for vocab columns [v_start, v_start + n_chunk), recomputing the logits tiles.
+
+    Writes a (M, n_chunk) buffer in the compute format; one (BLOCK_M, BLOCK_V) tile per program. Interpreter form.
+    """
+    # load the forward's per-row state
+    pid_m, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = _dlogits_start(
+        tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr, M, v_start, HAS_G_ENTROPY,
+        BLOCK_M, BLOCK_V)
+    # recompute this tile of logits: the backward runs the matched profile, no bias (HAS_BIAS=False), one K
+    # chunk (SPLITS=1, k_chunk=K)
+    logits = linear_tile(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
+                         stride_hm, stride_hk, stride_wk, stride_wv,
+                         KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
+    # gradient, rounded to the compute format, stored into the chunk buffer
+    _dlogits_store(logits, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy,
+                   dlogits_ptr, V, v_start, n_chunk, temperature, KIND, HAS_G_ENTROPY, BLOCK_V)
+
+
+@row_kernel(batch_args=("M",), keep_alignment=MATMUL_OPERANDS)
+def lm_head_dlogits_compiled_kernel(h_ptr, w_ptr, tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr,
+                                    sum_ptr, dlogits_ptr, M, V, K, v_start, n_chunk, stride_hm, stride_hk, stride_wv,
+                                    stride_wk, temperature,
+                                    KIND: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Compiled form of ``lm_head_dlogits_kernel``: its logits tiles by ``linear_tile_compiled`` (``tl.dot``)."""
+    # load the forward's per-row state
+    pid_m, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = _dlogits_start(
+        tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_ptr, sum_ptr, M, v_start, HAS_G_ENTROPY,
+        BLOCK_M, BLOCK_V)
+    # recompute this tile of logits (matched profile: no bias, SPLITS=1, k_chunk=K)
+    logits = linear_tile_compiled(h_ptr, w_ptr, h_ptr, pid_m, pid_v, M, V, K, K,
+                                  stride_hm, stride_hk, stride_wk, stride_wv,
+                                  KIND, False, 1, BLOCK_M, BLOCK_V, BLOCK_K)
+    # gradient, rounded to the compute format, stored into the chunk buffer
+    _dlogits_store(logits, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy,
+                   dlogits_ptr, V, v_start, n_chunk, temperature, KIND, HAS_G_ENTROPY, BLOCK_V)

@@ -1,6 +1,7 @@
 """pk.linear_logprobs (SCORE) and pk.linear_sample (SAMPLE): the fused LM head.
 
-Both launch ``lm_head_kernel`` with the active profile's tiles; in the engine profile a
+Both launch the fused LM-head kernel (``lm_head_kernel``, or its compiled form where
+``kernel_form`` picks it) with the active profile's tiles; in the engine profile a
 call with few rows computes its logits with the engine's rounded split-K, as ``pk.linear``
 would. The backward recomputes the logits tiles (``lm_head_dlogits_kernel``) one vocab
 chunk of ``LM_HEAD_BWD_CHUNK`` columns at a time and multiplies them out with the
@@ -24,7 +25,12 @@ import torch
 import triton
 
 from .. import compile_registry, profiles
-from ..kernels.lm_head import lm_head_dlogits_kernel, lm_head_kernel
+from ..kernels.lm_head import (
+    lm_head_compiled_kernel,
+    lm_head_dlogits_compiled_kernel,
+    lm_head_dlogits_kernel,
+    lm_head_kernel,
+)
 from ._common import (
     check_device,
     check_float,
@@ -32,12 +38,12 @@ from ._common import (
     check_temperature,
     check_token_ids,
     check_token_range,
+    kernel_form,
     kernel_view,
     kind,
     launch,
     logprob_grad_inputs,
     logprob_outputs,
-    native_dot,
     validate_temperature,
 )
 from ._custom import fp32_value, op_name
@@ -74,13 +80,13 @@ def _launch(h2: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, seeds:
         hv, wv = kernel_view(h2), kernel_view(weight)
         grid = (triton.cdiv(m, cfg.block_m),)
         launch(
-            lm_head_kernel, grid,
+            kernel_form(lm_head_kernel, lm_head_compiled_kernel), grid,
             hv, wv, tokens, seeds if seeds is not None else tokens, logprob,
             entropy if with_entropy else logprob, row_max, row_sum,
             m, v, k, _k_chunk(k, splits), hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
             float(temperature),
-            config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, NATIVE_DOT=native_dot(),
-            WITH_ENTROPY=with_entropy, BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
+            config=cfg, MODE=mode, KIND=kind(h2.dtype), SPLITS=splits, WITH_ENTROPY=with_entropy,
+            BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
         )
     return logprob, entropy, row_max, row_sum
 
@@ -133,11 +139,12 @@ def _linear_logprobs_backward_op(h2: torch.Tensor, weight: torch.Tensor, tokens:
             n = min(chunk, v - v0)
             dlogits = torch.empty((m, n), dtype=h2.dtype, device=h2.device)
             launch(
-                lm_head_dlogits_kernel, (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v)),
+                kernel_form(lm_head_dlogits_kernel, lm_head_dlogits_compiled_kernel),
+                (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_v)),
                 hv, wv, tokens, g_lp, g_ent, entropy if has_g_entropy else g_lp, row_max, row_sum,
                 kernel_view(dlogits), m, v, k, v0, n, hv.stride(0), hv.stride(1), wv.stride(0), wv.stride(1),
                 fp32_value(temperature),
-                config=cfg, KIND=kind(h2.dtype), NATIVE_DOT=native_dot(), HAS_G_ENTROPY=has_g_entropy,
+                config=cfg, KIND=kind(h2.dtype), HAS_G_ENTROPY=has_g_entropy,
                 BLOCK_M=cfg.block_m, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
             )
             if need_hidden:
@@ -304,10 +311,10 @@ def _compile_kernels(table: dict) -> None:
         cfg = profiles.lm_head_config_for("cuda", name)
         blocks = {"BLOCK_M": cfg.block_m, "BLOCK_V": cfg.block_v, "BLOCK_K": cfg.block_k,
                   "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        configs = [{"MODE": mode, "KIND": kind_, "SPLITS": splits, "NATIVE_DOT": True, "WITH_ENTROPY": ent, **blocks}
+        configs = [{"MODE": mode, "KIND": kind_, "SPLITS": splits, "WITH_ENTROPY": ent, **blocks}
                    for splits in (1, profiles.engine_config().splits) for ent in (False, True) for mode in (0, 1)]
         compile_registry.register(
-            table, f"lm_head_{name}", lm_head_kernel,
+            table, f"lm_head_{name}", lm_head_compiled_kernel,
             signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "seeds_ptr": "*i64",
                        "logprob_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
                        "M": "i32", "V": "i32", "K": "i32", "k_chunk": "i32", "stride_hm": "i64", "stride_hk": "i64",
@@ -315,13 +322,13 @@ def _compile_kernels(table: dict) -> None:
             configs=configs, reduce_layout_group="lm_head", expects_mma=kind_ != 0, calls=(CONTIGUOUS_HEAD,),
         )
         compile_registry.register(
-            table, f"lm_head_dlogits_{name}", lm_head_dlogits_kernel,
+            table, f"lm_head_dlogits_{name}", lm_head_dlogits_compiled_kernel,
             signature={"h_ptr": ptr, "w_ptr": ptr, "tokens_ptr": "*i64", "g_logprob_ptr": "*fp32",
                        "g_entropy_ptr": "*fp32", "entropy_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32",
                        "dlogits_ptr": ptr, "M": "i32", "V": "i32", "K": "i32", "v_start": "i32", "n_chunk": "i32",
                        "stride_hm": "i64", "stride_hk": "i64", "stride_wv": "i64", "stride_wk": "i64",
                        "temperature": "fp32"},
-            configs=[{"KIND": kind_, "NATIVE_DOT": True, "HAS_G_ENTROPY": g, **blocks} for g in (False, True)],
+            configs=[{"KIND": kind_, "HAS_G_ENTROPY": g, **blocks} for g in (False, True)],
             expects_mma=kind_ != 0, calls=(compile_registry.CallSpecialization(
                 "contiguous", ones=CONTIGUOUS_HEAD.ones,
                 divisible=tuple(a for a in CONTIGUOUS_HEAD.divisible if a != "k_chunk")),),
@@ -338,7 +345,8 @@ register_family(OpFamily(
     name="lm_head",
     public=("linear_logprobs", "linear_sample"),
     custom_ops=("pk::linear_logprobs", "pk::linear_logprobs_backward", "pk::linear_sample"),
-    kernels=(lm_head_kernel, lm_head_dlogits_kernel),
+    kernels=(lm_head_kernel, lm_head_compiled_kernel, lm_head_dlogits_kernel, lm_head_dlogits_compiled_kernel),
+    forms=((lm_head_kernel, lm_head_compiled_kernel), (lm_head_dlogits_kernel, lm_head_dlogits_compiled_kernel)),
     compile_kernels=_compile_kernels,
     reference={"linear_logprobs": reference_linear_logprobs},
 ))
