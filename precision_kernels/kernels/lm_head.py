@@ -99,7 +99,7 @@ def open_uniform(bits):
 @triton.jit
 def _head_start(pid_m, tokens_ptr, seeds_ptr, M, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
     """Program pid_m's rows and the starting state of its walk over the vocabulary:
-    (rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target).
+    (rows, row_mask, run_max, run_sum, run_dot, run_target, target, best_key, seeds).
 
     SCORE: ``target`` is the given token (``seeds`` and ``best_key`` unused). SAMPLE: ``target`` is the best
     column so far, ``best_key`` its Gumbel key, ``seeds`` the rows' seeds.
@@ -115,14 +115,15 @@ def _head_start(pid_m, tokens_ptr, seeds_ptr, M, MODE: tl.constexpr, BLOCK_M: tl
     else:
         target = tl.zeros((BLOCK_M,), tl.int64)
         seeds = tl.load(seeds_ptr + rows, mask=row_mask, other=0)
-    return rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target
+    # (the loop-carried values in the order the compiled loop carries them)
+    return rows, row_mask, run_max, run_sum, run_dot, run_target, target, best_key, seeds
 
 
 @triton.jit
 def _head_block(logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
                 temperature, MODE: tl.constexpr, WITH_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_V: tl.constexpr):
-    """Fold vocabulary block pid_v's rounded logits into the state: (target, best_key, run_max, run_sum, run_dot,
+    """Fold vocabulary block pid_v's rounded logits into the state: (run_max, run_sum, run_dot, best_key, target,
     run_target) after the block."""
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = row_mask[:, None] & (cols < V)[None, :]
@@ -142,7 +143,7 @@ def _head_block(logits, pid_v, row_mask, seeds, target, best_key, run_max, run_s
         run_target = tl.where(better, pick_target(target_init(BLOCK_M), z, cols, block_arg), run_target)
     else:
         run_target = pick_target(run_target, z, cols, target)
-    return target, best_key, run_max, run_sum, run_dot, run_target
+    return run_max, run_sum, run_dot, best_key, target, run_target
 
 
 @triton.jit
@@ -170,7 +171,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
     """Per row: log softmax(h W^T / T)[token] (and entropy); SAMPLE also draws the token (written to tokens_ptr).
     Interpreter form."""
     pid_m = tl.program_id(0)
-    rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target = _head_start(
+    rows, row_mask, run_max, run_sum, run_dot, run_target, target, best_key, seeds = _head_start(
         pid_m, tokens_ptr, seeds_ptr, M, MODE, BLOCK_M)
     for block in range(0, tl.cdiv(V, BLOCK_V)):
         pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
@@ -180,7 +181,7 @@ def lm_head_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, entropy_ptr
                              stride_hm, stride_hk, stride_wk, stride_wv,
                              KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
         # fold it into the online log-sum-exp and the SCORE pick / SAMPLE draw
-        target, best_key, run_max, run_sum, run_dot, run_target = _head_block(
+        run_max, run_sum, run_dot, best_key, target, run_target = _head_block(
             logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
             temperature, MODE, WITH_ENTROPY, BLOCK_M, BLOCK_V)
     # finish: log-prob (and entropy) from the running state
@@ -196,7 +197,7 @@ def lm_head_compiled_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, en
                             BLOCK_K: tl.constexpr):
     """Compiled form of ``lm_head_kernel``: its logits tiles by ``linear_tile_compiled`` (``tl.dot``)."""
     pid_m = tl.program_id(0)
-    rows, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target = _head_start(
+    rows, row_mask, run_max, run_sum, run_dot, run_target, target, best_key, seeds = _head_start(
         pid_m, tokens_ptr, seeds_ptr, M, MODE, BLOCK_M)
     for block in range(0, tl.cdiv(V, BLOCK_V)):
         pid_v = pid_m * 0 + block  # a tensor on both backends (the interpreter's loop index is a Python int)
@@ -205,7 +206,7 @@ def lm_head_compiled_kernel(h_ptr, w_ptr, tokens_ptr, seeds_ptr, logprob_ptr, en
                                       stride_hm, stride_hk, stride_wk, stride_wv,
                                       KIND, False, SPLITS, BLOCK_M, BLOCK_V, BLOCK_K)
         # fold it into the online log-sum-exp and the SCORE pick / SAMPLE draw
-        target, best_key, run_max, run_sum, run_dot, run_target = _head_block(
+        run_max, run_sum, run_dot, best_key, target, run_target = _head_block(
             logits, pid_v, row_mask, seeds, target, best_key, run_max, run_sum, run_dot, run_target, V,
             temperature, MODE, WITH_ENTROPY, BLOCK_M, BLOCK_V)
     # finish: log-prob (and entropy) from the running state
@@ -220,12 +221,13 @@ def _dlogits_start(tokens_ptr, g_logprob_ptr, g_entropy_ptr, entropy_ptr, max_pt
     g_logprob, g_entropy), the forward's per-row state loaded. pid_v counts BLOCK_V blocks from column 0
     (v_start is a multiple of BLOCK_V)."""
     pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy = load_grad_state(
         rows, row_mask, tokens_ptr, max_ptr, sum_ptr, entropy_ptr, g_logprob_ptr, g_entropy_ptr,
         HAS_G_ENTROPY, BLOCK_M)
-    pid_v = v_start // BLOCK_V + tl.program_id(1)
+    pid_v = v_start // BLOCK_V + pid_c
     return pid_m, pid_v, rows, row_mask, target, run_max, run_sum, log_sum, entropy, g_logprob, g_entropy
 
 
