@@ -54,7 +54,7 @@ LAUNCH_OPTIONS = ("num_warps", "num_stages")
 MEMORY_REDUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(atom|red|cp\.reduce\.async\.bulk|multimem\.red)\.", re.M)
 MMA_INSTRUCTION = re.compile(r"^\s*(@!?%p\d+\s+)?(mma|wgmma)\.", re.M)
 # Config keys that say how a kernel is tiled, not what it computes (left out of the family/variant keys).
-_SKIP_IN_VARIANT = ("NATIVE_DOT", "KIND")
+_SKIP_IN_VARIANT = ("KIND",)
 _MODE_NAMES = {0: "SCORE", 1: "SAMPLE"}
 _LAYOUT_ALIAS = re.compile(r"^(#[\w.]+)\s*=\s*(.+)$", re.M)
 

@@ -101,7 +101,7 @@ def test_instruction_family_names_how_dots_run():
 
 
 def test_variant_names_are_unique_per_config():
-    a = {"MODE": 1, "KIND": 2, "SPLITS": 1, "NATIVE_DOT": True, "WITH_ENTROPY": True, "BLOCK_M": 64, "num_warps": 8}
+    a = {"MODE": 1, "KIND": 2, "SPLITS": 1, "WITH_ENTROPY": True, "BLOCK_M": 64, "num_warps": 8}
     assert variant_name(a) == "MODE=SAMPLE,SPLITS=1,WITH_ENTROPY=True,BLOCK_M=64,num_warps=8"
     assert variant_name(a) != variant_name({**a, "BLOCK_M": 128})
 

@@ -74,8 +74,7 @@ def test_the_default_is_the_twin_and_each_switch_selects_the_interpreter(monkeyp
 
 
 def test_compiled_forms_and_cuda_tiles_always_run_in_the_interpreter():
-    assert cpu_executor.choose(matmul_kernel, {"NATIVE_DOT": True}) is None
-    assert cpu_executor.choose(matmul_kernel, {"NATIVE_DOT": False}) is not None
+    assert cpu_executor.choose(matmul_kernel) is not None
     with profiles.config_backend("cuda"), observe_launches() as records:
         pk.matmul(_x(3, 5), _x(5, 4, seed=1))
     assert [r.executor for r in records] == ["interpreter"]

@@ -9,11 +9,12 @@ stays the CPU specification; tests hold every twin bitwise equal to it (DESIGN.m
 * ``@twin(kernel)`` registers a twin for a ``@triton.jit`` kernel. Twins live in one module per
   kernel family in this package (``cpu_executor/matmul.py`` ...), listed in
   ``_import_family_modules`` and imported on the first CPU launch.
-* ``choose(kernel, constexprs)`` is the selection rule ``ops/_common.launch`` applies on the
-  interpreter backend: the twin, unless the executor in effect is the interpreter
-  (``PK_CPU_EXECUTOR=interpreter`` or ``use_cpu_executor("interpreter")``), the launch is a
-  compiled form (``NATIVE_DOT=True``) or runs the CUDA tile table (``profiles.config_backend``),
-  the compiler (numba) is missing, or the kernel has no twin. The last two warn once.
+* ``choose(kernel)`` is the selection rule ``ops/_common.launch`` applies on the interpreter
+  backend to an interpreter-form kernel (a compiled form, ``ops._common.kernel_form``, never asks:
+  it has no twin by design): the twin, unless the executor in effect is the interpreter
+  (``PK_CPU_EXECUTOR=interpreter`` or ``use_cpu_executor("interpreter")``), the launch runs the
+  CUDA tile table (``profiles.config_backend``), the compiler (numba) is missing, or the kernel
+  has no twin. The last two warn once.
 * Nothing here imports numba: the family modules do, and they are imported only on the first
   launch the interpreter backend makes, so ``import precision_kernels`` works without it (a GPU
   machine never needs it).
@@ -121,9 +122,9 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def choose(kernel, constexprs: dict) -> Callable | None:
-    """The twin that runs this interpreter-backend launch, or None: the interpreter runs it."""
-    if constexprs.get("NATIVE_DOT") or active_executor() == "interpreter":
+def choose(kernel) -> Callable | None:
+    """The twin that runs this interpreter-backend launch of ``kernel``, or None: the interpreter runs it."""
+    if active_executor() == "interpreter":
         return None
     from .. import profiles
 

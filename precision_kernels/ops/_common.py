@@ -11,10 +11,11 @@
   On the interpreter backend a launch runs the kernel's compiled CPU twin instead, where
   ``cpu_executor.choose`` picks one (DESIGN.md section 3.7): same bits, no lock (a twin writes
   only its launch's outputs).
-* ``native_dot()``: the one decision whether an op launches a kernel's compiled form (``tl.dot``) or
-  its interpreter form (multiply-and-sum in K order; DESIGN.md section 3), read at launch time:
-  ``NATIVE_DOT`` (the backend's default) or, inside ``compiled_forms()``, the compiled form under the
-  interpreter too (tests: DESIGN.md section 3.6).
+* ``kernel_form(interpreted, compiled)``: the one place an op picks which of a kernel's two
+  ``@triton.jit`` forms to launch, read at launch time (``native_dot()``): the compiled form
+  (``tl.dot``) on a compiled backend or, inside ``compiled_forms()``, under the interpreter too
+  (tests: DESIGN.md section 3.6); else the interpreter form (multiply-and-sum in K order; DESIGN.md
+  section 3).
 * ``check_temperature``: the one temperature rule of every op that takes one.
 """
 
@@ -80,7 +81,7 @@ def launch(kernel, grid: tuple, *args, config=None, **constexprs) -> None:
     options.update(backend.launch_options())
     twin = None
     if backend.INTERPRETED and id(kernel) not in _COMPILED_FORMS:
-        twin = cpu_executor.choose(kernel, constexprs)
+        twin = cpu_executor.choose(kernel)
     executor = cpu_executor.TWIN if twin else cpu_executor.INTERPRETER if backend.INTERPRETED else cpu_executor.COMPILED
     for records in _observers:
         records.append(LaunchRecord(getattr(kernel, "__name__", str(kernel)), grid, dict(options), executor))
