@@ -90,6 +90,10 @@ def warm(args, log=print) -> dict:
         log(f"step {step}: loss {history[-1]['loss']:.3f}, sampled mean reward {score:.3f} "
             f"({time.perf_counter() - t0:.0f} s)")
     os.makedirs(args.out, exist_ok=True)
+    # A GGUF load keeps its quantizer, and save_pretrained refuses it; the weights are plain fp32 by now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
     record = {"model": args.model, "length": args.length, "period": args.period, "target": args.target, "steps": step,
