@@ -6,10 +6,11 @@
 A cut of SmolLM2 (and even all 30 layers) earns about 0 on ``--task long`` in words (it does not repeat
 the pattern), so every advantage is 0 and an RL run has nothing to learn from. ``rl.train`` warms up only
 TinyGPT; this gives an HF model the same start: teacher-forced cross-entropy on the task's right answers
-(the pattern repeated, then EOS), in plain torch fp32, until the mean partial reward of responses sampled
-at temperature 1 (plain torch ``generate()``, the run's first ``--eval-prompts`` prompts of seed 0) reaches
-``--target``. A window that jumps above ``--high`` is undone and retried at half the learning rate, so the
-start lies in the paper's band of 0.2-0.8. The warm-up's problems come from another seed than the runs'.
+(the pattern repeated, then EOS), in plain torch fp32 (on the GPU when there is one), until the mean
+partial reward of responses sampled at temperature 1 (plain torch ``generate()``, the run's first
+``--eval-prompts`` prompts of seed 0) reaches ``--target``. A window that jumps above ``--high`` is
+undone and retried at half the learning rate, so the start lies in the paper's band of 0.2-0.8. The
+warm-up's problems come from another seed than the runs'.
 
 The model and tokenizer go to ``DIR`` (``save_pretrained``: ``rl.train --model hf:DIR`` and
 ``benchmarks.length_mismatch --model hf:DIR`` read it), with ``DIR/warmup.json``: the score after each window.
@@ -56,10 +57,11 @@ def teacher_batch(task: TextTask, prompts, rows: list[int]) -> tuple[torch.Tenso
 
 def warm(args, log=print) -> dict:
     torch.manual_seed(args.seed)
-    model, tok = hf.load_model(hf.parse_model(args.model), args.seed, torch.device("cpu"), attn_implementation="sdpa")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = hf.load_model(hf.parse_model(args.model), args.seed, device, attn_implementation="sdpa")
     task = TextTask("long", tok, length=args.length, period=args.period)
     pool = task.prompt_set(512, WARMUP_PROBLEM_SEED + args.seed, torch.device("cpu"))
-    held = task.prompt_set(args.eval_prompts, 0, torch.device("cpu"))  # the runs' first prompts (rl.train seed 0)
+    held = task.prompt_set(args.eval_prompts, 0, device)  # the runs' first prompts (rl.train seed 0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
     history = [{"step": 0, "score": sampled_score(model, task, held, args.seed), "lr": args.lr}]
@@ -71,7 +73,7 @@ def warm(args, log=print) -> dict:
         for _ in range(args.eval_every):
             rows = torch.randint(0, len(pool), (args.batch,), generator=g).tolist()
             ids, mask, lab = teacher_batch(task, pool, rows)
-            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=lab.to(device)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
