@@ -17,7 +17,9 @@ per-step ``metrics.jsonl`` (reward, mismatch, loss, ...; greedy accuracy on the 
 ``--eval-prompts`` training prompts every ``--eval-every`` steps). Writes a table (final accuracy,
 steps to 95% and to 99% greedy accuracy, mismatch), ``OUT/summary.json`` and
 ``OUT/train_compare.png``: reward, greedy accuracy, mean |Δlog p|, ``clip_frac_sampler`` and ``ess_seq``
-against the RL step, the mean over seeds with a min-max band. ``--records`` redraws table and plot from finished runs.
+against the RL step, the mean over seeds with a min-max band; ``OUT/first_step.json``: per configuration, the
+first step's ``clip_frac_sampler`` and ``ess_seq`` over the seeds (``first_step_rows``), what a prediction made
+before the runs is checked against. ``--records`` redraws table and plot from finished runs.
 """
 
 from __future__ import annotations
@@ -117,6 +119,46 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def first_step_rows(results: list[dict]) -> list[dict]:
+    """Per configuration, over its seeds: the first step's ``clip_frac_sampler`` and ``ess_seq`` (what a
+    prediction made before the runs is checked against), their means over every step, and the first and
+    last sampled reward; each as ``(mean, min, max)`` over the seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r["history"]:
+            groups.setdefault(r["name"].rsplit("-s", 1)[0], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        def over_seeds(value):
+            v = [value(r["history"]) for r in rs]
+            return sum(v) / len(v), min(v), max(v)
+
+        def mean_of(key):
+            return lambda h: sum(x.get(key, float("nan")) for x in h) / len(h)
+
+        out.append({"config": name, "seeds": len(rs),
+                    "clip_frac_sampler_step1": over_seeds(lambda h: h[0].get("clip_frac_sampler", float("nan"))),
+                    "ess_seq_step1": over_seeds(lambda h: h[0].get("ess_seq", float("nan"))),
+                    "clip_frac_sampler_mean": over_seeds(mean_of("clip_frac_sampler")),
+                    "ess_seq_mean": over_seeds(mean_of("ess_seq")),
+                    "reward_first": over_seeds(lambda h: h[0]["reward"]),
+                    "reward_last": over_seeds(lambda h: h[-1]["reward"])})
+    return out
+
+
+def format_first_step(rows: list[dict]) -> str:
+    def cell(t, fmt):
+        return f"{t[0]:{fmt}} [{t[1]:{fmt}}, {t[2]:{fmt}}]"
+
+    lines = ["config: seeds; step 1 clip_frac_sampler, ess_seq; all steps' mean clip, ess; reward first -> last "
+             "(mean [min, max] over seeds)"]
+    for x in rows:
+        lines.append(f"{x['config']}: {x['seeds']}; {cell(x['clip_frac_sampler_step1'], '.4f')}, "
+                     f"{cell(x['ess_seq_step1'], '.4f')}; {x['clip_frac_sampler_mean'][0]:.4f}, "
+                     f"{x['ess_seq_mean'][0]:.4f}; {cell(x['reward_first'], '.3f')} -> {cell(x['reward_last'], '.3f')}")
+    return "\n".join(lines)
+
+
 def _band(series: list[dict[int, float]]):
     """Steps present in every seed's series, with the mean, min and max over seeds."""
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
@@ -199,8 +241,11 @@ def main(argv=None) -> int:
                  *(["--overwrite"] if args.overwrite else []), *args.extra]
         results = run(runs, args.seeds, args.algo, args.steps, args.out, extra)
     print(format_table(results))
+    first = first_step_rows(results)
+    print(format_first_step(first))
     write_json([{**{k: v for k, v in r.items() if k != "history"}, "table": row(r)} for r in results],
                os.path.join(args.out, "summary.json"), "--out")
+    write_json(first, os.path.join(args.out, "first_step.json"), "--out")
     png = os.path.join(args.out, "train_compare.png")
     plot(results, png)
     print(f"plot: {png}")
