@@ -166,6 +166,19 @@ def attention_fwd_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, 
                   item_ok[:, None] & row_ok[None, :], d, d_ok, acc, run_max, run_sum, D, KIND)
 
 
+def check_block_offsets(strides: tuple, block_m: int, block_n: int, block_d: int) -> None:
+    """ValueError unless the compiled forward's int32 offsets within a tile fit: ``strides`` are the launch's 16
+    (q, k, v, mask; each b, h, t, d/key), the tile BLOCK_M rows x BLOCK_N keys x BLOCK_D dims."""
+    k_t, k_d, v_t, v_d, m_t, m_k = (abs(strides[i]) for i in (6, 7, 10, 11, 14, 15))
+    reach = {"k": (block_n - 1) * k_t + (block_d - 1) * k_d, "v": (block_n - 1) * v_t + (block_d - 1) * v_d,
+             "attn_mask": (block_m - 1) * m_t + (block_n - 1) * m_k}
+    too_far = {name: r for name, r in reach.items() if r >= 2**31}
+    if too_far:
+        raise ValueError(f"attention: the strides of {sorted(too_far)} reach {too_far} elements within one "
+                         f"{block_m} x {block_n} x {block_d} tile, past the compiled kernel's int32 offsets "
+                         f"(< 2**31); pass contiguous tensors")
+
+
 @row_kernel(batch_args=FWD_BATCH_ARGS, keep_alignment=DOT_OPERANDS)
 def attention_fwd_compiled_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, lse_ptr, max_ptr, sum_ptr,
                                   n_items, H, GROUP, Tq, Tk, D, ks_min, scale, split_keys,
@@ -184,20 +197,26 @@ def attention_fwd_compiled_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, 
     d, d_ok = head_dims(D, BLOCK_D)
     ks = key_start(ks_ptr, b, True, HAS_KS)
     n_real = Tk - ks
-    # load q (rows, BLOCK_D); k^T (BLOCK_D, keys) and v (keys, BLOCK_D) pointers at relative key 0
+    # load q (rows, BLOCK_D)
     q_ptrs = (native_pointer(q_ptr, KIND) + b * stride_qb + h * stride_qh + t[:, None] * stride_qt
               + d[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0)
     kr = tl.arange(0, BLOCK_N).to(tl.int64)
-    kt_ptrs = (native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + (ks + kr)[None, :] * stride_kt
-               + d[:, None] * stride_kd)
-    v_ptrs = (native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + (ks + kr)[:, None] * stride_vt
-              + d[None, :] * stride_vd)
+    # k^T (BLOCK_D, keys), v (keys, BLOCK_D) and mask (rows, keys) tiles: a 64-bit base per key block, stepped
+    # along the keys, plus int32 offsets within the block (ops/attention.py checks that they fit). A tile of 64-bit
+    # pointers would hold two registers an element, and at head dims 64 and 128 the kernel spilled.
+    key_lane = tl.arange(0, BLOCK_N)
+    dim_lane = tl.arange(0, BLOCK_D)
+    k_base = native_pointer(k_ptr, KIND) + b * stride_kb + hk * stride_kh + ks * stride_kt
+    v_base = native_pointer(v_ptr, KIND) + b * stride_vb + hk * stride_vh + ks * stride_vt
+    kt_offs = key_lane[None, :] * stride_kt + dim_lane[:, None] * stride_kd
+    v_offs = key_lane[:, None] * stride_vt + dim_lane[None, :] * stride_vd
     if MASK != 0:
-        m_ptrs = (mask_ptr + b * stride_mb + h * stride_mh + t[:, None] * stride_mt
-                  + (ks + kr)[None, :] * stride_mk)
+        m_base = mask_ptr + b * stride_mb + h * stride_mh + (pid_m.to(tl.int64) * BLOCK_M) * stride_mt + ks * stride_mk
+        m_offs = tl.arange(0, BLOCK_M)[:, None] * stride_mt + key_lane[None, :] * stride_mk
     else:
-        m_ptrs = mask_ptr
+        m_base = mask_ptr
+        m_offs = 0
     run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.full((BLOCK_M, BLOCK_D), -0.0, tl.float32)
@@ -207,23 +226,23 @@ def attention_fwd_compiled_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, ks_ptr, o_ptr, 
     for r0 in range(0, r_end, BLOCK_N):
         # scores of the block, then the masks
         key_ok = kr + r0 < n_real
-        kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0)
+        kt = tl.load(k_base + kt_offs, mask=d_ok[:, None] & key_ok[None, :], other=0)
         s = native_scores(q, kt, scale, KIND)
         live = causal(key_ok[None, :] & row_ok[:, None], (ks + kr + r0)[None, :], ((Tk - Tq) + t)[:, None], CAUSAL)
-        s, live = masked_scores(s, live, m_ptrs, live, MASK, MASK_KIND)
+        s, live = masked_scores(s, live, m_base + m_offs, live, MASK, MASK_KIND)
         if MASK != 0:
-            m_ptrs += BLOCK_N * stride_mk
+            m_base += BLOCK_N * tl.cast(stride_mk, tl.int64)
         # online softmax, then P.V; V rows of keys no row of the tile attends are zeroed (0 * inf inside the
         # dot would be NaN)
         run_max, alpha, e = softmax_step(s, run_max, 1)
         e = tl.where(live, e, 0.0)
         run_sum = run_sum * alpha + tl.sum(e, axis=1)
         attended = tl.max(live.to(tl.int32), axis=0) > 0
-        v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
+        v = tl.load(v_base + v_offs, mask=key_ok[:, None] & d_ok[None, :], other=0).to(tl.float32)
         v = tl.where(attended[:, None], v, 0.0)
         acc = tl.dot(e, v, acc * alpha[:, None], input_precision="ieee")
-        kt_ptrs += BLOCK_N * stride_kt
-        v_ptrs += BLOCK_N * stride_vt
+        k_base += BLOCK_N * tl.cast(stride_kt, tl.int64)
+        v_base += BLOCK_N * tl.cast(stride_vt, tl.int64)
         if SPLIT:
             tot_max, tot_sum, tot_acc, run_max, run_sum, acc = split_fold(
                 r0 + BLOCK_N, r_end, split_keys, run_max, run_sum, acc, tot_max, tot_sum, tot_acc, KIND)

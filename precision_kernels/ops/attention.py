@@ -34,7 +34,7 @@ import torch
 import triton
 
 from .. import compile_registry, profiles
-from ..kernels.attention import attention_fwd_compiled_kernel, attention_fwd_kernel
+from ..kernels.attention import attention_fwd_compiled_kernel, attention_fwd_kernel, check_block_offsets
 from ..kernels.attention_backward import (
     attention_bwd_dkdv_compiled_kernel,
     attention_bwd_dkdv_kernel,
@@ -187,6 +187,8 @@ def _forward(q, k, v, attn_mask, key_start, causal: bool, scale: float):
     chunks, split_keys, block_n = profiles.attention_forward_split(
         items, tq, tk - ks_min, cfg.block_n, whole_tiles=kernel is attention_fwd_compiled_kernel)
     m_view, ks, strides, flags = _common_args(q, k, v, attn_mask, key_start)
+    if kernel is attention_fwd_compiled_kernel:
+        check_block_offsets(strides, cfg.block_m, block_n, cfg.block_d)
     grid = (triton.cdiv(items, block_items) * triton.cdiv(tq, cfg.block_m),)
     launch(kernel, grid,
            kernel_view(q), kernel_view(k), kernel_view(v), m_view, ks, kernel_view(out), lse, stats[0], stats[1],
