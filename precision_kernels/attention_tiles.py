@@ -72,37 +72,62 @@ class AttentionKernelTiles:
 
 
 @dataclass(frozen=True)
-class FixedAttentionTiles:
-    """Attention tiles fixed per dtype (CUDA): one item per program, ``tl.dot`` tiles (every dimension >= 16,
-    ``block_d`` the head dim padded to a power of two >= 16); the two orders, then each kernel's free tile."""
+class HeadDimTiles:
+    """The free tiles of the three kernels for head dims padded (``block_d``) to at most ``max_block_d`` (None: any)."""
 
-    block_n: int
-    block_m_bwd: int
+    max_block_d: int | None
     fwd: AttentionKernelTiles
     dq: AttentionKernelTiles
     dkdv: AttentionKernelTiles
+
+
+@dataclass(frozen=True)
+class FixedAttentionTiles:
+    """Attention tiles fixed per dtype (CUDA): one item per program, ``tl.dot`` tiles (every dimension >= 16,
+    ``block_d`` the head dim padded to a power of two >= 16); the two orders, then each kernel's free tile and
+    warps by head dim (``by_head_dim``, increasing ``max_block_d``, the last None). A model has one head dim, so
+    every launch of a model's layer has the same tiles; and these tiles change no bit anyway."""
+
+    block_n: int
+    block_m_bwd: int
+    by_head_dim: tuple
     num_stages: int = 2
 
     def fit(self, kernel: str, items: int, rows: int, keys: int, head_dim: int) -> AttentionConfig:
-        own = getattr(self, kernel)
+        block_d = max(16, pow2_at_least(head_dim))
+        tiles = next(t for t in self.by_head_dim if t.max_block_d is None or block_d <= t.max_block_d)
+        own = getattr(tiles, kernel)
         block_m = self.block_m_bwd if kernel == "dkdv" else own.free
         block_n_bwd = own.free if kernel == "dkdv" else self.block_n
         return AttentionConfig(block_n=self.block_n, block_m_bwd=self.block_m_bwd, block_m=block_m,
-                               block_n_bwd=block_n_bwd, block_d=max(16, pow2_at_least(head_dim)),
-                               num_warps=own.num_warps, num_stages=self.num_stages)
+                               block_n_bwd=block_n_bwd, block_d=block_d, num_warps=own.num_warps,
+                               num_stages=self.num_stages)
+
+
+def _tiles(max_block_d: int | None, fwd: tuple, dq: tuple, dkdv: tuple) -> HeadDimTiles:
+    """One ``HeadDimTiles`` from (free tile, warps) pairs."""
+    return HeadDimTiles(max_block_d, *(AttentionKernelTiles(*t) for t in (fwd, dq, dkdv)))
 
 
 _ATTENTION_INTERP = FittedAttentionTiles(block_n=64, block_m_bwd=64)
-# CUDA: per dtype the two orders (block_n, block_m_bwd), then per kernel its free tile and warps. Every product
-# but q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits), which needs many registers. Measured with
-# compile_check --all --kernel attention (sm_80 and sm_90): no spills at head dims <= 16 (TinyGPT's 8); at 64
-# and 128 every kernel but the fp32 dq spills, 8-1144 bytes (fp32 dk/dv at 128: 2848). Untuned without a GPU.
-_ATTENTION_CUDA32 = FixedAttentionTiles(block_n=16, block_m_bwd=16, fwd=AttentionKernelTiles(free=32, num_warps=4),
-                                        dq=AttentionKernelTiles(free=16, num_warps=4),
-                                        dkdv=AttentionKernelTiles(free=16, num_warps=4))
-_ATTENTION_CUDA16 = FixedAttentionTiles(block_n=32, block_m_bwd=32, fwd=AttentionKernelTiles(free=64, num_warps=4),
-                                        dq=AttentionKernelTiles(free=32, num_warps=8),
-                                        dkdv=AttentionKernelTiles(free=32, num_warps=8))
+# CUDA: per dtype the two orders (block_n, block_m_bwd), unchanged; then per head dim each kernel's free tile
+# (query rows per forward/dq program, keys per dk/dv program) and warps, which are not orders. Every product but
+# q k^T is an IEEE fp32 tl.dot (P is never rounded to 16 bits): FMA, not tensor cores, with its operands and
+# 64-bit pointer tiles in registers. Chosen so that no variant spills (compile_check --all --only attention:
+# sm_80 and sm_90, matched and split-KV forward, generic and contiguous calls) where that was reachable; the
+# exceptions are compile_registry.SPILL_ALLOWANCES. Before: one tile set per dtype, spilling 8-2848 bytes at head
+# dims 64 and 128. ptxas's spills do not shrink with the tile (it steps between occupancy levels), so these
+# were searched variant by variant. Head dims above 128 take the 128 tiles, uncompiled by the check.
+_ATTENTION_CUDA32 = FixedAttentionTiles(block_n=16, block_m_bwd=16, by_head_dim=(
+    _tiles(16, fwd=(32, 4), dq=(16, 4), dkdv=(16, 8)),
+    _tiles(64, fwd=(16, 8), dq=(16, 16), dkdv=(16, 8)),
+    _tiles(None, fwd=(16, 8), dq=(32, 8), dkdv=(16, 8)),
+))
+_ATTENTION_CUDA16 = FixedAttentionTiles(block_n=32, block_m_bwd=32, by_head_dim=(
+    _tiles(16, fwd=(64, 4), dq=(32, 4), dkdv=(32, 8)),
+    _tiles(64, fwd=(32, 8), dq=(16, 8), dkdv=(16, 8)),
+    _tiles(None, fwd=(16, 16), dq=(16, 16), dkdv=(16, 8)),
+))
 _ATTENTION_TABLE = {
     ("interpreter", "fp32"): _ATTENTION_INTERP,
     ("interpreter", "fp16"): _ATTENTION_INTERP,

@@ -26,7 +26,10 @@ interpreted) kernels. Audits:
   ``"red." in ptx`` would match ``st.shared.b16``);
 * PTX of fp16/bf16 matmul-family kernels contains ``mma``/``wgmma`` instructions;
 * one instruction family (``wgmma``, ``mma.sync`` or none) in every config of a kernel,
-  per target: the configs of the M buckets must not change how a dot product is summed;
+  per target (and per head dim, ``BLOCK_D``, whose tiles attention picks): the configs of the M buckets
+  must not change how a dot product is summed;
+* register spills (cuobjdump's stack frame): 0 bytes for every variant, but those
+  ``compile_registry.SPILL_ALLOWANCES`` states, each up to its bound;
 * TTGIR (invariant I5): kernels registered in one ``reduce_layout_group`` (the
   fused LM-head kernel's SCORE and SAMPLE modes) must run their order-sensitive
   (summing) reductions on operands of the same layouts, config by config. Max/min
@@ -47,6 +50,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+from . import compile_registry
 from .ops.registry import all_families
 
 TARGETS = (80, 90)
@@ -69,6 +73,7 @@ class CheckResult:
     call: str = "generic"         # the runtime specialisation compiled ("generic": none)
     registers: int | None = None
     spill_bytes: int | None = None
+    spill_allowance: int = 0      # the bytes compile_registry.SPILL_ALLOWANCES lets it spill
     shared_bytes: int | None = None
     instruction_family: str | None = None
     config: dict = field(default_factory=dict)
@@ -197,6 +202,12 @@ def compile_one(spec, config: dict, cc: int, call=None) -> CheckResult:
         result.reduce_layouts = reduce_operand_layouts(compiled.asm["ttgir"], order_sensitive_only=True)
         result.registers, result.spill_bytes = _resource_usage(compiled.asm["cubin"])
         result.shared_bytes = compiled.metadata.shared
+        result.spill_allowance = compile_registry.spill_allowance(spec.name, config, result.call)
+        if result.spill_bytes is None:
+            result.problems.append("register spills unknown (cuobjdump's resource usage not read)")
+        elif result.spill_bytes > result.spill_allowance:
+            allowed = f" (allowance {result.spill_allowance})" if result.spill_allowance else ""
+            result.problems.append(f"register spills: {result.spill_bytes} bytes{allowed}")
         result.ok = not result.problems
     except Exception as exc:  # report, keep checking the rest
         result.problems.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
@@ -224,13 +235,16 @@ def audit_reduce_layouts(results: list[CheckResult], kernels: dict) -> list[str]
 
 
 def audit_instruction_families(results: list[CheckResult]) -> list[str]:
-    """Every config of a kernel (M buckets, modes, splits) runs its dots in one instruction family per target."""
+    """Every config of a kernel (M buckets, modes, splits) runs its dots in one instruction family per target and
+    head dim: attention's tiles are chosen per head dim (``BLOCK_D``), and a model launches one head dim only."""
     families: dict[tuple, dict[str, str]] = {}
     for r in results:
         if r.ok:
-            families.setdefault((r.kernel, r.target), {})[r.variant] = r.instruction_family
-    return [f"{kernel} {target}: instruction families differ between configs: {found}"
-            for (kernel, target), found in families.items() if len(set(found.values())) > 1]
+            key = (r.kernel, r.target, r.config.get("BLOCK_D"))
+            families.setdefault(key, {})[r.variant] = r.instruction_family
+    return [f"{kernel} {target}{'' if block_d is None else f' BLOCK_D={block_d}'}: instruction families differ "
+            f"between configs: {found}" for (kernel, target, block_d), found in families.items()
+            if len(set(found.values())) > 1]
 
 
 def _selected(name: str, kernel_filter: str | None, only: list[str] | None) -> bool:
@@ -241,12 +255,13 @@ def _selected(name: str, kernel_filter: str | None, only: list[str] | None) -> b
 
 
 def run(all_configs: bool, kernel_filter: str | None = None, only: list[str] | None = None,
-        matched_only: bool = False) -> tuple[list[CheckResult], list[str]]:
+        matched_only: bool = False, where: dict | None = None) -> tuple[list[CheckResult], list[str]]:
     """Compile the selected kernels for every target -> (results, audit problems across configs).
 
     ``only``: families (``family_of``) to keep, a family also covering its sub-families
     (``lm_head`` covers ``lm_head_dlogits``); ``kernel_filter``: a substring of the kernel name;
-    ``matched_only``: leave out the engine profile's split-K configs (SPLITS > 1).
+    ``matched_only``: leave out the engine profile's split-K configs (SPLITS > 1); ``where``: keep only the configs
+    holding these constexpr values (compared as strings: ``{"BLOCK_D": "128"}``).
     """
     kernels = kernel_specs()
     if only:
@@ -262,6 +277,8 @@ def run(all_configs: bool, kernel_filter: str | None = None, only: list[str] | N
         configs = spec.configs if all_configs else _first_per_group(spec)
         if matched_only:
             configs = [c for c in configs if c.get("SPLITS", 1) == 1]
+        if where:
+            configs = [c for c in configs if all(str(c.get(k)) == v for k, v in where.items())]
         for config in configs:
             for call in (None, *spec.calls):
                 for cc in TARGETS:
@@ -299,7 +316,9 @@ def _print_table(results: list[CheckResult], audit_problems: list[str]) -> None:
         print(f"audit FAIL: {p}")
     n_ok = sum(r.ok for r in results)
     spilling = sum(bool(r.spill_bytes) for r in results)
-    print(f"{n_ok}/{len(results)} compiled and passed the PTX audits; {spilling} with register spills; "
+    allowed = sum(bool(r.spill_bytes) and r.spill_bytes <= r.spill_allowance for r in results)
+    print(f"{n_ok}/{len(results)} compiled and passed the PTX and spill audits; {spilling} with register spills "
+          f"({allowed} within a stated allowance); "
           f"I5 layout and instruction-family audits: {'ok' if not audit_problems else 'FAIL'}")
 
 
@@ -311,8 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="only this kernel family, e.g. lm_head (its dtypes and sub-families; repeatable)")
     parser.add_argument("--matched-only", action="store_true",
                         help="leave out the engine profile's split-K configs (SPLITS > 1)")
+    parser.add_argument("--where", action="append", metavar="KEY=VALUE", default=[],
+                        help="only configs with this constexpr value, e.g. BLOCK_D=128 (repeatable)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
+    bad = [w for w in args.where if "=" not in w]
+    if bad:
+        parser.error(f"--where takes KEY=VALUE, got {bad}")
+    where = dict(w.split("=", 1) for w in args.where)
 
     if os.environ.get("PK_COMPILE_ONLY", "") in ("", "0"):
         # Kernels defined under the interpreter cannot be compiled: rerun in a clean process.
@@ -322,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                                env=env)
 
     try:
-        results, audit_problems = run(args.all, args.kernel, args.only, args.matched_only)
+        results, audit_problems = run(args.all, args.kernel, args.only, args.matched_only, where)
     except ValueError as exc:
         parser.error(str(exc))
     _print_table(results, audit_problems)

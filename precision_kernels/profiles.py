@@ -36,6 +36,7 @@ from .attention_tiles import (
     AttentionKernelTiles,
     FittedAttentionTiles,
     FixedAttentionTiles,
+    HeadDimTiles,
     attention_config_for,
     attention_orders_for,
 )
@@ -62,7 +63,7 @@ from .tiles import (
 
 __all__ = [
     "ATTENTION_KERNELS", "AttentionConfig", "AttentionKernelTiles", "EngineConfig", "FittedAttentionTiles",
-    "FittedTiles", "FixedAttentionTiles", "LMHeadConfig", "LMHeadTiles", "LM_HEAD_BWD_CHUNK", "MBucket",
+    "FittedTiles", "FixedAttentionTiles", "HeadDimTiles", "LMHeadConfig", "LMHeadTiles", "LM_HEAD_BWD_CHUNK", "MBucket",
     "MatmulConfig", "PROFILES", "RowConfig", "active_profile", "attention_config", "attention_config_for",
     "attention_forward_split", "attention_orders_for", "attention_splits_for", "check_m_buckets", "config_backend",
     "engine_config", "engine_splits_for", "lm_head_config", "lm_head_config_for", "matmul_block_k_for",

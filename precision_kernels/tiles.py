@@ -101,10 +101,14 @@ def checked_count(name: str, value) -> int | None:
 # CUDA: tensor-core tiles (every tl.dot dimension >= 16, powers of two).
 # Interpreter: tiles fitted to each call (FittedTiles); BLOCK_K 32 is the K order of every dtype.
 _INTERP_FITTED = FittedTiles(block_k=32)
-_CUDA16_2D = MatmulConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
-_CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=2, num_warps=4, num_stages=2)
+# 128 x 128 over 8 warps: 128 x 256 spilled 8-2088 bytes (its fp32 accumulator alone is 128 registers a thread, and
+# the engine's split-K keeps a second one; compile_check). BLOCK_N is output columns, not a K order: no bit moves.
+_CUDA16_2D = MatmulConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
+# One batch item per program: with two, the engine's split-K variants spilled 8-24 bytes (sm_80/sm_90, contiguous
+# calls; compile_check). Items per program are not a K order.
+_CUDA16_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=64, block_batch=1, num_warps=4, num_stages=2)
 _CUDA32_2D = MatmulConfig(block_m=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
-_CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=2, num_warps=4, num_stages=2)
+_CUDA32_BATCHED = MatmulConfig(block_m=16, block_n=32, block_k=32, block_batch=1, num_warps=4, num_stages=2)
 # M buckets of the CUDA matmuls (``check_m_buckets`` states the rules). One bucket (and one batched
 # config, whose tiles the compile check compiles) until a GPU
 # run shows, in fp16, bf16 and fp32, that a row's bits are the same in a launch of every bucket

@@ -96,6 +96,19 @@ def test_the_shipped_tables_have_one_block_k_per_dtype():
             profiles.matmul_buckets_for("interpreter", name)
 
 
+def test_reduction_orders_are_pinned():
+    """The tiles that are summation orders, per table and dtype: BLOCK_K (matmuls, LM head, scaled_mm) and the
+    attention key block (forward, dq) and query block (dk/dv). Changing one changes bits; the tiles chosen for
+    speed or spills (rows, columns, items per program, warps, stages) are free and are not pinned here."""
+    for name in DTYPES:
+        assert profiles.matmul_block_k_for("interpreter", name) == 32
+        assert profiles.attention_orders_for("interpreter", name) == (64, 64)
+        assert profiles.lm_head_config_for("cuda", name).block_k == profiles.matmul_block_k_for("cuda", name)
+    assert {n: profiles.matmul_block_k_for("cuda", n) for n in DTYPES} == {"fp32": 32, "fp16": 64, "bf16": 64}
+    assert {n: profiles.attention_orders_for("cuda", n) for n in DTYPES} == {
+        "fp32": (16, 16), "fp16": (32, 32), "bf16": (32, 32)}
+
+
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_batched_tiles_interpreter_and_cuda(name):
     """Interpreter: batched tiles fitted to the call (a decode step's attention gets one row per item and all

@@ -371,38 +371,36 @@ def _compile_configs(name: str, kind_: int, kernel: str) -> list[dict]:
     for head_dim in (8, 64, 128):
         cfg = profiles.attention_config_for("cuda", name, kernel, items=1, rows=1, keys=1, head_dim=head_dim)
         block_m, block_n = (cfg.block_m_bwd, cfg.block_n_bwd) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
-        for variant in variants:
-            out.append({"KIND": kind_, **({"SPLIT": False} if kernel == "fwd" else {"DO_KIND": kind_}), "MASK_KIND": 0,
-                        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps,
-                        "num_stages": cfg.num_stages, **variant})
+        # the forward also in the engine's split-KV form (same tiles: its chunks are whole key blocks)
+        forms = ({"SPLIT": False}, {"SPLIT": True}) if kernel == "fwd" else ({"DO_KIND": kind_},)
+        for form in forms:
+            for variant in variants:
+                out.append({"KIND": kind_, **form, "MASK_KIND": 0, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                            "BLOCK_D": cfg.block_d, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                            **variant})
     return out
 
 
 def _compile_kernels(table: dict) -> None:
-    """Forward, dq and dk/dv per format, each with (no mask, causal) and (bool mask, key_start, not causal), at
-    the CUDA table's tiles for head dims 8 (TinyGPT's, padded to 16; first, so make test compiles it), 64, 128."""
+    """Forward (matched and split-KV), dq and dk/dv per format, each with (no mask, causal) and (bool mask, key_start,
+    not causal), at the CUDA table's tiles for head dims 8 (TinyGPT's, padded to 16; first, so make test compiles
+    it), 64, 128; generic and as the JIT specialises a call on contiguous tensors."""
     qkvm = {f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhtd"} | {f"stride_m{a}": "i32" for a in "bhtk"}
     stats = {"max_ptr": "*fp32", "sum_ptr": "*fp32"}
     do = {f"stride_do{a}": "i32" for a in "bhtd"}
     for name, kind_, ptr in compile_registry.FORMATS:
         common = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "mask_ptr": "*u8", "ks_ptr": "*i64", "H": "i32",
                   "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "ks_min": "i32", "scale": "fp32"}
-        compile_registry.register(
-            table, f"attention_fwd_{name}", attention_fwd_compiled_kernel,
-            signature={**common, "o_ptr": ptr, "lse_ptr": "*fp32", **stats, "n_items": "i32", "split_keys": "i32",
-                       **qkvm},
-            configs=_compile_configs(name, kind_, "fwd"), expects_mma=kind_ != 0)
-        compile_registry.register(
-            table, f"attention_bwd_dq_{name}", attention_bwd_dq_compiled_kernel,
-            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dq_ptr": ptr,
-                       "n_items": "i32", **qkvm, **do},
-            configs=_compile_configs(name, kind_, "dq"), expects_mma=kind_ != 0)
-        compile_registry.register(
-            table, f"attention_bwd_dkdv_{name}", attention_bwd_dkdv_compiled_kernel,
-            signature={**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dk_ptr": ptr,
-                       "dv_ptr": ptr, "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32",
-                       "shift_min": "i32", **qkvm, **do},
-            configs=_compile_configs(name, kind_, "dkdv"), expects_mma=kind_ != 0)
+        fwd = {**common, "o_ptr": ptr, "lse_ptr": "*fp32", **stats, "n_items": "i32", "split_keys": "i32", **qkvm}
+        dq = {**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dq_ptr": ptr, "n_items": "i32", **qkvm, **do}
+        dkdv = {**common, "do_ptr": ptr, **stats, "delta_ptr": "*fp32", "dk_ptr": ptr, "dv_ptr": ptr,
+                "org_ptr": "*i64", "n_kv_items": "i32", "HKV": "i32", "qb_hi": "i32", "shift_min": "i32", **qkvm, **do}
+        for kernel, prefix, fn, signature in (("fwd", "fwd", attention_fwd_compiled_kernel, fwd),
+                                              ("dq", "bwd_dq", attention_bwd_dq_compiled_kernel, dq),
+                                              ("dkdv", "bwd_dkdv", attention_bwd_dkdv_compiled_kernel, dkdv)):
+            compile_registry.register(table, f"attention_{prefix}_{name}", fn, signature=signature,
+                                      configs=_compile_configs(name, kind_, kernel), expects_mma=kind_ != 0,
+                                      calls=compile_registry.attention_calls(signature))
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,

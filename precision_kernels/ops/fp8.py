@@ -218,21 +218,22 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
 
 def _compile_kernels(table: dict) -> None:
     """The scaled-mm kernel's compiled form (exact widening to fp16, fp16 tensor cores: the path every CUDA target
-    runs) in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as uint8 patterns."""
+    runs) in the CUDA fp16 matmul tiles (the ones it runs with), bf16 output, fp8 operands as uint8 patterns; generic
+    and as the JIT specialises contiguous calls (b row-major or, as torch._scaled_mm takes it, column-major)."""
     # every M bucket's tiles (the compile check audits that they share one instruction family)
     bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", "fp16")))
     e4, e5, bf16 = FP8_KIND[torch.float8_e4m3fn], FP8_KIND[torch.float8_e5m2], kind(torch.bfloat16)
+    signature = {"a_ptr": "*u8", "b_ptr": "*u8", "scale_a_ptr": "*fp32", "scale_b_ptr": "*fp32",
+                 "bias_ptr": "*i16", "c_ptr": "*i16", "M": "i32", "N": "i32", "K": "i32",
+                 "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                 "stride_cm": "i64", "stride_cn": "i64"}
     compile_registry.register(
-        table, "scaled_mm_bf16", scaled_mm_compiled_kernel,
-        signature={"a_ptr": "*u8", "b_ptr": "*u8", "scale_a_ptr": "*fp32", "scale_b_ptr": "*fp32",
-                   "bias_ptr": "*i16", "c_ptr": "*i16", "M": "i32", "N": "i32", "K": "i32",
-                   "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
-                   "stride_cm": "i64", "stride_cn": "i64"},
+        table, "scaled_mm_bf16", scaled_mm_compiled_kernel, signature=signature,
         configs=[{"A_KIND": a_kind, "B_KIND": b_kind, "ROW_SCALES": row, "HAS_BIAS": bias, "BIAS_KIND": bf16,
                   "OUT_KIND": bf16, "BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k,
                   "GROUP_M": c.group_m, "num_warps": c.num_warps, "num_stages": c.num_stages}
                  for c in bucket_cfgs for a_kind, b_kind, row, bias in ((e4, e4, True, False), (e4, e5, False, True))],
-        expects_mma=True,
+        expects_mma=True, calls=compile_registry.matmul_calls(signature),
     )
 
 

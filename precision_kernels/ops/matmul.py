@@ -265,34 +265,36 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def _compile_kernels(table: dict) -> None:
     """2-D and batched matmul per dtype, SPLITS = 1 (matched) and the engine's splits, with/without bias;
     the 2-D kernel in the tiles of every M bucket (the compile check audits that they share one
-    instruction family). The first config of each kernel is the matched one of the first bucket."""
+    instruction family). The first config of each kernel is the matched one of the first bucket. Each is
+    compiled generic and as the JIT specialises a contiguous ``linear`` and ``matmul`` call."""
     engine_splits = profiles.engine_config().splits
     for name, kind_, ptr in compile_registry.FORMATS:
         bucket_cfgs = list(dict.fromkeys(b.config for b in profiles.matmul_buckets_for("cuda", name)))
         cfg3 = profiles.matmul_config_for("cuda", name, batched=True)
+        sig2 = {"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
+                "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                "stride_cm": "i64", "stride_cn": "i64"}
         compile_registry.register(
-            table, f"matmul_{name}", matmul_compiled_kernel,
-            signature={"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr,
-                       "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
-                       "stride_am": "i64", "stride_ak": "i64", "stride_bk": "i64", "stride_bn": "i64",
-                       "stride_cm": "i64", "stride_cn": "i64"},
+            table, f"matmul_{name}", matmul_compiled_kernel, signature=sig2,
             configs=[{"KIND": kind_, "HAS_BIAS": bias, "SPLITS": splits,
                       "BLOCK_M": cfg2.block_m, "BLOCK_N": cfg2.block_n, "BLOCK_K": cfg2.block_k,
                       "GROUP_M": cfg2.group_m, "num_warps": cfg2.num_warps, "num_stages": cfg2.num_stages}
                      for cfg2 in bucket_cfgs for splits in (1, engine_splits) for bias in (False, True)],
-            expects_mma=kind_ != 0,
+            expects_mma=kind_ != 0, calls=compile_registry.matmul_calls(sig2),
         )
+        sig3 = {"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
+                "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
+                "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
+                "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
+                "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"}
         compile_registry.register(
-            table, f"bmm_{name}", bmm_compiled_kernel,
-            signature={"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr,
-                       "BATCH": "i32", "M": "i32", "N": "i32", "K": "i32", "k_chunk": "i32",
-                       "stride_ab": "i64", "stride_am": "i64", "stride_ak": "i64",
-                       "stride_bb": "i64", "stride_bk": "i64", "stride_bn": "i64",
-                       "stride_cb": "i64", "stride_cm": "i64", "stride_cn": "i64"},
+            table, f"bmm_{name}", bmm_compiled_kernel, signature=sig3,
             configs=[{"KIND": kind_, "SPLITS": splits, "BLOCK_BATCH": cfg3.block_batch,
-                      "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k}
+                      "BLOCK_M": cfg3.block_m, "BLOCK_N": cfg3.block_n, "BLOCK_K": cfg3.block_k,
+                      "num_warps": cfg3.num_warps, "num_stages": cfg3.num_stages}
                      for splits in (1, engine_splits)],
-            expects_mma=kind_ != 0,
+            expects_mma=kind_ != 0, calls=compile_registry.matmul_calls(sig3),
         )
 
 
