@@ -40,7 +40,7 @@ DEVICE = pk.backend.device()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 U32 = 2.0**-24
 U_OUT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-# (M, K, N): no dimension a multiple of any CUDA tile (fp32 64x64x32, fp16 128x256x64, batched 16x32)
+# (M, K, N): no dimension a multiple of any CUDA tile (fp32 64x64x32, fp16 128x128x64, batched 16x32)
 M, K, N = 37, 100, 70
 
 
