@@ -1,7 +1,7 @@
 """A supervised warm-up of a SmolLM2 cut on the long task's chat form, saved as an HF model directory.
 
     python -m benchmarks.warm_long_chat --model smollm2:LAYERS --length L --out DIR
-        [--period 4] [--target 0.3] [--high 0.8] [--lr 3e-4] [--batch 16] [--max-steps 400] [--eval-every 5] [--seed 0]
+        [--force] [--period 4] [--target 0.3] [--high 0.8] [--lr 3e-4] [--batch 16] [--max-steps 400] [--eval-every 5] [--seed 0]
 
 A cut of SmolLM2 (and even all 30 layers) earns about 0 on ``--task long`` in words (it does not repeat
 the pattern), so every advantage is 0 and an RL run has nothing to learn from. ``rl.train`` warms up only
@@ -27,6 +27,7 @@ import time
 import torch
 
 from rl import hf
+from rl.output_paths import write_output
 from rl.task_views import TextTask
 
 WARMUP_PROBLEM_SEED = 10_000  # the warm-up's own problems, apart from the runs' (seeds 0, 1, 2, ...)
@@ -100,8 +101,7 @@ def warm(args, log=print) -> dict:
     tok.save_pretrained(args.out)
     record = {"model": args.model, "length": args.length, "period": args.period, "target": args.target, "steps": step,
               "score": history[-1]["score"], "seconds": time.perf_counter() - t0, "history": history}
-    with open(os.path.join(args.out, "warmup.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    write_output(json.dumps(record, indent=1), os.path.join(args.out, "warmup.json"), "--out")
     return record
 
 
@@ -118,13 +118,19 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-prompts", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="a new or empty directory (--force: replace what is in it)")
+    p.add_argument("--force", action="store_true", help="write into a --out directory that already holds files")
     args = p.parse_args(argv)
     for name in ("batch", "max_steps", "eval_every", "eval_prompts"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.target <= args.high <= 1:
         p.error(f"--target and --high must satisfy 0 < target <= high <= 1, got {args.target}, {args.high}")
+    # save_pretrained replaces the files of a model already there: refuse before minutes of warm-up.
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out}: names a file, not a directory")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        p.error(f"--out {args.out}: a directory with files in it; pass --force to replace them")
     record = warm(args)
     print(f"{args.out}: {record['steps']} steps, sampled mean reward {record['score']:.3f} "
           f"in {record['seconds']:.0f} s")

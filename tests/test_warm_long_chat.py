@@ -46,3 +46,14 @@ def test_the_warmed_model_is_saved_where_rl_train_reads_it(tiny, tmp_path):
     warmed, _ = hf.load_model(spec, 0, torch.device("cpu"))
     start, _ = hf.load_model(hf.parse_model(f"hf:{tiny}"), 0, torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(warmed.state_dict().values(), start.state_dict().values()))
+
+
+def test_an_out_directory_with_files_is_refused_without_force_and_kept(tiny, tmp_path, capsys):
+    out = tmp_path / "warm"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"a user's model")
+    with pytest.raises(SystemExit) as e:
+        W.main(["--model", f"hf:{tiny}", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--out" in err and "--force" in err
+    assert (out / "model.safetensors").read_bytes() == b"a user's model"
