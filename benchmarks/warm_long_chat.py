@@ -1,7 +1,7 @@
 """A supervised warm-up of a SmolLM2 cut on the long task's chat form, saved as an HF model directory.
 
-    python -m benchmarks.warm_long_chat --model smollm2:LAYERS --length L --out DIR
-        [--force] [--period 4] [--target 0.3] [--high 0.8] [--lr 3e-4] [--batch 16] [--max-steps 400] [--eval-every 5] [--seed 0]
+    python -m benchmarks.warm_long_chat --model smollm2:LAYERS --length L --out DIR [--force]
+        [--period 4] [--target 0.3] [--high 0.8] [--lr 3e-4] [--batch 16] [--max-steps 400] [--eval-every 5] [--seed 0]
 
 A cut of SmolLM2 (and even all 30 layers) earns about 0 on ``--task long`` in words (it does not repeat
 the pattern), so every advantage is 0 and an RL run has nothing to learn from. ``rl.train`` warms up only
