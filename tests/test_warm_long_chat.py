@@ -57,3 +57,13 @@ def test_an_out_directory_with_files_is_refused_without_force_and_kept(tiny, tmp
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--out" in err and "--force" in err
     assert (out / "model.safetensors").read_bytes() == b"a user's model"
+
+
+def test_an_out_that_names_a_file_is_refused_and_kept(tiny, tmp_path, capsys):
+    out = tmp_path / "warm"
+    out.write_bytes(b"a user's file")
+    with pytest.raises(SystemExit) as e:
+        W.main(["--model", f"hf:{tiny}", "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--out" in err and "not a directory" in err
+    assert out.read_bytes() == b"a user's file"
